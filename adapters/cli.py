@@ -1,0 +1,112 @@
+"""The ``fmbot`` command line. Configuration errors print one line and exit 2, no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+import typer
+
+from bot.errors import ConfigError, FmbotError
+from bot.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="fmbot — chatbots on generative foundation models, with dialog state.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+T = TypeVar("T")
+
+
+def _run(make: Callable[[Settings], Awaitable[T]]) -> T:
+    settings = load_settings()
+    return asyncio.run(make(settings))
+
+
+@app.command()
+def console(
+    chat: Annotated[str, typer.Option(help="Conversation to open or resume.")] = "console",
+    mode: Annotated[
+        str | None, typer.Option(help="Switch the conversation to this template first.")
+    ] = None,
+) -> None:
+    """Chat in the terminal (reads one message per line when stdin is not a terminal)."""
+    from adapters.console import ConsoleChannel
+    from bot.app import build_manager
+
+    async def go(settings: Settings) -> None:
+        manager = await build_manager(settings)
+        try:
+            if mode:
+                if manager.prompts.get(mode) is None:
+                    names = ", ".join(t.name for t in manager.prompts.all())
+                    raise ConfigError("--mode", mode, f"use one of: {names}")
+                await manager.store.set_state(chat, mode=mode)
+            await ConsoleChannel(manager, chat, settings.home).run(sys.stdin.isatty())
+        finally:
+            await manager.store.aclose()
+
+    _run(go)
+
+
+@app.command()
+def history(
+    name: Annotated[str | None, typer.Argument(help="Conversation to print.")] = None,
+) -> None:
+    """Print a conversation's stored turns, or list conversations when no NAME is given."""
+    from bot.stores import open_store
+
+    async def go(settings: Settings) -> None:
+        store = await open_store(settings.store_url)
+        try:
+            if name is None:
+                chats = await store.chats()
+                if not chats:
+                    typer.echo("No conversations yet. Start one with: fmbot console")
+                for info in chats:
+                    when = datetime.fromtimestamp(info.updated_at).strftime("%Y-%m-%d %H:%M")
+                    typer.echo(f"{info.chat}\t{info.turns} turns\t{when}")
+                return
+            turns = await store.read(name)
+            if not turns:
+                typer.echo(f"No stored turns in conversation {name!r}.", err=True)
+            for turn in turns:
+                status = turn.meta.get("status")
+                mark = f" ({status})" if status not in (None, "complete") else ""
+                typer.echo(f"{turn.role}{mark}: {turn.text}")
+        finally:
+            await store.aclose()
+
+    _run(go)
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings (secrets masked)."""
+    settings = load_settings()
+    for key, value in settings.public_view().items():
+        typer.echo(f"{key}={'' if value is None else value}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except ConfigError as exc:
+        typer.echo(f"fmbot: configuration error: {exc}", err=True)
+        sys.exit(2)
+    except FmbotError as exc:
+        typer.echo(f"fmbot: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

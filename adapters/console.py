@@ -1,0 +1,138 @@
+"""The console channel: an interactive chat in a terminal, or one message per line from a pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TextIO
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import FileHistory
+from rich.console import Console
+
+from bot.dialog import HELP, DialogManager, parse_command
+from bot.events import FinalText, ImageReply, Incoming, Notice, ReplyEvent, TextDelta
+
+EXIT_COMMANDS = ("exit", "quit")
+CONSOLE_HELP = HELP + "\n/exit — leave (Ctrl-D works too; Ctrl-C stops a reply)"
+
+
+class ConsoleChannel:
+    def __init__(self, manager: DialogManager, chat: str, home: Path) -> None:
+        self.manager = manager
+        self.chat = chat
+        self.home = home
+
+    async def run(self, interactive: bool) -> None:
+        if interactive:
+            await self._interactive()
+        else:
+            await self._piped(sys.stdin, sys.stdout, sys.stderr)
+
+    # --- scripts and tests: one message per line ------------------------------------------
+
+    async def _piped(self, stdin: TextIO, out: TextIO, err: TextIO) -> None:
+        while True:
+            line = await asyncio.to_thread(stdin.readline)
+            if not line:
+                return
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                continue
+            if self._is_exit(text):
+                return
+            async for event in self._events(text):
+                self._write_plain(event, out, err)
+
+    def _write_plain(self, event: ReplyEvent, out: TextIO, err: TextIO) -> None:
+        if isinstance(event, TextDelta):
+            out.write(event.text)
+        elif isinstance(event, FinalText):
+            out.write("\n")
+        elif isinstance(event, Notice):
+            (err if event.kind == "error" else out).write(event.text + "\n")
+        elif isinstance(event, ImageReply):
+            out.write(f"[image: {self._save_image(event)}]\n")
+        out.flush()
+
+    # --- people: line editing, history, streamed output ------------------------------------
+
+    async def _interactive(self) -> None:
+        console = Console(highlight=False)
+        self.home.mkdir(parents=True, exist_ok=True)
+        session: PromptSession[str] = PromptSession(
+            history=FileHistory(str(self.home / "console_history"))
+        )
+        console.print(
+            f"[bold]fmbot[/] — chat [cyan]{self.chat}[/] on [cyan]{self.manager.model.name}[/]. "
+            "Type /help for commands, /exit to leave."
+        )
+        while True:
+            try:
+                text = await session.prompt_async("you> ")
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                return
+            if not text.strip():
+                continue
+            if self._is_exit(text):
+                return
+            await self._stream_to(console, text)
+
+    async def _stream_to(self, console: Console, text: str) -> None:
+        """Print one reply as it streams; Ctrl-C stops it and keeps what was printed."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+        started = False
+        try:
+            async for event in self._events(text):
+                if isinstance(event, TextDelta):
+                    if not started:
+                        console.print("[bold green]bot>[/] ", end="")
+                        started = True
+                    console.print(event.text, end="", markup=False)
+                elif isinstance(event, FinalText):
+                    console.print()
+                    started = False
+                elif isinstance(event, Notice):
+                    style = {"info": "cyan", "warning": "yellow", "error": "bold red"}[event.kind]
+                    console.print(event.text, style=style, markup=False)
+                elif isinstance(event, ImageReply):
+                    console.print(f"[magenta]image saved:[/] {self._save_image(event)}")
+        except asyncio.CancelledError:
+            task.uncancel()
+            console.print("\n[yellow](stopped)[/]")
+        finally:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+    # --- shared -----------------------------------------------------------------------------
+
+    def _is_exit(self, text: str) -> bool:
+        command = parse_command(text.strip())
+        return command is not None and command.name in EXIT_COMMANDS
+
+    async def _events(self, text: str) -> AsyncIterator[ReplyEvent]:
+        command = parse_command(text.strip())
+        if command is not None and command.name == "help":
+            yield Notice(CONSOLE_HELP)
+            return
+        async for event in self.manager.handle(Incoming(chat=self.chat, text=text, user="console")):
+            yield event
+
+    def _save_image(self, image: ImageReply) -> Path:
+        folder = self.home / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = {"image/png": "png", "image/webp": "webp"}.get(image.mime_type, "jpg")
+        index = len(list(folder.glob(f"{self.chat}-*"))) + 1
+        path = folder / f"{self.chat}-{index:04d}.{ext}"
+        path.write_bytes(image.data)
+        return path

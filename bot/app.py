@@ -1,0 +1,40 @@
+"""Assembling a dialog manager from settings: the store, the model and the templates."""
+
+from __future__ import annotations
+
+from bot.dialog import DialogManager
+from bot.errors import ConfigError
+from bot.models.base import GenerationOptions
+from bot.models.registry import get_text_model
+from bot.prompts.library import PromptLibrary
+from bot.settings import Settings
+from bot.stores import open_store
+
+
+def open_prompts(settings: Settings) -> PromptLibrary:
+    library = PromptLibrary(settings.prompts_dir)
+    if library.get(settings.default_mode) is None:
+        problems = "; ".join(str(e) for e in library.errors.values())
+        raise ConfigError(
+            "FMBOT_DEFAULT_MODE",
+            settings.default_mode,
+            f"no valid template with that name in {settings.prompts_dir}"
+            + (f" ({problems})" if problems else "")
+            + "; add it or point FMBOT_PROMPTS_DIR at a directory that has it",
+        )
+    return library
+
+
+async def build_manager(settings: Settings) -> DialogManager:
+    """A ready manager; the caller closes it with ``await manager.store.aclose()``."""
+    prompts = open_prompts(settings)
+    store = await open_store(settings.store_url)
+    try:
+        model = await get_text_model(settings)
+    except BaseException:
+        await store.aclose()
+        raise
+    options = GenerationOptions(temperature=settings.temperature, max_tokens=settings.max_tokens)
+    return DialogManager(
+        store, model, prompts, options=options, default_mode=settings.default_mode
+    )

@@ -1,0 +1,46 @@
+"""Fitting a conversation into the model's context window by the model's own token count."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.errors import ContextOverflowError
+from bot.events import Message
+from bot.models.base import TextModel
+
+
+async def fit_to_window(
+    model: TextModel,
+    prefix: Sequence[Message],
+    history: Sequence[Message],
+    current: Message,
+    reserve: int,
+) -> list[Message]:
+    """``prefix + newest history + current`` within ``model.context_window - reserve`` tokens.
+
+    The instruction and examples (``prefix``) and the current message are always kept; history is
+    dropped oldest first, a user/assistant pair at a time so it still starts with a user turn.
+    Raises ContextOverflowError when even ``prefix + current`` does not fit.
+    """
+    budget = model.context_window - reserve
+
+    async def size(keep_from: int) -> int:
+        return await model.count_tokens([*prefix, *history[keep_from:], current])
+
+    if await size(0) <= budget:
+        return [*prefix, *history, current]
+    minimal = await size(len(history))
+    if minimal > budget:
+        raise ContextOverflowError(minimal, max(budget, 0))
+    # Binary search over pair boundaries for the smallest drop that fits: size() is monotone.
+    starts = list(range(0, len(history) + 1, 2))
+    if starts[-1] != len(history):
+        starts.append(len(history))
+    lo, hi = 0, len(starts) - 1  # starts[hi] fits, starts[lo] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if await size(starts[mid]) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return [*prefix, *history[starts[hi] :], current]

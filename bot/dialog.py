@@ -1,0 +1,171 @@
+"""The dialog manager: the one transport-neutral entry point every channel feeds.
+
+``DialogManager.handle(incoming)`` yields reply events (text deltas, the final text, images,
+notices). It owns the chat's turn: lock, state, prompt, trimming, model call and storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from bot.context import fit_to_window
+from bot.errors import FmbotError, ModelError, PromptError, StoreError
+from bot.events import FinalText, Incoming, Message, Notice, ReplyEvent, TextDelta
+from bot.locks import ChatLocks
+from bot.models.base import GenerationOptions, TextModel
+from bot.prompts.library import PromptLibrary
+from bot.prompts.render import build_messages
+from bot.prompts.template import PromptTemplate
+from bot.stores.base import DialogStore, Turn
+
+log = logging.getLogger(__name__)
+
+HELP = """Commands:
+/help — this list
+/new — start a fresh conversation (the template stays)
+/mode — list prompt templates; /mode NAME — switch to one"""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    arg: str
+
+
+def parse_command(text: str) -> Command | None:
+    """``/name arg`` (also ``/name@botname arg``, as Telegram sends in groups)."""
+    if not text.startswith("/") or len(text) < 2 or text[1].isspace():
+        return None
+    head, _, arg = text[1:].partition(" ")
+    return Command(head.split("@", 1)[0].lower(), arg.strip())
+
+
+class DialogManager:
+    def __init__(
+        self,
+        store: DialogStore,
+        model: TextModel,
+        prompts: PromptLibrary,
+        *,
+        options: GenerationOptions | None = None,
+        default_mode: str = "default",
+        history_turns: int = 200,
+    ) -> None:
+        self.store = store
+        self.model = model
+        self.prompts = prompts
+        self.options = options or GenerationOptions(max_tokens=512)
+        self.default_mode = default_mode
+        self.history_turns = history_turns
+        self.locks = ChatLocks()
+
+    async def handle(self, incoming: Incoming) -> AsyncIterator[ReplyEvent]:
+        """Answer one message. Errors become Notice events; nothing escapes but cancellation."""
+        command = parse_command(incoming.text)
+        try:
+            async with self.locks(incoming.chat):
+                if command is not None and command.name in _COMMANDS:
+                    yield await _COMMANDS[command.name](self, incoming.chat, command.arg)
+                    return
+                async for event in self._turn(incoming):
+                    yield event
+        except StoreError as exc:
+            log.error("store failed for chat %s: %s", incoming.chat, exc)
+            yield Notice(
+                "The conversation store is unavailable right now, so this message was not "
+                f"answered. Please send it again in a moment. ({exc})",
+                "error",
+            )
+
+    async def mode_of(self, chat: str) -> PromptTemplate:
+        """The chat's template; falls back to the default when its file was removed."""
+        name = (await self.store.get_state(chat)).get("mode", self.default_mode)
+        template = self.prompts.get(name) or self.prompts.get(self.default_mode)
+        if template is None:
+            raise PromptError(
+                f"no template named {self.default_mode!r} in {self.prompts.directory}: "
+                "add one or set FMBOT_DEFAULT_MODE"
+            )
+        return template
+
+    async def _turn(self, incoming: Incoming) -> AsyncIterator[ReplyEvent]:
+        chat = incoming.chat
+        try:
+            template = await self.mode_of(chat)
+            stored = await self.store.read(chat, last=self.history_turns)
+            history = [Message(t.role, t.text) for t in stored]
+            options = self.options.merged(template.options)
+            full = build_messages(template, incoming.text)
+            prefix, current = full[:-1], full[-1]
+            messages = await fit_to_window(
+                self.model, prefix, history, current, reserve=options.max_tokens or 0
+            )
+        except (PromptError, ModelError) as exc:
+            yield Notice(str(exc), "error")
+            return
+
+        response = self.model.respond(messages, options)
+        status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
+        try:
+            async for delta in response:
+                yield TextDelta(delta)
+            status = "complete"
+        except ModelError as exc:
+            status = "interrupted"
+            log.warning("model failed in chat %s: %s", chat, exc)
+            if response.text:
+                yield FinalText(response.text, complete=False)
+            yield Notice(
+                f"{exc} The answer was interrupted." if response.text else f"{exc}", "error"
+            )
+        finally:
+            if status == "complete" or response.text:
+                usage = response.usage
+                meta: dict[str, object] = {"mode": template.name, "status": status}
+                if usage is not None:
+                    meta |= {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+                turns = (
+                    Turn("user", incoming.text, meta={"mode": template.name}),
+                    Turn("assistant", response.text, meta=meta),
+                )
+                # Shielded: a cancelled turn still records what the user saw.
+                await asyncio.shield(self.store.append(chat, *turns))
+        if status == "complete":
+            yield FinalText(response.text)
+
+    # --- commands --------------------------------------------------------------------------
+
+    async def _help(self, chat: str, arg: str) -> Notice:
+        return Notice(HELP)
+
+    async def _new(self, chat: str, arg: str) -> Notice:
+        await self.store.reset(chat)
+        return Notice("Started a new conversation.")
+
+    async def _mode(self, chat: str, arg: str) -> Notice:
+        current = await self.mode_of(chat)
+        if not arg:
+            lines = [
+                f"{'*' if t.name == current.name else ' '} {t.name} — {t.description}"
+                for t in self.prompts.all()
+            ]
+            return Notice("Templates (/mode NAME to switch):\n" + "\n".join(lines))
+        template = self.prompts.get(arg)
+        if template is None:
+            names = ", ".join(t.name for t in self.prompts.all())
+            return Notice(f"No template named {arg!r}. Available: {names}.", "warning")
+        await self.store.set_state(chat, mode=template.name)
+        return Notice(f"Switched to {template.name!r}: {template.description}")
+
+
+_COMMANDS = {
+    "help": DialogManager._help,
+    "start": DialogManager._help,
+    "new": DialogManager._new,
+    "mode": DialogManager._mode,
+}
+
+__all__ = ["HELP", "Command", "DialogManager", "FmbotError", "parse_command"]

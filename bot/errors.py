@@ -1,0 +1,94 @@
+"""One exception hierarchy for everything fmbot raises on purpose.
+
+    FmbotError
+    ├── ConfigError          a setting is missing or has a bad value (names the setting and the fix)
+    ├── PromptError          a template file is invalid or fails to render (names path:line:col)
+    ├── StoreError           the dialog store cannot be reached or answered badly
+    └── ModelError           a model backend failed; the message is safe to show to a user
+        ├── ContextOverflowError   the input alone does not fit the model's context window
+        ├── ModelUnavailableError  the model cannot be loaded or reached right now
+        ├── AuthenticationError    credentials were rejected (401)
+        ├── PermissionDeniedError  no access to the folder/model, or quota (403)
+        ├── RateLimitError         throttled (429) after retries
+        ├── ContentFilterError     the service refused the content
+        └── StreamInterruptedError the reply stopped before it was complete
+
+Lower-layer exceptions (httpx, redis, sqlite, llama.cpp) are mapped to these at the boundary with
+``raise X(...) from exc`` so callers only ever catch ``FmbotError`` subclasses.
+Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class FmbotError(Exception):
+    """Base class of every error fmbot raises on purpose."""
+
+
+class ConfigError(FmbotError):
+    """A setting is missing or invalid.
+
+    ``str(error)`` is one line naming the setting, the bad value and what is accepted.
+    """
+
+    def __init__(self, setting: str, value: object, accepted: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.accepted = accepted
+        shown = "(not set)" if value in (None, "") else repr(value)
+        super().__init__(f"{setting}={shown} is not valid: {accepted}")
+
+
+class PromptError(FmbotError):
+    """A template is invalid. ``location`` is ``path:line:column`` when known."""
+
+    def __init__(self, message: str, location: str | None = None) -> None:
+        self.location = location
+        self.detail = message
+        super().__init__(f"{location}: {message}" if location else message)
+
+
+class StoreError(FmbotError):
+    """The dialog store failed (unreachable server, locked database, corrupt row)."""
+
+
+class ModelError(FmbotError):
+    """A model backend failed. The message is written for the person chatting."""
+
+
+class ContextOverflowError(ModelError):
+    def __init__(self, needed: int, available: int) -> None:
+        self.needed = needed
+        self.available = available
+        super().__init__(
+            f"Your message is about {needed} tokens, but this model can take only {available} "
+            "tokens of input. Please shorten it or split it into parts."
+        )
+
+
+class ModelUnavailableError(ModelError):
+    pass
+
+
+class AuthenticationError(ModelError):
+    pass
+
+
+class PermissionDeniedError(ModelError):
+    pass
+
+
+class RateLimitError(ModelError):
+    pass
+
+
+class ContentFilterError(ModelError):
+    pass
+
+
+class StreamInterruptedError(ModelError):
+    """The stream ended early; ``partial`` holds the text received so far."""
+
+    def __init__(self, message: str, partial: str = "") -> None:
+        self.partial = partial
+        super().__init__(message)

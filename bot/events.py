@@ -1,0 +1,74 @@
+"""What channels send to the dialog manager, and what it sends back.
+
+The manager is transport-neutral: a channel turns its own update into an :class:`Incoming`, feeds
+it to ``DialogManager.handle`` and renders the :data:`ReplyEvent` stream however it can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One message from a user in a chat. ``chat`` is the key of the conversation's state."""
+
+    chat: str
+    text: str
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the reply as the model produces it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinalText:
+    """The complete reply. ``complete`` is False when generation was cut short."""
+
+    text: str
+    complete: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReply:
+    data: bytes
+    mime_type: str
+    prompt: str
+
+
+NoticeKind = Literal["info", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A message from the bot itself (command output, errors), not from the model."""
+
+    text: str
+    kind: NoticeKind = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+ReplyEvent = TextDelta | FinalText | ImageReply | Notice
+
+
+@dataclass(slots=True)
+class Message:
+    """A chat message in the shape models take: instruction (system), user or assistant."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+    meta: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,129 @@
+"""The interface every model backend implements.
+
+A text backend is a class with one generator method, :meth:`TextModel.generate`, that yields text
+chunks (and optionally one :class:`~bot.events.Usage`). Callers use :meth:`TextModel.respond`,
+which wraps that generator in a :class:`Response` that can be iterated for deltas or awaited for
+the whole text, like ``llm``'s response objects.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.events import Message, Usage
+
+
+class GenerationOptions(BaseModel):
+    """Per-request generation options; unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+
+    def merged(self, override: GenerationOptions | None) -> GenerationOptions:
+        """Options from ``override`` where set, else ours."""
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
+
+Chunk = str | Usage
+
+
+class TextModel(abc.ABC):
+    """A text generation backend."""
+
+    #: Spec the model was created from, e.g. ``local:smollm2``; shown to users.
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def context_window(self) -> int:
+        """How many tokens (input plus output) one request may use."""
+
+    @abc.abstractmethod
+    def generate(
+        self, messages: Sequence[Message], options: GenerationOptions
+    ) -> AsyncIterator[Chunk]:
+        """Yield the reply as text chunks as they are produced, and at most one Usage.
+
+        Raise :class:`~bot.errors.ModelError` subclasses only. Closing the iterator early
+        (cancellation) must stop generation and release resources.
+        """
+
+    @abc.abstractmethod
+    async def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens ``messages`` take as a prompt, counted by the model's own tokenizer."""
+
+    def respond(self, messages: Sequence[Message], options: GenerationOptions) -> Response:
+        return Response(self.generate(messages, options))
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or memory. Default: nothing to release."""
+
+
+class Response:
+    """One model reply: ``async for delta in response`` or ``text = await response``."""
+
+    def __init__(self, chunks: AsyncIterator[Chunk]) -> None:
+        self._chunks = chunks
+        self._parts: list[str] = []
+        self._done = False
+        self.usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        """Text received so far (the whole reply once iteration finished)."""
+        return "".join(self._parts)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            async for chunk in self._chunks:
+                if isinstance(chunk, Usage):
+                    self.usage = chunk
+                elif chunk:
+                    self._parts.append(chunk)
+                    yield chunk
+            self._done = True
+        finally:
+            # Closing the backend's generator stops generation (cancellation, early exit).
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _collect(self) -> str:
+        async for _ in self:
+            pass
+        return self.text
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return self._collect().__await__()
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    data: bytes
+    mime_type: str
+
+
+class ImageModel(abc.ABC):
+    """An image generation backend."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def generate_image(self, prompt: str) -> GeneratedImage:
+        """Generate one image for ``prompt``; raise ModelError subclasses only."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Default: nothing to release."""

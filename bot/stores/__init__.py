@@ -1,0 +1,31 @@
+"""Dialog stores and :func:`open_store`, which picks one from a URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bot.errors import ConfigError
+from bot.settings import STORE_ACCEPTED, mask_url
+from bot.stores.base import ChatInfo, DialogStore, Turn
+
+__all__ = ["ChatInfo", "DialogStore", "Turn", "open_store"]
+
+
+async def open_store(url: str) -> DialogStore:
+    """Open the store ``url`` names: ``sqlite:///PATH``, ``redis://...`` or ``memory://``."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from bot.stores.memory import MemoryStore
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        from bot.stores.sqlite import SQLiteStore
+
+        # sqlite:///relative.db and sqlite:////abs/path.db, as in SQLAlchemy URLs.
+        return await SQLiteStore.open(Path(url.removeprefix("sqlite:///")))
+    if scheme in ("redis", "rediss"):
+        from bot.stores.redis import RedisStore
+
+        return RedisStore.from_url(url)
+    raise ConfigError("FMBOT_STORE", mask_url(url), STORE_ACCEPTED)

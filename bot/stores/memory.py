@@ -1,0 +1,45 @@
+"""In-process store (``memory://``): for tests and throwaway sessions; nothing survives a restart."""
+
+from __future__ import annotations
+
+import time
+
+from bot.stores.base import ChatInfo, DialogStore, Turn
+
+
+class MemoryStore(DialogStore):
+    def __init__(self) -> None:
+        self._turns: dict[str, list[Turn]] = {}
+        self._state: dict[str, dict[str, str]] = {}
+        self._updated: dict[str, float] = {}
+
+    def _touch(self, chat: str) -> None:
+        self._updated[chat] = time.time()
+
+    async def append(self, chat: str, *turns: Turn) -> None:
+        self._turns.setdefault(chat, []).extend(turns)
+        self._touch(chat)
+
+    async def read(self, chat: str, last: int | None = None) -> list[Turn]:
+        turns = self._turns.get(chat, [])
+        return list(turns[-last:] if last else turns)
+
+    async def reset(self, chat: str) -> None:
+        self._turns.pop(chat, None)
+        self._touch(chat)
+
+    async def delete(self, chat: str) -> None:
+        self._turns.pop(chat, None)
+        self._state.pop(chat, None)
+        self._updated.pop(chat, None)
+
+    async def chats(self) -> list[ChatInfo]:
+        infos = [ChatInfo(c, len(self._turns.get(c, [])), t) for c, t in self._updated.items()]
+        return sorted(infos, key=lambda i: i.updated_at, reverse=True)
+
+    async def get_state(self, chat: str) -> dict[str, str]:
+        return dict(self._state.get(chat, {}))
+
+    async def set_state(self, chat: str, **values: str) -> None:
+        self._state.setdefault(chat, {}).update(values)
+        self._touch(chat)

@@ -1,0 +1,118 @@
+"""Redis store (``redis://host:port/db``), for production and for several processes at once.
+
+Key layout (``P`` is the key prefix, ``fmbot`` by default; ``{chat}`` is a Redis Cluster hash tag so
+every key of one chat lives in one slot):
+
+    P:{chat}:turns   list of JSON turns, oldest first
+    P:{chat}:state   hash: the chat's small state (mode, ...)
+    P:chats          sorted set of chat ids scored by last update (for listing)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot.errors import StoreError
+from bot.stores.base import ChatInfo, DialogStore, Turn
+
+
+class RedisStore(DialogStore):
+    def __init__(self, client: aioredis.Redis, prefix: str = "fmbot") -> None:
+        self._r = client
+        self.prefix = prefix
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "fmbot") -> RedisStore:
+        client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        return cls(client, prefix)
+
+    def _key(self, chat: str, part: str) -> str:
+        return f"{self.prefix}:{{{chat}}}:{part}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}:chats"
+
+    async def append(self, chat: str, *turns: Turn) -> None:
+        payload = [
+            json.dumps(
+                {"role": t.role, "text": t.text, "at": t.created_at, "meta": t.meta},
+                ensure_ascii=False,
+            )
+            for t in turns
+        ]
+        try:
+            # One RPUSH carries all turns, so they land together; the index update rides in the
+            # same round trip but outside a transaction (it lives in another cluster slot).
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.rpush(self._key(chat, "turns"), *payload)
+                pipe.zadd(self._index, {chat: time.time()})
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
+
+    async def read(self, chat: str, last: int | None = None) -> list[Turn]:
+        start = -last if last else 0
+        try:
+            raw = await self._r.lrange(self._key(chat, "turns"), start, -1)
+        except RedisError as exc:
+            raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
+        turns = []
+        for item in raw:
+            d = json.loads(item)
+            turns.append(Turn(d["role"], d["text"], d["at"], d.get("meta", {})))
+        return turns
+
+    async def reset(self, chat: str) -> None:
+        await self._run(
+            lambda p: (p.delete(self._key(chat, "turns")), p.zadd(self._index, {chat: time.time()}))
+        )
+
+    async def delete(self, chat: str) -> None:
+        await self._run(
+            lambda p: (
+                p.delete(self._key(chat, "turns")),
+                p.delete(self._key(chat, "state")),
+                p.zrem(self._index, chat),
+            )
+        )
+
+    async def chats(self) -> list[ChatInfo]:
+        try:
+            entries = await self._r.zrevrange(self._index, 0, -1, withscores=True)
+            async with self._r.pipeline(transaction=False) as pipe:
+                for chat, _ in entries:
+                    pipe.llen(self._key(chat, "turns"))
+                counts = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Could not list conversations in Redis: {exc}") from exc
+        return [ChatInfo(c, n, s) for (c, s), n in zip(entries, counts, strict=True)]
+
+    async def get_state(self, chat: str) -> dict[str, str]:
+        try:
+            return dict(await self._r.hgetall(self._key(chat, "state")))
+        except RedisError as exc:
+            raise StoreError(f"Could not read chat state from Redis: {exc}") from exc
+
+    async def set_state(self, chat: str, **values: str) -> None:
+        await self._run(
+            lambda p: (
+                p.hset(self._key(chat, "state"), mapping=dict(values)),
+                p.zadd(self._index, {chat: time.time()}),
+            )
+        )
+
+    async def _run(self, build: object) -> None:
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                build(pipe)  # type: ignore[operator]
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Redis is unavailable: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._r.aclose()

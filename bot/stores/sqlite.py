@@ -1,0 +1,118 @@
+"""Embedded store on a SQLite file (``sqlite:///path/to/fmbot.db``), the default: no server needed.
+
+WAL mode and a busy timeout let a console and a bot process share one file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import aiosqlite
+
+from bot.errors import StoreError
+from bot.stores.base import ChatInfo, DialogStore, Turn
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chats (
+    chat TEXT PRIMARY KEY,
+    state TEXT NOT NULL DEFAULT '{}',
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS turns_by_chat ON turns (chat, id);
+"""
+
+_TOUCH = (
+    "INSERT INTO chats (chat, updated_at) VALUES (?, ?) "
+    "ON CONFLICT(chat) DO UPDATE SET updated_at = excluded.updated_at"
+)
+
+
+class SQLiteStore(DialogStore):
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteStore:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(path, timeout=30)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA busy_timeout=30000")
+            await db.executescript(_SCHEMA)
+            await db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"Cannot open the SQLite store at {path}: {exc}") from exc
+        return cls(db, path)
+
+    async def append(self, chat: str, *turns: Turn) -> None:
+        rows = [(chat, t.role, t.text, t.created_at, json.dumps(t.meta)) for t in turns]
+        try:
+            # One transaction: the turns land together or not at all.
+            await self._db.executemany(
+                "INSERT INTO turns (chat, role, text, created_at, meta) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            await self._db.execute(_TOUCH, (chat, time.time()))
+            await self._db.commit()
+        except sqlite3.Error as exc:
+            await self._db.rollback()
+            raise StoreError(f"Could not save the conversation: {exc}") from exc
+
+    async def read(self, chat: str, last: int | None = None) -> list[Turn]:
+        query = "SELECT role, text, created_at, meta FROM turns WHERE chat = ? ORDER BY id DESC"
+        params: tuple[object, ...] = (chat,)
+        if last:
+            query += " LIMIT ?"
+            params = (chat, last)
+        async with self._db.execute(query, params) as cursor:
+            rows = list(await cursor.fetchall())
+        rows.reverse()
+        return [Turn(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    async def reset(self, chat: str) -> None:
+        await self._db.execute("DELETE FROM turns WHERE chat = ?", (chat,))
+        await self._db.execute(_TOUCH, (chat, time.time()))
+        await self._db.commit()
+
+    async def delete(self, chat: str) -> None:
+        await self._db.execute("DELETE FROM turns WHERE chat = ?", (chat,))
+        await self._db.execute("DELETE FROM chats WHERE chat = ?", (chat,))
+        await self._db.commit()
+
+    async def chats(self) -> list[ChatInfo]:
+        query = (
+            "SELECT c.chat, COUNT(t.id), c.updated_at FROM chats c "
+            "LEFT JOIN turns t ON t.chat = c.chat GROUP BY c.chat ORDER BY c.updated_at DESC"
+        )
+        async with self._db.execute(query) as cursor:
+            return [ChatInfo(r[0], r[1], r[2]) for r in await cursor.fetchall()]
+
+    async def get_state(self, chat: str) -> dict[str, str]:
+        async with self._db.execute("SELECT state FROM chats WHERE chat = ?", (chat,)) as cursor:
+            row = await cursor.fetchone()
+        return dict(json.loads(row[0])) if row else {}
+
+    async def set_state(self, chat: str, **values: str) -> None:
+        # json_patch merges inside SQLite, so concurrent writers cannot lose each other's keys.
+        await self._db.execute(
+            "INSERT INTO chats (chat, state, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(chat) DO UPDATE SET state = json_patch(chats.state, excluded.state), "
+            "updated_at = excluded.updated_at",
+            (chat, json.dumps(values), time.time()),
+        )
+        await self._db.commit()
+
+    async def aclose(self) -> None:
+        await self._db.close()
