@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -24,7 +24,7 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
-def _run(make: Callable[[Settings], Awaitable[T]]) -> T:
+def _run(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     settings = load_settings()
     return asyncio.run(make(settings))
 
@@ -79,7 +79,9 @@ def history(
             for turn in turns:
                 status = turn.meta.get("status")
                 mark = f" ({status})" if status not in (None, "complete") else ""
-                typer.echo(f"{turn.role}{mark}: {turn.text}")
+                # Continuation lines are indented so each turn starts on an unindented line.
+                text = turn.text.replace("\n", "\n  ")
+                typer.echo(f"{turn.role}{mark}: {text}")
         finally:
             await store.aclose()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TextIO
 
@@ -120,19 +121,22 @@ class ConsoleChannel:
         command = parse_command(text.strip())
         return command is not None and command.name in EXIT_COMMANDS
 
-    async def _events(self, text: str) -> AsyncIterator[ReplyEvent]:
+    async def _events(self, text: str) -> AsyncGenerator[ReplyEvent, None]:
         command = parse_command(text.strip())
         if command is not None and command.name == "help":
             yield Notice(CONSOLE_HELP)
             return
-        async for event in self.manager.handle(Incoming(chat=self.chat, text=text, user="console")):
-            yield event
+        incoming = Incoming(chat=self.chat, text=text, user="console")
+        async with contextlib.aclosing(self.manager.handle(incoming)) as events:
+            async for event in events:
+                yield event
 
     def _save_image(self, image: ImageReply) -> Path:
         folder = self.home / "images"
         folder.mkdir(parents=True, exist_ok=True)
         ext = {"image/png": "png", "image/webp": "webp"}.get(image.mime_type, "jpg")
-        index = len(list(folder.glob(f"{self.chat}-*"))) + 1
-        path = folder / f"{self.chat}-{index:04d}.{ext}"
+        stem = re.sub(r"[^\w.-]+", "_", self.chat)
+        index = len(list(folder.glob(f"{stem}-*"))) + 1
+        path = folder / f"{stem}-{index:04d}.{ext}"
         path.write_bytes(image.data)
         return path

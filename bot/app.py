@@ -35,6 +35,4 @@ async def build_manager(settings: Settings) -> DialogManager:
         await store.aclose()
         raise
     options = GenerationOptions(temperature=settings.temperature, max_tokens=settings.max_tokens)
-    return DialogManager(
-        store, model, prompts, options=options, default_mode=settings.default_mode
-    )
+    return DialogManager(store, model, prompts, options=options, default_mode=settings.default_mode)

@@ -7,8 +7,9 @@ notices). It owns the chat's turn: lock, state, prompt, trimming, model call and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from bot.context import fit_to_window
@@ -62,7 +63,7 @@ class DialogManager:
         self.history_turns = history_turns
         self.locks = ChatLocks()
 
-    async def handle(self, incoming: Incoming) -> AsyncIterator[ReplyEvent]:
+    async def handle(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
         """Answer one message. Errors become Notice events; nothing escapes but cancellation."""
         command = parse_command(incoming.text)
         try:
@@ -70,8 +71,10 @@ class DialogManager:
                 if command is not None and command.name in _COMMANDS:
                     yield await _COMMANDS[command.name](self, incoming.chat, command.arg)
                     return
-                async for event in self._turn(incoming):
-                    yield event
+                # aclosing: if our caller stops early, the turn (and the model stream) stop too.
+                async with contextlib.aclosing(self._turn(incoming)) as events:
+                    async for event in events:
+                        yield event
         except StoreError as exc:
             log.error("store failed for chat %s: %s", incoming.chat, exc)
             yield Notice(
@@ -91,13 +94,21 @@ class DialogManager:
             )
         return template
 
-    async def _turn(self, incoming: Incoming) -> AsyncIterator[ReplyEvent]:
+    def _options_for(self, template: PromptTemplate) -> GenerationOptions:
+        """The template's options over the defaults; the configured max_tokens is a ceiling."""
+        options = self.options.merged(template.options)
+        ceiling = self.options.max_tokens
+        if ceiling and options.max_tokens and options.max_tokens > ceiling:
+            options = options.model_copy(update={"max_tokens": ceiling})
+        return options
+
+    async def _turn(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
         chat = incoming.chat
         try:
             template = await self.mode_of(chat)
             stored = await self.store.read(chat, last=self.history_turns)
             history = [Message(t.role, t.text) for t in stored]
-            options = self.options.merged(template.options)
+            options = self._options_for(template)
             full = build_messages(template, incoming.text)
             prefix, current = full[:-1], full[-1]
             messages = await fit_to_window(
@@ -110,8 +121,9 @@ class DialogManager:
         response = self.model.respond(messages, options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
         try:
-            async for delta in response:
-                yield TextDelta(delta)
+            async with contextlib.aclosing(aiter(response)) as deltas:
+                async for delta in deltas:
+                    yield TextDelta(delta)
             status = "complete"
         except ModelError as exc:
             status = "interrupted"
@@ -126,7 +138,10 @@ class DialogManager:
                 usage = response.usage
                 meta: dict[str, object] = {"mode": template.name, "status": status}
                 if usage is not None:
-                    meta |= {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+                    meta |= {
+                        "input_tokens": usage.input_tokens,
+                        "output_tokens": usage.output_tokens,
+                    }
                 turns = (
                     Turn("user", incoming.text, meta={"mode": template.name}),
                     Turn("assistant", response.text, meta=meta),

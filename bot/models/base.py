@@ -9,7 +9,7 @@ the whole text, like ``llm``'s response objects.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,9 @@ class Response:
     def done(self) -> bool:
         return self._done
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    async def __aiter__(self) -> AsyncGenerator[str, None]:
+        # ``async for`` does not close an iterator it leaves early: callers that may stop
+        # before the end use ``contextlib.aclosing(aiter(response))``.
         try:
             async for chunk in self._chunks:
                 if isinstance(chunk, Usage):

@@ -97,7 +97,9 @@ class LocalModel(TextModel):
                     verbose=False,
                 )
         except Exception as exc:
-            raise ModelUnavailableError(f"Could not load the local model from {path}: {exc}") from exc
+            raise ModelUnavailableError(
+                f"Could not load the local model from {path}: {exc}"
+            ) from exc
         self._formatter = self._chat_formatter()
         # One generation at a time: llama.cpp contexts are not thread-safe.
         self._lock = asyncio.Lock()
@@ -153,6 +155,8 @@ class LocalModel(TextModel):
                     stream=True,
                     max_tokens=options.max_tokens or 256,
                     temperature=0.7 if options.temperature is None else options.temperature,
+                    # Small models loop without it ("I'm here to help. I'm here to help...").
+                    repeat_penalty=1.15,
                 )
                 produced = 0
                 for chunk in stream:

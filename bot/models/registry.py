@@ -1,4 +1,4 @@
-"""Turn a model spec from settings (``local:smollm2``, ``yandex:...``, ``openai:...``) into a backend.
+"""Turn a model spec from settings (``local:smollm2``, ``yandex:...``) into a backend.
 
 Backends are created once per process and spec, then reused: loading a model or opening a
 connection pool is the expensive part, not a turn.

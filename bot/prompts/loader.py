@@ -17,19 +17,20 @@ TEMPLATE_SUFFIXES = (".yaml", ".yml")
 _TEXT_FIELDS = ("instruction", "task")
 
 
-def _node_for(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The YAML node at ``loc`` (mapping keys and sequence indexes), or the closest parent."""
+def _node_for(root: yaml.Node | None, loc: tuple[Any, ...], key: bool = False) -> yaml.Node | None:
+    """The YAML node at ``loc`` (mapping keys and sequence indexes), or the closest parent.
+
+    With ``key`` the last step returns the mapping key rather than its value (unknown fields).
+    """
     node = root
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == part), None)
-            if match is None:
-                # Unknown field: point at the key itself.
-                key = next((k for k, _ in node.value if k.value == part), None)
-                return key or node
-            node = match
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(
-            node.value
+            entry = next(((k, v) for k, v in node.value if k.value == part), None)
+            if entry is None:
+                return node
+            node = entry[0] if key and i == len(loc) - 1 else entry[1]
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
         ):
             node = node.value[part]
         else:
@@ -73,8 +74,10 @@ def load_template(path: Path) -> PromptTemplate:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
         field = ".".join(str(p) for p in loc)
-        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        raise PromptError(f"{field}: {message}", _where(path, _node_for(root, loc))) from exc
+        unknown = err["type"] == "extra_forbidden"
+        message = "unknown field" if unknown else err["msg"]
+        where = _where(path, _node_for(root, loc, key=unknown))
+        raise PromptError(f"{field}: {message}", where) from exc
     for name in _TEXT_FIELDS:
         try:
             environment.parse(getattr(template, name))
@@ -85,7 +88,7 @@ def load_template(path: Path) -> PromptTemplate:
 
 
 def check_template(template: PromptTemplate) -> None:
-    """Render the template once with a sample message: catches undefined variables and type errors."""
+    """Render once with a sample message: catches undefined variables and type errors."""
     from bot.prompts.render import build_messages
 
     try:

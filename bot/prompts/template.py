@@ -1,4 +1,4 @@
-"""A prompt template: instruction (system part) + task (the per-turn part around the user's text)."""
+"""A prompt template: instruction (system part) + task (the per-turn part around the message)."""
 
 from __future__ import annotations
 

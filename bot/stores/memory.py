@@ -1,4 +1,4 @@
-"""In-process store (``memory://``): for tests and throwaway sessions; nothing survives a restart."""
+"""In-process store (``memory://``) for tests and throwaway sessions; nothing survives restarts."""
 
 from __future__ import annotations
 

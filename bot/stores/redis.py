@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -83,7 +85,10 @@ class RedisStore(DialogStore):
 
     async def chats(self) -> list[ChatInfo]:
         try:
-            entries = await self._r.zrevrange(self._index, 0, -1, withscores=True)
+            entries = cast(
+                list[tuple[str, float]],
+                await self._r.zrevrange(self._index, 0, -1, withscores=True),
+            )
             async with self._r.pipeline(transaction=False) as pipe:
                 for chat, _ in entries:
                     pipe.llen(self._key(chat, "turns"))
@@ -94,7 +99,7 @@ class RedisStore(DialogStore):
 
     async def get_state(self, chat: str) -> dict[str, str]:
         try:
-            return dict(await self._r.hgetall(self._key(chat, "state")))
+            return cast(dict[str, str], await self._r.hgetall(self._key(chat, "state")))
         except RedisError as exc:
             raise StoreError(f"Could not read chat state from Redis: {exc}") from exc
 
@@ -106,10 +111,11 @@ class RedisStore(DialogStore):
             )
         )
 
-    async def _run(self, build: object) -> None:
+    async def _run(self, build: Callable[[Any], object]) -> None:
+        """Queue commands with ``build`` and send them in one round trip."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
-                build(pipe)  # type: ignore[operator]
+                build(pipe)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"Redis is unavailable: {exc}") from exc

