@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pexpect
 import pytest
+import redis
 
 FMBOT = shutil.which("fmbot", path=str(Path(sys.executable).parent)) or "fmbot"
 
@@ -108,6 +110,32 @@ def test_bad_setting_is_one_line_exit_2_no_traceback(
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert result.stdout == ""
+
+
+def test_prompts_dir_that_is_a_file_is_rejected(env: dict[str, str], tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "prompts.yaml"
+    not_a_dir.write_text("name: x\n")
+    result = run(["console"], env | {"FMBOT_PROMPTS_DIR": str(not_a_dir)}, stdin="Hi\n")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"fmbot: configuration error: FMBOT_PROMPTS_DIR='{not_a_dir}' is not valid: "
+        "give a readable directory of template files"
+    )
+
+
+def test_console_on_the_redis_store(env: dict[str, str], redis_server: str) -> None:
+    chat = f"cli-redis-{uuid.uuid4().hex[:8]}"
+    env |= {"FMBOT_STORE": redis_server}
+    try:
+        assert run(["console", "--chat", chat], env, stdin="Hello\n").returncode == 0
+        shown = run(["history", chat], env).stdout
+        assert shown.startswith("user: Hello\nassistant: ")
+        assert chat in run(["history"], env).stdout
+    finally:
+        client = redis.Redis.from_url(redis_server)
+        client.delete(f"fmbot:{{{chat}}}:turns", f"fmbot:{{{chat}}}:state")
+        client.zrem("fmbot:chats", chat)
+        client.close()
 
 
 def test_bad_setting_in_dotenv_file_is_reported(env: dict[str, str], tmp_path: Path) -> None:
