@@ -39,6 +39,7 @@ def console(
     """Chat in the terminal (reads one message per line when stdin is not a terminal)."""
     from adapters.console import ConsoleChannel
     from bot.app import build_manager
+    from bot.models.registry import close_models
 
     async def go(settings: Settings) -> None:
         manager = await build_manager(settings)
@@ -50,7 +51,8 @@ def console(
                 await manager.store.set_state(chat, mode=mode)
             await ConsoleChannel(manager, chat, settings.home).run(sys.stdin.isatty())
         finally:
-            await manager.store.aclose()
+            await manager.aclose()
+            await close_models()
 
     _run(go)
 

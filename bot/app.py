@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from bot.dialog import DialogManager
 from bot.errors import ConfigError
-from bot.models.base import GenerationOptions
-from bot.models.registry import get_text_model
+from bot.models.base import GenerationOptions, TextModel
+from bot.models.registry import get_image_model, get_text_model
 from bot.prompts.library import PromptLibrary
+from bot.routing import ImageIntentClassifier, ModelClassifier, RuleClassifier, YandexClassifier
 from bot.settings import Settings
 from bot.stores import open_store
 
@@ -26,13 +27,37 @@ def open_prompts(settings: Settings) -> PromptLibrary:
 
 
 async def build_manager(settings: Settings) -> DialogManager:
-    """A ready manager; the caller closes it with ``await manager.store.aclose()``."""
+    """A ready manager; close it with ``await manager.aclose()`` and ``registry.close_models()``."""
     prompts = open_prompts(settings)
     store = await open_store(settings.store_url)
     try:
         model = await get_text_model(settings)
+        image_model = await get_image_model(settings)
     except BaseException:
         await store.aclose()
         raise
     options = GenerationOptions(temperature=settings.temperature, max_tokens=settings.max_tokens)
-    return DialogManager(store, model, prompts, options=options, default_mode=settings.default_mode)
+    return DialogManager(
+        store,
+        model,
+        prompts,
+        options=options,
+        default_mode=settings.default_mode,
+        image_model=image_model,
+        classifier=make_classifier(settings, model),
+        rewrite_image_prompts=settings.rewrite_image_prompts,
+    )
+
+
+def make_classifier(settings: Settings, model: TextModel) -> ImageIntentClassifier:
+    """FMBOT_IMAGE_CLASSIFIER; ``auto`` is Yandex few-shot when Yandex is in use, else rules."""
+    choice = settings.image_classifier
+    if choice == "auto":
+        choice = "yandex" if settings.uses_yandex else "rules"
+    if choice == "yandex":
+        from bot.models.yandex import YandexClient
+
+        return YandexClassifier(YandexClient.from_settings(settings))
+    if choice == "model":
+        return ModelClassifier(model)
+    return RuleClassifier()

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from bot.context import fit_to_window
 from bot.errors import FmbotError, ModelError, PromptError, StoreError
-from bot.events import FinalText, Incoming, Message, Notice, ReplyEvent, TextDelta
+from bot.events import FinalText, ImageReply, Incoming, Message, Notice, ReplyEvent, TextDelta
 from bot.locks import ChatLocks
-from bot.models.base import GenerationOptions, TextModel
+from bot.models.base import GenerationOptions, ImageModel, TextModel
 from bot.prompts.library import PromptLibrary
 from bot.prompts.render import build_messages
 from bot.prompts.template import PromptTemplate
+from bot.routing import ImageIntentClassifier, RuleClassifier, matches_rules
 from bot.stores.base import DialogStore, Turn
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,19 @@ log = logging.getLogger(__name__)
 HELP = """Commands:
 /help — this list
 /new — start a fresh conversation (the template stays)
-/mode — list prompt templates; /mode NAME — switch to one"""
+/mode — list prompt templates; /mode NAME — switch to one
+/image PROMPT — generate a picture
+/usage — tokens and images used in this chat
+/forget — delete everything stored about this chat"""
+
+IMAGE_SETUP_HINT = (
+    "No image model is configured, so I cannot draw. Set FMBOT_IMAGE_MODEL, e.g. "
+    "FMBOT_IMAGE_MODEL=yandex:yandex-art/latest (with YANDEX_API_KEY and YANDEX_FOLDER_ID) or "
+    "FMBOT_IMAGE_MODEL=openai:dall-e-3 (with OPENAI_API_KEY), and restart the bot."
+)
+IMAGE_PROMPT_TEMPLATE = "image-prompt"
+IMAGE_PROMPT_LIMIT = 500  # YandexART's limit; a sane bound for other services too
+_USAGE_KEYS = ("input_tokens", "output_tokens", "images")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,9 @@ class DialogManager:
         options: GenerationOptions | None = None,
         default_mode: str = "default",
         history_turns: int = 200,
+        image_model: ImageModel | None = None,
+        classifier: ImageIntentClassifier | None = None,
+        rewrite_image_prompts: bool = True,
     ) -> None:
         self.store = store
         self.model = model
@@ -61,6 +77,9 @@ class DialogManager:
         self.options = options or GenerationOptions(max_tokens=512)
         self.default_mode = default_mode
         self.history_turns = history_turns
+        self.image_model = image_model
+        self.classifier = classifier or RuleClassifier()
+        self.rewrite_image_prompts = rewrite_image_prompts
         self.locks = ChatLocks()
 
     async def handle(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
@@ -68,6 +87,11 @@ class DialogManager:
         command = parse_command(incoming.text)
         try:
             async with self.locks(incoming.chat):
+                if command is not None and command.name == "image":
+                    async with contextlib.aclosing(self._image(incoming.chat, command.arg)) as evs:
+                        async for event in evs:
+                            yield event
+                    return
                 if command is not None and command.name in _COMMANDS:
                     yield await _COMMANDS[command.name](self, incoming.chat, command.arg)
                     return
@@ -82,6 +106,11 @@ class DialogManager:
                 f"answered. Please send it again in a moment. ({exc})",
                 "error",
             )
+
+    async def aclose(self) -> None:
+        """Close the store and the classifier. Models are shared per process: see registry."""
+        await self.classifier.aclose()
+        await self.store.aclose()
 
     async def mode_of(self, chat: str) -> PromptTemplate:
         """The chat's template; falls back to the default when its file was removed."""
@@ -102,10 +131,22 @@ class DialogManager:
             options = options.model_copy(update={"max_tokens": ceiling})
         return options
 
+    async def _wants_image(self, text: str, template: PromptTemplate) -> bool:
+        if not template.allow_images:
+            return False
+        if self.image_model is None:
+            # Only the free rules: enough to tell the user how to enable pictures.
+            return matches_rules(text)
+        return await self.classifier(text)
+
     async def _turn(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
         chat = incoming.chat
         try:
             template = await self.mode_of(chat)
+            if await self._wants_image(incoming.text, template):
+                async for event in self._image_turn(chat, incoming.text, rewrite=True):
+                    yield event
+                return
             stored = await self.store.read(chat, last=self.history_turns)
             history = [Message(t.role, t.text) for t in stored]
             options = self._options_for(template)
@@ -148,8 +189,54 @@ class DialogManager:
                 )
                 # Shielded: a cancelled turn still records what the user saw.
                 await asyncio.shield(self.store.append(chat, *turns))
+                if usage is not None:
+                    await asyncio.shield(
+                        self._count(
+                            chat, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+                        )
+                    )
         if status == "complete":
             yield FinalText(response.text)
+
+    async def _image_turn(
+        self, chat: str, request: str, *, rewrite: bool
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """Generate a picture for ``request``; the text model may rewrite it into a prompt first."""
+        if self.image_model is None:
+            yield Notice(IMAGE_SETUP_HINT, "warning")
+            return
+        prompt = request
+        writer = self.prompts.get(IMAGE_PROMPT_TEMPLATE) if rewrite else None
+        if writer is not None and self.rewrite_image_prompts:
+            try:
+                messages = build_messages(writer, request)
+                rewritten = (await self.model.respond(messages, self._options_for(writer))).strip()
+                prompt = rewritten or request
+            except (ModelError, PromptError) as exc:
+                log.warning("image prompt rewrite failed, using the request as is: %s", exc)
+        prompt = prompt[:IMAGE_PROMPT_LIMIT]
+        yield Notice(f"Generating an image: {prompt}", progress="image")
+        try:
+            image = await self.image_model.generate_image(prompt)
+        except ModelError as exc:
+            yield Notice(f"The image could not be generated: {exc}", "error")
+            return
+        meta: dict[str, object] = {"kind": "image", "prompt": prompt, "status": "complete"}
+        await self.store.append(
+            chat, Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta)
+        )
+        await self._count(chat, images=1)
+        yield ImageReply(image.data, image.mime_type, prompt)
+
+    async def _count(self, chat: str, **amounts: int) -> None:
+        """Add to the chat's usage counters (kept in its state, so /new keeps them)."""
+        state = await self.store.get_state(chat)
+        await self.store.set_state(
+            chat,
+            **{
+                f"usage_{k}": str(int(state.get(f"usage_{k}", "0")) + v) for k, v in amounts.items()
+            },
+        )
 
     # --- commands --------------------------------------------------------------------------
 
@@ -159,6 +246,26 @@ class DialogManager:
     async def _new(self, chat: str, arg: str) -> Notice:
         await self.store.reset(chat)
         return Notice("Started a new conversation.")
+
+    async def _image(self, chat: str, arg: str) -> AsyncGenerator[ReplyEvent, None]:
+        if not arg:
+            yield Notice("Tell me what to draw: /image a lighthouse on a cliff, watercolor")
+            return
+        async for event in self._image_turn(chat, arg, rewrite=False):
+            yield event
+
+    async def _usage(self, chat: str, arg: str) -> Notice:
+        state = await self.store.get_state(chat)
+        used = {k: int(state.get(f"usage_{k}", "0")) for k in _USAGE_KEYS}
+        total = used["input_tokens"] + used["output_tokens"]
+        return Notice(
+            f"Used in this chat: {used['input_tokens']} input + {used['output_tokens']} output "
+            f"= {total} tokens; {used['images']} images."
+        )
+
+    async def _forget(self, chat: str, arg: str) -> Notice:
+        await self.store.delete(chat)
+        return Notice("Deleted everything stored about this chat: history, template and usage.")
 
     async def _mode(self, chat: str, arg: str) -> Notice:
         current = await self.mode_of(chat)
@@ -181,6 +288,8 @@ _COMMANDS = {
     "start": DialogManager._help,
     "new": DialogManager._new,
     "mode": DialogManager._mode,
+    "usage": DialogManager._usage,
+    "forget": DialogManager._forget,
 }
 
 __all__ = ["HELP", "Command", "DialogManager", "FmbotError", "parse_command"]

@@ -46,10 +46,15 @@ NoticeKind = Literal["info", "warning", "error"]
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """A message from the bot itself (command output, errors), not from the model."""
+    """A message from the bot itself (command output, errors), not from the model.
+
+    ``progress`` names work under way that the channel may show as an activity (e.g. Telegram's
+    "upload_photo" while ``"image"`` is being generated).
+    """
 
     text: str
     kind: NoticeKind = "info"
+    progress: Literal["image"] | None = None
 
 
 @dataclass(frozen=True, slots=True)

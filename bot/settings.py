@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.errors import ConfigError
 
 STORE_SCHEMES = ("sqlite", "redis", "rediss", "memory")
+IMAGE_CLASSIFIERS = ("auto", "rules", "model", "yandex")
 STORE_ACCEPTED = "use sqlite:///PATH, redis://HOST:PORT/DB (or rediss://) or memory://"
 
 
@@ -41,6 +42,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, alias="FMBOT_HOME")
     text_model: str = Field(default="local:smollm2", alias="FMBOT_TEXT_MODEL")
     image_model: str | None = Field(default=None, alias="FMBOT_IMAGE_MODEL")
+    image_classifier: str = Field(default="auto", alias="FMBOT_IMAGE_CLASSIFIER")
+    rewrite_image_prompts: bool = Field(default=True, alias="FMBOT_REWRITE_IMAGE_PROMPTS")
     store: str | None = Field(default=None, alias="FMBOT_STORE")
     prompts_dir: Path = Field(default_factory=shipped_prompts_dir, alias="FMBOT_PROMPTS_DIR")
     default_mode: str = Field(default="default", alias="FMBOT_DEFAULT_MODE")
@@ -78,9 +81,21 @@ class Settings(BaseSettings):
             raise ConfigError("FMBOT_STORE", mask_url(self.store_url), STORE_ACCEPTED)
         if scheme == "sqlite" and not urlsplit(self.store_url).path.lstrip("/"):
             raise ConfigError("FMBOT_STORE", self.store_url, STORE_ACCEPTED)
-        from bot.models.registry import check_text_model_spec
+        from bot.models.registry import check_image_model_spec, check_text_model_spec
 
         check_text_model_spec(self.text_model)
+        if self.image_model:
+            check_image_model_spec(self.image_model)
+        if self.image_classifier not in IMAGE_CLASSIFIERS:
+            raise ConfigError(
+                "FMBOT_IMAGE_CLASSIFIER",
+                self.image_classifier,
+                f"use {', '.join(IMAGE_CLASSIFIERS)}",
+            )
+        if self.uses_yandex:
+            from bot.models.yandex import YandexCredentials
+
+            YandexCredentials.from_settings(self)  # fail fast, before any request
         d = self.prompts_dir
         if not d.is_dir():
             raise ConfigError(
@@ -92,6 +107,11 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "FMBOT_PROMPTS_DIR", str(d), f"the directory cannot be read ({exc.strerror})"
             ) from exc
+
+    @property
+    def uses_yandex(self) -> bool:
+        specs = (self.text_model, self.image_model or "")
+        return any(spec.startswith("yandex:") for spec in specs)
 
     def public_view(self) -> dict[str, Any]:
         """Effective settings keyed by environment variable, secrets masked."""

@@ -10,25 +10,39 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from bot.errors import ConfigError
-from bot.models.base import TextModel
+from bot.models.base import ImageModel, TextModel
 
 if TYPE_CHECKING:
     from bot.settings import Settings
 
-TEXT_ACCEPTED = "use local:smollm2"
+TEXT_ACCEPTED = (
+    "use local:smollm2, yandex:MODEL[/VERSION][?mode=sync|stream|async] "
+    "(e.g. yandex:yandexgpt-lite/latest) or openai:MODEL (e.g. openai:gpt-4o-mini)"
+)
 
 _text_models: dict[tuple[str, int], TextModel] = {}
+_image_models: dict[str, ImageModel] = {}
 _lock = asyncio.Lock()
 
 
 def check_text_model_spec(spec: str) -> None:
     """Raise ConfigError unless ``spec`` names a text backend fmbot knows."""
     from bot.models.local import LOCAL_MODELS
+    from bot.models.remote import check_text_spec
 
     kind, _, name = spec.partition(":")
     if kind == "local" and name in LOCAL_MODELS:
         return
+    if check_text_spec(spec):  # raises ConfigError for a malformed remote spec
+        return
     raise ConfigError("FMBOT_TEXT_MODEL", spec, TEXT_ACCEPTED)
+
+
+def check_image_model_spec(spec: str) -> None:
+    from bot.models.remote import IMAGE_ACCEPTED, IMAGE_SETTING, check_image_spec
+
+    if not check_image_spec(spec):
+        raise ConfigError(IMAGE_SETTING, spec, IMAGE_ACCEPTED)
 
 
 async def get_text_model(settings: Settings) -> TextModel:
@@ -39,12 +53,39 @@ async def get_text_model(settings: Settings) -> TextModel:
     async with _lock:
         model = _text_models.get(key)
         if model is None:
-            model = await _create(spec, settings)
+            model = await _create_text(spec, settings)
             _text_models[key] = model
         return model
 
 
-async def _create(spec: str, settings: Settings) -> TextModel:
+async def get_image_model(settings: Settings) -> ImageModel | None:
+    """The backend for ``settings.image_model``, or None when no image model is configured."""
+    spec = settings.image_model
+    if not spec:
+        return None
+    from bot.models.remote import create_image_model
+
+    check_image_model_spec(spec)
+    async with _lock:
+        model = _image_models.get(spec)
+        if model is None:
+            model = create_image_model(spec, settings)
+            assert model is not None  # check_image_model_spec accepted it
+            _image_models[spec] = model
+        return model
+
+
+async def close_models() -> None:
+    """Close every cached backend (HTTP pools); the next get_* creates fresh ones."""
+    async with _lock:
+        models: list[TextModel | ImageModel] = [*_text_models.values(), *_image_models.values()]
+        _text_models.clear()
+        _image_models.clear()
+    for model in models:
+        await model.aclose()
+
+
+async def _create_text(spec: str, settings: Settings) -> TextModel:
     kind, _, name = spec.partition(":")
     if kind == "local":
         from bot.models.local import LOCAL_MODELS, LocalModel, find_gguf
@@ -58,4 +99,9 @@ async def _create(spec: str, settings: Settings) -> TextModel:
             context_window=settings.context_tokens,
             threads=settings.local_threads,
         )
-    raise ConfigError("FMBOT_TEXT_MODEL", spec, TEXT_ACCEPTED)  # pragma: no cover
+    from bot.models.remote import create_text_model
+
+    model = create_text_model(spec, settings)  # ConfigError when credentials are missing
+    if model is None:  # pragma: no cover - check_text_model_spec rejects other kinds
+        raise ConfigError("FMBOT_TEXT_MODEL", spec, TEXT_ACCEPTED)
+    return model

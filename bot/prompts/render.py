@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import TracebackType
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -15,17 +16,42 @@ from bot.prompts.template import PromptTemplate
 environment = ImmutableSandboxedEnvironment(
     undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
 )
+_TEMPLATE_FILENAME = "<template>"  # what Jinja names frames of templates made from strings
 
 
-def render_text(source: str, variables: Mapping[str, object], where: str) -> str:
+class RenderError(PromptError):
+    """A field failed to render. ``field`` and ``line`` (1-based, within the field's text) let
+    the loader turn this into a ``path:line:column`` of the file."""
+
+    def __init__(self, message: str, location: str, field: str, line: int | None) -> None:
+        super().__init__(message, location)
+        self.field = field
+        self.line = line
+
+
+def _template_line(tb: TracebackType | None) -> int | None:
+    """The template line that raised: Jinja rewrites tracebacks so template frames carry it."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == _TEMPLATE_FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render_text(
+    source: str, variables: Mapping[str, object], where: str, field: str = "text"
+) -> str:
     try:
         return environment.from_string(source).render(**variables).strip()
     except TemplateSyntaxError as exc:
-        raise PromptError(exc.message or str(exc), f"{where}:{exc.lineno}") from exc
+        message = exc.message or str(exc)
+        raise RenderError(message, f"{where}:{exc.lineno}", field, exc.lineno) from exc
     except TemplateError as exc:
-        raise PromptError(str(exc), where) from exc
+        raise RenderError(str(exc), where, field, _template_line(exc.__traceback__)) from exc
     except (TypeError, ValueError, ArithmeticError) as exc:
-        raise PromptError(f"{type(exc).__name__}: {exc}", where) from exc
+        line = _template_line(exc.__traceback__)
+        raise RenderError(f"{type(exc).__name__}: {exc}", where, field, line) from exc
 
 
 def build_messages(
@@ -37,11 +63,14 @@ def build_messages(
     """The exact messages for one turn: instruction, few-shot examples, history, the task."""
     values: dict[str, object] = {**template.variables, **(variables or {})}
     where = str(template.source or template.name)
-    out = [Message("system", render_text(template.instruction, values, where + " (instruction)"))]
+    instruction = render_text(
+        template.instruction, values, where + " (instruction)", "instruction"
+    )
+    out = [Message("system", instruction)]
     for example in template.examples:
         out.append(Message("user", example.user))
         out.append(Message("assistant", example.assistant))
     out.extend(history)
-    task = render_text(template.task, {**values, "message": message}, where + " (task)")
+    task = render_text(template.task, {**values, "message": message}, where + " (task)", "task")
     out.append(Message("user", task))
     return out
