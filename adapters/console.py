@@ -126,7 +126,8 @@ class ConsoleChannel:
         if command is not None and command.name == "help":
             yield Notice(CONSOLE_HELP)
             return
-        incoming = Incoming(chat=self.chat, text=text, user="console")
+        # The console user is the operator: no rate limits or budgets.
+        incoming = Incoming(chat=self.chat, text=text, user="console", admin=True)
         async with contextlib.aclosing(self.manager.handle(incoming)) as events:
             async for event in events:
                 yield event

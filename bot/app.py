@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from bot.dialog import DialogManager
 from bot.errors import ConfigError
+from bot.limits import Limits, MemoryLimits, RedisLimits
 from bot.models.base import GenerationOptions, TextModel
 from bot.models.registry import get_image_model, get_text_model
 from bot.prompts.library import PromptLibrary
 from bot.routing import ImageIntentClassifier, ModelClassifier, RuleClassifier, YandexClassifier
 from bot.settings import Settings
-from bot.stores import open_store
+from bot.stores import DialogStore, open_store
+from bot.stores.redis import RedisStore
 
 
 def open_prompts(settings: Settings) -> PromptLibrary:
@@ -29,7 +31,9 @@ def open_prompts(settings: Settings) -> PromptLibrary:
 async def build_manager(settings: Settings) -> DialogManager:
     """A ready manager; close it with ``await manager.aclose()`` and ``registry.close_models()``."""
     prompts = open_prompts(settings)
-    store = await open_store(settings.store_url)
+    store = await open_store(
+        settings.store_url, max_turns=settings.history_turns, ttl=settings.history_ttl_seconds
+    )
     try:
         model = await get_text_model(settings)
         image_model = await get_image_model(settings)
@@ -46,7 +50,19 @@ async def build_manager(settings: Settings) -> DialogManager:
         image_model=image_model,
         classifier=make_classifier(settings, model),
         rewrite_image_prompts=settings.rewrite_image_prompts,
+        history_turns=settings.history_turns,
+        busy_policy=settings.busy_policy,
+        limits=make_limits(settings, store),
     )
+
+
+def make_limits(settings: Settings, store: DialogStore) -> Limits | None:
+    """Shared through Redis when the store is Redis; per process otherwise."""
+    if not (settings.rate_limit or settings.daily_tokens):
+        return None
+    if isinstance(store, RedisStore):
+        return RedisLimits(store.client, store.prefix, settings.rate_limit, settings.daily_tokens)
+    return MemoryLimits(settings.rate_limit, settings.daily_tokens)
 
 
 def make_classifier(settings: Settings, model: TextModel) -> ImageIntentClassifier:

@@ -12,9 +12,20 @@ import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+from bot.busy import BusyGate, BusyPolicy
 from bot.context import fit_to_window
 from bot.errors import FmbotError, ModelError, PromptError, StoreError
-from bot.events import FinalText, ImageReply, Incoming, Message, Notice, ReplyEvent, TextDelta
+from bot.events import (
+    FinalText,
+    ImageReply,
+    Incoming,
+    Message,
+    Notice,
+    ReplyEvent,
+    TextDelta,
+    Usage,
+)
+from bot.limits import Limits
 from bot.locks import ChatLocks
 from bot.models.base import GenerationOptions, ImageModel, TextModel
 from bot.prompts.library import PromptLibrary
@@ -70,6 +81,8 @@ class DialogManager:
         image_model: ImageModel | None = None,
         classifier: ImageIntentClassifier | None = None,
         rewrite_image_prompts: bool = True,
+        busy_policy: BusyPolicy = BusyPolicy.QUEUE,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.model = model
@@ -80,32 +93,58 @@ class DialogManager:
         self.image_model = image_model
         self.classifier = classifier or RuleClassifier()
         self.rewrite_image_prompts = rewrite_image_prompts
+        self.busy = BusyGate(busy_policy)
+        self.limits = limits
         self.locks = ChatLocks()
 
     async def handle(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
         """Answer one message. Errors become Notice events; nothing escapes but cancellation."""
         command = parse_command(incoming.text)
+        chat = incoming.chat
         try:
-            async with self.locks(incoming.chat):
-                if command is not None and command.name == "image":
-                    async with contextlib.aclosing(self._image(incoming.chat, command.arg)) as evs:
+            if command is not None and (command.name in _COMMANDS or command.name == "image"):
+                async with self.locks(chat):
+                    if command.name in _COMMANDS:
+                        yield await _COMMANDS[command.name](self, incoming, command.arg)
+                        return
+                    if refusal := await self._refusal(incoming):
+                        yield refusal
+                        return
+                    async with contextlib.aclosing(self._image(incoming, command.arg)) as evs:
                         async for event in evs:
                             yield event
-                    return
-                if command is not None and command.name in _COMMANDS:
-                    yield await _COMMANDS[command.name](self, incoming.chat, command.arg)
-                    return
-                # aclosing: if our caller stops early, the turn (and the model stream) stop too.
-                async with contextlib.aclosing(self._turn(incoming)) as events:
-                    async for event in events:
-                        yield event
+                return
+            ticket = self.busy.arrive(incoming)
+            try:
+                async with self.locks(chat):
+                    turn = self.busy.take(ticket)
+                    if turn is None:
+                        return  # answered together with an earlier message (busy policy)
+                    if refusal := await self._refusal(turn):
+                        yield refusal
+                        return
+                    # aclosing: if our caller stops early, the turn (and the model) stop too.
+                    with self.busy.running(chat) as interrupted:
+                        async with contextlib.aclosing(self._turn(turn, interrupted)) as events:
+                            async for event in events:
+                                yield event
+            finally:
+                self.busy.leave(ticket)
         except StoreError as exc:
-            log.error("store failed for chat %s: %s", incoming.chat, exc)
+            log.error("store failed for chat %s: %s", chat, exc)
             yield Notice(
-                "The conversation store is unavailable right now, so this message was not "
-                f"answered. Please send it again in a moment. ({exc})",
+                "The service is temporarily unavailable (the conversation store cannot be "
+                f"reached), so this message was not answered. Please send it again in a moment. "
+                f"({exc})",
                 "error",
             )
+
+    async def _refusal(self, incoming: Incoming) -> Notice | None:
+        """A refusal when the user is over a limit (admins never are)."""
+        if self.limits is None or not self.limits.active or incoming.admin:
+            return None
+        refusal = await self.limits.admit(incoming.user or incoming.chat)
+        return Notice(refusal, "warning") if refusal else None
 
     async def aclose(self) -> None:
         """Close the store and the classifier. Models are shared per process: see registry."""
@@ -139,15 +178,20 @@ class DialogManager:
             return matches_rules(text)
         return await self.classifier(text)
 
-    async def _turn(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
+    async def _turn(
+        self, incoming: Incoming, interrupted: asyncio.Event
+    ) -> AsyncGenerator[ReplyEvent, None]:
         chat = incoming.chat
         try:
             template = await self.mode_of(chat)
             if await self._wants_image(incoming.text, template):
-                async for event in self._image_turn(chat, incoming.text, rewrite=True):
+                async for event in self._image_turn(incoming, incoming.text, rewrite=True):
                     yield event
                 return
             stored = await self.store.read(chat, last=self.history_turns)
+            # A retention cap can cut a pair in half: history must start with the user.
+            while stored and stored[0].role != "user":
+                stored.pop(0)
             history = [Message(t.role, t.text) for t in stored]
             options = self._options_for(template)
             full = build_messages(template, incoming.text)
@@ -165,7 +209,9 @@ class DialogManager:
             async with contextlib.aclosing(aiter(response)) as deltas:
                 async for delta in deltas:
                     yield TextDelta(delta)
-            status = "complete"
+                    if interrupted.is_set():
+                        break
+            status = "stopped" if interrupted.is_set() else "complete"
         except ModelError as exc:
             status = "interrupted"
             log.warning("model failed in chat %s: %s", chat, exc)
@@ -190,16 +236,25 @@ class DialogManager:
                 # Shielded: a cancelled turn still records what the user saw.
                 await asyncio.shield(self.store.append(chat, *turns))
                 if usage is not None:
-                    await asyncio.shield(
-                        self._count(
-                            chat, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
-                        )
-                    )
+                    await asyncio.shield(self._account(incoming, usage))
         if status == "complete":
             yield FinalText(response.text)
+        elif status == "stopped" and interrupted.is_set():
+            yield FinalText(response.text, complete=False)
+            yield Notice("Stopped: a newer message arrived.", "info")
+
+    async def _account(self, incoming: Incoming, usage: Usage) -> None:
+        """Usage counters: the chat's (kept in its state, so /new keeps them) and the user's day."""
+        await self.store.increment(
+            incoming.chat,
+            usage_input_tokens=usage.input_tokens,
+            usage_output_tokens=usage.output_tokens,
+        )
+        if self.limits is not None:
+            await self.limits.add_tokens(incoming.user or incoming.chat, usage.total_tokens)
 
     async def _image_turn(
-        self, chat: str, request: str, *, rewrite: bool
+        self, incoming: Incoming, request: str, *, rewrite: bool
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Generate a picture for ``request``; the text model may rewrite it into a prompt first."""
         if self.image_model is None:
@@ -223,51 +278,48 @@ class DialogManager:
             return
         meta: dict[str, object] = {"kind": "image", "prompt": prompt, "status": "complete"}
         await self.store.append(
-            chat, Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta)
+            incoming.chat, Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta)
         )
-        await self._count(chat, images=1)
+        await self.store.increment(incoming.chat, usage_images=1)
         yield ImageReply(image.data, image.mime_type, prompt)
-
-    async def _count(self, chat: str, **amounts: int) -> None:
-        """Add to the chat's usage counters (kept in its state, so /new keeps them)."""
-        state = await self.store.get_state(chat)
-        await self.store.set_state(
-            chat,
-            **{
-                f"usage_{k}": str(int(state.get(f"usage_{k}", "0")) + v) for k, v in amounts.items()
-            },
-        )
 
     # --- commands --------------------------------------------------------------------------
 
-    async def _help(self, chat: str, arg: str) -> Notice:
+    async def _help(self, incoming: Incoming, arg: str) -> Notice:
         return Notice(HELP)
 
-    async def _new(self, chat: str, arg: str) -> Notice:
-        await self.store.reset(chat)
+    async def _new(self, incoming: Incoming, arg: str) -> Notice:
+        await self.store.reset(incoming.chat)
         return Notice("Started a new conversation.")
 
-    async def _image(self, chat: str, arg: str) -> AsyncGenerator[ReplyEvent, None]:
+    async def _image(self, incoming: Incoming, arg: str) -> AsyncGenerator[ReplyEvent, None]:
         if not arg:
             yield Notice("Tell me what to draw: /image a lighthouse on a cliff, watercolor")
             return
-        async for event in self._image_turn(chat, arg, rewrite=False):
+        async for event in self._image_turn(incoming, arg, rewrite=False):
             yield event
 
-    async def _usage(self, chat: str, arg: str) -> Notice:
-        state = await self.store.get_state(chat)
+    async def _usage(self, incoming: Incoming, arg: str) -> Notice:
+        state = await self.store.get_state(incoming.chat)
         used = {k: int(state.get(f"usage_{k}", "0")) for k in _USAGE_KEYS}
         total = used["input_tokens"] + used["output_tokens"]
-        return Notice(
+        text = (
             f"Used in this chat: {used['input_tokens']} input + {used['output_tokens']} output "
             f"= {total} tokens; {used['images']} images."
         )
+        if self.limits is not None and self.limits.active:
+            status = await self.limits.status(incoming.user or incoming.chat)
+            text += "\n" + self.limits.describe(status)
+            if incoming.admin:
+                text += " (admin: limits do not apply)"
+        return Notice(text)
 
-    async def _forget(self, chat: str, arg: str) -> Notice:
-        await self.store.delete(chat)
+    async def _forget(self, incoming: Incoming, arg: str) -> Notice:
+        await self.store.delete(incoming.chat)
         return Notice("Deleted everything stored about this chat: history, template and usage.")
 
-    async def _mode(self, chat: str, arg: str) -> Notice:
+    async def _mode(self, incoming: Incoming, arg: str) -> Notice:
+        chat = incoming.chat
         current = await self.mode_of(chat)
         if not arg:
             lines = [

@@ -17,6 +17,8 @@ class Incoming:
     chat: str
     text: str
     user: str | None = None
+    #: Admins are exempt from rate limits and token budgets.
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)

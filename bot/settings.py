@@ -14,6 +14,7 @@ import platformdirs
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.busy import BusyPolicy
 from bot.errors import ConfigError
 
 STORE_SCHEMES = ("sqlite", "redis", "rediss", "memory")
@@ -51,6 +52,11 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=512, gt=0, alias="FMBOT_MAX_TOKENS")
     context_tokens: int = Field(default=4096, ge=256, alias="FMBOT_CONTEXT_TOKENS")
     local_threads: int | None = Field(default=None, gt=0, alias="FMBOT_LOCAL_THREADS")
+    history_turns: int = Field(default=200, ge=2, alias="FMBOT_HISTORY_TURNS")
+    history_ttl: str = Field(default="", alias="FMBOT_HISTORY_TTL")
+    busy_policy: BusyPolicy = Field(default=BusyPolicy.QUEUE, alias="FMBOT_BUSY_POLICY")
+    rate_limit: int = Field(default=0, ge=0, alias="FMBOT_RATE_LIMIT")
+    daily_tokens: int = Field(default=0, ge=0, alias="FMBOT_DAILY_TOKENS")
 
     # Remote backends (issue 3). Secrets are SecretStr so they never print by accident.
     yandex_api_key: SecretStr | None = Field(default=None, alias="YANDEX_API_KEY")
@@ -86,6 +92,7 @@ class Settings(BaseSettings):
         check_text_model_spec(self.text_model)
         if self.image_model:
             check_image_model_spec(self.image_model)
+        self.history_ttl_seconds  # noqa: B018 - raises ConfigError when malformed
         if self.image_classifier not in IMAGE_CLASSIFIERS:
             raise ConfigError(
                 "FMBOT_IMAGE_CLASSIFIER",
@@ -109,6 +116,11 @@ class Settings(BaseSettings):
             ) from exc
 
     @property
+    def history_ttl_seconds(self) -> float | None:
+        """FMBOT_HISTORY_TTL as seconds: ``3600``, ``90m``, ``12h``, ``30d``; empty: never."""
+        return parse_duration(self.history_ttl)
+
+    @property
     def uses_yandex(self) -> bool:
         specs = (self.text_model, self.image_model or "")
         return any(spec.startswith("yandex:") for spec in specs)
@@ -126,6 +138,28 @@ class Settings(BaseSettings):
                 shown = value
             view[field.alias or name.upper()] = shown
         return view
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    value = text.strip().lower()
+    if not value or value in ("0", "never", "none"):
+        return None
+    unit = value[-1] if value[-1] in _UNITS else "s"
+    number = value[:-1] if value[-1] in _UNITS else value
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ConfigError(
+            "FMBOT_HISTORY_TTL",
+            text,
+            "give seconds or a duration like 90m, 12h, 30d (empty: never)",
+        )
+    return seconds
 
 
 def mask_url(url: str) -> str:

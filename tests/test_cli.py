@@ -98,6 +98,9 @@ def test_config_prints_settings_with_secrets_masked(env: dict[str, str]) -> None
         ("FMBOT_PROMPTS_DIR", "/nonexistent/prompts", "FMBOT_PROMPTS_DIR='/nonexistent/prompts'"),
         ("FMBOT_MAX_TOKENS", "lots", "FMBOT_MAX_TOKENS='lots' is not valid"),
         ("FMBOT_DEFAULT_MODE", "nope", "FMBOT_DEFAULT_MODE='nope' is not valid"),
+        ("FMBOT_BUSY_POLICY", "drop", "FMBOT_BUSY_POLICY='drop' is not valid: Input should be"),
+        ("FMBOT_HISTORY_TTL", "soon", "FMBOT_HISTORY_TTL='soon' is not valid: give seconds"),
+        ("FMBOT_IMAGE_MODEL", "dalle", "FMBOT_IMAGE_MODEL='dalle' is not valid: use yandex:"),
     ],
 )
 def test_bad_setting_is_one_line_exit_2_no_traceback(

@@ -150,3 +150,33 @@ async def test_survives_reopen(opener: Opener) -> None:
     second = await opener()
     assert [t.text for t in await second.read("a")] == ["question 1", "answer 1"]
     assert await second.get_state("a") == {"mode": "m"}
+
+
+async def test_increment_counts_atomically(store: DialogStore) -> None:
+    await store.set_state("a", mode="m")
+    await asyncio.gather(*(store.increment("a", tokens=5, images=1) for _ in range(20)))
+    state = await store.get_state("a")
+    assert state == {"mode": "m", "tokens": "100", "images": "20"}
+
+
+async def test_max_turns_keeps_the_newest(store: DialogStore) -> None:
+    store.max_turns = 4
+    for n in range(5):
+        await store.append("a", *pair(n))
+    assert [t.text for t in await store.read("a")] == [
+        "question 3",
+        "answer 3",
+        "question 4",
+        "answer 4",
+    ]
+
+
+async def test_ttl_forgets_idle_chats(store: DialogStore) -> None:
+    store.ttl = 1
+    await store.append("a", *pair(1))
+    await store.set_state("a", mode="m")
+    assert len(await store.read("a")) == 2
+    await asyncio.sleep(1.3)
+    assert await store.read("a") == []
+    assert await store.get_state("a") == {}
+    assert "a" not in [c.chat for c in await store.chats()]

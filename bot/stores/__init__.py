@@ -12,8 +12,20 @@ from bot.stores.base import ChatInfo, DialogStore, Turn
 __all__ = ["ChatInfo", "DialogStore", "Turn", "open_store"]
 
 
-async def open_store(url: str) -> DialogStore:
-    """Open the store ``url`` names: ``sqlite:///PATH``, ``redis://...`` or ``memory://``."""
+async def open_store(
+    url: str, *, max_turns: int | None = None, ttl: float | None = None
+) -> DialogStore:
+    """Open the store ``url`` names: ``sqlite:///PATH``, ``redis://...`` or ``memory://``.
+
+    ``max_turns`` and ``ttl`` set retention (see :class:`DialogStore`).
+    """
+    store = await _open(url)
+    store.max_turns = max_turns
+    store.ttl = ttl
+    return store
+
+
+async def _open(url: str) -> DialogStore:
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from bot.stores.memory import MemoryStore

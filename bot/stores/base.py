@@ -32,7 +32,15 @@ class ChatInfo:
 
 
 class DialogStore(abc.ABC):
-    """Async storage of conversations keyed by chat id."""
+    """Async storage of conversations keyed by chat id.
+
+    Retention is set by :func:`bot.stores.open_store` from FMBOT_HISTORY_TURNS / FMBOT_HISTORY_TTL.
+    """
+
+    #: Keep at most this many turns per chat; the oldest are dropped on append. None: keep all.
+    max_turns: int | None = None
+    #: Forget a chat (turns and state) this many seconds after its last update. None: never.
+    ttl: float | None = None
 
     @abc.abstractmethod
     async def append(self, chat: str, *turns: Turn) -> None:
@@ -61,6 +69,10 @@ class DialogStore(abc.ABC):
     @abc.abstractmethod
     async def set_state(self, chat: str, **values: str) -> None:
         """Merge ``values`` into the chat's state."""
+
+    @abc.abstractmethod
+    async def increment(self, chat: str, **amounts: int) -> None:
+        """Add ``amounts`` to integer counters in the chat's state, atomically."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Close connections. Default: nothing to close."""

@@ -32,6 +32,11 @@ class RedisStore(DialogStore):
         client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
         return cls(client, prefix)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool, for other per-process users of the same Redis (limits)."""
+        return self._r
+
     def _key(self, chat: str, part: str) -> str:
         return f"{self.prefix}:{{{chat}}}:{part}"
 
@@ -51,11 +56,22 @@ class RedisStore(DialogStore):
             # One RPUSH carries all turns, so they land together; the index update rides in the
             # same round trip but outside a transaction (it lives in another cluster slot).
             async with self._r.pipeline(transaction=False) as pipe:
-                pipe.rpush(self._key(chat, "turns"), *payload)
+                turns_key = self._key(chat, "turns")
+                pipe.rpush(turns_key, *payload)
+                if self.max_turns is not None:
+                    pipe.ltrim(turns_key, -self.max_turns, -1)
+                self._expire_later(pipe, chat)
                 pipe.zadd(self._index, {chat: time.time()})
                 await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
+
+    def _expire_later(self, pipe: Any, chat: str) -> None:
+        """Queue TTL refreshes for the chat's keys (Redis expires them; nothing to sweep)."""
+        if self.ttl is not None:
+            seconds = max(1, int(self.ttl))
+            pipe.expire(self._key(chat, "turns"), seconds)
+            pipe.expire(self._key(chat, "state"), seconds)
 
     async def read(self, chat: str, last: int | None = None) -> list[Turn]:
         start = -last if last else 0
@@ -85,6 +101,9 @@ class RedisStore(DialogStore):
 
     async def chats(self) -> list[ChatInfo]:
         try:
+            if self.ttl is not None:
+                # The index is not a per-chat key, so expired chats are swept from it here.
+                await self._r.zremrangebyscore(self._index, "-inf", time.time() - self.ttl)
             entries = cast(
                 list[tuple[str, float]],
                 await self._r.zrevrange(self._index, 0, -1, withscores=True),
@@ -104,12 +123,20 @@ class RedisStore(DialogStore):
             raise StoreError(f"Could not read chat state from Redis: {exc}") from exc
 
     async def set_state(self, chat: str, **values: str) -> None:
-        await self._run(
-            lambda p: (
-                p.hset(self._key(chat, "state"), mapping=dict(values)),
-                p.zadd(self._index, {chat: time.time()}),
-            )
-        )
+        def build(p: Any) -> None:
+            p.hset(self._key(chat, "state"), mapping=dict(values))
+            self._expire_later(p, chat)
+            p.zadd(self._index, {chat: time.time()})
+
+        await self._run(build)
+
+    async def increment(self, chat: str, **amounts: int) -> None:
+        def build(p: Any) -> None:
+            for key, amount in amounts.items():
+                p.hincrby(self._key(chat, "state"), key, amount)
+            self._expire_later(p, chat)
+
+        await self._run(build)
 
     async def _run(self, build: Callable[[Any], object]) -> None:
         """Queue commands with ``build`` and send them in one round trip."""

@@ -83,9 +83,28 @@ class SQLiteStore(DialogStore):
                 "INSERT INTO turns (chat, role, text, created_at, meta) VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
+            if self.max_turns is not None:
+                await db.execute(
+                    "DELETE FROM turns WHERE chat = ? AND id NOT IN "
+                    "(SELECT id FROM turns WHERE chat = ? ORDER BY id DESC LIMIT ?)",
+                    (chat, chat, self.max_turns),
+                )
             await db.execute(_TOUCH, (chat, time.time()))
 
+    async def _expire(self) -> None:
+        """Delete chats idle for longer than ``ttl`` (cheap: one indexed-by-PK scan of chats)."""
+        if self.ttl is None:
+            return
+        cutoff = time.time() - self.ttl
+        async with self._transaction("expire old conversations") as db:
+            await db.execute(
+                "DELETE FROM turns WHERE chat IN (SELECT chat FROM chats WHERE updated_at < ?)",
+                (cutoff,),
+            )
+            await db.execute("DELETE FROM chats WHERE updated_at < ?", (cutoff,))
+
     async def read(self, chat: str, last: int | None = None) -> list[Turn]:
+        await self._expire()
         query = "SELECT role, text, created_at, meta FROM turns WHERE chat = ? ORDER BY id DESC"
         params: tuple[object, ...] = (chat,)
         if last:
@@ -107,6 +126,7 @@ class SQLiteStore(DialogStore):
             await db.execute("DELETE FROM chats WHERE chat = ?", (chat,))
 
     async def chats(self) -> list[ChatInfo]:
+        await self._expire()
         query = (
             "SELECT c.chat, COUNT(t.id), c.updated_at FROM chats c "
             "LEFT JOIN turns t ON t.chat = c.chat GROUP BY c.chat ORDER BY c.updated_at DESC"
@@ -115,6 +135,7 @@ class SQLiteStore(DialogStore):
             return [ChatInfo(r[0], r[1], r[2]) for r in await cursor.fetchall()]
 
     async def get_state(self, chat: str) -> dict[str, str]:
+        await self._expire()
         async with self._db.execute("SELECT state FROM chats WHERE chat = ?", (chat,)) as cursor:
             row = await cursor.fetchone()
         return dict(json.loads(row[0])) if row else {}
@@ -127,6 +148,20 @@ class SQLiteStore(DialogStore):
                 "ON CONFLICT(chat) DO UPDATE SET state = json_patch(chats.state, excluded.state), "
                 "updated_at = excluded.updated_at",
                 (chat, json.dumps(values), time.time()),
+            )
+
+    async def increment(self, chat: str, **amounts: int) -> None:
+        async with self._transaction("update usage counters") as db:
+            async with db.execute("SELECT state FROM chats WHERE chat = ?", (chat,)) as cursor:
+                row = await cursor.fetchone()
+            state = dict(json.loads(row[0])) if row else {}
+            for key, amount in amounts.items():
+                state[key] = str(int(state.get(key, "0")) + amount)
+            await db.execute(
+                "INSERT INTO chats (chat, state, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(chat) DO UPDATE SET state = excluded.state, "
+                "updated_at = excluded.updated_at",
+                (chat, json.dumps(state), time.time()),
             )
 
     async def aclose(self) -> None:
