@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from adapters import batch_cli, prompts_cli
 from bot.errors import ConfigError, FmbotError
 from bot.settings import Settings, load_settings
 
@@ -20,6 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(prompts_cli.app, name="prompts")
+app.add_typer(batch_cli.app, name="batch")
 
 T = TypeVar("T")
 

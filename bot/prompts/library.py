@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 
 from bot.errors import PromptError
-from bot.prompts.loader import TEMPLATE_SUFFIXES, check_template, load_template
+from bot.prompts.loader import check_template, load_template
+from bot.prompts.source import is_template_file
 from bot.prompts.template import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class PromptLibrary:
     def _files(self) -> dict[Path, _Signature]:
         files: dict[Path, _Signature] = {}
         for path in sorted(self.directory.iterdir()):
-            if path.suffix in TEMPLATE_SUFFIXES and path.is_file():
+            if is_template_file(path) and path.is_file():
                 st = path.stat()
                 files[path] = (st.st_mtime_ns, st.st_size)
         return files

@@ -1,107 +1,180 @@
-"""Reading template files, with every problem reported as ``path:line:column: message``."""
+"""Reading template files, with every problem reported as ``path:line:column: message``.
+
+:func:`load_template` and :func:`check_template` raise the first problem (what a running bot
+needs); :func:`file_problems` and :func:`check_directory` collect all of them (what an author
+fixing files needs, see ``fmbot prompts check``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
 from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
 
 from bot.errors import PromptError
-from bot.prompts.render import environment, render_text
+from bot.prompts.render import RenderError, environment, render_text
+from bot.prompts.source import TEMPLATE_SUFFIXES, SourceMap, is_template_file, parse_file
 from bot.prompts.template import PromptTemplate
 
-TEMPLATE_SUFFIXES = (".yaml", ".yml")
 _TEXT_FIELDS = ("instruction", "task")
+_SAMPLE_MESSAGE = "sample message"
 
 
-def _node_for(root: yaml.Node | None, loc: tuple[Any, ...], key: bool = False) -> yaml.Node | None:
-    """The YAML node at ``loc`` (mapping keys and sequence indexes), or the closest parent.
-
-    With ``key`` the last step returns the mapping key rather than its value (unknown fields).
-    """
-    node = root
-    for i, part in enumerate(loc):
-        if isinstance(node, yaml.MappingNode):
-            entry = next(((k, v) for k, v in node.value if k.value == part), None)
-            if entry is None:
-                return node
-            node = entry[0] if key and i == len(loc) - 1 else entry[1]
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            node = node.value[part]
-        else:
-            break
-    return node
-
-
-def _where(path: Path, node: yaml.Node | None) -> str:
-    if node is None:
-        return f"{path}:1:1"
-    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
-
-
-def _text_line(path: Path, node: yaml.Node | None, lineno: int) -> str:
-    """Location of line ``lineno`` (1-based) inside a YAML string value."""
-    if node is None:
-        return f"{path}:{lineno}:1"
-    block = isinstance(node, yaml.ScalarNode) and node.style in ("|", ">")
-    first = node.start_mark.line + (2 if block else 1)  # 1-based line where the text starts
-    return f"{path}:{first + lineno - 1}:1"
-
-
-def load_template(path: Path) -> PromptTemplate:
-    """Parse and validate one template file; raise PromptError with a precise location."""
+def _validate(path: Path) -> tuple[PromptTemplate | None, SourceMap | None, list[PromptError]]:
+    """Parse and validate the fields; every validation error is reported, not just the first."""
     try:
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptError(f"cannot read the file: {exc}", f"{path}:1:1") from exc
+        data, smap = parse_file(path)
+    except PromptError as exc:
+        return None, None, [exc]
     try:
-        root = yaml.compose(source, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(source)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else f"{path}:1:1"
-        raise PromptError(f"YAML syntax error: {exc.problem or exc}", where) from exc
-    if not isinstance(data, dict):
-        raise PromptError("a template must be a YAML mapping of fields", f"{path}:1:1")
-    try:
-        template = PromptTemplate.model_validate({**data, "source": path})
+        return PromptTemplate.model_validate({**data, "source": path}), smap, []
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in loc)
-        unknown = err["type"] == "extra_forbidden"
-        message = "unknown field" if unknown else err["msg"]
-        where = _where(path, _node_for(root, loc, key=unknown))
-        raise PromptError(f"{field}: {message}", where) from exc
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            name = ".".join(str(p) for p in loc)
+            unknown = err["type"] == "extra_forbidden"
+            message = "unknown field" if unknown else err["msg"]
+            problems.append(PromptError(f"{name}: {message}", smap.field(loc, key=unknown)))
+        return None, smap, problems
+
+
+def _syntax_problems(template: PromptTemplate, smap: SourceMap) -> list[PromptError]:
+    problems = []
     for name in _TEXT_FIELDS:
         try:
             environment.parse(getattr(template, name))
         except TemplateSyntaxError as exc:
-            where = _text_line(path, _node_for(root, (name,)), exc.lineno)
-            raise PromptError(f"{name}: template syntax error: {exc.message}", where) from exc
+            where = smap.text_line(name, exc.lineno)
+            problems.append(PromptError(f"{name}: template syntax error: {exc.message}", where))
+    return problems
+
+
+def _located(exc: RenderError, smap: SourceMap) -> PromptError:
+    where = smap.text_line(exc.field, exc.line) if exc.line else smap.field((exc.field,))
+    return PromptError(f"{exc.field}: {exc.detail}", where)
+
+
+def _render_problems(template: PromptTemplate, smap: SourceMap | None) -> list[PromptError]:
+    """Render each field once with the defaults: catches undefined variables and type errors."""
+    values: dict[str, object] = dict(template.variables)
+    fields = (
+        ("instruction", template.instruction, values),
+        ("task", template.task, {**values, "message": _SAMPLE_MESSAGE}),
+    )
+    problems: list[PromptError] = []
+    for name, text, variables in fields:
+        try:
+            render_text(text, variables, str(template.source or template.name), name)
+        except RenderError as exc:
+            problems.append(_located(exc, smap) if smap is not None else exc)
+    return problems
+
+
+def _position(problem: PromptError) -> tuple[int, int]:
+    """(line, column) from ``path:line:column``, for listing a file's problems top to bottom."""
+    parts = (problem.location or "").rsplit(":", 2)
+    try:
+        return int(parts[-2]), int(parts[-1])
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def file_problems(path: Path) -> tuple[PromptTemplate | None, list[PromptError]]:
+    """The template in ``path`` (None if it cannot be built) and every problem found in it."""
+    template, smap, problems = _validate(path)
+    if template is not None and smap is not None:
+        problems = _syntax_problems(template, smap)
+        if not problems:
+            problems = _render_problems(template, smap)
+    return (None if problems else template), sorted(problems, key=_position)
+
+
+def load_template(path: Path) -> PromptTemplate:
+    """Parse and validate one template file; raise PromptError with a precise location."""
+    template, smap, problems = _validate(path)
+    if problems:
+        raise problems[0]
+    assert template is not None and smap is not None
+    syntax = _syntax_problems(template, smap)
+    if syntax:
+        raise syntax[0]
     return template
 
 
 def check_template(template: PromptTemplate) -> None:
     """Render once with a sample message: catches undefined variables and type errors."""
-    from bot.prompts.render import build_messages
-
-    try:
-        build_messages(template, "sample message")
-    except PromptError as exc:
-        path = template.source
-        if path is None:
-            raise
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-        field = "task" if "(task)" in (exc.location or "") else "instruction"
-        raise PromptError(
-            f"{field}: {exc.detail}", _where(path, _node_for(root, (field,)))
-        ) from exc
+    smap: SourceMap | None = None
+    if template.source is not None:
+        try:
+            _, smap = parse_file(template.source)
+        except PromptError:
+            smap = None  # the file changed under us; report without a file location
+    problems = _render_problems(template, smap)
+    if problems:
+        raise problems[0]
 
 
-__all__ = ["TEMPLATE_SUFFIXES", "check_template", "load_template", "render_text"]
+@dataclass
+class CheckReport:
+    """What ``fmbot prompts check`` prints: valid templates and every problem, by file."""
+
+    files: list[Path] = field(default_factory=list)
+    templates: list[PromptTemplate] = field(default_factory=list)
+    problems: list[PromptError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def template_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if is_template_file(p) and p.is_file())
+
+
+def check_paths(paths: list[Path]) -> CheckReport:
+    """Check template files and directories of them; two files may not share a name."""
+    report = CheckReport()
+    for path in paths:
+        report.files.extend(template_files(path) if path.is_dir() else [path])
+    owners: dict[str, Path] = {}
+    for path in report.files:
+        template, problems = file_problems(path)
+        report.problems.extend(problems)
+        # Names are compared even for invalid files: fixing one must not reveal a clash later.
+        try:
+            data, smap = parse_file(path)
+        except PromptError:
+            continue
+        name = data.get("name")
+        first = owners.setdefault(name, path) if isinstance(name, str) else path
+        if first != path:
+            report.problems.append(
+                PromptError(
+                    f"name: {name!r} is already the name of {first}; "
+                    "names must be unique (rename one)",
+                    smap.field(("name",)),
+                )
+            )
+        elif template is not None:
+            report.templates.append(template)
+    return report
+
+
+def check_directory(directory: Path) -> CheckReport:
+    return check_paths([directory])
+
+
+__all__ = [
+    "TEMPLATE_SUFFIXES",
+    "CheckReport",
+    "check_directory",
+    "check_paths",
+    "check_template",
+    "file_problems",
+    "load_template",
+    "render_text",
+    "template_files",
+]

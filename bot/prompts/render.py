@@ -63,9 +63,7 @@ def build_messages(
     """The exact messages for one turn: instruction, few-shot examples, history, the task."""
     values: dict[str, object] = {**template.variables, **(variables or {})}
     where = str(template.source or template.name)
-    instruction = render_text(
-        template.instruction, values, where + " (instruction)", "instruction"
-    )
+    instruction = render_text(template.instruction, values, where + " (instruction)", "instruction")
     out = [Message("system", instruction)]
     for example in template.examples:
         out.append(Message("user", example.user))

@@ -99,7 +99,9 @@ def _parse_yaml(text: str, path: Path, offset: int) -> tuple[Any, yaml.Node | No
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = (
-            f"{path}:{mark.line + 1 + offset}:{mark.column + 1}" if mark else f"{path}:{1 + offset}:1"
+            f"{path}:{mark.line + 1 + offset}:{mark.column + 1}"
+            if mark
+            else f"{path}:{1 + offset}:1"
         )
         raise PromptError(f"YAML syntax error: {exc.problem or exc}", where) from exc
     return data, root

@@ -52,8 +52,9 @@ def _convert(name: str, value: object, default: object) -> object:
             return float(value) if isinstance(value, int | float) else float(str(value).strip())
     except ValueError:
         pass
+    wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a value")
     raise ValueError(
-        f"variable {name!r} takes a {kind.__name__} (its default is {default!r}), not {value!r}"
+        f"variable {name!r} takes {wanted} (its default is {default!r}), not {value!r}"
     )
 
 

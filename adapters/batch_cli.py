@@ -1,0 +1,241 @@
+"""``fmbot batch``: run a table of cases through a template and a model; compare two runs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+    from rich.text import Text
+
+    from bot.batch.checkpoint import RowResult
+    from bot.batch.compare import Comparison, RunRow
+    from bot.prompts.template import PromptTemplate
+    from bot.settings import Settings
+
+app = typer.Typer(
+    help="Batch evaluation: run many cases through a template and a model, compare runs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class _Bar:
+    """A rich progress bar on stderr (stdout stays for results)."""
+
+    def __init__(self, progress: RichProgress) -> None:
+        self._progress = progress
+        self._task = progress.add_task("rows", total=None)
+        self.errors = 0
+
+    def start(self, total: int, done: int) -> None:
+        # Shown only once the input and the output's earlier results have been checked, so a
+        # configuration error is not printed under an empty bar.
+        self._progress.update(self._task, total=total, completed=done)
+        self._progress.start()
+
+    def advance(self, result: RowResult) -> None:
+        if result.status != "ok":
+            self.errors += 1
+            self._progress.update(self._task, description=f"rows ({self.errors} failed)")
+        self._progress.advance(self._task)
+
+
+def _template(settings: Settings, name: str) -> PromptTemplate:
+    from bot.prompts.library import PromptLibrary
+
+    if not settings.prompts_dir.is_dir():
+        raise ConfigError(
+            "FMBOT_PROMPTS_DIR", str(settings.prompts_dir), "give a directory of template files"
+        )
+    library = PromptLibrary(settings.prompts_dir)
+    template = library.get(name)
+    if template is None:
+        names = ", ".join(t.name for t in library.all()) or "none"
+        raise ConfigError(
+            "--template",
+            name,
+            f"no valid template with that name in {settings.prompts_dir} (valid: {names}); "
+            "`fmbot prompts check` shows files with problems",
+        )
+    return template
+
+
+@app.command()
+def run(
+    template: Annotated[str, typer.Option("--template", "-t", help="Template name.")],
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input", "-i", help="Cases: .jsonl, .csv or .parquet, with a 'message' column."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (.parquet).")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model spec (default: FMBOT_TEXT_MODEL).")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=256, help="Requests in flight.")
+    ] = 4,
+    var: Annotated[
+        list[str] | None,
+        typer.Option("--var", help="Template variable for every row: NAME=VALUE (repeatable)."),
+    ] = None,
+    use_async: Annotated[
+        bool, typer.Option("--async", help="Yandex models: use the asynchronous operations API.")
+    ] = False,
+) -> None:
+    """Run every row through the template and model; write the results to --output.
+
+    Other columns of the input fill template variables (empty cells use the defaults). Rows
+    already done in an earlier run into the same --output are skipped, so an interrupted run
+    resumes; failed rows are recorded and tried again on the next run.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from bot.batch.checkpoint import progress_path
+    from bot.batch.job import run_job
+    from bot.batch.model import batch_settings, options_for
+    from bot.batch.runner import Runner
+    from bot.models.registry import close_models, get_text_model
+    from bot.prompts.variables import coerce_variables, parse_assignments
+
+    if output.suffix != ".parquet":
+        raise ConfigError("--output", str(output), "give a path ending in .parquet")
+    settings = batch_settings(model, use_async)
+    chosen = _template(settings, template)
+    try:
+        fixed = parse_assignments(var or [])
+        coerce_variables(chosen, fixed, known_only=True)  # fail now, not on every row
+    except ValueError as exc:
+        raise ConfigError("--var", " ".join(var or []), str(exc)) from None
+
+    stderr = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+
+    async def go() -> None:
+        text_model = await get_text_model(settings)
+        try:
+            runner = Runner(chosen, text_model, options_for(settings, chosen), fixed)
+            bar = Progress(*columns, console=stderr)
+            try:
+                summary = await run_job(
+                    runner, input_path, output, concurrency=concurrency, progress=_Bar(bar)
+                )
+            finally:
+                bar.stop()
+        finally:
+            await close_models()
+        typer.echo(
+            f"{summary.total} row(s): {summary.ok} ok, {summary.errors} failed "
+            f"({summary.skipped} already done, {summary.ran} run now) -> {output}"
+        )
+        for line in summary.first_errors:
+            typer.echo(f"  {line}")
+        if summary.errors:
+            typer.echo("Run the same command again to retry the failed rows.")
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        typer.echo(
+            f"Interrupted. Finished rows are saved in {progress_path(output)}; run the same "
+            "command again to resume.",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+
+
+def _clip(text: str | None, limit: int) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _reply(row: RunRow | None, limit: int) -> Text:
+    from rich.text import Text
+
+    if row is None:
+        return Text("(no row)", style="dim")
+    if row.status != "ok":
+        return Text(_clip(row.error or row.status, limit), style="red")
+    return Text(_clip(row.reply, limit))
+
+
+def _both(a: object, b: object) -> str:
+    return f"{'-' if a is None else a} / {'-' if b is None else b}"
+
+
+def _print_comparison(console: Console, c: Comparison, limit: int, changed_only: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from bot.batch.compare import summary_lines
+
+    table = Table(title=f"A: {c.name_a}\nB: {c.name_b}", show_lines=True)
+    for name in ("row", "message", "reply A", "reply B", "status", "tokens", "latency ms"):
+        table.add_column(name, overflow="fold")
+    shown = [p for p in c.pairs if p.changed or not changed_only][:limit]
+    for p in shown:
+        a, b = p.a, p.b
+        # Text objects, never markup strings: a reply containing "[red]" is shown as written.
+        table.add_row(
+            Text(str(p.row), style="bold" if p.changed else ""),
+            Text(_clip(p.message, 200)),
+            _reply(a, 400),
+            _reply(b, 400),
+            Text(_both(a and a.status, b and b.status)),
+            Text(_both(a and a.tokens, b and b.tokens)),
+            Text(_both(a and a.latency_ms, b and b.latency_ms)),
+        )
+    console.print(table)
+    hidden = len(c.pairs) - len(shown)
+    if hidden:
+        console.print(Text(f"({hidden} more row(s) not shown; see --limit, --changed-only)"))
+    for line in summary_lines(c):
+        console.print(Text(line))
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Results of run A (.parquet).")],
+    run_b: Annotated[Path, typer.Argument(help="Results of run B (.parquet).")],
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write a static HTML page here.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Rows to show in the table.")] = 50,
+    changed_only: Annotated[
+        bool, typer.Option("--changed-only", help="Show only rows whose reply or status differ.")
+    ] = False,
+) -> None:
+    """Show two runs side by side, with a summary: rows changed, errors, latency, tokens."""
+    from rich.console import Console
+
+    from bot.batch.compare import compare_runs, to_html
+
+    comparison = compare_runs(run_a, run_b)
+    _print_comparison(Console(), comparison, limit, changed_only)
+    if html is not None:
+        html.write_text(to_html(comparison), encoding="utf-8")
+        typer.echo(f"Wrote {html}")

@@ -1,0 +1,162 @@
+"""``fmbot prompts``: list, check and render prompt templates without starting a bot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bot.errors import ConfigError
+from bot.events import Message
+from bot.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Work with prompt templates: list them, check them, see what a model would be sent.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def prompt_settings() -> Settings:
+    """Settings for commands that never call a model.
+
+    The model settings are replaced by the local default so that a remote model without
+    credentials at hand does not stop anyone from checking templates; everything else (prompts
+    directory, store) is validated as usual.
+    """
+    default_model = Settings.model_fields["text_model"].default
+    return load_settings(FMBOT_TEXT_MODEL=default_model, FMBOT_IMAGE_MODEL=None)
+
+
+@app.command("list")
+def list_templates() -> None:
+    """List the templates in FMBOT_PROMPTS_DIR: name, description, file."""
+    from bot.prompts.loader import check_directory
+
+    settings = prompt_settings()
+    report = check_directory(settings.prompts_dir)
+    templates = sorted(report.templates, key=lambda t: t.name)
+    width = max((len(t.name) for t in templates), default=0)
+    for t in templates:
+        typer.echo(f"{t.name.ljust(width)}  {t.description or '-'}  ({t.source})")
+    if not templates:
+        typer.echo(f"No valid templates in {settings.prompts_dir}.", err=True)
+    bad = {str(p.location).rsplit(":", 2)[0] for p in report.problems if p.location}
+    if report.problems:
+        typer.echo(
+            f"{len(bad) or 1} file(s) have problems and are not listed; "
+            "run `fmbot prompts check` to see them.",
+            err=True,
+        )
+
+
+@app.command()
+def check(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Template files or directories (default: FMBOT_PROMPTS_DIR)."),
+    ] = None,
+) -> None:
+    """Check every template file; list every problem as path:line:column: message.
+
+    Exits 1 when any file has a problem, 0 otherwise.
+    """
+    from bot.prompts.loader import check_paths
+
+    targets = list(paths) if paths else [prompt_settings().prompts_dir]
+    for target in targets:
+        if not target.exists():
+            raise ConfigError("PATH", str(target), "give a template file or a directory of them")
+    report = check_paths(targets)
+    for problem in report.problems:
+        typer.echo(str(problem))
+    where = ", ".join(str(t) for t in targets)
+    if not report.files:
+        typer.echo(f"No template files (*.yaml, *.yml, *.md) in {where}.")
+        raise typer.Exit(1)
+    if report.problems:
+        failed = len({str(p.location).rsplit(":", 2)[0] for p in report.problems})
+        typer.echo(
+            f"{len(report.problems)} problem(s) in {failed} of {len(report.files)} file(s). "
+            "Fix them and run `fmbot prompts check` again; running bots keep serving the last "
+            "good version of each file meanwhile."
+        )
+        raise typer.Exit(1)
+    typer.echo(f"OK: {len(report.templates)} template(s) in {where}.")
+
+
+async def _history(settings: Settings, chat: str) -> list[Message]:
+    """The turns a running bot would read for ``chat`` (same store, limits and expiry)."""
+    from bot.stores import open_store
+
+    store = await open_store(
+        settings.store_url, max_turns=settings.history_turns, ttl=settings.history_ttl_seconds
+    )
+    try:
+        turns = await store.read(chat, last=settings.history_turns)
+    finally:
+        await store.aclose()
+    return [Message(t.role, t.text) for t in turns]
+
+
+@app.command()
+def render(
+    name: Annotated[str, typer.Argument(help="Template name (see `fmbot prompts list`).")],
+    message: Annotated[str, typer.Option("--message", "-m", help="The user's message.")],
+    var: Annotated[
+        list[str] | None,
+        typer.Option("--var", help="Set a template variable: NAME=VALUE (repeatable)."),
+    ] = None,
+    history: Annotated[
+        str | None,
+        typer.Option("--history", help="Include this conversation's stored turns (FMBOT_STORE)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the messages as a JSON list.")
+    ] = False,
+) -> None:
+    """Print the exact messages a model would be sent for MESSAGE, in order."""
+    from bot.prompts.library import PromptLibrary
+    from bot.prompts.render import build_messages
+    from bot.prompts.variables import coerce_variables, parse_assignments
+
+    settings = prompt_settings()
+    library = PromptLibrary(settings.prompts_dir)
+    template = library.get(name)
+    if template is None:
+        names = ", ".join(t.name for t in library.all()) or "none"
+        raise ConfigError(
+            "NAME",
+            name,
+            f"no valid template with that name in {settings.prompts_dir} (valid: {names}); "
+            "`fmbot prompts check` shows files with problems",
+        )
+    try:
+        variables = coerce_variables(template, parse_assignments(var or []), known_only=True)
+    except ValueError as exc:
+        raise ConfigError("--var", " ".join(var or []), str(exc)) from None
+
+    notes: list[str] = []
+    past: list[Message] = []
+    if history is not None:
+        past = asyncio.run(_history(settings, history))
+        # Trimming to the context window needs the model's own tokenizer (loading the model);
+        # this command stays model-free, so it says what it did instead.
+        notes.append(
+            f"history: {len(past)} stored turn(s) of chat {history!r} (the last "
+            f"{settings.history_turns} at most), NOT trimmed to the model's context window; "
+            "a running bot drops the oldest pairs that do not fit"
+        )
+    messages = build_messages(template, message, past, variables)
+    if as_json:
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
+        rows = [{"role": m.role, "text": m.text} for m in messages]
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    blocks = [f"# {note}" for note in notes]
+    blocks += [f"[{i}] {m.role}\n{m.text}" for i, m in enumerate(messages, 1)]
+    typer.echo("\n\n".join(blocks))
