@@ -101,6 +101,23 @@ def config() -> None:
         typer.echo(f"{key}={'' if value is None else value}")
 
 
+@app.command()
+def telegram(
+    webhook: Annotated[
+        str | None,
+        typer.Option(help="Public https:// URL for Telegram to POST updates to (webhook mode)."),
+    ] = None,
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT the webhook server listens on.")
+    ] = "0.0.0.0:8080",
+) -> None:
+    """Run the Telegram bot: long polling, or a webhook server with --webhook URL."""
+    from adapters.telegram import load_telegram_settings, run_telegram
+
+    tg = load_telegram_settings()  # a missing token is reported before anything starts
+    _run(lambda settings: run_telegram(settings, tg, webhook=webhook, listen=listen))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,0 +1,155 @@
+"""The aiogram router: messages, the /mode keyboard, and the draft stop button.
+
+Everything the user types goes to the dialog manager (commands included), except what only
+the channel can do: /stop, the /mode keyboard, access checks and the group addressing rule.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot, Router
+from aiogram.types import CallbackQuery, Message, MessageGenerationStopped, User
+
+from adapters.telegram.access import ADMINS_ONLY, REFUSAL, AccessPolicy
+from adapters.telegram.addressing import addressed, strip_mention
+from adapters.telegram.commands import SHARED_STATE, with_extras
+from adapters.telegram.modes import chosen, keyboard, listing
+from adapters.telegram.replies import Replies
+from adapters.telegram.splitting import TEXT_LIMIT, Part, truncate
+from adapters.telegram.target import Target
+from bot.dialog import DialogManager, parse_command
+from bot.errors import FmbotError
+from bot.events import Incoming, Notice
+
+log = logging.getLogger(__name__)
+
+NOTHING_TO_STOP = "Nothing to stop: no reply is in progress here."
+EMPTY_MENTION = "Yes? Ask me anything, or send /help."
+_UNSUPPORTED = (
+    ("sticker", "Nice sticker! I can only read text, though. Please type your message."),
+    ("voice", "I can't listen to voice messages yet. Please type your message instead."),
+    ("audio", "I can't listen to audio yet. Please type your message instead."),
+    ("video_note", "I can't watch video messages yet. Please type your message instead."),
+    ("photo", "I can't see pictures (there is no vision model here). Please describe it in text."),
+    ("document", "I can't open files yet. Please paste the text into a message."),
+    ("video", "I can't watch videos yet. Please type your message instead."),
+    ("animation", "I can't watch GIFs. Please type your message instead."),
+    ("location", "I can't use locations. Please type your message instead."),
+    ("contact", "I can't use contacts. Please type your message instead."),
+    ("poll", "I can't answer polls. Please type your message instead."),
+)
+
+
+def unsupported_reply(message: Message) -> str | None:
+    """The answer to a message that is not text; None for service messages (joins, pins)."""
+    for attribute, answer in _UNSUPPORTED:
+        if getattr(message, attribute, None):
+            return answer
+    return None
+
+
+def user_label(user: User | None) -> str | None:
+    return f"tg:{user.id}" if user is not None else None
+
+
+class Handlers:
+    def __init__(self, manager: DialogManager, replies: Replies, policy: AccessPolicy) -> None:
+        self.manager = manager
+        self.replies = replies
+        self.policy = policy
+        self.outbox = replies.outbox
+
+    def router(self) -> Router:
+        router = Router(name="fmbot-telegram")
+        router.message.register(self.on_message)
+        router.callback_query.register(self.on_callback)
+        router.stopped_message_generation.register(self.on_generation_stopped)
+        return router
+
+    async def on_message(self, message: Message, bot: Bot) -> None:
+        me = await bot.me()  # cached by aiogram after the first call
+        target = Target.of(message)
+        if not target.private and not addressed(message, me):
+            return
+        if not self.policy.allows(message.from_user):
+            log.info("refused a message from a user who is not allowed (chat %s)", target.chat_id)
+            await self.outbox.send_text(target, REFUSAL)
+            return
+        if message.text is None:
+            answer = unsupported_reply(message)
+            if answer is not None:
+                await self.outbox.send_text(target, answer)
+            return
+        text = message.text.strip() if target.private else strip_mention(message.text, me)
+        if not text:
+            await self.outbox.send_text(target, EMPTY_MENTION)
+            return
+        await self._text(target, text, message.from_user)
+
+    async def _text(self, target: Target, text: str, user: User | None) -> None:
+        command = parse_command(text)
+        name = command.name if command is not None else None
+        if name == "stop":
+            if not self.replies.stop(target.key):
+                await self.outbox.send_text(target, NOTHING_TO_STOP)
+            return
+        if command is not None and name == "mode" and not command.arg:
+            await self._mode_menu(target)
+            return
+        if name in SHARED_STATE and not self.policy.may_change_shared(user, target.private):
+            await self.outbox.send_text(target, ADMINS_ONLY)
+            return
+        if name in ("help", "start"):
+            notices = await self._ask(target.key, text)
+            await self.outbox.send_text(target, with_extras("\n".join(notices), target.private))
+            return
+        admin = self.policy.is_admin(user)
+        await self.replies.run(target, Incoming(target.key, text, user_label(user), admin))
+
+    async def _ask(self, key: str, text: str) -> list[str]:
+        """A command's notices, collected (for output the channel adds to)."""
+        events = self.manager.handle(Incoming(key, text))
+        return [e.text async for e in events if isinstance(e, Notice)]
+
+    async def _mode_menu(self, target: Target) -> None:
+        try:
+            current = (await self.manager.mode_of(target.key)).name
+        except FmbotError:  # no usable template or no store: let the manager explain
+            await self.replies.run(target, Incoming(target.key, "/mode"))
+            return
+        templates = self.manager.prompts.all()
+        await self.outbox.send(
+            target,
+            Part(truncate(listing(templates, current), TEXT_LIMIT)),
+            markup=keyboard(templates, current),
+        )
+
+    async def on_callback(self, query: CallbackQuery) -> None:
+        name = chosen(query.data)
+        message = query.message
+        if name is None or not isinstance(message, Message):
+            await query.answer("This menu is no longer available; send /mode again.")
+            return
+        target = Target.of(message)
+        if not self.policy.allows(query.from_user):
+            await query.answer(REFUSAL, show_alert=True)
+            return
+        if not self.policy.may_change_shared(query.from_user, target.private):
+            await query.answer(ADMINS_ONLY, show_alert=True)
+            return
+        outcome = "\n".join(await self._ask(target.key, f"/mode {name}"))
+        await query.answer(truncate(outcome, 200))
+        try:
+            current = (await self.manager.mode_of(target.key)).name
+        except FmbotError:
+            return
+        templates = self.manager.prompts.all()
+        menu = Part(truncate(listing(templates, current), TEXT_LIMIT))
+        await self.outbox.edit(
+            target, message.message_id, menu, markup=keyboard(templates, current)
+        )
+
+    async def on_generation_stopped(self, event: MessageGenerationStopped) -> None:
+        if not self.replies.stop_draft(event.chat.id, event.draft_id):
+            log.debug("stop pressed for draft %s, which is no longer running", event.draft_id)

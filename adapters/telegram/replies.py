@@ -1,0 +1,158 @@
+"""Running one reply from the dialog manager to the chat, and stopping it on request.
+
+Each reply consumes ``DialogManager.handle`` in its own task. /stop and the draft's stop button
+(a ``stopped_message_generation`` update) cancel that task: the manager's generator is closed,
+the model stops and the partial reply is stored as "stopped"; here the partial text is then
+delivered marked "(stopped)".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
+
+from adapters.telegram.actions import ChatAction
+from adapters.telegram.outbox import Outbox
+from adapters.telegram.preview import ReplyPreview
+from adapters.telegram.settings import TelegramSettings
+from adapters.telegram.target import Target
+from adapters.telegram.throttle import Throttle
+from bot.dialog import DialogManager
+from bot.events import FinalText, ImageReply, Incoming, Notice, TextDelta
+
+log = logging.getLogger(__name__)
+
+STOPPED_MARK = "(stopped)"
+_NOTICE_PREFIX = {"info": "", "warning": "⚠️ ", "error": "⚠️ "}
+
+
+def stopped_text(partial: str) -> str:
+    partial = partial.rstrip()
+    return f"{partial} … {STOPPED_MARK}" if partial else STOPPED_MARK
+
+
+@dataclass(eq=False)
+class ActiveReply:
+    target: Target
+    draft_id: int | None
+    text: str = ""  # streamed so far
+    stoppable: bool = True  # False once the complete text is being delivered
+    stopped: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def stop(self) -> bool:
+        if not self.stoppable or self.task is None or self.task.done():
+            return False
+        self.stopped = True
+        self.task.cancel()
+        return True
+
+
+class Replies:
+    def __init__(
+        self, bot: Bot, manager: DialogManager, settings: TelegramSettings, throttle: Throttle
+    ) -> None:
+        self.bot = bot
+        self.manager = manager
+        self.settings = settings
+        self.throttle = throttle
+        self.outbox = Outbox(bot, throttle)
+        self._active: dict[str, list[ActiveReply]] = {}
+        self._no_drafts: set[int] = set()
+        # Draft ids only need to differ between replies in flight; a random start keeps a
+        # restarted bot from reusing the ids of drafts still on screen.
+        self._draft_ids = itertools.count(secrets.randbelow(2**30) + 1)
+
+    # --- stopping ---
+
+    def stop(self, key: str) -> bool:
+        """Stop the replies in progress (and queued) in this conversation."""
+        return any([reply.stop() for reply in self._active.get(key, [])])
+
+    def stop_draft(self, chat_id: int, draft_id: int) -> bool:
+        for replies in self._active.values():
+            for reply in replies:
+                if reply.target.chat_id == chat_id and reply.draft_id == draft_id:
+                    return reply.stop()
+        return False
+
+    def busy(self, key: str) -> bool:
+        return bool(self._active.get(key))
+
+    # --- running ---
+
+    async def run(self, target: Target, incoming: Incoming) -> None:
+        """Answer ``incoming`` in ``target``; returns when the reply is delivered or stopped."""
+        drafts = target.private and target.chat_id not in self._no_drafts
+        draft_id = next(self._draft_ids) % (2**31 - 1) + 1 if drafts else None
+        preview = ReplyPreview(
+            self.bot,
+            self.outbox,
+            self.throttle,
+            target,
+            interval=self.settings.interval_for(target.private),
+            draft_id=draft_id,
+            drafts_refused=self._no_drafts.add,
+        )
+        reply = ActiveReply(target, draft_id)
+        self._active.setdefault(target.key, []).append(reply)
+        try:
+            reply.task = asyncio.create_task(self._consume(reply, preview, incoming))
+            try:
+                await asyncio.wait({reply.task})
+            except asyncio.CancelledError:  # shutdown ran out of time: stop the turn too
+                reply.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reply.task
+                raise
+            if reply.task.cancelled():
+                await preview.finish(stopped_text(reply.text))
+            else:
+                reply.task.result()
+        except TelegramAPIError as exc:
+            log.warning("could not deliver a reply in chat %s: %s", target.chat_id, exc.message)
+        finally:
+            replies = self._active.get(target.key, [])
+            replies.remove(reply)
+            if not replies:
+                self._active.pop(target.key, None)
+
+    async def _consume(self, reply: ActiveReply, preview: ReplyPreview, incoming: Incoming) -> None:
+        target = reply.target
+        finished = False
+        # "typing" until the first piece of the answer; "upload_photo" while a picture is drawn.
+        async with contextlib.AsyncExitStack() as stack:
+            waiting = await stack.enter_async_context(ChatAction(self.bot, target, "typing"))
+            events = await stack.enter_async_context(
+                contextlib.aclosing(self.manager.handle(incoming))
+            )
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    await waiting.stop()
+                    reply.text += event.text
+                    await preview.update(reply.text)
+                elif isinstance(event, FinalText):
+                    await waiting.stop()
+                    reply.stoppable = False
+                    await preview.finish(event.text)
+                    finished = True
+                elif isinstance(event, Notice):
+                    await waiting.stop()
+                    prefix = _NOTICE_PREFIX[event.kind]
+                    await self.outbox.send_text(target, prefix + event.text)
+                    if event.progress == "image":
+                        waiting = ChatAction(self.bot, target, "upload_photo")
+                        await stack.enter_async_context(waiting)
+                elif isinstance(event, ImageReply):
+                    await waiting.stop()
+                    await self.outbox.send_photo(target, event.data, event.mime_type, event.prompt)
+        if reply.text and not finished:  # the manager ended without a final text
+            reply.stoppable = False
+            await preview.finish(reply.text)
