@@ -65,10 +65,10 @@ def history(
     name: Annotated[str | None, typer.Argument(help="Conversation to print.")] = None,
 ) -> None:
     """Print a conversation's stored turns, or list conversations when no NAME is given."""
-    from bot.stores import open_store
+    from bot.app import open_configured_store
 
     async def go(settings: Settings) -> None:
-        store = await open_store(settings.store_url)
+        store = await open_configured_store(settings)
         try:
             if name is None:
                 chats = await store.chats()

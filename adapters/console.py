@@ -7,6 +7,7 @@ import contextlib
 import re
 import signal
 import sys
+import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TextIO
@@ -37,8 +38,9 @@ class ConsoleChannel:
     # --- scripts and tests: one message per line ------------------------------------------
 
     async def _piped(self, stdin: TextIO, out: TextIO, err: TextIO) -> None:
+        lines = _read_lines(stdin)
         while True:
-            line = await asyncio.to_thread(stdin.readline)
+            line = await lines.get()
             if not line:
                 return
             text = line.rstrip("\r\n")
@@ -137,7 +139,35 @@ class ConsoleChannel:
         folder.mkdir(parents=True, exist_ok=True)
         ext = {"image/png": "png", "image/webp": "webp"}.get(image.mime_type, "jpg")
         stem = re.sub(r"[^\w.-]+", "_", self.chat)
-        index = len(list(folder.glob(f"{stem}-*"))) + 1
-        path = folder / f"{stem}-{index:04d}.{ext}"
-        path.write_bytes(image.data)
-        return path
+        taken = [
+            int(m[1]) for p in folder.iterdir() if (m := re.fullmatch(rf"{stem}-(\d+)\..+", p.name))
+        ]
+        index = max(taken, default=0) + 1
+        while True:
+            path = folder / f"{stem}-{index:04d}.{ext}"
+            try:
+                with path.open("xb") as f:  # never overwrite an earlier image
+                    f.write(image.data)
+                return path
+            except FileExistsError:
+                index += 1
+
+
+def _read_lines(stdin: TextIO) -> asyncio.Queue[str]:
+    """Lines from ``stdin`` read by a daemon thread ("" at end of input).
+
+    A daemon thread, not ``asyncio.to_thread``: a blocked ``readline`` in the default executor
+    would keep ``asyncio.run`` from exiting on Ctrl-C until stdin closed.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def pump() -> None:
+        while True:
+            line = stdin.readline()
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+            if not line:
+                return
+
+    threading.Thread(target=pump, name="fmbot-stdin", daemon=True).start()
+    return queue

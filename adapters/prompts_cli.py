@@ -90,11 +90,9 @@ def check(
 
 async def _history(settings: Settings, chat: str) -> list[Message]:
     """The turns a running bot would read for ``chat`` (same store, limits and expiry)."""
-    from bot.stores import open_store
+    from bot.app import open_configured_store
 
-    store = await open_store(
-        settings.store_url, max_turns=settings.history_turns, ttl=settings.history_ttl_seconds
-    )
+    store = await open_configured_store(settings)
     try:
         turns = await store.read(chat, last=settings.history_turns)
     finally:

@@ -31,9 +31,7 @@ def open_prompts(settings: Settings) -> PromptLibrary:
 async def build_manager(settings: Settings) -> DialogManager:
     """A ready manager; close it with ``await manager.aclose()`` and ``registry.close_models()``."""
     prompts = open_prompts(settings)
-    store = await open_store(
-        settings.store_url, max_turns=settings.history_turns, ttl=settings.history_ttl_seconds
-    )
+    store = await open_configured_store(settings)
     try:
         model = await get_text_model(settings)
         image_model = await get_image_model(settings)
@@ -53,6 +51,13 @@ async def build_manager(settings: Settings) -> DialogManager:
         history_turns=settings.history_turns,
         busy_policy=settings.busy_policy,
         limits=make_limits(settings, store),
+    )
+
+
+async def open_configured_store(settings: Settings) -> DialogStore:
+    """FMBOT_STORE with the retention settings applied (every command that reads history)."""
+    return await open_store(
+        settings.store_url, max_turns=settings.history_turns, ttl=settings.history_ttl_seconds
     )
 
 

@@ -15,20 +15,22 @@ async def fit_to_window(
     history: Sequence[Message],
     current: Message,
     reserve: int,
-) -> list[Message]:
+) -> tuple[list[Message], int]:
     """``prefix + newest history + current`` within ``model.context_window - reserve`` tokens.
 
     The instruction and examples (``prefix``) and the current message are always kept; history is
     dropped oldest first, a user/assistant pair at a time so it still starts with a user turn.
-    Raises ContextOverflowError when even ``prefix + current`` does not fit.
+    Returns the messages and their token count. Raises ContextOverflowError when even
+    ``prefix + current`` does not fit.
     """
     budget = model.context_window - reserve
 
     async def size(keep_from: int) -> int:
         return await model.count_tokens([*prefix, *history[keep_from:], current])
 
-    if await size(0) <= budget:
-        return [*prefix, *history, current]
+    whole = await size(0)
+    if whole <= budget:
+        return [*prefix, *history, current], whole
     minimal = await size(len(history))
     if minimal > budget:
         raise ContextOverflowError(minimal, max(budget, 0))
@@ -37,10 +39,12 @@ async def fit_to_window(
     if starts[-1] != len(history):
         starts.append(len(history))
     lo, hi = 0, len(starts) - 1  # starts[hi] fits, starts[lo] does not
+    sizes = {len(history): minimal}
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if await size(starts[mid]) <= budget:
+        sizes[starts[mid]] = await size(starts[mid])
+        if sizes[starts[mid]] <= budget:
             hi = mid
         else:
             lo = mid
-    return [*prefix, *history[starts[hi] :], current]
+    return [*prefix, *history[starts[hi] :], current], sizes[starts[hi]]

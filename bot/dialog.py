@@ -27,11 +27,11 @@ from bot.events import (
 )
 from bot.limits import Limits
 from bot.locks import ChatLocks
-from bot.models.base import GenerationOptions, ImageModel, TextModel
+from bot.models.base import GenerationOptions, ImageModel, Response, TextModel
 from bot.prompts.library import PromptLibrary
 from bot.prompts.render import build_messages
 from bot.prompts.template import PromptTemplate
-from bot.routing import ImageIntentClassifier, RuleClassifier, matches_rules
+from bot.routing import ImageIntentClassifier, RuleClassifier
 from bot.stores.base import DialogStore, Turn
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,10 @@ class DialogManager:
                 f"({exc})",
                 "error",
             )
+        except FmbotError as exc:
+            # E.g. every template file was removed while running: say so, keep the channel alive.
+            log.error("turn failed for chat %s: %s", chat, exc)
+            yield Notice(f"This message could not be answered: {exc}", "error")
 
     async def _refusal(self, incoming: Incoming) -> Notice | None:
         """A refusal when the user is over a limit (admins never are)."""
@@ -174,8 +178,9 @@ class DialogManager:
         if not template.allow_images:
             return False
         if self.image_model is None:
-            # Only the free rules: enough to tell the user how to enable pictures.
-            return matches_rules(text)
+            # Without an image model every message is for the text model; /image explains how
+            # to configure one. (Routing here would refuse "draw up a contract" and the like.)
+            return False
         return await self.classifier(text)
 
     async def _turn(
@@ -196,7 +201,7 @@ class DialogManager:
             options = self._options_for(template)
             full = build_messages(template, incoming.text)
             prefix, current = full[:-1], full[-1]
-            messages = await fit_to_window(
+            messages, input_tokens = await fit_to_window(
                 self.model, prefix, history, current, reserve=options.max_tokens or 0
             )
         except (PromptError, ModelError) as exc:
@@ -205,6 +210,7 @@ class DialogManager:
 
         response = self.model.respond(messages, options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
+        saved = True
         try:
             async with contextlib.aclosing(aiter(response)) as deltas:
                 async for delta in deltas:
@@ -222,26 +228,51 @@ class DialogManager:
             )
         finally:
             if status == "complete" or response.text:
-                usage = response.usage
-                meta: dict[str, object] = {"mode": template.name, "status": status}
-                if usage is not None:
-                    meta |= {
-                        "input_tokens": usage.input_tokens,
-                        "output_tokens": usage.output_tokens,
-                    }
-                turns = (
-                    Turn("user", incoming.text, meta={"mode": template.name}),
-                    Turn("assistant", response.text, meta=meta),
-                )
                 # Shielded: a cancelled turn still records what the user saw.
-                await asyncio.shield(self.store.append(chat, *turns))
-                if usage is not None:
-                    await asyncio.shield(self._account(incoming, usage))
+                saved = await asyncio.shield(
+                    self._save_turn(incoming, template, response, status, input_tokens)
+                )
         if status == "complete":
             yield FinalText(response.text)
+            if not saved:
+                yield Notice(
+                    "This reply was not saved (the conversation store is unavailable), so the "
+                    "next message will not see it.",
+                    "warning",
+                )
         elif status == "stopped" and interrupted.is_set():
             yield FinalText(response.text, complete=False)
             yield Notice("Stopped: a newer message arrived.", "info")
+
+    async def _save_turn(
+        self,
+        incoming: Incoming,
+        template: PromptTemplate,
+        response: Response,
+        status: str,
+        input_tokens: int,
+    ) -> bool:
+        """Store the user/assistant pair and count its tokens; False when the store failed."""
+        # Stopped or failed streams report no usage; charge an estimate so /usage and budgets
+        # cannot be dodged by interrupting (about 4 characters per token).
+        usage = response.usage or Usage(input_tokens, max(1, len(response.text) // 4))
+        meta: dict[str, object] = {
+            "mode": template.name,
+            "status": status,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+        }
+        turns = (
+            Turn("user", incoming.text, meta={"mode": template.name}),
+            Turn("assistant", response.text, meta=meta),
+        )
+        try:
+            await self.store.append(incoming.chat, *turns)
+            await self._account(incoming, usage)
+        except StoreError as exc:
+            log.error("could not save a turn of chat %s: %s", incoming.chat, exc)
+            return False
+        return True
 
     async def _account(self, incoming: Incoming, usage: Usage) -> None:
         """Usage counters: the chat's (kept in its state, so /new keeps them) and the user's day."""

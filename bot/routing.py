@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 _RULES = re.compile(
     r"""
     ^\s*(?:please\s+|pls\s+|can\s+you\s+|could\s+you\s+)?
-        (?:draw|paint|sketch|illustrate|render)\b
+        (?:draw|paint|sketch)\b
+        # ...but not the figures of speech: "draw up a contract", "draw a conclusion".
+        (?!\s+(?:up|on|from|back|near|out|attention|parallels?
+            |(?:a\s+|the\s+|some\s+|any\s+)?(?:conclusions?|line|comparison|distinction)))
     | \b(?:generate|create|make|show\s+me|give\s+me)\s+(?:me\s+)?(?:an?\s+)?
         (?:image|picture|pic|photo|drawing|illustration|painting|sketch)\b
     | \b(?:image|picture|photo|drawing|illustration|painting)\s+of\b

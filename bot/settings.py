@@ -6,6 +6,7 @@ the CLI can print it as one line and exit 2 (see :class:`~bot.errors.ConfigError
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -87,6 +88,16 @@ class Settings(BaseSettings):
             raise ConfigError("FMBOT_STORE", mask_url(self.store_url), STORE_ACCEPTED)
         if scheme == "sqlite" and not urlsplit(self.store_url).path.lstrip("/"):
             raise ConfigError("FMBOT_STORE", self.store_url, STORE_ACCEPTED)
+        if scheme in ("redis", "rediss"):
+            try:
+                urlsplit(self.store_url).port  # noqa: B018 - raises on a bad port
+                db = urlsplit(self.store_url).path.strip("/")
+                if db and not db.isdigit():
+                    raise ValueError(db)
+            except ValueError:
+                raise ConfigError(
+                    "FMBOT_STORE", mask_url(self.store_url), "give redis://[:PASSWORD@]HOST:PORT/DB"
+                ) from None
         from bot.models.registry import check_image_model_spec, check_text_model_spec
 
         check_text_model_spec(self.text_model)
@@ -141,6 +152,7 @@ class Settings(BaseSettings):
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_MAX_TTL = 10 * 365 * 86400
 
 
 def parse_duration(text: str) -> float | None:
@@ -153,7 +165,7 @@ def parse_duration(text: str) -> float | None:
         seconds = float(number) * _UNITS[unit]
     except ValueError:
         seconds = -1
-    if seconds <= 0:
+    if not (0 < seconds <= _MAX_TTL):  # also rejects nan and inf
         raise ConfigError(
             "FMBOT_HISTORY_TTL",
             text,
@@ -162,14 +174,19 @@ def parse_duration(text: str) -> float | None:
     return seconds
 
 
+_SECRET_PARAMS = re.compile(r"(^|&)((?:password|pass|passwd|token|secret)=)[^&]*", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """Hide the password in ``scheme://user:password@host`` URLs."""
+    """Hide passwords in URLs: ``user:password@host`` and ``?password=...`` query parameters."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{netloc}"))
+    query = _SECRET_PARAMS.sub(r"\1\2****", parts.query)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:****@{host}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def load_settings(**overrides: Any) -> Settings:

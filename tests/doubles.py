@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-from bot.errors import ModelError
+from bot.errors import ModelError, StoreError
 from bot.events import Message, Usage
 from bot.models.base import Chunk, GenerationOptions, TextModel
+from bot.stores.base import Turn
+from bot.stores.memory import MemoryStore
 
 
 class Recording(TextModel):
@@ -29,8 +32,9 @@ class Recording(TextModel):
         self, messages: Sequence[Message], options: GenerationOptions
     ) -> AsyncIterator[Chunk]:
         self.requests.append(list(messages))
-        async for chunk in self.inner.generate(messages, options):
-            yield chunk
+        async with contextlib.aclosing(self.inner.generate(messages, options)) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
 
 
 class Scripted(TextModel):
@@ -65,3 +69,10 @@ class Scripted(TextModel):
             yield Usage(10, len(self.chunks))
         finally:
             self.closed = True
+
+
+class FailingAppends(MemoryStore):
+    """A store whose writes fail, as when Redis goes away after a reply was generated."""
+
+    async def append(self, chat: str, *turns: Turn) -> None:
+        raise StoreError("connection refused")

@@ -88,6 +88,10 @@ def test_config_prints_settings_with_secrets_masked(env: dict[str, str]) -> None
     assert "FMBOT_STORE=redis://:****@127.0.0.1:6379/3" in result.stdout
     assert secret not in result.stdout + result.stderr
     assert "hunter2pass" not in result.stdout + result.stderr
+    env["FMBOT_STORE"] = "redis://127.0.0.1:6379/0?password=querysecret&db=1"
+    result = run(["config"], env)
+    assert "FMBOT_STORE=redis://127.0.0.1:6379/0?password=****&db=1" in result.stdout
+    assert "querysecret" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
@@ -101,6 +105,13 @@ def test_config_prints_settings_with_secrets_masked(env: dict[str, str]) -> None
         ("FMBOT_BUSY_POLICY", "drop", "FMBOT_BUSY_POLICY='drop' is not valid: Input should be"),
         ("FMBOT_HISTORY_TTL", "soon", "FMBOT_HISTORY_TTL='soon' is not valid: give seconds"),
         ("FMBOT_IMAGE_MODEL", "dalle", "FMBOT_IMAGE_MODEL='dalle' is not valid: use yandex:"),
+        ("FMBOT_HISTORY_TTL", "nan", "FMBOT_HISTORY_TTL='nan' is not valid"),
+        ("FMBOT_HISTORY_TTL", "1e300", "FMBOT_HISTORY_TTL='1e300' is not valid"),
+        (
+            "FMBOT_STORE",
+            "redis://:hunter2@127.0.0.1:abc/0",
+            "FMBOT_STORE='redis://:****@127.0.0.1:abc/0' is not valid: give redis://",
+        ),
     ],
 )
 def test_bad_setting_is_one_line_exit_2_no_traceback(

@@ -17,7 +17,7 @@ from bot.models.local import LocalModel, find_gguf
 from bot.prompts.library import PromptLibrary
 from bot.stores import DialogStore, open_store
 from bot.stores.redis import RedisStore
-from tests.doubles import Recording, Scripted
+from tests.doubles import FailingAppends, Recording, Scripted
 
 SHORT = GenerationOptions(max_tokens=12, temperature=0)
 
@@ -195,7 +195,7 @@ async def test_removed_template_falls_back_to_default(
 
 
 async def test_store_outage_is_reported_not_raised(
-    local_model: LocalModel, prompts_dir: Path, redis_server: str
+    local_model: LocalModel, prompts_dir: Path
 ) -> None:
     dead = RedisStore.from_url("redis://127.0.0.1:1/0")
     manager = manager_for(local_model, dead, prompts_dir)
@@ -203,3 +203,56 @@ async def test_store_outage_is_reported_not_raised(
     assert len(events) == 1 and isinstance(events[0], Notice)
     assert "send it again" in events[0].text
     await dead.aclose()
+
+
+async def test_cancelled_task_stores_the_reply_as_stopped(
+    store: DialogStore, prompts_dir: Path
+) -> None:
+    """The console's Ctrl-C cancels the task consuming the reply (not aclose)."""
+    model = Scripted(["one ", "two ", "three ", "four"], pause=0.05)
+    manager = manager_for(model, store, prompts_dir)
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in manager.handle(Incoming("c", "count")):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await first.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    turns = await store.read("c")
+    assert turns[1].meta["status"] == "stopped" and turns[1].text.startswith("one ")
+    assert model.closed
+
+
+async def test_forget_deletes_history_state_and_usage(
+    store: DialogStore, prompts_dir: Path
+) -> None:
+    manager = manager_for(Scripted(["hi"]), store, prompts_dir)
+    await collect(manager, "c", "/mode default-ru")
+    await collect(manager, "c", "hello")
+    [done] = await collect(manager, "c", "/forget")
+    assert isinstance(done, Notice) and done.text.startswith("Deleted everything")
+    assert await store.read("c") == []
+    assert await store.get_state("c") == {}
+
+
+async def test_missing_templates_become_a_notice_not_a_crash(
+    store: DialogStore, prompts_dir: Path
+) -> None:
+    manager = manager_for(Scripted(["hi"]), store, prompts_dir)
+    for path in list(prompts_dir.iterdir()):
+        path.unlink()
+    for text in ("/mode", "hello"):
+        [notice] = await collect(manager, "c", text)
+        assert isinstance(notice, Notice) and notice.kind == "error"
+        assert "no template named 'default'" in notice.text
+
+
+async def test_reply_shown_but_not_saved_is_flagged(prompts_dir: Path) -> None:
+    manager = manager_for(Scripted(["fine"]), FailingAppends(), prompts_dir)
+    events = await collect(manager, "c", "hello")
+    assert events[-2] == FinalText("fine")
+    assert isinstance(events[-1], Notice) and "not saved" in events[-1].text

@@ -60,6 +60,10 @@ def test_rules_recognise_picture_requests(text: str) -> None:
         "Напиши статью о рисовании",
         "translate: the picture frame is broken",
         "Привет! Как дела?",
+        "Draw up a contract for renting a flat",
+        "Can you draw a conclusion from these numbers?",
+        "Render this markdown table as HTML",
+        "Illustrate recursion with a Python example",
     ],
 )
 def test_rules_leave_text_requests_alone(text: str) -> None:
@@ -194,13 +198,15 @@ async def test_model_classifier_uses_the_text_model(prompts_dir: Path) -> None:
 async def test_without_an_image_model_the_user_learns_how_to_configure_one(
     store: DialogStore, prompts_dir: Path
 ) -> None:
-    model = Scripted(["should not be called"])
-    recording = Recording(model)
+    recording = Recording(Scripted(["Here is a cat: =^.^="]))
     manager = DialogManager(store, recording, PromptLibrary(prompts_dir), options=SHORT)
     assert await collect(manager, "c", "/image a cat") == [Notice(IMAGE_SETUP_HINT, "warning")]
-    assert await collect(manager, "c", "draw a cat") == [Notice(IMAGE_SETUP_HINT, "warning")]
     assert "FMBOT_IMAGE_MODEL" in IMAGE_SETUP_HINT
     assert recording.requests == []
+    # Plain messages all go to the text model: nothing is refused for looking like a picture.
+    events = await collect(manager, "c", "draw a cat")
+    assert events[-1] == FinalText("Here is a cat: =^.^=")
+    assert len(recording.requests) == 1
 
 
 async def test_failed_generation_is_reported_and_not_stored(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,14 @@ async def test_ttl_forgets_idle_chats(store: DialogStore) -> None:
     assert await store.read("a") == []
     assert await store.get_state("a") == {}
     assert "a" not in [c.chat for c in await store.chats()]
+
+
+async def test_a_cancelled_write_leaves_the_store_usable(store: DialogStore) -> None:
+    await store.append("a", *pair(1))
+    task = asyncio.create_task(store.reset("a"))
+    await asyncio.sleep(0)  # let it start, then cancel it mid-way
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await store.append("a", *pair(2))
+    assert [t.text for t in await store.read("a")][-2:] == ["question 2", "answer 2"]

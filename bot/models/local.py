@@ -188,5 +188,14 @@ class LocalModel(TextModel):
                         break
             finally:
                 stop.set()
-                # Wait for the thread so the next request never overlaps with this one.
-                await asyncio.shield(worker)
+                # Wait for the thread so the next request never overlaps with this one, even if
+                # we are cancelled again while waiting (leaving the lock early would let two
+                # generations share one llama.cpp context).
+                cancelled = False
+                while not worker.done():
+                    try:
+                        await asyncio.shield(worker)
+                    except asyncio.CancelledError:
+                        cancelled = True
+                if cancelled:
+                    raise asyncio.CancelledError

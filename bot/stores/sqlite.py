@@ -58,9 +58,13 @@ class SQLiteStore(DialogStore):
                 await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 await self._db.commit()
-            except sqlite3.Error as exc:
-                await self._db.rollback()
-                raise StoreError(f"Could not {what} in {self.path}: {exc}") from exc
+            except BaseException as exc:
+                # Also on cancellation: an open transaction would break every later write.
+                if self._db.in_transaction:
+                    await asyncio.shield(self._db.rollback())
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"Could not {what} in {self.path}: {exc}") from exc
+                raise
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteStore:
