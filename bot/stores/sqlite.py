@@ -48,6 +48,7 @@ class SQLiteStore(DialogStore):
         # One connection serves every coroutine of the process; without this lock two writers'
         # statements interleave inside one transaction (the contract's concurrency test saw it).
         self._write_lock = asyncio.Lock()
+        self._last_sweep = 0.0
 
     @contextlib.asynccontextmanager
     async def _transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
@@ -99,7 +100,13 @@ class SQLiteStore(DialogStore):
         """Delete chats idle for longer than ``ttl`` (cheap: one indexed-by-PK scan of chats)."""
         if self.ttl is None:
             return
-        cutoff = time.time() - self.ttl
+        now = time.time()
+        # A write transaction per read would contend with other processes: sweep at most every
+        # few seconds (a chat may outlive its TTL by that much).
+        if now - self._last_sweep < min(60.0, self.ttl / 10):
+            return
+        self._last_sweep = now
+        cutoff = now - self.ttl
         async with self._transaction("expire old conversations") as db:
             await db.execute(
                 "DELETE FROM turns WHERE chat IN (SELECT chat FROM chats WHERE updated_at < ?)",
