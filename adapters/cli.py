@@ -118,6 +118,52 @@ def telegram(
     _run(lambda settings: run_telegram(settings, tg, webhook=webhook, listen=listen))
 
 
+@app.command()
+def bench(
+    chats: Annotated[int, typer.Option(min=1, help="Chats sending at once.")] = 1000,
+    turns: Annotated[
+        int, typer.Option(min=1, help="Turns in total, spread over the chats.")
+    ] = 20000,
+    redis: Annotated[
+        str | None,
+        typer.Option(help="Redis URL (default: FMBOT_STORE when it is redis://, else local)."),
+    ] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Queue partitions.")] = 16,
+    concurrency: Annotated[int, typer.Option(min=1, help="Turns a worker runs at once.")] = 64,
+    queue: Annotated[
+        bool, typer.Option(help="Through the Redis queue and a worker, or the manager directly.")
+    ] = True,
+    profile: Annotated[bool, typer.Option(help="Print the top functions by own time.")] = False,
+) -> None:
+    """Benchmark the dialog manager and the Redis queue with the instant echo model."""
+    from adapters.bench import profiled, run_bench
+
+    settings = load_settings()
+    url = redis or (
+        settings.store_url
+        if settings.store_url.startswith(("redis://", "rediss://"))
+        else "redis://127.0.0.1:6379/0"
+    )
+
+    def go() -> Coroutine[Any, Any, Any]:
+        return run_bench(
+            settings,
+            url,
+            chats=chats,
+            turns=turns,
+            partitions=partitions,
+            concurrency=concurrency,
+            queue=queue,
+        )
+
+    if profile:
+        result, stats = profiled(go)
+        typer.echo(stats, err=True)
+    else:
+        result = asyncio.run(go())
+    typer.echo(result.report(url))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

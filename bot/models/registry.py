@@ -33,6 +33,11 @@ def check_text_model_spec(spec: str) -> None:
     kind, _, name = spec.partition(":")
     if kind == "local" and name in LOCAL_MODELS:
         return
+    if kind == "echo":  # the instant benchmark/test model: bot/models/echo.py
+        from bot.models.echo import parse_echo_spec
+
+        parse_echo_spec(spec)  # raises ConfigError when malformed
+        return
     if check_text_spec(spec):  # raises ConfigError for a malformed remote spec
         return
     raise ConfigError("FMBOT_TEXT_MODEL", spec, TEXT_ACCEPTED)
@@ -87,6 +92,10 @@ async def close_models() -> None:
 
 async def _create_text(spec: str, settings: Settings) -> TextModel:
     kind, _, name = spec.partition(":")
+    if kind == "echo":
+        from bot.models.echo import EchoModel
+
+        return EchoModel.from_spec(spec, context_window=settings.context_tokens)
     if kind == "local":
         from bot.models.local import LOCAL_MODELS, LocalModel, find_gguf
 

@@ -1,0 +1,88 @@
+"""A ready-made job handler: feed a job to the dialog manager, publish its replies to Redis.
+
+Jobs carry ``{"text": ..., "user": ..., "admin": false}``. Channels with their own reply path
+(Telegram) use their own handler; this one serves ``python -m bot.queue.worker_main``, the
+benchmark and the multi-process tests, and is a complete channel for a producer that can read
+Redis: replies go to the list ``P:{chat}:replies`` as JSON ``{"job": ID, "events": [...]}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from bot.app import make_limits
+from bot.dialog import DialogManager
+from bot.errors import ConfigError, StoreError
+from bot.events import FinalText, ImageReply, Incoming, Notice
+from bot.queue.job import Job
+from bot.queue.journal import JournaledRedisStore
+from bot.queue.keys import QueueKeys
+from bot.settings import Settings
+from bot.stores.redis import RedisStore
+
+REPLIES_TTL = 24 * 3600  # seconds a reader has to collect replies
+
+
+class DialogHandler:
+    """``await handler(job)``: one turn of the manager per job, answered once (see journal)."""
+
+    def __init__(self, manager: DialogManager, keys: QueueKeys, *, publish: bool = True) -> None:
+        if not isinstance(manager.store, JournaledRedisStore):
+            raise TypeError("DialogHandler needs a manager on a JournaledRedisStore")
+        self.manager = manager
+        self.store: JournaledRedisStore = manager.store
+        self.keys = keys
+        self.publish = publish
+        self.skipped = 0  # redelivered jobs whose turn was already stored
+
+    async def __call__(self, job: Job) -> None:
+        if job.redelivered and await self.store.answered(job.chat, job.id):
+            self.skipped += 1
+            return
+        p = job.payload
+        incoming = Incoming(
+            job.chat, str(p.get("text", "")), p.get("user"), admin=bool(p.get("admin", False))
+        )
+        events: list[dict[str, Any]] = []
+        async with contextlib.aclosing(self.manager.handle(incoming)) as stream:
+            async for event in stream:
+                if isinstance(event, FinalText):
+                    events.append({"kind": "final", "text": event.text, "complete": event.complete})
+                elif isinstance(event, Notice):
+                    events.append({"kind": "notice", "text": event.text, "level": event.kind})
+                elif isinstance(event, ImageReply):
+                    events.append({"kind": "image", "prompt": event.prompt})
+        if self.publish:
+            await self._publish(job, events)
+
+    async def _publish(self, job: Job, events: list[dict[str, Any]]) -> None:
+        body = json.dumps({"job": job.id, "events": events}, ensure_ascii=False)
+        key = self.keys.replies(job.chat)
+        try:
+            async with self.store.client.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, body)
+                pipe.expire(key, REPLIES_TTL)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Could not publish the reply to Redis: {exc}") from exc
+
+
+def journal_manager(manager: DialogManager, settings: Settings, prefix: str) -> None:
+    """Put ``manager`` on a :class:`JournaledRedisStore` with key prefix ``prefix``.
+
+    ``build_manager`` opens a plain RedisStore with the default prefix; this swaps in the
+    journaled store on the same connection pool (and rebuilds the limits, which key by prefix).
+    """
+    store = manager.store
+    if not isinstance(store, RedisStore):
+        raise ConfigError(
+            "FMBOT_STORE", settings.store_url, "queue workers need redis://HOST:PORT/DB"
+        )
+    journaled = JournaledRedisStore.wrap(store)
+    journaled.prefix = prefix
+    manager.store = journaled
+    manager.limits = make_limits(settings, journaled)

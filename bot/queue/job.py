@@ -1,0 +1,35 @@
+"""A job as handlers see it, and the context variable that names the job being handled."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One enqueued update. ``id`` is its stream entry id, ordered by arrival within its
+    partition (and so within its chat); ids of different partitions may be equal.
+
+    ``attempt`` is 1 on first delivery; more means an earlier worker took it and died or lost
+    its partition before acknowledging, so the handler may already have run (partly or fully):
+    see :class:`bot.queue.journal.JournaledRedisStore` for how a turn is answered once.
+    """
+
+    id: str
+    chat: str
+    payload: dict[str, Any]
+    partition: int
+    attempt: int = 1
+    #: False for jobs the worker ran outside their chat's lane (``immediate``): not ordered.
+    ordered: bool = True
+
+    @property
+    def redelivered(self) -> bool:
+        return self.attempt > 1
+
+
+#: The job whose handler is running in this context (set by the worker around each handler
+#: call; copied into tasks the handler starts, e.g. the dialog manager's shielded store write).
+current_job: ContextVar[Job | None] = ContextVar("fmbot_current_job", default=None)

@@ -1,0 +1,324 @@
+"""Processing one partition while this worker holds its lease: read, run in per-chat order, ack.
+
+Reading: first every entry still pending in the consumer group (XAUTOCLAIM from ``0-0``: jobs a
+dead or departed owner had read but not acknowledged, in entry-id order), then new entries
+(XREADGROUP ``>``) in batches.
+
+Order: each chat has a lane, a FIFO run by one task, so a chat's jobs run one at a time in entry
+order while different chats of the partition run concurrently. A chat's acknowledged jobs are
+always older than its unacknowledged ones, so a new owner that replays the pending entries in id
+order resumes every chat exactly where it stopped.
+
+Acknowledging: finished ids are collected and sent as one MULTI (XACK + XDEL, so the stream does
+not grow) per flush; under load many jobs share one round trip. A handler that fails is retried;
+after ``max_attempts`` the job is copied to ``P:{q:N}:dead`` and acknowledged, so one poisonous
+message cannot block its chat for ever. Redis being unreachable is not a failure of the job: the
+handler (or the ack) is retried, in place, until Redis answers or the lease is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from bot.queue.backoff import TRANSIENT, Backoff
+from bot.queue.job import Job, current_job
+from bot.queue.keys import GROUP, QueueKeys
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Job], Awaitable[None]]
+Entries = list[tuple[str, dict[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How a worker reads and runs jobs; the defaults suit chat bots (see Worker)."""
+
+    block_ms: int = 1000  # longest wait of one XREADGROUP: bounds how long stopping takes
+    batch: int = 100  # entries per read
+    max_queued: int = 1000  # read-ahead per partition (backpressure)
+    max_attempts: int = 3  # handler failures before a job goes to the dead stream
+    immediate: Callable[[Job], bool] | None = None  # jobs that skip their chat's lane
+
+
+class PartitionRunner:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: QueueKeys,
+        index: int,
+        consumer: str,
+        handler: Handler,
+        tuning: Tuning,
+        limit: asyncio.Semaphore,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.index = index
+        self.stream = keys.jobs(index)
+        self.consumer = consumer
+        self.handler = handler
+        self.tuning = tuning
+        self.limit = limit
+        self.handled = 0
+        self._lanes: dict[str, collections.deque[Job]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._queued = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._draining = False
+        self._acks: list[str] = []
+        self._ack_ready = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._acker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_loop(), name=f"queue-read-{self.index}")
+        self._acker = asyncio.create_task(self._ack_loop(), name=f"queue-ack-{self.index}")
+
+    # --- reading ---
+
+    async def _read_loop(self) -> None:
+        backoff = Backoff()
+        reclaimed = False
+        while not self._draining:
+            try:
+                if not reclaimed:
+                    await self._ensure_group()
+                    await self._reclaim()
+                    reclaimed = True
+                await self._room.wait()
+                if self._draining:
+                    break
+                reply = await self.redis.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=self.tuning.batch,
+                    block=self.tuning.block_ms,
+                )
+                for _stream, entries in cast(list[tuple[str, Entries]], reply or []):
+                    for entry_id, fields in entries:
+                        self._dispatch(self._job(entry_id, fields, attempt=1))
+                backoff.reset()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.error("partition %s: %s", self.index, exc)
+                    await asyncio.sleep(backoff.next())
+                    continue
+                # Redis lost the group (restarted without persistence): recreate, replay.
+                log.warning("partition %s: consumer group missing, recreating", self.index)
+                reclaimed = False
+            except TRANSIENT as exc:
+                delay = backoff.next()
+                log.warning(
+                    "partition %s: Redis unavailable (%s); retry in %.1fs", self.index, exc, delay
+                )
+                await asyncio.sleep(delay)
+            except Exception:  # a bug or an unexpected reply: keep the worker alive, say so
+                log.exception("partition %s: reading failed", self.index)
+                await asyncio.sleep(backoff.next())
+
+    async def _ensure_group(self) -> None:
+        try:
+            # From 0, not $: entries enqueued before any worker existed are jobs too.
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _reclaim(self) -> None:
+        """Take over every pending entry of the group, oldest first, and queue it."""
+        cursor = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.stream,
+                GROUP,
+                self.consumer,
+                min_idle_time=0,
+                start_id=cursor,
+                count=self.tuning.batch,
+            )
+            cursor, entries = str(reply[0]), cast(Entries, reply[1])
+            if entries:
+                pending = await self.redis.xpending_range(
+                    self.stream,
+                    GROUP,
+                    min=entries[0][0],
+                    max=entries[-1][0],
+                    count=len(entries),
+                    consumername=self.consumer,
+                )
+                times = {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
+                for entry_id, fields in entries:
+                    if fields:  # deleted entries come back empty
+                        self._dispatch(self._job(entry_id, fields, times.get(entry_id, 2)))
+                log.info("partition %s: took over %d pending jobs", self.index, len(entries))
+            if cursor == "0-0":
+                return
+
+    def _job(self, entry_id: str, fields: dict[str, str], attempt: int) -> Job:
+        try:
+            payload = json.loads(fields.get("payload", "{}"))
+        except ValueError:
+            payload = {"raw": fields.get("payload", "")}
+        chat = fields.get("chat", "")
+        return Job(entry_id, chat, payload, self.index, attempt)
+
+    # --- running ---
+
+    def _dispatch(self, job: Job) -> None:
+        self._queued += 1
+        if self._queued >= self.tuning.max_queued:
+            self._room.clear()
+        immediate = self.tuning.immediate
+        if immediate is not None and immediate(job):
+            self._spawn(self._run_alone(dataclasses.replace(job, ordered=False)))
+            return
+        lane = self._lanes.get(job.chat)
+        if lane is not None:
+            lane.append(job)
+            return
+        lane = self._lanes[job.chat] = collections.deque([job])
+        self._spawn(self._run_lane(job.chat, lane))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_lane(self, chat: str, lane: collections.deque[Job]) -> None:
+        try:
+            while lane and not self._draining:
+                await self._run(lane[0])
+                lane.popleft()
+                self._done_one()
+        finally:
+            if self._lanes.get(chat) is lane:
+                del self._lanes[chat]
+
+    async def _run_alone(self, job: Job) -> None:
+        await self._run(job)
+        self._done_one()
+
+    def _done_one(self) -> None:
+        self._queued -= 1
+        if self._queued < self.tuning.max_queued:
+            self._room.set()
+
+    async def _run(self, job: Job) -> None:
+        backoff = Backoff()
+        failures = 0
+        async with self.limit:
+            token = current_job.set(job)
+            try:
+                while True:
+                    try:
+                        await self.handler(job)
+                        break
+                    except TRANSIENT as exc:  # Redis down: not the job's fault; keep order
+                        delay = backoff.next()
+                        log.warning(
+                            "job %s: Redis unavailable (%s); retry in %.1fs", job.id, exc, delay
+                        )
+                    except Exception:
+                        failures += 1
+                        log.exception(
+                            "job %s (chat %s) failed, attempt %d", job.id, job.chat, failures
+                        )
+                        if failures >= self.tuning.max_attempts:
+                            await self._bury(job)
+                            break
+                        delay = backoff.next()
+                    await asyncio.sleep(delay)
+            finally:
+                current_job.reset(token)
+        self.handled += 1
+        self._acks.append(job.id)
+        self._ack_ready.set()
+
+    async def _bury(self, job: Job) -> None:
+        fields: dict[Any, Any] = {
+            "id": job.id,
+            "chat": job.chat,
+            "payload": json.dumps(job.payload, ensure_ascii=False),
+        }
+        try:
+            await self.redis.xadd(self.keys.dead(self.index), fields)
+        except TRANSIENT as exc:
+            log.error("job %s could not be copied to the dead stream: %s", job.id, exc)
+
+    # --- acknowledging ---
+
+    async def _ack_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            if not self._acks:
+                if self._draining and not self._tasks:
+                    return
+                self._ack_ready.clear()
+                await self._ack_ready.wait()
+                continue
+            ids, self._acks = self._acks, []
+            while True:
+                try:
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.xack(self.stream, GROUP, *ids)
+                        pipe.xdel(self.stream, *ids)
+                        await pipe.execute()
+                    backoff.reset()
+                    break
+                except TRANSIENT as exc:
+                    delay = backoff.next()
+                    log.warning(
+                        "partition %s: ack failed (%s); retry in %.1fs", self.index, exc, delay
+                    )
+                    await asyncio.sleep(delay)
+
+    # --- stopping ---
+
+    async def drain(self, grace: float) -> None:
+        """Stop reading, let running jobs finish (up to ``grace`` s), acknowledge them.
+
+        Jobs read but not started stay pending in the group: the next owner replays them.
+        """
+        self._draining = True
+        self._room.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._reader is not None:
+            # The reader notices within one block; cancelling instead could lose a batch in
+            # flight (it would stay pending, which is safe, but needs a takeover to replay).
+            await _wait_or_cancel({self._reader}, self.tuning.block_ms / 1000 + 5)
+        await _wait_or_cancel(set(self._tasks), max(0.0, deadline - loop.time()))
+        self._ack_ready.set()
+        if self._acker is not None:
+            await _wait_or_cancel({self._acker}, max(1.0, deadline - loop.time()))
+
+    async def abort(self) -> None:
+        """The lease is gone: stop at once; every unacknowledged job is the new owner's."""
+        self._draining = True
+        tasks = {t for t in (self._reader, self._acker) if t is not None} | self._tasks
+        await _wait_or_cancel(tasks, 0)
+
+
+async def _wait_or_cancel(tasks: set[asyncio.Task[None]], seconds: float) -> None:
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=seconds) if seconds > 0 else (set(), tasks)
+    for task in pending:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

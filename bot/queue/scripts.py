@@ -1,0 +1,51 @@
+"""The queue's Lua scripts: each makes a check-then-write atomic inside Redis.
+
+Every script touches the keys of one partition only (one ``{q:N}`` hash tag), or the workers
+set alone, so all of them run unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+#: KEYS: jobs stream, seen key. ARGV: chat, payload JSON, seen TTL (ms).
+#: Enqueue once per idempotency key: a repeated update returns the entry id it got the first time.
+ENQUEUE_ONCE = """
+local known = redis.call('GET', KEYS[2])
+if known then return known end
+local id = redis.call('XADD', KEYS[1], '*', 'chat', ARGV[1], 'payload', ARGV[2])
+redis.call('SET', KEYS[2], id, 'PX', ARGV[3])
+return id
+"""
+
+#: KEYS: lease. ARGV: token, TTL (ms). Take a free lease or extend our own; 1 when we hold it.
+CLAIM = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if owner then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+#: KEYS: lease. ARGV: token. Give the lease up only if it is still ours.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+#: KEYS: workers sorted set. ARGV: worker name, TTL (ms), "1" when leaving.
+#: Scores are deadlines on the Redis clock, so workers' clocks need not agree. Returns live names.
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""

@@ -1,0 +1,258 @@
+"""The consumer side: any number of worker processes sharing one Redis, each chat in strict order.
+
+Design (Redis is the broker; this module only decides who reads which stream):
+
+* Jobs live in ``P`` partitions, streams ``P:{q:N}:jobs``; a chat always maps to the same
+  partition (``crc32(chat) % P``), so its jobs are totally ordered by stream entry id.
+* A partition is processed by one worker at a time: the holder of its lease ``P:{q:N}:lease``
+  (``SET NX PX`` via the CLAIM script, renewed by the same script only while the token is still
+  ours, given up by RELEASE only if it is). Inside a partition chats run concurrently, each chat
+  in its own FIFO lane (see :mod:`bot.queue.partition`). A partition rather than a per-chat
+  lease keeps Redis work independent of the number of chats: one lease renewal per partition per
+  heartbeat, one blocking read per owned partition, no per-chat lock round trips.
+* Membership: every ``heartbeat`` seconds a worker runs HEARTBEAT (a deadline in the sorted set
+  ``P:q:workers`` on the Redis clock; expired members are dropped), gets the sorted list of live
+  workers and wants the partitions ``p`` with ``live[p % len(live)] == me`` — an even share.
+  It claims those, and drains then releases the ones it holds but no longer wants (a worker
+  joined): the new owner can only take a lease after the old owner finished its running jobs.
+* Failure: a worker that dies stops renewing; its leases and membership expire after
+  ``lease_ms`` and the survivors take its partitions over at the next heartbeat. The new owner
+  replays the consumer group's pending entries (XAUTOCLAIM) before reading new ones; a replayed
+  job has ``attempt > 1`` so the handler can check whether it was already answered
+  (:mod:`bot.queue.journal`). Jobs are acknowledged (XACK + XDEL) only after their handler
+  returned.
+* A worker that cannot renew a lease in time (Redis unreachable, event loop stalled) stops that
+  partition's jobs itself once ``0.8 × lease_ms`` has passed since the last renewal was sent, before
+  anyone else can take it over. (A process paused longer than that between two checks — a
+  stopped VM — can still overlap with the new owner: leases are not fencing tokens.)
+* Redis unreachable: every loop catches the connection errors, backs off with jitter and
+  resumes on its own; running handlers are retried in place. No process exits.
+
+Plugging a channel in (the Telegram adapter's ``--role``):
+
+* ingress (``fmbot telegram --role ingress``): for each update, ``await ingress.enqueue(chat,
+  update.model_dump(mode="json", exclude_none=True), dedupe=str(update.update_id))`` *before*
+  confirming it — polling: before the next getUpdates offset passes it; webhook: before
+  answering 200. On :class:`~bot.errors.StoreError` do not confirm (Telegram redelivers). ``chat``
+  must be the key the conversation is ordered by (chat id, plus topic id in forum groups).
+* worker (``fmbot telegram --role worker``): ``Worker(redis, handler).run()`` with ``async def
+  handler(job): await dispatcher.feed_update(bot, Update.model_validate(job.payload))``, the
+  manager built on :class:`~bot.queue.journal.JournaledRedisStore` and, for ``job.redelivered``,
+  a check of ``store.answered(chat_key, job.id)`` before running the turn. ``immediate`` may
+  let ``/stop`` and callback queries bypass their chat's lane so they reach a running turn.
+  On SIGTERM call ``await worker.stop(grace)``.
+* all (``--role all``): both in one process.
+
+Note that within one chat the worker runs jobs one at a time, so the dialog manager's busy
+policies ``merge`` and ``interrupt`` see no concurrent messages (they behave as ``queue``) unless
+the channel marks such messages ``immediate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from bot.queue import scripts
+from bot.queue.backoff import TRANSIENT, Backoff
+from bot.queue.ingress import check_partitions
+from bot.queue.keys import QueueKeys
+from bot.queue.partition import Handler, PartitionRunner, Tuning
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 10_000
+HEARTBEAT = 2.0
+RENEW_MARGIN = 0.8  # a lease is trusted for this share of its TTL after the renewal was sent
+
+
+@dataclass(slots=True)
+class _Owned:
+    runner: PartitionRunner
+    deadline: float  # loop time after which we no longer trust the lease
+    releasing: asyncio.Task[None] | None = None
+
+
+class Worker:
+    """Runs ``handler(job)`` for every enqueued job, one chat at a time, until :meth:`stop`."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        handler: Handler,
+        *,
+        keys: QueueKeys | None = None,
+        name: str | None = None,
+        lease_ms: int = LEASE_MS,
+        heartbeat: float = HEARTBEAT,
+        concurrency: int = 256,
+        tuning: Tuning | None = None,
+    ) -> None:
+        self.redis = redis
+        self.handler = handler
+        self.keys = keys or QueueKeys()
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.lease_ms = lease_ms
+        self.heartbeat = min(heartbeat, lease_ms / 3000)  # at least 3 renewals per lease
+        self.tuning = tuning or Tuning()
+        self.grace = 30.0
+        self._limit = asyncio.Semaphore(concurrency)
+        self._owned: dict[int, _Owned] = {}
+        self._members: list[str] = []
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._running = False
+        self._handled_before = 0
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._release = redis.register_script(scripts.RELEASE)
+        self._heartbeat = redis.register_script(scripts.HEARTBEAT)
+
+    @property
+    def partitions(self) -> list[int]:
+        """Partitions this worker processes right now."""
+        return sorted(self._owned)
+
+    @property
+    def members(self) -> list[str]:
+        """Live workers as of the last heartbeat."""
+        return list(self._members)
+
+    @property
+    def handled(self) -> int:
+        """Jobs this worker has finished (handler returned or job buried)."""
+        return self._handled_before + sum(o.runner.handled for o in self._owned.values())
+
+    async def run(self) -> None:
+        """Work until :meth:`stop`; survives Redis outages. Raises ConfigError only."""
+        self._running = True
+        backoff = Backoff()
+        checked = False
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._stopping.is_set():
+                delay = self.heartbeat
+                try:
+                    if not checked:
+                        await check_partitions(self.redis, self.keys)
+                        checked = True
+                    # Bounded: a stalled connection must not keep us from dropping old leases.
+                    await asyncio.wait_for(self._round(), timeout=self.lease_ms / 2000)
+                    backoff.reset()
+                except TRANSIENT as exc:
+                    delay = backoff.next()
+                    log.warning(
+                        "worker %s: Redis unavailable (%s); retry in %.1fs", self.name, exc, delay
+                    )
+                self._drop_untrusted(loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._stopping.wait(), timeout=min(delay, self.heartbeat)
+                    )
+        finally:
+            await self._shutdown()
+            self._stopped.set()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Finish running jobs (up to ``grace`` s), hand the partitions over, and return."""
+        self.grace = grace
+        self._stopping.set()
+        if self._running:
+            await self._stopped.wait()
+
+    # --- membership and leases ---
+
+    async def _round(self) -> None:
+        members = await self._heartbeat(
+            keys=[self.keys.workers], args=[self.name, self.lease_ms, "0"]
+        )
+        self._members = sorted(str(m) for m in members)
+        n = len(self._members)
+        wanted = {p for p in range(self.keys.partitions) if self._members[p % n] == self.name}
+        # Renew what we hold (also while draining it), take what we want.
+        claim = sorted(wanted | set(self._owned))
+        sent = asyncio.get_running_loop().time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in claim:
+                await self._claim(
+                    keys=[self.keys.lease(p)], args=[self.name, self.lease_ms], client=pipe
+                )
+            results = await pipe.execute()
+        for p, held in zip(claim, results, strict=True):
+            owned = self._owned.get(p)
+            if held and owned is not None:
+                owned.deadline = sent + RENEW_MARGIN * self.lease_ms / 1000
+            elif held:
+                self._take(p, sent)
+            elif owned is not None:
+                log.warning("worker %s: lost the lease of partition %s", self.name, p)
+                await self._forget(p, abort=True)
+        for p, owned in list(self._owned.items()):
+            if p not in wanted and owned.releasing is None:
+                owned.releasing = asyncio.create_task(self._hand_over(p))
+
+    def _take(self, p: int, sent: float) -> None:
+        runner = PartitionRunner(
+            self.redis, self.keys, p, self.name, self.handler, self.tuning, self._limit
+        )
+        self._owned[p] = _Owned(runner, sent + RENEW_MARGIN * self.lease_ms / 1000)
+        runner.start()
+        log.info("worker %s: took partition %s", self.name, p)
+
+    async def _hand_over(self, p: int) -> None:
+        """Another worker should own ``p`` now: finish its running jobs, then release it."""
+        owned = self._owned[p]
+        await owned.runner.drain(self.grace)
+        self._forget_runner(p)
+        with contextlib.suppress(*TRANSIENT):  # if this fails the lease simply expires
+            await self._release(keys=[self.keys.lease(p)], args=[self.name])
+        log.info("worker %s: handed partition %s over", self.name, p)
+
+    async def _forget(self, p: int, *, abort: bool) -> None:
+        owned = self._owned.get(p)
+        if owned is None:
+            return
+        if owned.releasing is not None:
+            owned.releasing.cancel()
+        if abort:
+            await owned.runner.abort()
+        self._forget_runner(p)
+
+    def _forget_runner(self, p: int) -> None:
+        owned = self._owned.pop(p, None)
+        if owned is not None:
+            self._handled_before += owned.runner.handled
+
+    def _drop_untrusted(self, now: float) -> None:
+        for p, owned in list(self._owned.items()):
+            if now > owned.deadline and owned.releasing is None:
+                log.warning(
+                    "worker %s: could not renew partition %s in time; stopping it", self.name, p
+                )
+                self._forget_runner(p)
+                asyncio.create_task(owned.runner.abort())  # noqa: RUF006 - abort cannot fail
+
+    async def _shutdown(self) -> None:
+        held = [p for p, o in self._owned.items() if o.releasing is None]
+        releasing = [o.releasing for o in self._owned.values() if o.releasing is not None]
+        drains = [self._owned[p].runner.drain(self.grace) for p in held]
+        await asyncio.gather(*drains, *releasing, return_exceptions=True)
+        for p in held:
+            self._forget_runner(p)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for p in held:
+                    await self._release(keys=[self.keys.lease(p)], args=[self.name], client=pipe)
+                await self._heartbeat(
+                    keys=[self.keys.workers], args=[self.name, self.lease_ms, "1"], client=pipe
+                )
+                await pipe.execute()
+        except TRANSIENT as exc:  # the leases expire by themselves
+            log.warning("worker %s: could not release partitions (%s)", self.name, exc)
+        log.info("worker %s: stopped", self.name)

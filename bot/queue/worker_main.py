@@ -1,0 +1,76 @@
+"""``python -m bot.queue.worker_main``: a worker process running the dialog manager on jobs.
+
+Configuration is the usual settings (FMBOT_STORE must be ``redis://``; FMBOT_TEXT_MODEL, ...)
+plus, read here until they are Settings fields:
+
+    FMBOT_REDIS_PREFIX       key prefix (default ``fmbot``)
+    FMBOT_QUEUE_URL          Redis for the queue (default FMBOT_STORE; ``redis+sentinel://`` ok)
+    FMBOT_QUEUE_PARTITIONS   partition count, the same in every process (default 16)
+    FMBOT_QUEUE_LEASE_MS     lease TTL: how soon a dead worker's chats move on (default 10000)
+
+SIGTERM/SIGINT: finish running turns (up to 30 s), hand partitions over, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from bot.app import build_manager
+from bot.errors import ConfigError
+from bot.models.registry import close_models
+from bot.queue.chat import DialogHandler, journal_manager
+from bot.queue.connect import connect
+from bot.queue.keys import QueueKeys, partitions_from_env, prefix_from_env
+from bot.queue.worker import LEASE_MS, Worker
+from bot.settings import load_settings
+
+log = logging.getLogger("bot.queue")
+
+
+async def serve() -> None:
+    settings = load_settings()
+    keys = QueueKeys(prefix_from_env(), partitions_from_env())
+    lease_ms = int(os.environ.get("FMBOT_QUEUE_LEASE_MS", "") or LEASE_MS)
+    manager = await build_manager(settings)
+    redis = None
+    try:
+        journal_manager(manager, settings, keys.prefix)
+        redis = connect(os.environ.get("FMBOT_QUEUE_URL") or settings.store_url)
+        worker = Worker(redis, DialogHandler(manager, keys), keys=keys, lease_ms=lease_ms)
+        loop = asyncio.get_running_loop()
+        stopping: set[asyncio.Task[None]] = set()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stopping.add(loop.create_task(worker.stop())))
+        log.info(
+            "worker %s started (prefix %s, %d partitions)",
+            worker.name,
+            keys.prefix,
+            keys.partitions,
+        )
+        print(f"worker {worker.name} ready", flush=True)
+        await worker.run()
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        await manager.aclose()
+        await close_models()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve())
+    except ConfigError as exc:
+        print(f"fmbot worker: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

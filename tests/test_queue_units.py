@@ -1,0 +1,218 @@
+"""The queue's parts against the real Redis: keys, Lua scripts, ingress, journal, URLs, echo."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.errors import ConfigError, StoreError
+from bot.events import Message, Usage
+from bot.models.base import GenerationOptions
+from bot.models.echo import EchoModel, parse_echo_spec
+from bot.models.registry import check_text_model_spec, close_models, get_text_model
+from bot.queue import Ingress, Job, QueueKeys, current_job, partition_of, scripts
+from bot.queue.connect import connect, parse_sentinel_url
+from bot.queue.journal import JournaledRedisStore
+from bot.settings import Settings
+from bot.stores.base import Turn
+from tests.conftest import free_port
+
+
+@pytest.fixture
+async def client(redis_server: str) -> AsyncIterator[aioredis.Redis]:
+    c = connect(redis_server)
+    yield c
+    await c.aclose()
+
+
+# --- keys and partitions ---
+
+
+def test_partition_is_stable_and_spreads_chats() -> None:
+    assert partition_of("chat-42", 16) == partition_of("chat-42", 16)  # crc32, not salted hash
+    assert partition_of("chat-42", 16) == 3  # fixed forever: processes must agree
+    counts = [0] * 16
+    for i in range(1600):
+        counts[partition_of(f"chat-{i}", 16)] += 1
+    assert min(counts) > 60 and max(counts) < 140
+
+
+def test_partition_keys_share_a_cluster_slot_and_chat_keys_use_the_chat_tag() -> None:
+    keys = QueueKeys("fm", 8)
+    for key in (keys.jobs(3), keys.lease(3), keys.seen(3, "u1"), keys.dead(3)):
+        assert "{q:3}" in key and key.startswith("fm:")
+    assert keys.answered("c1") == "fm:{c1}:answered"
+    assert keys.replies("c1") == "fm:{c1}:replies"
+
+
+# --- Lua scripts ---
+
+
+async def test_lease_is_exclusive_renewable_and_released_only_by_its_owner(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    claim, release = client.register_script(scripts.CLAIM), client.register_script(scripts.RELEASE)
+    lease = QueueKeys(redis_prefix).lease(0)
+    assert await claim(keys=[lease], args=["a", 10_000]) == 1
+    assert await claim(keys=[lease], args=["b", 10_000]) == 0  # taken
+    assert await claim(keys=[lease], args=["a", 60_000]) == 1  # renewed by its owner
+    assert await client.pttl(lease) > 30_000
+    assert await release(keys=[lease], args=["b"]) == 0  # not b's to give up
+    assert await client.get(lease) == "a"
+    assert await release(keys=[lease], args=["a"]) == 1
+    assert await claim(keys=[lease], args=["b", 50]) == 1
+    await asyncio.sleep(0.2)  # expired: free for anyone
+    assert await claim(keys=[lease], args=["a", 10_000]) == 1
+
+
+async def test_heartbeat_lists_live_workers_and_drops_expired_and_leaving_ones(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    beat = client.register_script(scripts.HEARTBEAT)
+    workers = QueueKeys(redis_prefix).workers
+    assert await beat(keys=[workers], args=["w1", 10_000, "0"]) == ["w1"]
+    await beat(keys=[workers], args=["w2", 50, "0"])
+    await asyncio.sleep(0.2)
+    assert await beat(keys=[workers], args=["w3", 10_000, "0"]) == ["w1", "w3"]
+    assert await beat(keys=[workers], args=["w1", 10_000, "1"]) == ["w3"]
+
+
+# --- ingress ---
+
+
+async def test_enqueue_stores_the_job_and_dedupes_by_update_id(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    keys = QueueKeys(redis_prefix, 4)
+    ingress = Ingress(client, keys)
+    first = await ingress.enqueue("c1", {"text": "hi"}, dedupe="update-7")
+    again = await ingress.enqueue("c1", {"text": "hi"}, dedupe="update-7")
+    other = await ingress.enqueue("c1", {"text": "hi"})
+    assert first == again != other
+    entries = cast(
+        list[tuple[str, dict[str, str]]], await client.xrange(keys.jobs(keys.partition("c1")))
+    )
+    assert [e[0] for e in entries] == [first, other]
+    assert entries[0][1] == {"chat": "c1", "payload": '{"text":"hi"}'}
+
+
+async def test_enqueue_raises_store_error_when_redis_is_unreachable() -> None:
+    dead = connect(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    try:
+        with pytest.raises(StoreError, match="Could not queue"):
+            await Ingress(dead).enqueue("c1", {"text": "hi"})
+    finally:
+        await dead.aclose()
+
+
+async def test_processes_with_another_partition_count_are_refused(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    await Ingress(client, QueueKeys(redis_prefix, 8)).enqueue("c", {})
+    with pytest.raises(ConfigError, match=r"FMBOT_QUEUE_PARTITIONS.*created with 8"):
+        await Ingress(client, QueueKeys(redis_prefix, 4)).enqueue("c", {})
+
+
+# --- journal ---
+
+
+async def test_turns_stored_in_a_job_mark_the_job_and_earlier_ones_answered(
+    redis_server: str, redis_prefix: str
+) -> None:
+    store = JournaledRedisStore(aioredis.Redis.from_url(redis_server, decode_responses=True))
+    store.prefix = redis_prefix
+    try:
+        await store.append("c", Turn("user", "outside a job"))  # no job: plain append
+        assert not await store.answered("c", "5-0")
+        token = current_job.set(Job("5-1", "c", {}, 0))
+        try:
+            await store.append("c", Turn("user", "q"), Turn("assistant", "a"))
+        finally:
+            current_job.reset(token)
+        assert await store.answered("c", "5-1")
+        assert await store.answered("c", "5-0")  # an earlier job of the chat finished before
+        assert await store.answered("c", "4-9")
+        assert not await store.answered("c", "5-2")
+        assert not await store.answered("c", "10-0")  # numeric, not string, comparison
+        assert [t.text for t in await store.read("c")] == ["outside a job", "q", "a"]
+    finally:
+        await store.aclose()
+
+
+# --- connection URLs ---
+
+
+def test_sentinel_urls_are_parsed() -> None:
+    url = parse_sentinel_url(
+        "redis+sentinel://:s3cret@s1:26379,s2:26380,s3/mymaster/2?sentinel_password=x"
+    )
+    assert url.hosts == (("s1", 26379), ("s2", 26380), ("s3", 26379))
+    assert (url.service, url.db, url.password, url.sentinel_password) == (
+        "mymaster",
+        2,
+        "s3cret",
+        "x",
+    )
+    assert parse_sentinel_url("rediss+sentinel://h/svc").ssl
+    assert parse_sentinel_url("redis+sentinel://h/svc").db == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:pw@h1:26379",
+        "redis+sentinel://:pw@h1:x/svc",
+        "redis+sentinel://:pw@h/a/b",
+    ],
+)
+def test_bad_sentinel_urls_name_the_setting_and_hide_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_sentinel_url(url)
+    assert "FMBOT_STORE" in str(info.value) and "pw" not in str(info.value)
+
+
+async def test_connect_builds_a_sentinel_client_without_io() -> None:
+    client = connect("redis+sentinel://127.0.0.1:1/mymaster")
+    assert "Sentinel" in type(client.connection_pool).__name__
+    await client.aclose()
+    with pytest.raises(ConfigError):
+        connect("mongodb://x")
+
+
+# --- the echo model ---
+
+
+async def test_echo_model_answers_streams_and_counts() -> None:
+    model = EchoModel.from_spec("echo:?chunks=3")
+    messages = [Message("system", "be brief"), Message("user", "hello there world")]
+    chunks = [c async for c in model.generate(messages, GenerationOptions())]
+    text = "".join(c for c in chunks if isinstance(c, str))
+    assert text == "echo: hello there world"
+    assert len([c for c in chunks if isinstance(c, str)]) == 3
+    assert chunks[-1] == Usage(2 + 3 + 8, 4)
+    assert await model.count_tokens(messages) == 13
+    assert await model.respond(messages, GenerationOptions(max_tokens=2)) == "echo: hello"
+
+
+def test_echo_specs() -> None:
+    assert parse_echo_spec("echo:") == (0.0, 1)
+    assert parse_echo_spec("echo:?delay=0.5&chunks=2") == (0.5, 2)
+    check_text_model_spec("echo:?delay=0.5")
+    for bad in ("echo:x", "echo:?delay=-1", "echo:?chunks=0", "echo:?speed=2"):
+        with pytest.raises(ConfigError, match="FMBOT_TEXT_MODEL"):
+            check_text_model_spec(bad)
+
+
+async def test_the_registry_creates_the_echo_model() -> None:
+    model = await get_text_model(
+        Settings(FMBOT_TEXT_MODEL="echo:?delay=0.01", FMBOT_CONTEXT_TOKENS=999)
+    )
+    try:
+        assert isinstance(model, EchoModel)
+        assert (model.delay, model.context_window) == (0.01, 999)
+    finally:
+        await close_models()

@@ -1,0 +1,204 @@
+"""Workers in one process sharing the real Redis: order per chat, rebalancing, failures, dedupe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.dialog import DialogManager
+from bot.models.echo import EchoModel
+from bot.prompts.library import PromptLibrary
+from bot.queue import Ingress, Job, QueueKeys, Worker, current_job
+from bot.queue.chat import DialogHandler
+from bot.queue.connect import connect
+from bot.queue.journal import JournaledRedisStore
+from bot.queue.partition import Tuning
+
+LEASE_MS = 3000  # heartbeat 1 s: rebalancing within a few seconds
+
+
+@pytest.fixture
+async def client(redis_server: str) -> AsyncIterator[aioredis.Redis]:
+    c = connect(redis_server)
+    yield c
+    await c.aclose()
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 20) -> None:
+    """Wait for ``check`` (generous deadline: this is not a timing test)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+class Recorder:
+    """A handler that records what ran where, and fails if a chat ever runs twice at once."""
+
+    def __init__(self, name: str, log: list[tuple[str, str, int]], busy: set[str]) -> None:
+        self.name, self.log, self.busy = name, log, busy
+
+    async def __call__(self, job: Job) -> None:
+        assert job.chat not in self.busy, f"chat {job.chat} ran concurrently"
+        self.busy.add(job.chat)
+        try:
+            await asyncio.sleep(random.uniform(0.03, 0.07))
+            self.log.append((self.name, job.chat, int(job.payload["n"])))
+        finally:
+            self.busy.discard(job.chat)
+
+
+def start(worker: Worker) -> asyncio.Task[None]:
+    return asyncio.create_task(worker.run())
+
+
+async def test_two_workers_split_partitions_and_keep_every_chat_in_order(
+    client: aioredis.Redis, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.queue")
+    keys = QueueKeys(redis_prefix, 8)
+    log: list[tuple[str, str, int]] = []
+    busy: set[str] = set()
+    a = Worker(client, Recorder("a", log, busy), keys=keys, name="a", lease_ms=LEASE_MS)
+    b = Worker(client, Recorder("b", log, busy), keys=keys, name="b", lease_ms=LEASE_MS)
+    ingress = Ingress(client, keys)
+    chats = [f"chat-{i}" for i in range(6)]
+    running = [start(a)]
+    try:
+        for n in range(40):
+            if n == 30:
+                # b joins with a backlog in every chat: partitions move while jobs are queued
+                # and running; a finishes the running ones, b replays the rest from the PEL.
+                running.append(start(b))
+            for chat in chats:
+                await ingress.enqueue(chat, {"n": n})
+        await eventually(lambda: len(log) >= 240)
+        await eventually(lambda: len(a.partitions) == len(b.partitions) == 4)
+        assert set(a.partitions).isdisjoint(b.partitions)
+        by_chat: dict[str, list[int]] = defaultdict(list)
+        for _, chat, n in log:
+            by_chat[chat].append(n)
+        assert all(by_chat[c] == list(range(40)) for c in chats), by_chat
+        assert {w for w, _, _ in log} == {"a", "b"}
+        assert len(log) == 240  # none twice
+        assert "took over" in caplog.text  # b replayed jobs a had read but not started
+
+        await b.stop(5)  # a graceful leave hands its partitions over at once
+        await eventually(lambda: len(a.partitions) == 8, 10)
+        for chat in chats:
+            await ingress.enqueue(chat, {"n": 40})
+        await eventually(lambda: len(log) >= 246)
+        assert [w for w, _, n in log if n == 40] == ["a"] * 6
+        assert len(log) == 246
+    finally:
+        await asyncio.gather(a.stop(5), b.stop(5))
+        await asyncio.gather(*running)
+
+
+async def test_a_failing_job_is_retried_then_buried_and_its_chat_goes_on(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    keys = QueueKeys(redis_prefix, 2)
+    seen: list[tuple[str, int]] = []
+
+    async def handler(job: Job) -> None:
+        seen.append((job.payload["text"], job.attempt))
+        if job.payload["text"] == "poison":
+            raise ValueError("cannot handle this")
+
+    worker = Worker(client, handler, keys=keys, lease_ms=LEASE_MS, tuning=Tuning(max_attempts=2))
+    running = start(worker)
+    try:
+        ingress = Ingress(client, keys)
+        await ingress.enqueue("c", {"text": "poison"})
+        await ingress.enqueue("c", {"text": "next"})
+        await eventually(lambda: ("next", 1) in seen)
+        assert [t for t, _ in seen] == ["poison", "poison", "next"]
+        dead = cast(
+            list[tuple[str, dict[str, str]]], await client.xrange(keys.dead(keys.partition("c")))
+        )
+        assert [json_text(fields) for _, fields in dead] == ["poison"]
+        await eventually(lambda: worker.handled == 2)
+        await asyncio.sleep(0.3)  # acks are flushed right after the handler returns
+        assert await client.xlen(keys.jobs(keys.partition("c"))) == 0  # acked and deleted
+    finally:
+        await worker.stop(5)
+        await running
+
+
+def json_text(fields: dict[str, str]) -> str:
+    import json
+
+    return str(json.loads(fields["payload"])["text"])
+
+
+async def test_immediate_jobs_skip_their_chats_lane(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    keys = QueueKeys(redis_prefix, 2)
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def handler(job: Job) -> None:
+        if job.payload["text"] == "long turn":
+            await release.wait()
+        done.append(job.payload["text"])
+
+    tuning = Tuning(immediate=lambda job: job.payload["text"] == "/stop")
+    worker = Worker(client, handler, keys=keys, lease_ms=LEASE_MS, tuning=tuning)
+    running = start(worker)
+    try:
+        ingress = Ingress(client, keys)
+        for text in ("long turn", "queued", "/stop"):
+            await ingress.enqueue("c", {"text": text})
+        await eventually(lambda: done == ["/stop"])  # reached while the turn is running
+        release.set()
+        await eventually(lambda: done == ["/stop", "long turn", "queued"])
+    finally:
+        release.set()
+        await worker.stop(5)
+        await running
+
+
+async def test_a_redelivered_job_whose_turn_was_stored_is_not_answered_again(
+    redis_server: str, redis_prefix: str, prompts_dir: Path
+) -> None:
+    store = JournaledRedisStore(aioredis.Redis.from_url(redis_server, decode_responses=True))
+    store.prefix = redis_prefix
+    manager = DialogManager(store, EchoModel(), PromptLibrary(prompts_dir))
+    keys = QueueKeys(redis_prefix, 2)
+    handler = DialogHandler(manager, keys)
+    run: Callable[[Job], Awaitable[None]] = handler
+    try:
+        job = Job("100-0", "c", {"text": "hello"}, keys.partition("c"))
+        token_ctx = current_job
+        token = token_ctx.set(job)
+        try:
+            await run(job)
+            again = Job("100-0", "c", {"text": "hello"}, job.partition, attempt=2)
+            token_ctx.set(again)
+            await run(again)  # the worker died before acking: delivered again
+            later = Job("101-0", "c", {"text": "next"}, job.partition, attempt=2)
+            token_ctx.set(later)
+            await run(later)  # redelivered but never answered: answered now
+        finally:
+            token_ctx.reset(token)
+        assert [t.text for t in await store.read("c")] == [
+            "hello",
+            "echo: hello",
+            "next",
+            "echo: next",
+        ]
+        assert handler.skipped == 1
+        replies = await store.client.lrange(keys.replies("c"), 0, -1)
+        assert len(replies) == 2
+    finally:
+        await manager.aclose()
