@@ -15,7 +15,7 @@ from bot.stores.redis import RedisStore
 
 
 def open_prompts(settings: Settings) -> PromptLibrary:
-    library = PromptLibrary(settings.prompts_dir)
+    library = PromptLibrary(settings.prompts_dir, check_interval=1.0)
     if library.get(settings.default_mode) is None:
         problems = "; ".join(str(e) for e in library.errors.values())
         raise ConfigError(

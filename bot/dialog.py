@@ -157,7 +157,10 @@ class DialogManager:
 
     async def mode_of(self, chat: str) -> PromptTemplate:
         """The chat's template; falls back to the default when its file was removed."""
-        name = (await self.store.get_state(chat)).get("mode", self.default_mode)
+        return self._template_for(await self.store.get_state(chat))
+
+    def _template_for(self, state: dict[str, str]) -> PromptTemplate:
+        name = state.get("mode", self.default_mode)
         template = self.prompts.get(name) or self.prompts.get(self.default_mode)
         if template is None:
             raise PromptError(
@@ -188,12 +191,13 @@ class DialogManager:
     ) -> AsyncGenerator[ReplyEvent, None]:
         chat = incoming.chat
         try:
-            template = await self.mode_of(chat)
+            # State and history in one round trip where the store can.
+            state, stored = await self.store.load(chat, last=self.history_turns)
+            template = self._template_for(state)
             if await self._wants_image(incoming.text, template):
                 async for event in self._image_turn(incoming, incoming.text, rewrite=True):
                     yield event
                 return
-            stored = await self.store.read(chat, last=self.history_turns)
             # A retention cap can cut a pair in half: history must start with the user.
             while stored and stored[0].role != "user":
                 stored.pop(0)
@@ -266,23 +270,18 @@ class DialogManager:
             Turn("user", incoming.text, meta={"mode": template.name}),
             Turn("assistant", response.text, meta=meta),
         )
+        counters = {
+            "usage_input_tokens": usage.input_tokens,
+            "usage_output_tokens": usage.output_tokens,
+        }
         try:
-            await self.store.append(incoming.chat, *turns)
-            await self._account(incoming, usage)
+            await self.store.append(incoming.chat, *turns, counters=counters)
+            if self.limits is not None:
+                await self.limits.add_tokens(incoming.user or incoming.chat, usage.total_tokens)
         except StoreError as exc:
             log.error("could not save a turn of chat %s: %s", incoming.chat, exc)
             return False
         return True
-
-    async def _account(self, incoming: Incoming, usage: Usage) -> None:
-        """Usage counters: the chat's (kept in its state, so /new keeps them) and the user's day."""
-        await self.store.increment(
-            incoming.chat,
-            usage_input_tokens=usage.input_tokens,
-            usage_output_tokens=usage.output_tokens,
-        )
-        if self.limits is not None:
-            await self.limits.add_tokens(incoming.user or incoming.chat, usage.total_tokens)
 
     async def _image_turn(
         self, incoming: Incoming, request: str, *, rewrite: bool

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from bot.errors import ModelError, StoreError
 from bot.events import Message, Usage
@@ -74,5 +74,7 @@ class Scripted(TextModel):
 class FailingAppends(MemoryStore):
     """A store whose writes fail, as when Redis goes away after a reply was generated."""
 
-    async def append(self, chat: str, *turns: Turn) -> None:
+    async def append(
+        self, chat: str, *turns: Turn, counters: Mapping[str, int] | None = None
+    ) -> None:
         raise StoreError("connection refused")

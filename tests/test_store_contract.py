@@ -192,3 +192,13 @@ async def test_a_cancelled_write_leaves_the_store_usable(store: DialogStore) -> 
         await task
     await store.append("a", *pair(2))
     assert [t.text for t in await store.read("a")][-2:] == ["question 2", "answer 2"]
+
+
+async def test_load_returns_state_and_newest_turns(store: DialogStore) -> None:
+    for n in range(3):
+        await store.append("a", *pair(n), counters={"usage_tokens": 7})
+    await store.set_state("a", mode="m")
+    state, turns = await store.load("a", last=2)
+    assert state == {"mode": "m", "usage_tokens": "21"}
+    assert [t.text for t in turns] == ["question 2", "answer 2"]
+    assert await store.load("nobody") == ({}, [])

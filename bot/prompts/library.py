@@ -8,6 +8,7 @@ the error with its location.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from bot.errors import PromptError
@@ -21,8 +22,12 @@ _Signature = tuple[int, int]  # (mtime_ns, size)
 
 
 class PromptLibrary:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, check_interval: float = 0.0) -> None:
+        """``check_interval``: look at the directory at most this often (seconds); running bots
+        use about a second so a busy worker does not list and stat every file on every turn."""
         self.directory = directory
+        self.check_interval = check_interval
+        self._checked = float("-inf")
         self._templates: dict[str, PromptTemplate] = {}
         self._by_path: dict[Path, str] = {}
         self._seen: dict[Path, _Signature] = {}
@@ -68,10 +73,16 @@ class PromptLibrary:
             self._by_path[path] = template.name
         self._seen = current
 
+    def _maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked >= self.check_interval:
+            self._checked = now
+            self.refresh()
+
     def get(self, name: str) -> PromptTemplate | None:
-        self.refresh()
+        self._maybe_refresh()
         return self._templates.get(name)
 
     def all(self) -> list[PromptTemplate]:
-        self.refresh()
+        self._maybe_refresh()
         return sorted(self._templates.values(), key=lambda t: t.name)

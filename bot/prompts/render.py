@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bot.errors import PromptError
@@ -39,11 +40,17 @@ def _template_line(tb: TracebackType | None) -> int | None:
     return line
 
 
+@functools.lru_cache(maxsize=512)
+def _compiled(source: str) -> Template:
+    """Compiling is most of the cost of rendering; templates change rarely, so reuse them."""
+    return environment.from_string(source)
+
+
 def render_text(
     source: str, variables: Mapping[str, object], where: str, field: str = "text"
 ) -> str:
     try:
-        return environment.from_string(source).render(**variables).strip()
+        return _compiled(source).render(**variables).strip()
     except TemplateSyntaxError as exc:
         message = exc.message or str(exc)
         raise RenderError(message, f"{where}:{exc.lineno}", field, exc.lineno) from exc

@@ -17,8 +17,8 @@ stores no turn (a command) is run again (at least once).
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Mapping
 
 from redis.exceptions import RedisError
 
@@ -50,27 +50,18 @@ class JournaledRedisStore(RedisStore):
     def _marker(self, chat: str) -> str:
         return QueueKeys(self.prefix).answered(chat)
 
-    async def append(self, chat: str, *turns: Turn) -> None:
+    async def append(
+        self, chat: str, *turns: Turn, counters: Mapping[str, int] | None = None
+    ) -> None:
         job = current_job.get()
         if job is None or not job.ordered:
-            await super().append(chat, *turns)
+            await super().append(chat, *turns, counters=counters)
             return
-        payload = [
-            json.dumps(
-                {"role": t.role, "text": t.text, "at": t.created_at, "meta": t.meta},
-                ensure_ascii=False,
-            )
-            for t in turns
-        ]
         try:
             # One round trip, as RedisStore.append; MULTI makes turns + marker all-or-nothing.
             # (The index lives in another slot: on Cluster send it outside the transaction.)
             async with self._r.pipeline(transaction=True) as pipe:
-                turns_key = self._key(chat, "turns")
-                pipe.rpush(turns_key, *payload)
-                if self.max_turns is not None:
-                    pipe.ltrim(turns_key, -self.max_turns, -1)
-                self._expire_later(pipe, chat)
+                self._queue_append(pipe, chat, turns, counters)
                 pipe.set(self._marker(chat), job.id, ex=self.marker_ttl)
                 pipe.zadd(self._index, {chat: time.time()})
                 await pipe.execute()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,8 +44,13 @@ class DialogStore(abc.ABC):
     ttl: float | None = None
 
     @abc.abstractmethod
-    async def append(self, chat: str, *turns: Turn) -> None:
-        """Append ``turns`` to the chat atomically (all or none, in order)."""
+    async def append(
+        self, chat: str, *turns: Turn, counters: Mapping[str, int] | None = None
+    ) -> None:
+        """Append ``turns`` to the chat atomically (all or none, in order).
+
+        ``counters`` are added to integer counters in the chat's state in the same write.
+        """
 
     @abc.abstractmethod
     async def read(self, chat: str, last: int | None = None) -> list[Turn]:
@@ -61,6 +67,10 @@ class DialogStore(abc.ABC):
     @abc.abstractmethod
     async def chats(self) -> list[ChatInfo]:
         """Chats that have turns or state, most recently updated first."""
+
+    async def load(self, chat: str, last: int | None = None) -> tuple[dict[str, str], list[Turn]]:
+        """The chat's state and its newest ``last`` turns (one round trip where the store can)."""
+        return await self.get_state(chat), await self.read(chat, last)
 
     @abc.abstractmethod
     async def get_state(self, chat: str) -> dict[str, str]:

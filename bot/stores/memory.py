@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from bot.stores.base import ChatInfo, DialogStore, Turn
 
@@ -25,8 +26,12 @@ class MemoryStore(DialogStore):
             self._state.pop(chat, None)
             del self._updated[chat]
 
-    async def append(self, chat: str, *turns: Turn) -> None:
+    async def append(
+        self, chat: str, *turns: Turn, counters: Mapping[str, int] | None = None
+    ) -> None:
         self._expire()
+        if counters:
+            await self.increment(chat, **counters)
         stored = self._turns.setdefault(chat, [])
         stored.extend(turns)
         if self.max_turns is not None and len(stored) > self.max_turns:

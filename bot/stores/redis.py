@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -29,8 +29,12 @@ class RedisStore(DialogStore):
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "fmbot") -> RedisStore:
-        client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-        return cls(client, prefix)
+        # A blocking pool: under load callers wait for a free connection instead of failing
+        # with "Too many connections" (seen in the benchmark with 1,000 chats).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, decode_responses=True, health_check_interval=30, max_connections=64, timeout=20
+        )
+        return cls(aioredis.Redis(connection_pool=pool), prefix)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -44,7 +48,27 @@ class RedisStore(DialogStore):
     def _index(self) -> str:
         return f"{self.prefix}:chats"
 
-    async def append(self, chat: str, *turns: Turn) -> None:
+    async def append(
+        self, chat: str, *turns: Turn, counters: Mapping[str, int] | None = None
+    ) -> None:
+        try:
+            # One round trip: one RPUSH carries all turns, so they land together; the index
+            # update rides along outside any transaction (it lives in another cluster slot).
+            async with self._r.pipeline(transaction=False) as pipe:
+                self._queue_append(pipe, chat, turns, counters)
+                pipe.zadd(self._index, {chat: time.time()})
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
+
+    def _queue_append(
+        self,
+        pipe: Any,
+        chat: str,
+        turns: Sequence[Turn],
+        counters: Mapping[str, int] | None,
+    ) -> None:
+        """Queue the commands of an append on ``pipe`` (shared with the queue's journal)."""
         payload = [
             json.dumps(
                 {"role": t.role, "text": t.text, "at": t.created_at, "meta": t.meta},
@@ -52,19 +76,13 @@ class RedisStore(DialogStore):
             )
             for t in turns
         ]
-        try:
-            # One RPUSH carries all turns, so they land together; the index update rides in the
-            # same round trip but outside a transaction (it lives in another cluster slot).
-            async with self._r.pipeline(transaction=False) as pipe:
-                turns_key = self._key(chat, "turns")
-                pipe.rpush(turns_key, *payload)
-                if self.max_turns is not None:
-                    pipe.ltrim(turns_key, -self.max_turns, -1)
-                self._expire_later(pipe, chat)
-                pipe.zadd(self._index, {chat: time.time()})
-                await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
+        turns_key = self._key(chat, "turns")
+        pipe.rpush(turns_key, *payload)
+        if self.max_turns is not None:
+            pipe.ltrim(turns_key, -self.max_turns, -1)
+        for key, amount in (counters or {}).items():
+            pipe.hincrby(self._key(chat, "state"), key, amount)
+        self._expire_later(pipe, chat)
 
     def _expire_later(self, pipe: Any, chat: str) -> None:
         """Queue TTL refreshes for the chat's keys (Redis expires them; nothing to sweep)."""
@@ -79,11 +97,17 @@ class RedisStore(DialogStore):
             raw = await self._r.lrange(self._key(chat, "turns"), start, -1)
         except RedisError as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
-        turns = []
-        for item in raw:
-            d = json.loads(item)
-            turns.append(Turn(d["role"], d["text"], d["at"], d.get("meta", {})))
-        return turns
+        return _decode(cast(list[str], raw))
+
+    async def load(self, chat: str, last: int | None = None) -> tuple[dict[str, str], list[Turn]]:
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._key(chat, "state"))
+                pipe.lrange(self._key(chat, "turns"), -last if last else 0, -1)
+                state, raw = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
+        return cast(dict[str, str], state), _decode(raw)
 
     async def reset(self, chat: str) -> None:
         await self._run(
@@ -149,3 +173,11 @@ class RedisStore(DialogStore):
 
     async def aclose(self) -> None:
         await self._r.aclose()
+
+
+def _decode(raw: Sequence[str]) -> list[Turn]:
+    turns = []
+    for item in raw:
+        d = json.loads(item)
+        turns.append(Turn(d["role"], d["text"], d["at"], d.get("meta", {})))
+    return turns

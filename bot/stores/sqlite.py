@@ -10,7 +10,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import aiosqlite
@@ -80,7 +80,9 @@ class SQLiteStore(DialogStore):
             raise StoreError(f"Cannot open the SQLite store at {path}: {exc}") from exc
         return cls(db, path)
 
-    async def append(self, chat: str, *turns: Turn) -> None:
+    async def append(
+        self, chat: str, *turns: Turn, counters: Mapping[str, int] | None = None
+    ) -> None:
         rows = [(chat, t.role, t.text, t.created_at, json.dumps(t.meta)) for t in turns]
         # One transaction: the turns land together or not at all.
         async with self._transaction("save the conversation") as db:
@@ -95,6 +97,8 @@ class SQLiteStore(DialogStore):
                     (chat, chat, self.max_turns),
                 )
             await db.execute(_TOUCH, (chat, time.time()))
+            if counters:
+                await self._add_counters(db, chat, counters)
 
     async def _expire(self) -> None:
         """Delete chats idle for longer than ``ttl`` (cheap: one indexed-by-PK scan of chats)."""
@@ -163,17 +167,24 @@ class SQLiteStore(DialogStore):
 
     async def increment(self, chat: str, **amounts: int) -> None:
         async with self._transaction("update usage counters") as db:
-            async with db.execute("SELECT state FROM chats WHERE chat = ?", (chat,)) as cursor:
-                row = await cursor.fetchone()
-            state = dict(json.loads(row[0])) if row else {}
-            for key, amount in amounts.items():
-                state[key] = str(int(state.get(key, "0")) + amount)
-            await db.execute(
-                "INSERT INTO chats (chat, state, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(chat) DO UPDATE SET state = excluded.state, "
-                "updated_at = excluded.updated_at",
-                (chat, json.dumps(state), time.time()),
-            )
+            await self._add_counters(db, chat, amounts)
+
+    @staticmethod
+    async def _add_counters(
+        db: aiosqlite.Connection, chat: str, amounts: Mapping[str, int]
+    ) -> None:
+        """Inside a write transaction: add to integer counters in the chat's state."""
+        async with db.execute("SELECT state FROM chats WHERE chat = ?", (chat,)) as cursor:
+            row = await cursor.fetchone()
+        state = dict(json.loads(row[0])) if row else {}
+        for key, amount in amounts.items():
+            state[key] = str(int(state.get(key, "0")) + amount)
+        await db.execute(
+            "INSERT INTO chats (chat, state, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(chat) DO UPDATE SET state = excluded.state, "
+            "updated_at = excluded.updated_at",
+            (chat, json.dumps(state), time.time()),
+        )
 
     async def aclose(self) -> None:
         await self._db.close()
