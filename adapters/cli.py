@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
@@ -101,6 +102,14 @@ def config() -> None:
         typer.echo(f"{key}={'' if value is None else value}")
 
 
+class Role(StrEnum):
+    """``fmbot telegram --role``: see adapters/telegram/roles.py."""
+
+    ALL = "all"
+    INGRESS = "ingress"
+    WORKER = "worker"
+
+
 @app.command()
 def telegram(
     webhook: Annotated[
@@ -110,12 +119,24 @@ def telegram(
     listen: Annotated[
         str, typer.Option(help="HOST:PORT the webhook server listens on.")
     ] = "0.0.0.0:8080",
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="all: one process. ingress: queue updates in Redis. worker: answer queued ones."
+        ),
+    ] = Role.ALL,
 ) -> None:
     """Run the Telegram bot: long polling, or a webhook server with --webhook URL."""
     from adapters.telegram import load_telegram_settings, run_telegram
 
     tg = load_telegram_settings()  # a missing token is reported before anything starts
-    _run(lambda settings: run_telegram(settings, tg, webhook=webhook, listen=listen))
+    if role is Role.ALL:
+        _run(lambda settings: run_telegram(settings, tg, webhook=webhook, listen=listen))
+        return
+    from adapters.telegram.roles import run_role
+
+    split: Literal["ingress", "worker"] = "ingress" if role is Role.INGRESS else "worker"
+    _run(lambda settings: run_role(split, settings, tg, webhook=webhook, listen=listen))
 
 
 @app.command()

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
+from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramUnauthorizedError
 from aiogram.methods import GetUpdates
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
@@ -136,47 +137,59 @@ class Runner:
     # --- shared ---
 
     async def _start(self) -> None:
-        app = self.app
-        try:
-            me = await app.bot.me()
-            await app.bot.set_my_commands(list(MENU))
-        except TelegramUnauthorizedError:
-            raise ConfigError(
-                "TELEGRAM_BOT_TOKEN",
-                "********",
-                "Telegram rejected the token (401 Unauthorized); copy it again from @BotFather",
-            ) from None
-        except TelegramAPIError as exc:
-            message = redact(exc.message, app.secrets)
-            raise TelegramUnavailableError(
-                f"cannot reach the Telegram Bot API at {app.settings.api_url}: {message}"
-            ) from None
-        log.info("started as @%s", me.username)
+        await start_bot(self.app.bot, self.app.settings, self.app.secrets)
 
-    @contextlib.contextmanager
-    def _signals(self, enabled: bool) -> Iterator[None]:
-        if not enabled:
-            yield
-            return
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
+    def _signals(self, enabled: bool) -> contextlib.AbstractContextManager[None]:
+        return stop_on_signals(self.request_stop, enabled)
 
-        def on_signal(sig: signal.Signals) -> None:
-            log.warning("%s: finishing replies in progress, then exiting", sig.name)
-            self.request_stop()
-            for s in installed:  # a second signal gets the default: exit now
-                loop.remove_signal_handler(s)
-            installed.clear()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, on_signal, sig)
-                installed.append(sig)
-        try:
-            yield
-        finally:
-            for s in installed:
-                loop.remove_signal_handler(s)
+async def start_bot(
+    bot: Bot, settings: TelegramSettings, secrets: tuple[str, ...], *, menu: bool = True
+) -> None:
+    """Check the token (getMe) and, with ``menu``, publish the command menu."""
+    try:
+        me = await bot.me()
+        if menu:
+            await bot.set_my_commands(list(MENU))
+    except TelegramUnauthorizedError:
+        raise ConfigError(
+            "TELEGRAM_BOT_TOKEN",
+            "********",
+            "Telegram rejected the token (401 Unauthorized); copy it again from @BotFather",
+        ) from None
+    except TelegramAPIError as exc:
+        message = redact(exc.message, secrets)
+        raise TelegramUnavailableError(
+            f"cannot reach the Telegram Bot API at {settings.api_url}: {message}"
+        ) from None
+    log.info("started as @%s", me.username)
+
+
+@contextlib.contextmanager
+def stop_on_signals(request_stop: Callable[[], None], enabled: bool = True) -> Iterator[None]:
+    """SIGTERM/SIGINT call ``request_stop``; a second signal gets the default: exit now."""
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.warning("%s: finishing replies in progress, then exiting", sig.name)
+        request_stop()
+        for s in installed:
+            loop.remove_signal_handler(s)
+        installed.clear()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for s in installed:
+            loop.remove_signal_handler(s)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -61,8 +61,9 @@ class SQLiteStore(DialogStore):
                 await self._db.commit()
             except BaseException as exc:
                 # Also on cancellation: an open transaction would break every later write.
-                if self._db.in_transaction:
-                    await asyncio.shield(self._db.rollback())
+                # Unconditional, and queued on aiosqlite's thread: a cancelled BEGIN may still
+                # run there after we were cancelled, so checking in_transaction here would race.
+                await asyncio.shield(self._db.rollback())
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"Could not {what} in {self.path}: {exc}") from exc
                 raise

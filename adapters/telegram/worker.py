@@ -1,0 +1,93 @@
+"""``fmbot telegram --role worker``: answer queued Telegram updates with the usual handlers.
+
+Each job is an update the ingress queued; it goes through the same aiogram Dispatcher and
+handlers as ``--role all``, so replies (drafts, edits, splitting) are identical. A chat's jobs run
+one at a time in arrival order. Two things keep that from changing what users see:
+
+* ``/stop``, the draft's stop button and /mode keyboard presses skip their chat's lane
+  (``immediate``): queued behind the turn they are meant to stop, they would arrive after it.
+* A job redelivered after a worker died is skipped when its turn is already stored (the manager
+  runs on :class:`~bot.queue.journal.JournaledRedisStore`), so it is not answered twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiogram.types import Update
+
+from adapters.telegram.app import TelegramApp
+from bot.dialog import parse_command
+from bot.queue import Job, QueueKeys, Worker
+from bot.queue.journal import JournaledRedisStore
+from bot.queue.partition import Tuning
+from bot.queue.worker import LEASE_MS
+
+log = logging.getLogger(__name__)
+
+#: Updates that act on a turn in progress rather than start one.
+_IMMEDIATE_KINDS = ("callback_query", "stopped_message_generation")
+
+
+def is_immediate(job: Job) -> bool:
+    """Whether the job must not wait for its chat's running turn (see the module docstring)."""
+    update = job.payload
+    if any(kind in update for kind in _IMMEDIATE_KINDS):
+        return True
+    message: Any = update.get("message")
+    text = message.get("text") if isinstance(message, dict) else None
+    if not isinstance(text, str):
+        return False
+    text = text.strip()
+    if text.startswith("@"):  # "@bot /stop" in a group
+        text = text.partition(" ")[2].strip()
+    command = parse_command(text)
+    return command is not None and command.name == "stop"
+
+
+class TelegramWorker:
+    """A queue :class:`Worker` whose handler feeds each update to the app's Dispatcher."""
+
+    def __init__(
+        self,
+        app: TelegramApp,
+        redis: aioredis.Redis,
+        keys: QueueKeys,
+        *,
+        lease_ms: int = LEASE_MS,
+        name: str | None = None,
+    ) -> None:
+        store = app.manager.store
+        if not isinstance(store, JournaledRedisStore):
+            raise TypeError("TelegramWorker needs a manager on a JournaledRedisStore")
+        self.app = app
+        self.store: JournaledRedisStore = store
+        self.skipped = 0  # redelivered jobs whose turn was already stored
+        self.worker = Worker(
+            redis,
+            self.handle,
+            keys=keys,
+            lease_ms=lease_ms,
+            name=name,
+            tuning=Tuning(immediate=is_immediate),
+        )
+
+    async def handle(self, job: Job) -> None:
+        # Unordered (immediate) jobs store no turn of their own: nothing to look up.
+        if job.redelivered and job.ordered and await self.store.answered(job.chat, job.id):
+            self.skipped += 1
+            log.info("job %s was answered before a worker restart; skipped", job.id)
+            return
+        bot = self.app.bot
+        update = Update.model_validate(job.payload, context={"bot": bot})
+        # Exceptions propagate: the queue retries the job, or buries it after repeated failures.
+        await self.app.dispatcher.feed_update(bot, update)
+
+    async def run(self) -> None:
+        await self.worker.run()
+
+    async def stop(self, grace: float) -> None:
+        """Let replies in progress finish (up to ``grace`` s), then hand the partitions over."""
+        await self.worker.stop(grace)

@@ -1,0 +1,366 @@
+"""``fmbot telegram --role ingress|worker``: the two halves over the real Redis queue, driven by
+the fake Bot API server (tests/fakes/telegram_server.py) with the instant ``echo:`` model.
+
+The ingress must never confirm an update Redis does not have; the worker must answer every
+update once, in order per chat, with the same handlers as ``--role all``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiogram.types import Update
+from aiohttp import web
+
+from adapters.telegram.app import TelegramApp, make_bot
+from adapters.telegram.ingress import ALLOWED_UPDATES, PollingIngress, enqueue, webhook_app
+from adapters.telegram.settings import TelegramSettings
+from adapters.telegram.worker import TelegramWorker, is_immediate
+from bot.dialog import DialogManager
+from bot.models.echo import EchoModel
+from bot.prompts.library import PromptLibrary
+from bot.queue import Ingress, Job, QueueKeys
+from bot.queue.connect import connect
+from bot.queue.journal import JournaledRedisStore
+from bot.stores.memory import MemoryStore
+from tests.conftest import free_port
+from tests.fakes.telegram_server import FakeTelegram
+from tests.test_queue_outage import PrivateRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 4
+LEASE_MS = 3000
+
+
+@pytest.fixture(autouse=True)
+def _no_telegram_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("TELEGRAM_", "FMBOT_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as server:
+        yield server
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    yield server
+    server.stop()
+
+
+def tg_settings(fake: FakeTelegram) -> TelegramSettings:
+    return TelegramSettings(
+        _env_file=None,
+        TELEGRAM_BOT_TOKEN=fake.token,
+        TELEGRAM_API_URL=fake.base_url,
+        TELEGRAM_EDIT_INTERVAL=0.25,
+    )
+
+
+def texts(fake: FakeTelegram, chat_id: int) -> list[str]:
+    return [m.get("text") or "" for m in fake.bot_messages(chat_id)]
+
+
+@dataclass
+class Roles:
+    """An ingress and a worker as tasks of the test's event loop, on one Redis."""
+
+    ingress: PollingIngress
+    worker: TelegramWorker
+    tasks: list[asyncio.Task[None]]
+
+
+@contextlib.asynccontextmanager
+async def roles(
+    fake: FakeTelegram, prompts_dir: Path, url: str, prefix: str, *, delay: float = 0.0
+) -> AsyncIterator[Roles]:
+    keys = QueueKeys(prefix, PARTITIONS)
+    tg = tg_settings(fake)
+    queue = connect(url, socket_timeout=2)
+    manager = DialogManager(
+        JournaledRedisStore(queue, prefix), EchoModel(delay=delay), PromptLibrary(prompts_dir)
+    )
+    app = TelegramApp(manager, tg)
+    worker = TelegramWorker(app, queue, keys, lease_ms=LEASE_MS)
+    bot = make_bot(tg)
+    poller = PollingIngress(bot, Ingress(queue, keys), timeout=1, retry_cap=0.5)
+    tasks = [asyncio.create_task(poller.run()), asyncio.create_task(worker.run())]
+    try:
+        yield Roles(poller, worker, tasks)
+        for task in tasks:
+            assert not task.done(), task  # neither role gives up
+    finally:
+        poller.request_stop()
+        await worker.stop(5)
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        await bot.session.close()
+        await app.bot.session.close()
+        await queue.aclose()
+
+
+def _update(fake: FakeTelegram) -> dict[str, object]:
+    return fake.pending[-1]
+
+
+# --- end to end, in process ----------------------------------------------------------------
+
+
+async def test_ingress_and_worker_answer_every_message_in_order(
+    fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
+) -> None:
+    alice, bob = fake.user(2001, "Alice"), fake.user(2002, "Bob")
+    chats = [fake.private_chat(alice), fake.private_chat(bob)]
+    for n in range(4):
+        for chat, user in zip(chats, (alice, bob), strict=True):
+            fake.push_text(chat, user, f"{user['first_name']} m{n}")
+    last = int(_update(fake)["update_id"])  # type: ignore[call-overload]
+    async with roles(fake, prompts_dir, redis_server, redis_prefix) as running:
+        ids = [chat["id"] for chat in chats]
+        await fake.wait_for(lambda: all(len(fake.bot_messages(i)) >= 4 for i in ids), 20)
+        await fake.wait_for(lambda: not fake.pending)
+        assert running.ingress.queued == 8
+    assert texts(fake, alice["id"]) == [f"echo: Alice m{n}" for n in range(4)]
+    assert texts(fake, bob["id"]) == [f"echo: Bob m{n}" for n in range(4)]
+    assert fake.confirmed[-1] == last + 1  # everything queued is confirmed
+    # The worker kept history under the adapter's chat key, in the test's prefix.
+    history = await JournaledRedisStore(connect(redis_server), redis_prefix).read(f"tg:{2001}")
+    assert [t.text for t in history][:2] == ["Alice m0", "echo: Alice m0"]
+
+
+async def test_stop_reaches_the_running_turn_instead_of_waiting_behind_it(
+    fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
+) -> None:
+    alice = fake.user(2003, "Alice")
+    chat = fake.private_chat(alice)
+    async with roles(fake, prompts_dir, redis_server, redis_prefix, delay=8.0):
+        fake.push_text(chat, alice, "a slow question")
+        await fake.wait_for(lambda: bool(fake.calls("sendChatAction")), 10)  # turn is running
+        fake.push_text(chat, alice, "/stop")
+        # Well before the 8 s model would have answered.
+        await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 4)
+    assert texts(fake, chat["id"]) == ["(stopped)"]
+
+
+# --- acknowledging only what Redis has -----------------------------------------------------
+
+
+async def test_ingress_keeps_the_offset_until_redis_has_the_update(
+    fake: FakeTelegram, prompts_dir: Path, private_redis: PrivateRedis, redis_prefix: str
+) -> None:
+    alice = fake.user(2004, "Alice")
+    chat = fake.private_chat(alice)
+    fake.push_text(chat, alice, "while Redis is down")
+    update_id = int(_update(fake)["update_id"])  # type: ignore[call-overload]
+    async with roles(fake, prompts_dir, private_redis.url, redis_prefix):
+        await fake.wait_for(lambda: len(fake.calls("getUpdates")) >= 3, 15)
+        # Fetched again and again, never confirmed, never answered.
+        assert [c.get("offset") for c in fake.calls("getUpdates")] == [None] * len(
+            fake.calls("getUpdates")
+        )
+        assert fake.confirmed == [] and [u["update_id"] for u in fake.pending] == [update_id]
+        assert not fake.bot_messages(chat["id"])
+
+        private_redis.start(persist=False)
+        await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 20)
+        await fake.wait_for(lambda: update_id + 1 in fake.confirmed, 5)
+    assert texts(fake, chat["id"]) == ["echo: while Redis is down"]
+    assert min(fake.confirmed) == update_id + 1
+
+
+async def test_an_update_delivered_twice_is_answered_once(
+    fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
+) -> None:
+    alice = fake.user(2005, "Alice")
+    chat = fake.private_chat(alice)
+    fake.push_text(chat, alice, "only once")
+    raw = dict(_update(fake))
+    # An earlier ingress queued it and died before confirming: Telegram delivers it again.
+    client = connect(redis_server)
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    try:
+        await enqueue(Ingress(client, keys), Update.model_validate(raw))
+        fake.pending.append(dict(raw))  # ... and, for good measure, twice in one batch
+        async with roles(fake, prompts_dir, redis_server, redis_prefix):
+            await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 20)
+            await fake.wait_for(lambda: not fake.pending)
+            await asyncio.sleep(1.0)  # a second answer would arrive now
+        assert texts(fake, chat["id"]) == ["echo: only once"]
+        assert [await client.xlen(keys.jobs(p)) for p in range(PARTITIONS)] == [0] * PARTITIONS
+    finally:
+        await client.aclose()
+
+
+async def test_webhook_answers_200_only_once_queued_and_503_without_redis(
+    fake: FakeTelegram, redis_server: str, redis_prefix: str
+) -> None:
+    alice = fake.user(2006, "Alice")
+    chat = fake.private_chat(alice)
+    fake.push_text(chat, alice, "via webhook")
+    body = dict(fake.pending.pop())
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    live, dead = connect(redis_server), connect(f"redis://127.0.0.1:{free_port()}/0")
+
+    async def serve(ingress: Ingress) -> tuple[web.AppRunner, str]:
+        runner = web.AppRunner(webhook_app(ingress, "s3cret", "/tg"))
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner, f"http://127.0.0.1:{port}/tg"
+
+    runners = []
+    try:
+        up, up_url = await serve(Ingress(live, keys))
+        down, down_url = await serve(Ingress(dead, keys))
+        runners = [up, down]
+        headers = {"X-Telegram-Bot-Api-Secret-Token": "s3cret"}
+        async with aiohttp.ClientSession() as http:
+
+            async def post(url: str, secret: dict[str, str] = headers) -> int:
+                async with http.post(url, json=body, headers=secret) as response:
+                    return response.status
+
+            assert await post(down_url) == 503  # Telegram retries it
+            assert await post(up_url, {}) == 401
+            assert [await post(up_url), await post(up_url)] == [200, 200]
+        chats = [
+            fields["chat"]  # type: ignore[index]
+            for p in range(PARTITIONS)
+            for _id, fields in await live.xrange(keys.jobs(p))  # type: ignore[union-attr]
+        ]
+        assert chats == [f"tg:{chat['id']}"]
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await live.aclose()
+        await dead.aclose()
+
+
+# --- units ---------------------------------------------------------------------------------
+
+
+def test_ingress_asks_for_exactly_the_updates_the_worker_handles(
+    fake: FakeTelegram, prompts_dir: Path
+) -> None:
+    manager = DialogManager(MemoryStore(), EchoModel(), PromptLibrary(prompts_dir))
+    app = TelegramApp(manager, tg_settings(fake))
+    assert sorted(app.allowed_updates()) == ALLOWED_UPDATES
+
+
+@pytest.mark.parametrize(
+    ("payload", "immediate"),
+    [
+        ({"message": {"text": "/stop"}}, True),
+        ({"message": {"text": "/stop@fmbot_test_bot"}}, True),
+        ({"message": {"text": "@fmbot_test_bot /stop"}}, True),
+        ({"message": {"text": "/stopper"}}, False),
+        ({"message": {"text": "please stop"}}, False),
+        ({"message": {"sticker": {}}}, False),
+        ({"callback_query": {"id": "1"}}, True),
+        ({"stopped_message_generation": {"draft_id": 1}}, True),
+    ],
+)
+def test_stop_and_buttons_skip_the_chat_lane(payload: dict[str, object], immediate: bool) -> None:
+    assert is_immediate(Job("1-0", "tg:1", payload, 0)) is immediate
+
+
+# --- the command line, in real processes ---------------------------------------------------
+
+
+def fmbot(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "telegram", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def base_env(fake: FakeTelegram, tmp_path: Path, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "TELEGRAM_"))}
+    return keep | {
+        "PYTHONPATH": str(ROOT),
+        "TELEGRAM_BOT_TOKEN": fake.token,
+        "TELEGRAM_API_URL": fake.base_url or "http://127.0.0.1:9",
+        "FMBOT_HOME": str(tmp_path / "home"),
+        "FMBOT_TEXT_MODEL": "echo:",
+        **extra,
+    }
+
+
+async def exited(proc: subprocess.Popen[bytes], within: float) -> int:
+    """Wait without blocking the loop (the fake server runs on it)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while proc.poll() is None:
+        if asyncio.get_running_loop().time() > deadline:
+            proc.kill()
+            pytest.fail(f"process {proc.args!r} did not exit in {within} s")
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+async def test_fmbot_telegram_ingress_and_worker_processes(
+    fake: FakeTelegram, tmp_path: Path, redis_server: str, redis_prefix: str
+) -> None:
+    env = base_env(
+        fake,
+        tmp_path,
+        FMBOT_STORE=redis_server,
+        FMBOT_REDIS_PREFIX=redis_prefix,
+        FMBOT_QUEUE_PARTITIONS=str(PARTITIONS),
+        FMBOT_QUEUE_LEASE_MS=str(LEASE_MS),
+    )
+    alice = fake.user(2007, "Alice")
+    chat = fake.private_chat(alice)
+    procs = [fmbot("--role", role, env=env, cwd=tmp_path) for role in ("ingress", "worker")]
+    output: Callable[[], str] = lambda: "\n".join(  # noqa: E731
+        (p.stderr.read() if p.stderr and p.poll() is not None else b"").decode() for p in procs
+    )
+    try:
+        for n in range(4):
+            fake.push_text(chat, alice, f"message {n}")
+        try:
+            await fake.wait_for(lambda: len(fake.bot_messages(chat["id"])) >= 4, 40)
+        except TimeoutError:
+            for p in procs:
+                p.terminate()
+            pytest.fail(f"no replies; output: {output()}")
+        assert texts(fake, chat["id"]) == [f"echo: message {n}" for n in range(4)]
+        assert fake.commands  # the ingress published the command menu
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        assert [await exited(p, 20) for p in procs] == [0, 0], output()
+        await fake.wait_for(lambda: not fake.pending)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize("role", ["worker", "ingress"])
+async def test_roles_without_a_redis_queue_exit_2_with_one_line(
+    fake: FakeTelegram, tmp_path: Path, role: str
+) -> None:
+    env = base_env(fake, tmp_path, FMBOT_STORE=f"sqlite:///{tmp_path / 'fmbot.db'}")
+    proc = fmbot("--role", role, env=env, cwd=tmp_path)
+    assert await exited(proc, 20) == 2
+    assert proc.stderr is not None
+    lines = proc.stderr.read().decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "FMBOT_QUEUE_URL" in lines[0] and "redis://" in lines[0]
+    assert not fake.requests  # refused before talking to Telegram
