@@ -55,17 +55,7 @@ def _template(settings: Settings, name: str) -> PromptTemplate:
         raise ConfigError(
             "FMBOT_PROMPTS_DIR", str(settings.prompts_dir), "give a directory of template files"
         )
-    library = PromptLibrary(settings.prompts_dir)
-    template = library.get(name)
-    if template is None:
-        names = ", ".join(t.name for t in library.all()) or "none"
-        raise ConfigError(
-            "--template",
-            name,
-            f"no valid template with that name in {settings.prompts_dir} (valid: {names}); "
-            "`fmbot prompts check` shows files with problems",
-        )
-    return template
+    return PromptLibrary(settings.prompts_dir).require(name, "--template")
 
 
 @app.command()

@@ -122,16 +122,7 @@ def render(
     from bot.prompts.variables import coerce_variables, parse_assignments
 
     settings = prompt_settings()
-    library = PromptLibrary(settings.prompts_dir)
-    template = library.get(name)
-    if template is None:
-        names = ", ".join(t.name for t in library.all()) or "none"
-        raise ConfigError(
-            "NAME",
-            name,
-            f"no valid template with that name in {settings.prompts_dir} (valid: {names}); "
-            "`fmbot prompts check` shows files with problems",
-        )
+    template = PromptLibrary(settings.prompts_dir).require(name, "NAME")
     try:
         variables = coerce_variables(template, parse_assignments(var or []), known_only=True)
     except ValueError as exc:

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from bot.dialog import IMAGE_SETUP_HINT, DialogManager
 from bot.events import FinalText, ImageReply, Incoming, Notice, ReplyEvent
-from bot.models.base import GenerationOptions
+from bot.models.base import GenerationOptions, TextModel
 from bot.models.local import LocalModel
 from bot.models.yandex import YandexClient, YandexCredentials, YandexImageModel
 from bot.prompts.library import PromptLibrary
@@ -97,6 +97,20 @@ def art(client: YandexClient) -> YandexImageModel:
     return YandexImageModel(client, f"art://{client.folder_id}/yandex-art/latest", seed=7)
 
 
+def drawing_manager(
+    store: DialogStore, model: TextModel, prompts_dir: Path, client: YandexClient
+) -> DialogManager:
+    """A manager with YandexART and Yandex few-shot routing, against the fake."""
+    return DialogManager(
+        store,
+        model,
+        PromptLibrary(prompts_dir),
+        options=SHORT,
+        image_model=art(client),
+        classifier=YandexClassifier(client),
+    )
+
+
 async def collect(manager: DialogManager, chat: str, text: str) -> list[ReplyEvent]:
     return [event async for event in manager.handle(Incoming(chat, text))]
 
@@ -135,14 +149,7 @@ async def test_plain_request_is_classified_rewritten_and_drawn(
     prompts_dir: Path,
 ) -> None:
     recording = Recording(local_model)
-    manager = DialogManager(
-        store,
-        recording,
-        PromptLibrary(prompts_dir),
-        options=SHORT,
-        image_model=art(client),
-        classifier=YandexClassifier(client),
-    )
+    manager = drawing_manager(store, recording, prompts_dir, client)
     events = await collect(manager, "c", "нарисуй кота в шляпе")
     assert isinstance(events[-1], ImageReply)
     [classified] = fake.requests_to(CLASSIFY)
@@ -165,14 +172,7 @@ async def test_text_question_is_answered_as_text(
     store: DialogStore,
     prompts_dir: Path,
 ) -> None:
-    manager = DialogManager(
-        store,
-        local_model,
-        PromptLibrary(prompts_dir),
-        options=SHORT,
-        image_model=art(client),
-        classifier=YandexClassifier(client),
-    )
+    manager = drawing_manager(store, local_model, prompts_dir, client)
     events = await collect(manager, "c", "what is the capital of France?")
     assert isinstance(events[-1], FinalText)
     assert len(fake.requests_to(CLASSIFY)) == 1

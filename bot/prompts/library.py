@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from bot.errors import PromptError
+from bot.errors import ConfigError, PromptError
 from bot.prompts.loader import check_template, load_template
 from bot.prompts.source import is_template_file
 from bot.prompts.template import PromptTemplate
@@ -82,6 +82,19 @@ class PromptLibrary:
     def get(self, name: str) -> PromptTemplate | None:
         self._maybe_refresh()
         return self._templates.get(name)
+
+    def require(self, name: str, setting: str) -> PromptTemplate:
+        """The template ``name``, or a ConfigError naming ``setting`` and the valid names."""
+        template = self.get(name)
+        if template is None:
+            names = ", ".join(t.name for t in self.all()) or "none"
+            raise ConfigError(
+                setting,
+                name,
+                f"no valid template with that name in {self.directory} (valid: {names}); "
+                "`fmbot prompts check` shows files with problems",
+            )
+        return template
 
     def all(self) -> list[PromptTemplate]:
         self._maybe_refresh()
