@@ -57,7 +57,10 @@ async def build_manager(settings: Settings) -> DialogManager:
 async def open_configured_store(settings: Settings) -> DialogStore:
     """FMBOT_STORE with the retention settings applied (every command that reads history)."""
     return await open_store(
-        settings.store_url, max_turns=settings.history_turns, ttl=settings.history_ttl_seconds
+        settings.store_url,
+        max_turns=settings.history_turns,
+        ttl=settings.history_ttl_seconds,
+        prefix=settings.redis_prefix,
     )
 
 

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     history_turns: int = Field(default=200, ge=2, alias="FMBOT_HISTORY_TURNS")
     history_ttl: str = Field(default="", alias="FMBOT_HISTORY_TTL")
     busy_policy: BusyPolicy = Field(default=BusyPolicy.QUEUE, alias="FMBOT_BUSY_POLICY")
+    redis_prefix: str = Field(
+        default="fmbot", pattern=r"^[A-Za-z0-9_.:-]+$", alias="FMBOT_REDIS_PREFIX"
+    )
+    queue_url: str | None = Field(default=None, alias="FMBOT_QUEUE_URL")
+    queue_partitions: int = Field(default=16, ge=1, le=4096, alias="FMBOT_QUEUE_PARTITIONS")
+    queue_lease_ms: int = Field(default=10_000, ge=1_000, alias="FMBOT_QUEUE_LEASE_MS")
     rate_limit: int = Field(default=0, ge=0, alias="FMBOT_RATE_LIMIT")
     daily_tokens: int = Field(default=0, ge=0, alias="FMBOT_DAILY_TOKENS")
 

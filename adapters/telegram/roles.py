@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -27,8 +26,6 @@ from adapters.telegram.worker import TelegramWorker
 from bot.errors import ConfigError
 from bot.queue import Ingress, QueueKeys
 from bot.queue.connect import SENTINEL_SCHEMES, connect
-from bot.queue.keys import partitions_from_env, prefix_from_env
-from bot.queue.worker import LEASE_MS
 from bot.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -38,7 +35,7 @@ QUEUE_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 
 def queue_url(settings: Settings) -> str:
     """The Redis the roles share; ConfigError (one line) when there is none."""
-    explicit = os.environ.get("FMBOT_QUEUE_URL", "").strip()
+    explicit = (settings.queue_url or "").strip()
     url = explicit or settings.store_url
     if urlsplit(url).scheme not in QUEUE_SCHEMES:
         raise ConfigError(
@@ -50,8 +47,8 @@ def queue_url(settings: Settings) -> str:
     return url
 
 
-def queue_keys() -> QueueKeys:
-    return QueueKeys(prefix_from_env(), partitions_from_env())
+def queue_keys(settings: Settings) -> QueueKeys:
+    return QueueKeys.from_settings(settings)
 
 
 async def run_role(
@@ -67,7 +64,9 @@ async def run_role(
     if webhook is not None and not webhook.startswith("https://"):
         raise ConfigError("--webhook", webhook, "Telegram only delivers to https:// URLs")
     if role == "ingress":
-        await run_ingress(tg, queue_url(settings), webhook=webhook, host=host, port=port)
+        await run_ingress(
+            tg, queue_url(settings), queue_keys(settings), webhook=webhook, host=host, port=port
+        )
     else:
         if webhook is not None:
             raise ConfigError("--webhook", webhook, "only --role ingress or all receive updates")
@@ -75,12 +74,18 @@ async def run_role(
 
 
 async def run_ingress(
-    tg: TelegramSettings, url: str, *, webhook: str | None, host: str, port: int
+    tg: TelegramSettings,
+    url: str,
+    keys: QueueKeys,
+    *,
+    webhook: str | None,
+    host: str,
+    port: int,
 ) -> None:
     redis = connect(url)
     bot = make_bot(tg)
     secrets = (tg.token, tg.secret_token())
-    ingress = Ingress(redis, queue_keys())
+    ingress = Ingress(redis, keys)
     try:
         with secrets_redacted(*secrets):
             await start_bot(bot, tg, secrets)
@@ -134,8 +139,8 @@ async def run_worker(settings: Settings, tg: TelegramSettings, url: str) -> None
             mask_url(settings.store_url),
             "--role worker keeps history in Redis, shared by all workers: use redis://HOST:PORT/DB",
         )
-    keys = queue_keys()
-    lease_ms = int(os.environ.get("FMBOT_QUEUE_LEASE_MS", "") or LEASE_MS)
+    keys = queue_keys(settings)
+    lease_ms = settings.queue_lease_ms
     manager = await build_manager(settings)
     redis = connect(url)
     try:

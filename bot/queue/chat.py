@@ -74,7 +74,7 @@ class DialogHandler:
 def journal_manager(manager: DialogManager, settings: Settings, prefix: str) -> None:
     """Put ``manager`` on a :class:`JournaledRedisStore` with key prefix ``prefix``.
 
-    ``build_manager`` opens a plain RedisStore with the default prefix; this swaps in the
+    ``build_manager`` opens a plain RedisStore (prefix FMBOT_REDIS_PREFIX); this swaps in the
     journaled store on the same connection pool (and rebuilds the limits, which key by prefix).
     """
     store = manager.store

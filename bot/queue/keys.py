@@ -19,9 +19,12 @@ Per chat (the dialog store's ``{chat}`` tag, next to ``P:{chat}:turns`` and ``P:
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 DEFAULT_PREFIX = "fmbot"
 DEFAULT_PARTITIONS = 16
@@ -33,20 +36,15 @@ def partition_of(chat: str, partitions: int) -> int:
     return zlib.crc32(chat.encode()) % partitions
 
 
-def prefix_from_env() -> str:
-    """``FMBOT_REDIS_PREFIX`` (not a Settings field yet): separates deployments and tests."""
-    return os.environ.get("FMBOT_REDIS_PREFIX", "").strip() or DEFAULT_PREFIX
-
-
-def partitions_from_env() -> int:
-    value = os.environ.get("FMBOT_QUEUE_PARTITIONS", "").strip()
-    return int(value) if value else DEFAULT_PARTITIONS
-
-
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
     prefix: str = DEFAULT_PREFIX
     partitions: int = DEFAULT_PARTITIONS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QueueKeys:
+        """FMBOT_REDIS_PREFIX and FMBOT_QUEUE_PARTITIONS (environment or .env)."""
+        return cls(settings.redis_prefix, settings.queue_partitions)
 
     def partition(self, chat: str) -> int:
         return partition_of(chat, self.partitions)

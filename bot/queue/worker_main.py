@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 
@@ -25,8 +24,8 @@ from bot.errors import ConfigError
 from bot.models.registry import close_models
 from bot.queue.chat import DialogHandler, journal_manager
 from bot.queue.connect import connect
-from bot.queue.keys import QueueKeys, partitions_from_env, prefix_from_env
-from bot.queue.worker import LEASE_MS, Worker
+from bot.queue.keys import QueueKeys
+from bot.queue.worker import Worker
 from bot.settings import load_settings
 
 log = logging.getLogger("bot.queue")
@@ -34,13 +33,13 @@ log = logging.getLogger("bot.queue")
 
 async def serve() -> None:
     settings = load_settings()
-    keys = QueueKeys(prefix_from_env(), partitions_from_env())
-    lease_ms = int(os.environ.get("FMBOT_QUEUE_LEASE_MS", "") or LEASE_MS)
+    keys = QueueKeys.from_settings(settings)
+    lease_ms = settings.queue_lease_ms
     manager = await build_manager(settings)
     redis = None
     try:
         journal_manager(manager, settings, keys.prefix)
-        redis = connect(os.environ.get("FMBOT_QUEUE_URL") or settings.store_url)
+        redis = connect(settings.queue_url or settings.store_url)
         worker = Worker(redis, DialogHandler(manager, keys), keys=keys, lease_ms=lease_ms)
         loop = asyncio.get_running_loop()
         stopping: set[asyncio.Task[None]] = set()

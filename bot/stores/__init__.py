@@ -13,19 +13,19 @@ __all__ = ["ChatInfo", "DialogStore", "Turn", "open_store"]
 
 
 async def open_store(
-    url: str, *, max_turns: int | None = None, ttl: float | None = None
+    url: str, *, max_turns: int | None = None, ttl: float | None = None, prefix: str = "fmbot"
 ) -> DialogStore:
     """Open the store ``url`` names: ``sqlite:///PATH``, ``redis://...`` or ``memory://``.
 
     ``max_turns`` and ``ttl`` set retention (see :class:`DialogStore`).
     """
-    store = await _open(url)
+    store = await _open(url, prefix)
     store.max_turns = max_turns
     store.ttl = ttl
     return store
 
 
-async def _open(url: str) -> DialogStore:
+async def _open(url: str, prefix: str) -> DialogStore:
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from bot.stores.memory import MemoryStore
@@ -39,5 +39,5 @@ async def _open(url: str) -> DialogStore:
     if scheme in ("redis", "rediss"):
         from bot.stores.redis import RedisStore
 
-        return RedisStore.from_url(url)
+        return RedisStore.from_url(url, prefix=prefix)
     raise ConfigError("FMBOT_STORE", mask_url(url), STORE_ACCEPTED)
