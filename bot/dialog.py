@@ -178,11 +178,9 @@ class DialogManager:
         return options
 
     async def _wants_image(self, text: str, template: PromptTemplate) -> bool:
-        if not template.allow_images:
-            return False
-        if self.image_model is None:
-            # Without an image model every message is for the text model; /image explains how
-            # to configure one. (Routing here would refuse "draw up a contract" and the like.)
+        # Without an image model every message is for the text model; /image explains how to
+        # configure one. (Routing here would refuse "draw up a contract" and the like.)
+        if not template.allow_images or self.image_model is None:
             return False
         return await self.classifier(text)
 

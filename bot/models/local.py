@@ -67,6 +67,11 @@ def _without_extra_buffer_types() -> Iterator[None]:
             low_level.llama_model_default_params = original
 
 
+def _chat_payload(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Messages in the shape llama.cpp's chat API and its chat template take."""
+    return [{"role": m.role, "content": m.text} for m in messages]
+
+
 class LocalModel(TextModel):
     """A GGUF chat model run in-process by llama-cpp-python."""
 
@@ -130,7 +135,7 @@ class LocalModel(TextModel):
     async def count_tokens(self, messages: Sequence[Message]) -> int:
         # Render the exact prompt the model will see and count it with llama.cpp's tokenizer.
         # Tokenizing is fast (microseconds per message), so it runs on the loop.
-        payload = [{"role": m.role, "content": m.text} for m in messages]
+        payload = _chat_payload(messages)
         if self._formatter is not None:
             prompt = self._formatter(messages=payload).prompt
         else:
@@ -143,7 +148,7 @@ class LocalModel(TextModel):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = threading.Event()
-        payload = [{"role": m.role, "content": m.text} for m in messages]
+        payload = _chat_payload(messages)
 
         def put(kind: str, value: Any) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, (kind, value))

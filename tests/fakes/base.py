@@ -149,13 +149,8 @@ class FakeServer:
                 return pending.fault
         return None
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
+    def _record(self, request: web.Request, body: Any) -> None:
+        """Remember a request for the test's assertions and wake ``wait_for_request``."""
         self.requests.append(
             Recorded(
                 method=request.method,
@@ -166,6 +161,15 @@ class FakeServer:
             )
         )
         self._arrived.set()
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        self._record(request, body)
         fault = self._take_fault(request.path)
         if fault is not None and fault.kind == "status":
             headers = {}

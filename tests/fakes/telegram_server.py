@@ -574,16 +574,7 @@ class FakeTelegram(FakeServer):
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         params, files = await _read_params(request)
         request[PARAMS], request[FILES] = params, files
-        self.requests.append(
-            Recorded(
-                method=request.method,
-                path=request.path,
-                headers={k.lower(): v for k, v in request.headers.items()},
-                body=params,
-                at=time.monotonic(),
-            )
-        )
-        self._arrived.set()
+        self._record(request, params)
         return await handler(request)
 
     def _take_injected(self, method: str, params: dict[str, Any]) -> ApiError | None:
