@@ -192,6 +192,8 @@ def mask_url(url: str) -> str:
         userinfo, host = netloc.rsplit("@", 1)
         if ":" in userinfo:
             netloc = f"{userinfo.split(':', 1)[0]}:****@{host}"
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing to hide: show it exactly as given (urlunsplit drops an empty "//")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 

@@ -98,6 +98,7 @@ def test_config_prints_settings_with_secrets_masked(env: dict[str, str]) -> None
     ("variable", "value", "expected"),
     [
         ("FMBOT_STORE", "mongodb://x", "FMBOT_STORE='mongodb://x' is not valid: use sqlite:///"),
+        ("FMBOT_STORE", "bad://", "FMBOT_STORE='bad://' is not valid: use sqlite:///"),
         ("FMBOT_TEXT_MODEL", "gpt5", "FMBOT_TEXT_MODEL='gpt5' is not valid: use local:smollm2"),
         ("FMBOT_PROMPTS_DIR", "/nonexistent/prompts", "FMBOT_PROMPTS_DIR='/nonexistent/prompts'"),
         ("FMBOT_MAX_TOKENS", "lots", "FMBOT_MAX_TOKENS='lots' is not valid"),
