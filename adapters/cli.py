@@ -33,6 +33,14 @@ def _run(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(make(settings))
 
 
+def _serve(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    """As _run, on uvloop when installed: for the long-running server roles."""
+    from bot.runtime import run_server
+
+    settings = load_settings()
+    return run_server(make(settings))
+
+
 @app.command()
 def console(
     chat: Annotated[str, typer.Option(help="Conversation to open or resume.")] = "console",
@@ -131,12 +139,12 @@ def telegram(
 
     tg = load_telegram_settings()  # a missing token is reported before anything starts
     if role is Role.ALL:
-        _run(lambda settings: run_telegram(settings, tg, webhook=webhook, listen=listen))
+        _serve(lambda settings: run_telegram(settings, tg, webhook=webhook, listen=listen))
         return
     from adapters.telegram.roles import run_role
 
     split: Literal["ingress", "worker"] = "ingress" if role is Role.INGRESS else "worker"
-    _run(lambda settings: run_role(split, settings, tg, webhook=webhook, listen=listen))
+    _serve(lambda settings: run_role(split, settings, tg, webhook=webhook, listen=listen))
 
 
 @app.command()
@@ -150,7 +158,9 @@ def bench(
         typer.Option(help="Redis URL (default: FMBOT_STORE when it is redis://, else local)."),
     ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Queue partitions.")] = 16,
-    concurrency: Annotated[int, typer.Option(min=1, help="Turns a worker runs at once.")] = 64,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Turns the worker runs at once (the model is instant).")
+    ] = 8,
     queue: Annotated[
         bool, typer.Option(help="Through the Redis queue and a worker, or the manager directly.")
     ] = True,
@@ -158,6 +168,7 @@ def bench(
 ) -> None:
     """Benchmark the dialog manager and the Redis queue with the instant echo model."""
     from adapters.bench import profiled, run_bench
+    from bot.runtime import run_server
 
     settings = load_settings()
     url = redis or (
@@ -181,7 +192,7 @@ def bench(
         result, stats = profiled(go)
         typer.echo(stats, err=True)
     else:
-        result = asyncio.run(go())
+        result = run_server(go())
     typer.echo(result.report(url))
 
 

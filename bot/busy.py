@@ -9,14 +9,17 @@
 
 The per-chat lock (``bot.locks``) is FIFO, so the oldest waiting message gets the turn first and
 takes every message that is waiting with it; the later callers find theirs taken and reply nothing.
+A merged turn is stored in the context of its newest message (:attr:`Ticket.context`), so context
+variables that say which message a write answers (the queue's ``current_job``) name the newest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 from bot.events import Incoming
@@ -28,10 +31,20 @@ class BusyPolicy(StrEnum):
     INTERRUPT = "interrupt"
 
 
+#: Called when a message takes its place in its chat's queue, in the sender's context. A caller
+#: that feeds one chat's messages concurrently (the Redis queue's overlapping lanes) starts the
+#: next message only after this, so the gate sees them in arrival order.
+arrival_hook: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "fmbot_arrival_hook", default=None
+)
+
+
 @dataclasses.dataclass(eq=False)
 class Ticket:
     incoming: Incoming
     taken: bool = False
+    #: The sender's context at arrival; after take(), the context the turn is stored in.
+    context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
 
 
 class BusyGate:
@@ -40,6 +53,11 @@ class BusyGate:
         self._waiting: dict[str, list[Ticket]] = {}
         self._running: dict[str, asyncio.Event] = {}
 
+    @property
+    def overlaps(self) -> bool:
+        """Whether the policy needs a chat's messages in flight together (merge, interrupt)."""
+        return self.policy is not BusyPolicy.QUEUE
+
     def arrive(self, incoming: Incoming) -> Ticket:
         """Register a message before it waits for its chat's turn."""
         ticket = Ticket(incoming)
@@ -47,6 +65,9 @@ class BusyGate:
             self._waiting.setdefault(incoming.chat, []).append(ticket)
         if self.policy is BusyPolicy.INTERRUPT and incoming.chat in self._running:
             self._running[incoming.chat].set()
+        hook = arrival_hook.get()
+        if hook is not None:
+            hook()
         return ticket
 
     def take(self, ticket: Ticket) -> Incoming | None:
@@ -61,6 +82,7 @@ class BusyGate:
             t.taken = True
         if len(batch) == 1:
             return ticket.incoming
+        ticket.context = batch[-1].context
         text = "\n\n".join(t.incoming.text for t in batch)
         return dataclasses.replace(batch[-1].incoming, text=text)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ class DialogManager:
                         return
                     # aclosing: if our caller stops early, the turn (and the model) stop too.
                     with self.busy.running(chat) as interrupted:
-                        async with contextlib.aclosing(self._turn(turn, interrupted)) as events:
+                        run = self._turn(turn, interrupted, ticket.context)
+                        async with contextlib.aclosing(run) as events:
                             async for event in events:
                                 yield event
             finally:
@@ -185,7 +187,7 @@ class DialogManager:
         return await self.classifier(text)
 
     async def _turn(
-        self, incoming: Incoming, interrupted: asyncio.Event
+        self, incoming: Incoming, interrupted: asyncio.Event, context: contextvars.Context
     ) -> AsyncGenerator[ReplyEvent, None]:
         chat = incoming.chat
         try:
@@ -230,10 +232,11 @@ class DialogManager:
             )
         finally:
             if status == "complete" or response.text:
-                # Shielded: a cancelled turn still records what the user saw.
-                saved = await asyncio.shield(
-                    self._save_turn(incoming, template, response, status, input_tokens)
-                )
+                # Shielded: a cancelled turn still records what the user saw. Run in the context
+                # of the turn's newest message (see bot.busy).
+                save = self._save_turn(incoming, template, response, status, input_tokens)
+                task = asyncio.get_running_loop().create_task(save, context=context)
+                saved = await asyncio.shield(task)
         if status == "complete":
             yield FinalText(response.text)
             if not saved:

@@ -3,7 +3,8 @@
 Windows are fixed (the current minute, the current UTC day): one counter key each, incremented
 and read in a single round trip, expiring by itself. Admins are exempt (the manager skips them).
 
-Redis keys (``P`` is the prefix; ``{user}`` a Cluster hash tag):
+Redis keys (``P`` is the prefix; ``{user}`` a Cluster hash tag, so each user's pipeline and MGET
+stay in one slot):
 
     P:{user}:rate:<unix minute>   messages this minute (expires after 2 minutes)
     P:{user}:tokens:<YYYYMMDD>    tokens used this UTC day (expires after 2 days)
@@ -15,10 +16,10 @@ import abc
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bot.errors import StoreError
+from bot.redis_client import RedisClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ class RedisLimits(Limits):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str = "fmbot",
         rate_per_minute: int = 0,
         daily_tokens: int = 0,

@@ -18,9 +18,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.busy import BusyPolicy
 from bot.errors import ConfigError
 
-STORE_SCHEMES = ("sqlite", "redis", "rediss", "memory")
+REDIS_STORE_SCHEMES = (
+    "redis",
+    "rediss",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
+STORE_SCHEMES = ("sqlite", *REDIS_STORE_SCHEMES, "memory")
 IMAGE_CLASSIFIERS = ("auto", "rules", "model", "yandex")
-STORE_ACCEPTED = "use sqlite:///PATH, redis://HOST:PORT/DB (or rediss://) or memory://"
+STORE_ACCEPTED = (
+    "use sqlite:///PATH, redis://HOST:PORT/DB (or rediss://), "
+    "redis+sentinel://HOST:PORT[,...]/SERVICE[/DB], redis+cluster://HOST:PORT[,...] or memory://"
+)
 
 
 def default_home() -> Path:
@@ -104,6 +115,11 @@ class Settings(BaseSettings):
                 raise ConfigError(
                     "FMBOT_STORE", mask_url(self.store_url), "give redis://[:PASSWORD@]HOST:PORT/DB"
                 ) from None
+        elif scheme in REDIS_STORE_SCHEMES:
+            from bot.queue.connect import parse_cluster_url, parse_sentinel_url
+
+            parse = parse_cluster_url if "cluster" in scheme else parse_sentinel_url
+            parse(self.store_url)  # ConfigError (password masked) when malformed
         from bot.models.registry import check_image_model_spec, check_text_model_spec
 
         check_text_model_spec(self.text_model)

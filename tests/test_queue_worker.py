@@ -13,6 +13,7 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 
+from bot.busy import BusyPolicy
 from bot.dialog import DialogManager
 from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
@@ -201,4 +202,81 @@ async def test_a_redelivered_job_whose_turn_was_stored_is_not_answered_again(
         replies = await store.client.lrange(keys.replies("c"), 0, -1)
         assert len(replies) == 2
     finally:
+        await manager.aclose()
+
+
+async def _policy_worker(
+    redis_server: str, redis_prefix: str, prompts_dir: Path, policy: BusyPolicy, model: EchoModel
+) -> tuple[Worker, DialogManager, QueueKeys]:
+    store = JournaledRedisStore(connect(redis_server), redis_prefix)
+    manager = DialogManager(store, model, PromptLibrary(prompts_dir), busy_policy=policy)
+    keys = QueueKeys(redis_prefix, 2)
+    tuning = Tuning(overlap=manager.busy.overlaps)
+    worker = Worker(store.client, DialogHandler(manager, keys), keys=keys, tuning=tuning)
+    return worker, manager, keys
+
+
+async def test_merge_in_a_worker_answers_what_arrived_during_a_turn_as_one_turn(
+    redis_server: str, redis_prefix: str, prompts_dir: Path
+) -> None:
+    worker, manager, keys = await _policy_worker(
+        redis_server, redis_prefix, prompts_dir, BusyPolicy.MERGE, EchoModel(delay=0.5)
+    )
+    store = cast(JournaledRedisStore, manager.store)
+    running = start(worker)
+    try:
+        ingress = Ingress(store.client, keys)
+        ids = [await ingress.enqueue("c", {"text": t}) for t in ("first", "second", "third")]
+        await eventually(lambda: worker.handled == 3)
+        texts = [t.text for t in await store.read("c")]
+        assert texts == ["first", "echo: first", "second\n\nthird", "echo: second\n\nthird"]
+        # The merged turn is journaled as the newest message's: a redelivered "third" is skipped.
+        assert await store.answered("c", ids[2])
+        assert await store.client.get(keys.answered("c")) == ids[2]
+    finally:
+        await worker.stop(5)
+        await running
+        await manager.aclose()
+
+
+async def test_interrupt_in_a_worker_stops_the_running_reply_for_the_newer_message(
+    redis_server: str, redis_prefix: str, prompts_dir: Path
+) -> None:
+    worker, manager, keys = await _policy_worker(
+        redis_server, redis_prefix, prompts_dir, BusyPolicy.INTERRUPT, EchoModel(delay=0.5)
+    )
+    store = cast(JournaledRedisStore, manager.store)
+    running = start(worker)
+    try:
+        ingress = Ingress(store.client, keys)
+        for text in ("first", "second"):
+            await ingress.enqueue("c", {"text": text})
+        await eventually(lambda: worker.handled == 2)
+        turns = await store.read("c")
+        assert [t.text for t in turns] == ["first", "echo: first", "second", "echo: second"]
+        assert [t.meta.get("status") for t in turns[1::2]] == ["stopped", "complete"]
+    finally:
+        await worker.stop(5)
+        await running
+        await manager.aclose()
+
+
+async def test_queue_policy_keeps_a_chats_jobs_strictly_one_at_a_time(
+    redis_server: str, redis_prefix: str, prompts_dir: Path
+) -> None:
+    worker, manager, keys = await _policy_worker(
+        redis_server, redis_prefix, prompts_dir, BusyPolicy.QUEUE, EchoModel(delay=0.2)
+    )
+    store = cast(JournaledRedisStore, manager.store)
+    running = start(worker)
+    try:
+        ingress = Ingress(store.client, keys)
+        for text in ("first", "second"):
+            await ingress.enqueue("c", {"text": text})
+        await eventually(lambda: worker.handled == 2)
+        texts = [t.text for t in await store.read("c")]
+        assert texts == ["first", "echo: first", "second", "echo: second"]
+    finally:
+        await worker.stop(5)
+        await running
         await manager.aclose()

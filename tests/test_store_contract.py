@@ -1,9 +1,14 @@
-"""One contract for every dialog store: memory, a real SQLite file and the real Redis server."""
+"""One contract for every dialog store: memory, a real SQLite file and real Redis servers.
+
+Redis runs as one server, as a 3-master Cluster and behind a Sentinel (the last two started by
+the tests: see tests/conftest.py), each opened from its URL as FMBOT_STORE would be.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from bot.stores.sqlite import SQLiteStore
 Opener = Callable[[], Coroutine[Any, Any, DialogStore]]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"])
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """A function that opens (or re-opens) the same store, so persistence can be checked."""
     opened: list[DialogStore] = []
@@ -30,12 +35,21 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
         async def open_() -> DialogStore:
             return await SQLiteStore.open(tmp_path / "nested" / "fmbot.db")
-    else:
+    elif request.param == "redis":
         prefix = request.getfixturevalue("redis_prefix")
         url = request.getfixturevalue("redis_server")
 
         async def open_() -> DialogStore:
             return RedisStore.from_url(url, prefix=prefix)
+    else:
+        # Servers started for the session and thrown away after it: a fresh prefix suffices.
+        url = request.getfixturevalue(request.param.replace("-", "_"))
+        topology_prefix = f"fmbot-test-{uuid.uuid4().hex[:12]}"
+
+        async def open_() -> DialogStore:
+            store = await open_store(url, prefix=topology_prefix)
+            assert isinstance(store, RedisStore)
+            return store
 
     async def tracked() -> DialogStore:
         store = await open_()

@@ -25,12 +25,12 @@ from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.worker import TelegramWorker
 from bot.errors import ConfigError
 from bot.queue import Ingress, QueueKeys
-from bot.queue.connect import SENTINEL_SCHEMES, connect
-from bot.settings import Settings, mask_url
+from bot.queue.connect import REDIS_SCHEMES, connect
+from bot.settings import REDIS_STORE_SCHEMES, Settings, mask_url
 
 log = logging.getLogger(__name__)
 
-QUEUE_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+QUEUE_SCHEMES = REDIS_SCHEMES
 
 
 def queue_url(settings: Settings) -> str:
@@ -42,7 +42,8 @@ def queue_url(settings: Settings) -> str:
             "FMBOT_QUEUE_URL" if explicit else "FMBOT_QUEUE_URL (default FMBOT_STORE)",
             mask_url(url),
             "--role ingress/worker share a Redis queue: set FMBOT_QUEUE_URL or FMBOT_STORE to "
-            "redis://HOST:PORT/DB, or run everything in one process with --role all",
+            "redis://HOST:PORT/DB (or redis+sentinel://, redis+cluster://), or run everything in "
+            "one process with --role all",
         )
     return url
 
@@ -132,12 +133,13 @@ async def run_worker(settings: Settings, tg: TelegramSettings, url: str) -> None
     from bot.models.registry import close_models
     from bot.queue.chat import journal_manager
 
-    if urlsplit(settings.store_url).scheme not in ("redis", "rediss"):
+    if urlsplit(settings.store_url).scheme not in REDIS_STORE_SCHEMES:
         # Checked before the model loads: history must be where every worker can read it.
         raise ConfigError(
             "FMBOT_STORE",
             mask_url(settings.store_url),
-            "--role worker keeps history in Redis, shared by all workers: use redis://HOST:PORT/DB",
+            "--role worker keeps history in Redis, shared by all workers: use redis://HOST:PORT/DB "
+            "(or redis+sentinel://, redis+cluster://)",
         )
     keys = queue_keys(settings)
     lease_ms = settings.queue_lease_ms

@@ -2,7 +2,9 @@
 
 Each job is an update the ingress queued; it goes through the same aiogram Dispatcher and
 handlers as ``--role all``, so replies (drafts, edits, splitting) are identical. A chat's jobs run
-one at a time in arrival order. Two things keep that from changing what users see:
+one at a time in arrival order (with FMBOT_BUSY_POLICY ``merge`` or ``interrupt`` a chat's next
+update starts once the previous one has reached the dialog manager, so the policy sees it arrive
+while the turn runs, as with ``--role all``). Two things keep that from changing what users see:
 
 * ``/stop``, the draft's stop button and /mode keyboard presses skip their chat's lane
   (``immediate``): queued behind the turn they are meant to stop, they would arrive after it.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiogram.types import Update
 
 from adapters.telegram.app import TelegramApp
@@ -24,6 +25,7 @@ from bot.queue import Job, QueueKeys, Worker
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
 from bot.queue.worker import LEASE_MS
+from bot.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class TelegramWorker:
     def __init__(
         self,
         app: TelegramApp,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: QueueKeys,
         *,
         lease_ms: int = LEASE_MS,
@@ -71,7 +73,7 @@ class TelegramWorker:
             keys=keys,
             lease_ms=lease_ms,
             name=name,
-            tuning=Tuning(immediate=is_immediate),
+            tuning=Tuning(immediate=is_immediate, overlap=app.manager.busy.overlaps),
         )
 
     async def handle(self, job: Job) -> None:

@@ -21,7 +21,7 @@ from bot.events import FinalText, ImageReply, Incoming, Notice
 from bot.queue.job import Job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.keys import QueueKeys
-from bot.settings import Settings
+from bot.settings import Settings, mask_url
 from bot.stores.redis import RedisStore
 
 REPLIES_TTL = 24 * 3600  # seconds a reader has to collect replies
@@ -80,7 +80,9 @@ def journal_manager(manager: DialogManager, settings: Settings, prefix: str) -> 
     store = manager.store
     if not isinstance(store, RedisStore):
         raise ConfigError(
-            "FMBOT_STORE", settings.store_url, "queue workers need redis://HOST:PORT/DB"
+            "FMBOT_STORE",
+            mask_url(settings.store_url),
+            "queue workers need redis://HOST:PORT/DB (or redis+sentinel://, redis+cluster://)",
         )
     journaled = JournaledRedisStore.wrap(store)
     journaled.prefix = prefix

@@ -1,13 +1,23 @@
-"""One connection factory for every queue process: plain Redis, TLS, or Redis Sentinel.
+"""One connection factory for every Redis user: plain Redis, TLS, Redis Sentinel or Redis Cluster.
 
-URLs::
+URLs (``FMBOT_STORE``, ``FMBOT_QUEUE_URL``)::
 
     redis://[:password@]host:6379/0            one server (rediss:// for TLS, unix:// for a socket)
     redis+sentinel://[:password@]s1:26379,s2:26379/SERVICE[/DB][?sentinel_password=...]
+    redis+cluster://[user:password@]n1:6379[,n2:6379...][/0]     (rediss+cluster:// for TLS)
 
-With Sentinel the client asks the sentinels for the current master of ``SERVICE`` and asks again
-after a failover, so workers follow a promoted replica by themselves. ``password`` is the
-master's; ``sentinel_password`` the sentinels' own, when they have one.
+With Sentinel the client asks the sentinels for the current master of ``SERVICE`` whenever it
+opens a connection, and drops a connection that fails or finds a demoted master (READONLY), so
+after a failover workers follow a promoted replica by themselves. (A still-running old master
+keeps accepting writes on connections opened before the failover until Sentinel demotes it, some
+10 s later: see README "Cluster and Sentinel".) ``password`` is the master's;
+``sentinel_password`` the sentinels' own, when they have one.
+
+With Cluster the listed nodes are only where the client starts: it reads the slot map from any of
+them (``CLUSTER SLOTS``) and follows MOVED/ASK redirections and failovers by itself, so listing
+two or three nodes is enough. A cluster has database 0 only. The client is a
+:class:`bot.redis_client.ClusterClient` (pipelines may run registered scripts); every key fmbot
+uses carries a hash tag so its multi-key commands, MULTI blocks and scripts stay in one slot.
 """
 
 from __future__ import annotations
@@ -17,17 +27,25 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel
 
 from bot.errors import ConfigError
+from bot.redis_client import ClusterClient, RedisClient
+from bot.settings import mask_url
 
 SETTING = "FMBOT_STORE"
 ACCEPTED = (
-    "use redis://HOST:PORT/DB, rediss://... or "
-    "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]"
+    "use redis://HOST:PORT/DB, rediss://..., "
+    "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] or "
+    "redis+cluster://HOST:PORT[,HOST:PORT...]"
 )
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: Every scheme :func:`connect` takes.
+REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 SENTINEL_PORT = 26379
+REDIS_PORT = 6379
 MAX_CONNECTIONS = 256  # per process: a blocking read and an ack per partition, plus enqueues
 
 
@@ -73,12 +91,52 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
-def connect(url: str, **options: Any) -> aioredis.Redis:
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    hosts: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Split a ``redis+cluster://`` URL; ConfigError (password masked) when malformed."""
+    parts = urlsplit(url)
+    shown = mask_url(url)
+    accepted = (
+        "give redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...][/0] "
+        "(rediss+cluster:// for TLS; a cluster has database 0 only)"
+    )
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ConfigError(SETTING, shown, ACCEPTED)
+    hosts: list[tuple[str, int]] = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or host.endswith(":"):  # no port, or a bare IPv6 address
+            host, port = item.strip(), str(REDIS_PORT)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(SETTING, shown, accepted)
+        hosts.append((host, int(port)))
+    if parts.path.strip("/") not in ("", "0") or parts.query or parts.fragment:
+        raise ConfigError(SETTING, shown, accepted)
+    return ClusterURL(
+        hosts=tuple(hosts),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        ssl=parts.scheme.startswith("rediss"),
+    )
+
+
+def connect(url: str, **options: Any) -> RedisClient:
     """A client with ``decode_responses=True`` for ``url``; ``options`` go to the pool.
 
-    Connections are pooled up to ``max_connections``; more concurrent commands wait for one.
+    Connections are pooled up to ``max_connections`` (per node on a Cluster); on one server more
+    concurrent commands wait for one, on a Cluster they fail with MaxConnectionsError (a
+    ConnectionError, which the queue retries).
 
-    No I/O happens here: the first command connects (and, with Sentinel, discovers the master).
+    No I/O happens here: the first command connects (and, with Sentinel, discovers the master;
+    with Cluster, reads the slot map).
     """
     options.setdefault("decode_responses", True)
     options.setdefault("health_check_interval", 30)
@@ -98,8 +156,17 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
             **options,
         )
         return master
+    if scheme in CLUSTER_SCHEMES:
+        c = parse_cluster_url(url)
+        return ClusterClient(
+            startup_nodes=[ClusterNode(host, port) for host, port in c.hosts],
+            username=c.username,
+            password=c.password,
+            ssl=c.ssl,
+            **options,
+        )
     if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(SETTING, url, ACCEPTED)
+        raise ConfigError(SETTING, mask_url(url), ACCEPTED)
     # Blocking pool: a burst of concurrent commands waits for a free connection instead of
     # failing with "Too many connections" (redis-py's default pool stops at 100).
     pool = aioredis.BlockingConnectionPool.from_url(url, **options)

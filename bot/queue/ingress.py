@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bot.errors import ConfigError, StoreError
 from bot.queue import scripts
 from bot.queue.keys import QueueKeys
+from bot.redis_client import RedisClient
 
 DEDUPE_TTL_MS = 24 * 3600 * 1000  # Telegram keeps unconfirmed updates for 24 hours
 
@@ -28,7 +28,7 @@ DEDUPE_TTL_MS = 24 * 3600 * 1000  # Telegram keeps unconfirmed updates for 24 ho
 class Ingress:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: QueueKeys | None = None,
         *,
         dedupe_ttl_ms: int = DEDUPE_TTL_MS,
@@ -64,7 +64,7 @@ class Ingress:
         return str(entry)
 
 
-async def check_partitions(redis: aioredis.Redis, keys: QueueKeys) -> None:
+async def check_partitions(redis: RedisClient, keys: QueueKeys) -> None:
     """Record the partition count on first use; refuse a process configured with another one.
 
     Chats are mapped to partitions by ``crc32 % count``, so processes that disagree would break

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -24,6 +24,9 @@ class Job:
     attempt: int = 1
     #: False for jobs the worker ran outside their chat's lane (``immediate``): not ordered.
     ordered: bool = True
+    #: The lease tenure the job was read under (one per partition runner): while it lasts this
+    #: worker is its chats' only writer, so what it cached of them is current (see cache).
+    tenure: object = field(default=None, compare=False, repr=False)
 
     @property
     def redelivered(self) -> bool:

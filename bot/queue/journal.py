@@ -1,10 +1,13 @@
-"""Answering a redelivered job once: the turn and "answered up to job X" are one MULTI.
+"""Answering a redelivered job once: the turn and "answered up to job X" are written together.
 
 A worker can die after the dialog manager stored a turn but before the job was acknowledged;
 the job is then delivered again. :class:`JournaledRedisStore` is the Redis store whose
 ``append`` — when it runs inside a job's handler (:data:`bot.queue.job.current_job`) — also sets
-``P:{chat}:answered`` to the job's entry id in the same MULTI/EXEC as the turns (same ``{chat}``
-slot, so it is atomic on Cluster too). A chat's jobs run one after another in entry-id order, so
+``P:{chat}:answered`` to the job's entry id in the same atomic step as the turns: one Lua script
+(:data:`bot.queue.scripts.APPEND_TURNS`) over the chat's keys only (same ``{chat}`` slot, so it
+is atomic on Cluster too). The ``P:chats`` index lives in another slot, so it is updated next to
+the script in the same non-transactional pipeline: one round trip on one server, one request per
+node on a Cluster. A chat's jobs run one after another in entry-id order, so
 ``answered >= X`` means job X's handler finished (X, or a later job of the chat, stored its
 turn); a handler of a redelivered job asks :meth:`answered` first and skips the job then. One
 small key per chat, whatever the number of turns; history never holds a turn twice.
@@ -17,18 +20,24 @@ stores no turn (a command) is run again (at least once).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from bot.errors import StoreError
+from bot.queue.cache import ChatCache
 from bot.queue.job import current_job
 from bot.queue.keys import QueueKeys
+from bot.queue.scripts import APPEND_TURNS
+from bot.redis_client import RedisClient, is_cluster
 from bot.stores.base import Turn
-from bot.stores.redis import RedisStore
+from bot.stores.redis import RedisStore, encode_turns
 
 MARKER_TTL = 7 * 24 * 3600  # seconds; a job is redelivered within minutes, a week is generous
+APPEND_SHA = hashlib.sha1(APPEND_TURNS.encode()).hexdigest()
 
 
 def _entry(job_id: str) -> tuple[int, int]:
@@ -37,7 +46,16 @@ def _entry(job_id: str) -> tuple[int, int]:
 
 
 class JournaledRedisStore(RedisStore):
+    """The queue workers' store: journaled appends, and reads answered from the worker's copy of
+    the chats whose lease it holds (:mod:`bot.queue.cache`) when the job is in its chat's lane."""
+
     marker_ttl: int = MARKER_TTL
+
+    def __init__(
+        self, client: RedisClient, prefix: str = "fmbot", *, cache: ChatCache | None = None
+    ) -> None:
+        super().__init__(client, prefix)
+        self.cache = cache if cache is not None else ChatCache()
 
     @classmethod
     def wrap(cls, store: RedisStore) -> JournaledRedisStore:
@@ -50,23 +68,75 @@ class JournaledRedisStore(RedisStore):
     def _marker(self, chat: str) -> str:
         return QueueKeys(self.prefix).answered(chat)
 
+    async def load(self, chat: str, last: int | None = None) -> tuple[dict[str, str], list[Turn]]:
+        job = current_job.get()
+        if job is None or not job.ordered or job.tenure is None:
+            return await super().load(chat, last)
+        cached = self.cache.get(chat, job.tenure, last)
+        if cached is not None:
+            return cached
+        epoch = self.cache.epoch
+        state, turns = await super().load(chat, last)
+        self.cache.fill(chat, job.tenure, state, turns, last, self.ttl, epoch)
+        return state, turns
+
     async def append(
         self, chat: str, *turns: Turn, counters: Mapping[str, int] | None = None
     ) -> None:
         job = current_job.get()
         if job is None or not job.ordered:
-            await super().append(chat, *turns, counters=counters)
+            await self._changed(chat, super().append(chat, *turns, counters=counters))
             return
+        keys = [self._key(chat, "turns"), self._key(chat, "state"), self._marker(chat)]
+        ttl = max(1, int(self.ttl)) if self.ttl is not None else 0
+        args: list[str | int] = [job.id, self.marker_ttl, self.max_turns or 0, ttl, len(turns)]
+        args += encode_turns(turns)
+        for name, amount in (counters or {}).items():
+            args += [name, amount]
         try:
-            # One round trip, as RedisStore.append; MULTI makes turns + marker all-or-nothing.
-            # (The index lives in another slot: on Cluster send it outside the transaction.)
-            async with self._r.pipeline(transaction=True) as pipe:
-                self._queue_append(pipe, chat, turns, counters)
-                pipe.set(self._marker(chat), job.id, ex=self.marker_ttl)
-                pipe.zadd(self._index, {chat: time.time()})
-                await pipe.execute()
-        except RedisError as exc:
+            for attempt in (1, 2):
+                try:
+                    # One round trip, as RedisStore.append. The index is in another slot: it
+                    # rides along outside the script (a cluster pipeline splits them by node).
+                    async with self._r.pipeline(transaction=False) as pipe:
+                        if is_cluster(self._r):  # redis-py refuses EVALSHA in cluster pipelines
+                            pipe.eval(APPEND_TURNS, len(keys), *keys, *args)
+                        else:
+                            pipe.evalsha(APPEND_SHA, len(keys), *keys, *args)
+                        pipe.zadd(self._index, {chat: time.time()})
+                        await pipe.execute()
+                    self.cache.appended(chat, job.tenure, turns, counters, self.max_turns, self.ttl)
+                    return
+                except NoScriptError:  # first use on this server (or it restarted): load, retry
+                    if attempt == 2:
+                        raise
+                    await self._r.script_load(APPEND_TURNS)
+        except (RedisError, asyncio.CancelledError) as exc:
+            self.cache.drop(chat)  # the write may or may not have happened
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
+
+    # Writes the cache does not model: drop the chat's entry before and after (see cache).
+
+    async def reset(self, chat: str) -> None:
+        await self._changed(chat, super().reset(chat))
+
+    async def delete(self, chat: str) -> None:
+        await self._changed(chat, super().delete(chat))
+
+    async def set_state(self, chat: str, **values: str) -> None:
+        await self._changed(chat, super().set_state(chat, **values))
+
+    async def increment(self, chat: str, **amounts: int) -> None:
+        await self._changed(chat, super().increment(chat, **amounts))
+
+    async def _changed(self, chat: str, write: Awaitable[None]) -> None:
+        self.cache.drop(chat)
+        try:
+            await write
+        finally:
+            self.cache.drop(chat)
 
     async def answered(self, chat: str, job_id: str) -> bool:
         """Whether job ``job_id`` (or a later job of ``chat``) has stored its turn."""

@@ -13,7 +13,7 @@ share one Redis Cluster slot and Lua scripts and MULTI blocks may touch them tog
 
 Per chat (the dialog store's ``{chat}`` tag, next to ``P:{chat}:turns`` and ``P:{chat}:state``)::
 
-    P:{chat}:answered     id of the chat's last job whose turn was stored (same MULTI as the turns)
+    P:{chat}:answered     id of the chat's last job whose turn was stored (same script as the turns)
     P:{chat}:replies      final replies of ``python -m bot.queue.worker_main`` (a generic outbox)
 """
 

@@ -5,9 +5,10 @@ dead or departed owner had read but not acknowledged, in entry-id order), then n
 (XREADGROUP ``>``) in batches.
 
 Order: each chat has a lane, a FIFO run by one task, so a chat's jobs run one at a time in entry
-order while different chats of the partition run concurrently. A chat's acknowledged jobs are
-always older than its unacknowledged ones, so a new owner that replays the pending entries in id
-order resumes every chat exactly where it stopped.
+order while different chats of the partition run concurrently (with ``Tuning.overlap`` a job
+starts once its predecessor has reached the dialog manager, for the busy policies merge and
+interrupt). A chat's acknowledged jobs are always older than its unacknowledged ones, so a new
+owner that replays the pending entries in id order resumes every chat exactly where it stopped.
 
 Acknowledging: finished ids are collected and sent as one MULTI (XACK + XDEL, so the stream does
 not grow) per flush; under load many jobs share one round trip. A handler that fails is retried;
@@ -28,12 +29,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from bot.busy import arrival_hook
 from bot.queue.backoff import TRANSIENT, Backoff
 from bot.queue.job import Job, current_job
 from bot.queue.keys import GROUP, QueueKeys
+from bot.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,23 @@ class Tuning:
     max_queued: int = 1000  # read-ahead per partition (backpressure)
     max_attempts: int = 3  # handler failures before a job goes to the dead stream
     immediate: Callable[[Job], bool] | None = None  # jobs that skip their chat's lane
+    #: Let a chat's jobs overlap (each starts once the previous reached the dialog manager):
+    #: for the busy policies merge and interrupt. Acknowledgements stay in order.
+    overlap: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    """A chat's jobs not yet started, in entry order; ``wake`` is set when one is added."""
+
+    jobs: collections.deque[Job]
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 class PartitionRunner:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: QueueKeys,
         index: int,
         consumer: str,
@@ -72,7 +85,8 @@ class PartitionRunner:
         self.tuning = tuning
         self.limit = limit
         self.handled = 0
-        self._lanes: dict[str, collections.deque[Job]] = {}
+        self.tenure = object()  # this runner's lease tenure (Job.tenure)
+        self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued = 0
         self._room = asyncio.Event()
@@ -174,7 +188,7 @@ class PartitionRunner:
         except ValueError:
             payload = {"raw": fields.get("payload", "")}
         chat = fields.get("chat", "")
-        return Job(entry_id, chat, payload, self.index, attempt)
+        return Job(entry_id, chat, payload, self.index, attempt, tenure=self.tenure)
 
     # --- running ---
 
@@ -188,40 +202,90 @@ class PartitionRunner:
             return
         lane = self._lanes.get(job.chat)
         if lane is not None:
-            lane.append(job)
+            lane.jobs.append(job)
+            lane.wake.set()
             return
-        lane = self._lanes[job.chat] = collections.deque([job])
-        self._spawn(self._run_lane(job.chat, lane))
+        lane = self._lanes[job.chat] = _Lane(collections.deque([job]))
+        run = self._run_overlapping if self.tuning.overlap else self._run_lane
+        self._spawn(run(job.chat, lane))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_lane(self, chat: str, lane: collections.deque[Job]) -> None:
+    async def _run_lane(self, chat: str, lane: _Lane) -> None:
+        """One job at a time, in entry order."""
         try:
-            while lane and not self._draining:
-                await self._run(lane[0])
-                lane.popleft()
-                self._done_one()
+            while lane.jobs and not self._draining:
+                job = lane.jobs[0]
+                await self._run(job)
+                lane.jobs.popleft()
+                self._finished(job)
         finally:
+            if self._lanes.get(chat) is lane:
+                del self._lanes[chat]
+
+    async def _run_overlapping(self, chat: str, lane: _Lane) -> None:
+        """Start each job once its predecessor reached the dialog manager, acknowledge in order.
+
+        The busy policies ``merge`` and ``interrupt`` act on messages that arrive while the
+        chat's turn runs, so the chat's next job must reach the manager then: it is started as
+        soon as the previous one has taken its place in the manager's queue for the chat
+        (:data:`bot.busy.arrival_hook`) or has finished, which keeps arrival order. A job is
+        acknowledged only when every earlier job of the chat has finished as well, so a merged
+        message is never acknowledged before the turn that answers it is stored.
+        """
+        started: collections.deque[tuple[Job, asyncio.Task[None]]] = collections.deque()
+        arrived = asyncio.Event()
+        arrived.set()
+        try:
+            while True:
+                while started and started[0][1].done():
+                    job, _ = started.popleft()
+                    self._finished(job)
+                can_start = lane.jobs and not self._draining
+                if can_start and (arrived.is_set() or not started or started[-1][1].done()):
+                    job = lane.jobs.popleft()
+                    arrived = asyncio.Event()
+                    task = asyncio.create_task(self._run(job, arrived.set))
+                    started.append((job, task))
+                    continue
+                if not started:
+                    return
+                lane.wake.clear()
+                waits: set[asyncio.Future[Any]] = {started[0][1], started[-1][1]}
+                waits |= {asyncio.ensure_future(lane.wake.wait())}
+                if not arrived.is_set():
+                    waits.add(asyncio.ensure_future(arrived.wait()))
+                _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in pending - {t for _, t in started}:
+                    waiter.cancel()
+        finally:
+            for _, task in started:  # cancelled (lease lost): the tasks go with us
+                task.cancel()
             if self._lanes.get(chat) is lane:
                 del self._lanes[chat]
 
     async def _run_alone(self, job: Job) -> None:
         await self._run(job)
-        self._done_one()
+        self._finished(job)
 
-    def _done_one(self) -> None:
+    def _finished(self, job: Job) -> None:
+        """The job's handler returned (or it was buried): acknowledge it, make room."""
+        self.handled += 1
+        self._acks.append(job.id)
+        self._ack_ready.set()
         self._queued -= 1
         if self._queued < self.tuning.max_queued:
             self._room.set()
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, on_arrival: Callable[[], None] | None = None) -> None:
         backoff = Backoff()
         failures = 0
         async with self.limit:
             token = current_job.set(job)
+            hook = arrival_hook.set(on_arrival)
             try:
                 while True:
                     try:
@@ -243,10 +307,8 @@ class PartitionRunner:
                         delay = backoff.next()
                     await asyncio.sleep(delay)
             finally:
+                arrival_hook.reset(hook)
                 current_job.reset(token)
-        self.handled += 1
-        self._acks.append(job.id)
-        self._ack_ready.set()
 
     async def _bury(self, job: Job) -> None:
         fields: dict[Any, Any] = {

@@ -1,7 +1,8 @@
 """The queue's Lua scripts: each makes a check-then-write atomic inside Redis.
 
-Every script touches the keys of one partition only (one ``{q:N}`` hash tag), or the workers
-set alone, so all of them run unchanged on Redis Cluster.
+Every script touches the keys of one partition only (one ``{q:N}`` hash tag), the workers set
+alone, or the keys of one chat (one ``{chat}`` tag: APPEND_TURNS), so all of them run unchanged on
+Redis Cluster.
 """
 
 from __future__ import annotations
@@ -48,4 +49,27 @@ else
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+#: KEYS: the chat's turns list, state hash, answered marker (one ``{chat}`` slot).
+#: ARGV: job id, marker TTL (s), max turns (0: keep all), chat TTL (s, 0: none), number of
+#: turns N, the N turns (JSON), then counter name/amount pairs.
+#: The journaled append (bot/queue/journal.py): RedisStore.append's writes plus the marker, in
+#: one atomic step (nothing else runs in between, and a client dying mid-request sends all of it
+#: or none). Keep in step with RedisStore._queue_append.
+APPEND_TURNS = """
+local n = tonumber(ARGV[5])
+if n > 0 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 6, 5 + n)) end
+local max = tonumber(ARGV[3])
+if max > 0 then redis.call('LTRIM', KEYS[1], -max, -1) end
+for i = 6 + n, #ARGV - 1, 2 do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
+return n
 """

@@ -43,9 +43,10 @@ Plugging a channel in (the Telegram adapter's ``--role``):
   On SIGTERM call ``await worker.stop(grace)``.
 * all (``--role all``): both in one process.
 
-Note that within one chat the worker runs jobs one at a time, so the dialog manager's busy
-policies ``merge`` and ``interrupt`` see no concurrent messages (they behave as ``queue``) unless
-the channel marks such messages ``immediate``.
+Within one chat the worker runs jobs one at a time. For the dialog manager's busy policies
+``merge`` and ``interrupt``, which act on messages that arrive while a turn runs, pass
+``Tuning(overlap=True)``: a chat's next job then starts as soon as the previous one has reached
+the manager, and acknowledgements stay in entry order (see :mod:`bot.queue.partition`).
 """
 
 from __future__ import annotations
@@ -58,13 +59,12 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from bot.queue import scripts
 from bot.queue.backoff import TRANSIENT, Backoff
 from bot.queue.ingress import check_partitions
 from bot.queue.keys import QueueKeys
 from bot.queue.partition import Handler, PartitionRunner, Tuning
+from bot.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Worker:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         handler: Handler,
         *,
         keys: QueueKeys | None = None,
@@ -181,7 +181,9 @@ class Worker:
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in claim:
                 await self._claim(
-                    keys=[self.keys.lease(p)], args=[self.name, self.lease_ms], client=pipe
+                    keys=[self.keys.lease(p)],
+                    args=[self.name, self.lease_ms],
+                    client=pipe,  # type: ignore[arg-type]
                 )
             results = await pipe.execute()
         for p, held in zip(claim, results, strict=True):
@@ -248,9 +250,11 @@ class Worker:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for p in held:
-                    await self._release(keys=[self.keys.lease(p)], args=[self.name], client=pipe)
+                    await self._release(keys=[self.keys.lease(p)], args=[self.name], client=pipe)  # type: ignore[arg-type]
                 await self._heartbeat(
-                    keys=[self.keys.workers], args=[self.name, self.lease_ms, "1"], client=pipe
+                    keys=[self.keys.workers],
+                    args=[self.name, self.lease_ms, "1"],
+                    client=pipe,  # type: ignore[arg-type]
                 )
                 await pipe.execute()
         except TRANSIENT as exc:  # the leases expire by themselves

@@ -1,10 +1,11 @@
 """``python -m bot.queue.worker_main``: a worker process running the dialog manager on jobs.
 
-Configuration is the usual settings (FMBOT_STORE must be ``redis://``; FMBOT_TEXT_MODEL, ...)
-plus, read here until they are Settings fields:
+Configuration is the usual settings (FMBOT_STORE must be Redis: ``redis://``,
+``redis+sentinel://`` or ``redis+cluster://``; FMBOT_TEXT_MODEL, ...) plus the queue's own,
+read here until they are Settings fields:
 
     FMBOT_REDIS_PREFIX       key prefix (default ``fmbot``)
-    FMBOT_QUEUE_URL          Redis for the queue (default FMBOT_STORE; ``redis+sentinel://`` ok)
+    FMBOT_QUEUE_URL          Redis for the queue (default FMBOT_STORE; Sentinel and Cluster ok)
     FMBOT_QUEUE_PARTITIONS   partition count, the same in every process (default 16)
     FMBOT_QUEUE_LEASE_MS     lease TTL: how soon a dead worker's chats move on (default 10000)
 
@@ -25,7 +26,9 @@ from bot.models.registry import close_models
 from bot.queue.chat import DialogHandler, journal_manager
 from bot.queue.connect import connect
 from bot.queue.keys import QueueKeys
+from bot.queue.partition import Tuning
 from bot.queue.worker import Worker
+from bot.runtime import run_server
 from bot.settings import load_settings
 
 log = logging.getLogger("bot.queue")
@@ -40,7 +43,9 @@ async def serve() -> None:
     try:
         journal_manager(manager, settings, keys.prefix)
         redis = connect(settings.queue_url or settings.store_url)
-        worker = Worker(redis, DialogHandler(manager, keys), keys=keys, lease_ms=lease_ms)
+        tuning = Tuning(overlap=manager.busy.overlaps)  # merge / interrupt see arrivals
+        handler = DialogHandler(manager, keys)
+        worker = Worker(redis, handler, keys=keys, lease_ms=lease_ms, tuning=tuning)
         loop = asyncio.get_running_loop()
         stopping: set[asyncio.Task[None]] = set()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,7 +68,7 @@ async def serve() -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve())
+        run_server(serve())
     except ConfigError as exc:
         print(f"fmbot worker: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bot.errors import ConfigError
-from bot.settings import STORE_ACCEPTED, mask_url
+from bot.settings import REDIS_STORE_SCHEMES, STORE_ACCEPTED, mask_url
 from bot.stores.base import ChatInfo, DialogStore, Turn
 
 __all__ = ["ChatInfo", "DialogStore", "Turn", "open_store"]
@@ -16,6 +16,9 @@ async def open_store(
     url: str, *, max_turns: int | None = None, ttl: float | None = None, prefix: str = "fmbot"
 ) -> DialogStore:
     """Open the store ``url`` names: ``sqlite:///PATH``, ``redis://...`` or ``memory://``.
+
+    Redis also as ``redis+sentinel://`` and ``redis+cluster://`` (``rediss+...`` for TLS), through
+    :func:`bot.queue.connect.connect`.
 
     ``max_turns`` and ``ttl`` set retention (see :class:`DialogStore`).
     """
@@ -40,4 +43,9 @@ async def _open(url: str, prefix: str) -> DialogStore:
         from bot.stores.redis import RedisStore
 
         return RedisStore.from_url(url, prefix=prefix)
+    if scheme in REDIS_STORE_SCHEMES:  # Sentinel or Cluster: one factory builds those clients
+        from bot.queue.connect import connect
+        from bot.stores.redis import RedisStore
+
+        return RedisStore(connect(url), prefix)
     raise ConfigError("FMBOT_STORE", mask_url(url), STORE_ACCEPTED)

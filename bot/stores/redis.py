@@ -1,4 +1,4 @@
-"""Redis store (``redis://host:port/db``), for production and for several processes at once.
+"""Redis store (``redis://host:port/db``, Sentinel or Cluster), for production and many processes.
 
 Key layout (``P`` is the key prefix, ``fmbot`` by default; ``{chat}`` is a Redis Cluster hash tag so
 every key of one chat lives in one slot):
@@ -19,11 +19,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bot.errors import StoreError
+from bot.redis_client import RedisClient
 from bot.stores.base import ChatInfo, DialogStore, Turn
 
 
 class RedisStore(DialogStore):
-    def __init__(self, client: aioredis.Redis, prefix: str = "fmbot") -> None:
+    """History in Redis: one server, Sentinel's master or a Cluster (see :mod:`bot.redis_client`).
+
+    Every key of a chat carries the ``{chat}`` hash tag; the ``P:chats`` index, in another slot,
+    is only ever written in non-transactional pipelines, which a cluster client splits by node.
+    """
+
+    def __init__(self, client: RedisClient, prefix: str = "fmbot") -> None:
         self._r = client
         self.prefix = prefix
 
@@ -37,7 +44,7 @@ class RedisStore(DialogStore):
         return cls(aioredis.Redis(connection_pool=pool), prefix)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         """The connection pool, for other per-process users of the same Redis (limits)."""
         return self._r
 
@@ -68,14 +75,9 @@ class RedisStore(DialogStore):
         turns: Sequence[Turn],
         counters: Mapping[str, int] | None,
     ) -> None:
-        """Queue the commands of an append on ``pipe`` (shared with the queue's journal)."""
-        payload = [
-            json.dumps(
-                {"role": t.role, "text": t.text, "at": t.created_at, "meta": t.meta},
-                ensure_ascii=False,
-            )
-            for t in turns
-        ]
+        """Queue the commands of an append on ``pipe`` (the queue's journal does the same in Lua:
+        bot.queue.scripts.APPEND_TURNS)."""
+        payload = encode_turns(turns)
         turns_key = self._key(chat, "turns")
         pipe.rpush(turns_key, *payload)
         if self.max_turns is not None:
@@ -173,6 +175,17 @@ class RedisStore(DialogStore):
 
     async def aclose(self) -> None:
         await self._r.aclose()
+
+
+def encode_turns(turns: Sequence[Turn]) -> list[str]:
+    """Turns as the JSON strings stored in ``P:{chat}:turns``."""
+    return [
+        json.dumps(
+            {"role": t.role, "text": t.text, "at": t.created_at, "meta": t.meta},
+            ensure_ascii=False,
+        )
+        for t in turns
+    ]
 
 
 def _decode(raw: Sequence[str]) -> list[Turn]:

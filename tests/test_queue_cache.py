@@ -1,0 +1,225 @@
+"""The worker's copy of its chats (bot/queue/cache.py) and the journaled store that serves it.
+
+The rule under test: a cached read is only ever what Redis holds. Each test that uses the store
+checks the cached answer against a fresh read of the real Redis server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.errors import StoreError
+from bot.queue import Job, current_job
+from bot.queue.cache import ChatCache
+from bot.queue.connect import connect
+from bot.queue.journal import JournaledRedisStore
+from bot.stores.base import Turn
+from bot.stores.redis import RedisStore
+
+
+def pair(n: int) -> tuple[Turn, Turn]:
+    return Turn("user", f"q{n}"), Turn("assistant", f"a{n}")
+
+
+# --- the cache on its own ---------------------------------------------------------------------
+
+
+def test_an_entry_serves_only_its_own_tenure_and_returns_copies() -> None:
+    cache, mine, other = ChatCache(), object(), object()
+    cache.fill("c", mine, {"mode": "x"}, list(pair(1)), last=10, ttl=None, epoch=cache.epoch)
+    assert cache.get("c", other, 10) is None  # the lease was lost and taken again: read Redis
+    hit = cache.get("c", mine, 10)
+    assert hit is not None
+    state, turns = hit
+    state["mode"] = "changed"
+    turns.pop()
+    again = cache.get("c", mine, 10)
+    assert again is not None and again[0] == {"mode": "x"} and len(again[1]) == 2
+
+
+def test_appends_extend_trim_and_count_like_redis() -> None:
+    cache, me = ChatCache(), object()
+    cache.fill("c", me, {}, [], last=4, ttl=None, epoch=cache.epoch)
+    for n in range(3):
+        cache.appended("c", me, pair(n), {"usage_input_tokens": 5}, max_turns=None, ttl=None)
+    hit = cache.get("c", me, 4)
+    assert hit is not None
+    state, turns = hit
+    assert [t.text for t in turns] == ["q1", "a1", "q2", "a2"]  # the window it was read with
+    assert state == {"usage_input_tokens": "15"}
+    assert cache.get("c", me, 5) is None  # a wider window than it holds: read Redis
+
+
+def test_with_a_ttl_an_entry_is_used_only_after_this_worker_wrote() -> None:
+    cache, me = ChatCache(), object()
+    cache.fill("c", me, {}, list(pair(1)), last=10, ttl=3600, epoch=cache.epoch)
+    assert cache.get("c", me, 10) is None  # when Redis expires it depends on a write we missed
+    cache.fill("c", me, {}, list(pair(1)), last=10, ttl=3600, epoch=cache.epoch)
+    cache.appended("c", me, pair(2), None, max_turns=None, ttl=3600)
+    assert cache.get("c", me, 10) is not None
+    cache.appended("c", me, pair(3), None, max_turns=None, ttl=0.5)  # expires (less 1 s) at once
+    assert cache.get("c", me, 10) is None
+
+
+def test_a_read_that_overlapped_a_drop_is_not_kept() -> None:
+    cache, me = ChatCache(), object()
+    epoch = cache.epoch  # the read starts
+    cache.drop("c")  # /mode from a callback writes meanwhile
+    cache.fill("c", me, {"mode": "old"}, [], last=10, ttl=None, epoch=epoch)
+    assert cache.get("c", me, 10) is None
+
+
+def test_the_least_recently_used_chats_are_dropped_beyond_the_bound() -> None:
+    cache, me = ChatCache(max_chats=2), object()
+    for chat in ("a", "b"):
+        cache.fill(chat, me, {}, [], last=10, ttl=None, epoch=cache.epoch)
+    assert cache.get("a", me, 10) is not None  # "a" is now the most recent
+    cache.fill("c", me, {}, [], last=10, ttl=None, epoch=cache.epoch)
+    assert len(cache) == 2
+    assert cache.get("b", me, 10) is None and cache.get("a", me, 10) is not None
+
+
+# --- the journaled store on the real Redis ---------------------------------------------------
+
+
+@pytest.fixture
+async def store(redis_server: str, redis_prefix: str) -> AsyncIterator[JournaledRedisStore]:
+    s = JournaledRedisStore(connect(redis_server), redis_prefix)
+    s.max_turns = 6
+    yield s
+    await s.aclose()
+
+
+@pytest.fixture
+async def truth(redis_server: str, redis_prefix: str) -> AsyncIterator[RedisStore]:
+    """A plain store on the same keys: what Redis really holds."""
+    s = RedisStore(connect(redis_server), redis_prefix)
+    yield s
+    await s.aclose()
+
+
+class Jobs:
+    """Jobs of one worker tenure (a partition runner), numbered in order. A test sets
+    ``current_job`` as the worker does; each test runs in its own task, so it does not leak."""
+
+    def __init__(self, chat: str) -> None:
+        self.chat, self.tenure, self.n = chat, object(), 0
+
+    def next(self) -> Job:
+        self.n += 1
+        return Job(f"{self.n}-0", self.chat, {}, 0, tenure=self.tenure)
+
+
+async def test_turns_in_a_lane_are_served_from_the_copy_and_match_redis(
+    store: JournaledRedisStore, truth: RedisStore
+) -> None:
+    jobs = Jobs("c")
+    for n in range(5):
+        current_job.set(jobs.next())
+        state, history = await store.load("c", last=6)
+        assert (state, history) == await truth.load("c", last=6)
+        await store.append("c", *pair(n), counters={"usage_output_tokens": 2})
+    assert store.cache.hits == 4 and store.cache.misses == 1  # Redis was read once
+    current_job.set(jobs.next())
+    cached = await store.load("c", last=6)
+    assert cached == await truth.load("c", last=6)
+    assert [t.text for t in cached[1]] == ["q2", "a2", "q3", "a3", "q4", "a4"]  # max_turns
+    assert cached[0]["usage_output_tokens"] == "10"
+
+
+async def test_another_workers_tenure_reads_redis_afresh(
+    redis_server: str, redis_prefix: str, truth: RedisStore
+) -> None:
+    """A partition moves to worker B and back: A's old copy must not be used."""
+    a = JournaledRedisStore(connect(redis_server), redis_prefix)
+    b = JournaledRedisStore(connect(redis_server), redis_prefix)
+    try:
+        first, second, back = Jobs("c"), Jobs("c"), Jobs("c")
+        current_job.set(first.next())
+        await a.load("c", last=10)
+        await a.append("c", *pair(1))
+        current_job.set(second.next())
+        await b.load("c", last=10)
+        await b.append("c", *pair(2))  # B owned the partition meanwhile
+        current_job.set(back.next())  # A took it back: a new tenure
+        assert await a.load("c", last=10) == await truth.load("c", last=10)
+        assert [t.text for t in (await a.load("c", last=10))[1]] == ["q1", "a1", "q2", "a2"]
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.parametrize("command", ["reset", "set_state", "delete", "increment"])
+async def test_writes_the_copy_does_not_model_make_the_next_read_go_to_redis(
+    store: JournaledRedisStore, truth: RedisStore, command: str
+) -> None:
+    jobs = Jobs("c")
+    current_job.set(jobs.next())
+    await store.load("c", last=6)
+    await store.append("c", *pair(1))
+    if command == "reset":
+        await store.reset("c")
+    elif command == "set_state":
+        await store.set_state("c", mode="other")
+    elif command == "delete":
+        await store.delete("c")
+    else:
+        await store.increment("c", usage_images=1)
+    current_job.set(jobs.next())
+    assert await store.load("c", last=6) == await truth.load("c", last=6)
+    assert store.cache.misses == 2
+
+
+async def test_a_job_outside_its_lane_neither_reads_nor_keeps_the_copy(
+    store: JournaledRedisStore, truth: RedisStore
+) -> None:
+    jobs = Jobs("c")
+    current_job.set(jobs.next())
+    await store.load("c", last=6)
+    await store.append("c", *pair(1))
+    immediate = Job("9-0", "c", {}, 0, ordered=False, tenure=jobs.tenure)
+    current_job.set(immediate)
+    await store.append("c", *pair(2))  # e.g. a callback that writes while a turn runs
+    current_job.set(jobs.next())
+    assert await store.load("c", last=6) == await truth.load("c", last=6)
+
+
+async def test_a_failed_write_drops_the_copy(
+    store: JournaledRedisStore, truth: RedisStore, redis_prefix: str
+) -> None:
+    jobs = Jobs("c")
+    current_job.set(jobs.next())
+    await store.load("c", last=6)
+    await store.append("c", *pair(1))
+    # Make the next journaled append fail inside Redis: the turns key holds the wrong type.
+    turns = f"{redis_prefix}:{{c}}:turns"
+    await truth.client.delete(turns)
+    await truth.client.set(turns, "not a list")
+    current_job.set(jobs.next())
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        await store.append("c", *pair(2))
+    assert len(store.cache) == 0
+    await truth.client.delete(turns)
+    current_job.set(jobs.next())
+    assert await store.load("c", last=6) == await truth.load("c", last=6)
+
+
+async def test_history_ttl_is_honoured_by_the_copy(
+    store: JournaledRedisStore, truth: RedisStore
+) -> None:
+    store.ttl = truth.ttl = 1.5  # the copy gives up 1 s early: after 0.5 s here
+    jobs = Jobs("c")
+    current_job.set(jobs.next())
+    await store.load("c", last=6)
+    await store.append("c", *pair(1))
+    current_job.set(jobs.next())
+    assert len((await store.load("c", last=6))[1]) == 2
+    assert store.cache.hits == 1
+    await asyncio.sleep(0.6)
+    started = time.monotonic()
+    assert await store.load("c", last=6) == await truth.load("c", last=6)
+    assert store.cache.hits == 1 and time.monotonic() - started < 1.5
