@@ -26,6 +26,7 @@ from adapters.telegram.app import TelegramApp, make_bot
 from adapters.telegram.ingress import ALLOWED_UPDATES, PollingIngress, enqueue, webhook_app
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.worker import TelegramWorker, is_immediate
+from bot.busy import BusyPolicy
 from bot.dialog import DialogManager
 from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
@@ -86,13 +87,22 @@ class Roles:
 
 @contextlib.asynccontextmanager
 async def roles(
-    fake: FakeTelegram, prompts_dir: Path, url: str, prefix: str, *, delay: float = 0.0
+    fake: FakeTelegram,
+    prompts_dir: Path,
+    url: str,
+    prefix: str,
+    *,
+    delay: float = 0.0,
+    policy: BusyPolicy = BusyPolicy.QUEUE,
 ) -> AsyncIterator[Roles]:
     keys = QueueKeys(prefix, PARTITIONS)
     tg = tg_settings(fake)
     queue = connect(url, socket_timeout=2)
     manager = DialogManager(
-        JournaledRedisStore(queue, prefix), EchoModel(delay=delay), PromptLibrary(prompts_dir)
+        JournaledRedisStore(queue, prefix),
+        EchoModel(delay=delay),
+        PromptLibrary(prompts_dir),
+        busy_policy=policy,
     )
     app = TelegramApp(manager, tg)
     worker = TelegramWorker(app, queue, keys, lease_ms=LEASE_MS)
@@ -153,6 +163,21 @@ async def test_stop_reaches_the_running_turn_instead_of_waiting_behind_it(
         # Well before the 8 s model would have answered.
         await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 4)
     assert texts(fake, chat["id"]) == ["(stopped)"]
+
+
+async def test_merge_policy_joins_messages_sent_during_a_reply_in_worker_mode(
+    fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
+) -> None:
+    alice = fake.user(2004, "Alice")
+    chat = fake.private_chat(alice)
+    for text in ("first", "second", "third"):
+        fake.push_text(chat, alice, text)
+    async with roles(
+        fake, prompts_dir, redis_server, redis_prefix, delay=1.0, policy=BusyPolicy.MERGE
+    ) as running:
+        await fake.wait_for(lambda: len(fake.bot_messages(chat["id"])) >= 2, 20)
+        await fake.wait_for(lambda: running.worker.worker.handled == 3, 10)
+    assert texts(fake, chat["id"]) == ["echo: first", "echo: second\n\nthird"]
 
 
 # --- acknowledging only what Redis has -----------------------------------------------------
