@@ -57,8 +57,8 @@ def console(
         manager = await build_manager(settings)
         try:
             if mode:
-                if manager.prompts.get(mode) is None:
-                    names = ", ".join(t.name for t in manager.prompts.all())
+                if manager.prompts.mode(mode) is None:
+                    names = ", ".join(t.name for t in manager.prompts.modes())
                     raise ConfigError("--mode", mode, f"use one of: {names}")
                 await manager.store.set_state(chat, mode=mode)
             await ConsoleChannel(manager, chat, settings.home).run(sys.stdin.isatty())

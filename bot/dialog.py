@@ -355,12 +355,12 @@ class DialogManager:
         if not arg:
             lines = [
                 f"{'*' if t.name == current.name else ' '} {t.name} — {t.description}"
-                for t in self.prompts.all()
+                for t in self.prompts.modes()
             ]
             return Notice("Templates (/mode NAME to switch):\n" + "\n".join(lines))
-        template = self.prompts.get(arg)
+        template = self.prompts.mode(arg)
         if template is None:
-            names = ", ".join(t.name for t in self.prompts.all())
+            names = ", ".join(t.name for t in self.prompts.modes())
             return Notice(f"No template named {arg!r}. Available: {names}.", "warning")
         await self.store.set_state(chat, mode=template.name)
         return Notice(f"Switched to {template.name!r}: {template.description}")

@@ -169,6 +169,9 @@ async def test_commands_new_and_mode(
     assert (
         isinstance(listing, Notice) and "* default" in listing.text and "default-ru" in listing.text
     )
+    assert "image-prompt" not in listing.text  # fmbot's own template is not a chat mode
+    [internal] = await collect(manager, "c", "/mode image-prompt")
+    assert isinstance(internal, Notice) and "No template named 'image-prompt'" in internal.text
     [switched] = await collect(manager, "c", "/mode default-ru")
     assert "default-ru" in switched.text  # type: ignore[union-attr]
     assert (await store.get_state("c"))["mode"] == "default-ru"

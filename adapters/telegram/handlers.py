@@ -118,7 +118,7 @@ class Handlers:
         except FmbotError:  # no usable template or no store: let the manager explain
             await self.replies.run(target, Incoming(target.key, "/mode"))
             return
-        templates = self.manager.prompts.all()
+        templates = self.manager.prompts.modes()
         await self.outbox.send(
             target,
             Part(truncate(listing(templates, current), TEXT_LIMIT)),
@@ -144,7 +144,7 @@ class Handlers:
             current = (await self.manager.mode_of(target.key)).name
         except FmbotError:
             return
-        templates = self.manager.prompts.all()
+        templates = self.manager.prompts.modes()
         menu = Part(truncate(listing(templates, current), TEXT_LIMIT))
         await self.outbox.edit(
             target, message.message_id, menu, markup=keyboard(templates, current)

@@ -99,3 +99,12 @@ class PromptLibrary:
     def all(self) -> list[PromptTemplate]:
         self._maybe_refresh()
         return sorted(self._templates.values(), key=lambda t: t.name)
+
+    def modes(self) -> list[PromptTemplate]:
+        """The templates a chat may switch to (/mode): all but internal ones (``chat_mode``)."""
+        return [t for t in self.all() if t.chat_mode]
+
+    def mode(self, name: str) -> PromptTemplate | None:
+        """The template ``name`` if a chat may switch to it."""
+        template = self.get(name)
+        return template if template is not None and template.chat_mode else None
