@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from adapters.telegram.app import TelegramApp, make_bot
 from adapters.telegram.ingress import ALLOWED_UPDATES, PollingIngress, enqueue, webhook_app
+from adapters.telegram.roles import WEBHOOK_CONNECTIONS, run_ingress
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.worker import TelegramWorker, is_immediate
 from bot.busy import BusyPolicy
@@ -275,6 +277,37 @@ async def test_webhook_answers_200_only_once_queued_and_503_without_redis(
 
 
 # --- units ---------------------------------------------------------------------------------
+
+
+async def test_webhook_ingress_takes_one_delivery_at_a_time_and_queues_in_order(
+    fake: FakeTelegram, redis_server: str, redis_prefix: str
+) -> None:
+    """``--role ingress --webhook``: setWebhook with max_connections=1 (parallel deliveries
+    could queue one chat's messages out of order), and each update queued once, in order."""
+    alice = fake.user(2007, "Alice")
+    chat = fake.private_chat(alice)
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/tg"  # the fake delivers over plain HTTP
+    task = asyncio.create_task(
+        run_ingress(tg_settings(fake), redis_server, keys, webhook=url, host="127.0.0.1", port=port)
+    )
+    redis = connect(redis_server)
+    try:
+        await fake.wait_for(lambda: fake.webhook is not None, 10)
+        hook = fake.calls("setWebhook")[0]
+        assert hook["url"] == url and hook["max_connections"] == WEBHOOK_CONNECTIONS == 1
+        for n in range(5):
+            fake.push_text(chat, alice, f"m{n}")
+        await fake.wait_for(lambda: len(fake.webhook_deliveries) >= 5, 10)
+        assert all(status == 200 for _, status in fake.webhook_deliveries)
+        jobs = await redis.xrange(keys.jobs(keys.partition(f"tg:{chat['id']}")))
+        queued = [json.loads(fields["payload"])["message"]["text"] for _, fields in jobs]
+        assert queued == [f"m{n}" for n in range(5)]
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)  # the ingress's handler stops it
+        await asyncio.wait_for(task, 10)
+        await redis.aclose()
 
 
 def test_ingress_asks_for_exactly_the_updates_the_worker_handles(

@@ -102,6 +102,9 @@ async def run_ingress(
         await redis.aclose()
 
 
+WEBHOOK_CONNECTIONS = 1
+
+
 async def _serve_webhook(
     bot: Bot, tg: TelegramSettings, ingress: Ingress, url: str, host: str, port: int
 ) -> None:
@@ -119,6 +122,10 @@ async def _serve_webhook(
                 secret_token=tg.secret_token(),
                 allowed_updates=ALLOWED_UPDATES,
                 drop_pending_updates=False,
+                # One delivery at a time: with Telegram's default of 40 parallel requests two
+                # messages of one chat could be queued in the wrong order. Each request only
+                # waits for one enqueue, so one connection keeps up with any bot's traffic.
+                max_connections=WEBHOOK_CONNECTIONS,
             )
             log.info("webhook ingress listening on %s:%s", host, port)
             print("ingress listening", flush=True)
