@@ -2,16 +2,22 @@
 
 Many chats send their messages at once: an ingress in a process of its own (as ``--role
 ingress`` is deployed) enqueues every chat's messages without waiting for replies, so each chat
-has a backlog whose order the queue must keep. One worker in this process, warmed up (partitions
-taken, connections open), then answers the backlog through the real
-:class:`~bot.dialog.DialogManager` on the real Redis, running ``concurrency`` turns at once.
-``--no-queue`` drives the manager directly instead (each chat awaits its turns one by one).
+has a backlog whose order the queue must keep. A first worker in this process warms up (it
+answers a few jobs, so the Redis connections and the manager are in use) and is stopped: it
+releases its partitions and leaves the membership set. The ingress then enqueues the whole
+backlog with no worker running, and a second worker on the same Redis clients and manager (warm
+connection pools), the only live member, takes every partition at once and answers the backlog
+through the real :class:`~bot.dialog.DialogManager` on the real Redis, running ``concurrency``
+turns at once. ``--no-queue`` drives the manager directly instead (each chat awaits its turns
+one by one).
 
 Printed figures:
 
-* throughput: turns answered per second, from the moment the backlog is released to the worker
-  to the last answer (the worker reads ahead while the ingress enqueues; enqueueing is timed on
-  its own: three busy processes on a small machine would otherwise measure CPU sharing);
+* throughput: turns answered per second, from the moment the second worker starts to the last
+  answer: everything the worker does is inside, from taking the partitions to reading the
+  backlog (XREADGROUP), decoding and dispatching it, running the turns and acknowledging them.
+  Enqueueing is timed on its own, before: three busy processes on a small machine would
+  otherwise measure CPU sharing;
 * manager time per turn: wall time of one ``DialogManager.handle`` (the model is instant, so this
   is the manager's overhead, including its Redis round trips and waiting for the event loop,
   which grows with the number of turns run at once);
@@ -28,26 +34,39 @@ import asyncio
 import contextlib
 import cProfile
 import io
+import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import pstats
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from bot.app import open_prompts
 from bot.dialog import DialogManager
+from bot.errors import FmbotError
 from bot.events import Incoming
 from bot.models.echo import EchoModel
 from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.chat import DialogHandler
 from bot.queue.journal import JournaledRedisStore
 from bot.runtime import loop_name, run_server
-from bot.settings import Settings
+from bot.settings import Settings, mask_url
+
+log = logging.getLogger(__name__)
+
+
+class BenchError(FmbotError):
+    """The benchmark could not run (its ingress process died, Redis is unreachable, ...)."""
 
 
 @dataclass
@@ -94,7 +113,8 @@ class BenchResult:
         history, queue = self.history_trips / per, self.queue_trips / per
         how = f"queue with {self.partitions} partitions" if self.partitions else "no queue"
         lines = [
-            f"fmbot bench: {self.chats} chats, {self.turns} turns, {how}, echo model, Redis {url}",
+            f"fmbot bench: {self.chats} chats, {self.turns} turns, {how}, echo model, "
+            f"Redis {mask_url(url)}",
             f"setup         {self.concurrency} turns at once, {loop_name()} event loop",
             f"answered      {self.answered}/{self.turns} turns "
             f"(out of order: {self.out_of_order}, answered twice: {self.duplicates})",
@@ -108,7 +128,8 @@ class BenchResult:
             lines.insert(
                 2,
                 f"ingress       {self.turns / self.enqueue_seconds:.0f} messages/s enqueued by "
-                f"its own process ({self.enqueue_seconds:.2f} s), before the clock starts",
+                f"its own process ({self.enqueue_seconds:.2f} s) with no worker running, "
+                "before the clock starts",
             )
         return "\n".join(lines + self.notes)
 
@@ -151,8 +172,12 @@ async def run_bench(
         result.concurrency = concurrency
         return result
     finally:
-        await _delete_prefix(store_client, prefix)
-        await manager.aclose()
+        try:
+            await _delete_prefix(store_client, prefix)
+        except RedisError as exc:  # e.g. Redis unreachable: do not hide why the bench failed
+            log.warning("could not delete the benchmark's keys %s*: %s", prefix, exc)
+        finally:
+            await manager.aclose()
 
 
 async def _direct(
@@ -180,6 +205,15 @@ async def _direct(
     return BenchResult(len(plan), total, answered, seconds, timings, 0, 0, 0)
 
 
+@dataclass
+class _Phase:
+    """A phase of the queue benchmark: it waits for ``target`` answers, the last at ``finished``."""
+
+    target: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: float = 0.0
+
+
 async def _through_queue(
     manager: DialogManager,
     url: str,
@@ -197,17 +231,14 @@ async def _through_queue(
     next_n: dict[str, int] = {}
     seen: set[tuple[int, str]] = set()  # entry ids are unique per stream, not across them
     stats = {"out_of_order": 0, "duplicates": 0}
-    all_done, warm = asyncio.Event(), asyncio.Event()
     warm_up = [f"bench-warmup-{i}" for i in range(2 * concurrency)]
-
-    gate = asyncio.Event()
-    gate.set()
+    phase = _Phase(len(warm_up))
 
     async def timed(job: Job) -> None:
-        await gate.wait()
         started = time.perf_counter()
         await handler(job)
-        timings.append((time.perf_counter() - started) * 1000)
+        finished = time.perf_counter()
+        timings.append((finished - started) * 1000)
         n = int(job.payload["n"])
         if n != next_n.get(job.chat, 0):
             stats["out_of_order"] += 1
@@ -215,47 +246,66 @@ async def _through_queue(
         if (job.partition, job.id) in seen:
             stats["duplicates"] += 1
         seen.add((job.partition, job.id))
-        if len(timings) >= len(warm_up):
-            warm.set()
-        if len(timings) >= total:
-            all_done.set()
+        if len(timings) >= phase.target and not phase.done.is_set():
+            phase.finished = finished
+            phase.done.set()
 
-    # The ingress runs in a process of its own, as in a deployment (`--role ingress`): this
-    # process is the worker, and its figures are the worker's.
-    producer = Producer(url, prefix, partitions, [len(m) for m in plan])
+    def new_worker() -> Worker:
+        return Worker(queue_client, timed, keys=keys, concurrency=concurrency)
+
     queue_client = counting_client(url, ordering)
-    worker = Worker(queue_client, timed, keys=keys, concurrency=concurrency)
-    running = asyncio.create_task(worker.run())
-    try:
-        # Warm up as a running worker is: partitions taken, its connections open.
+    worker: Worker | None = None
+    running: asyncio.Task[None] | None = None
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(queue_client.aclose)
+
+        async def stop_worker() -> None:
+            nonlocal worker, running
+            if worker is not None and running is not None:
+                await worker.stop(10)
+                await running
+            worker = running = None
+
+        cleanup.push_async_callback(stop_worker)  # runs before queue_client.aclose
+        # The ingress runs in a process of its own, as in a deployment (`--role ingress`): this
+        # process is the worker, and its figures are the worker's.
+        producer = Producer(url, prefix, partitions, [len(m) for m in plan])
+        cleanup.push_async_callback(producer.close)  # runs first: no enqueueing after a failure
+        await producer.ready()
+
+        # Warm up as a running worker is: its Redis connections open, the manager's too.
+        worker = new_worker()
+        running = asyncio.create_task(worker.run())
         warmup = Ingress(queue_client, keys)
         for chat in warm_up:
             await warmup.enqueue(chat, {"n": 0, "text": "warm up"})
-        await asyncio.wait_for(warm.wait(), 30)
-        await producer.ready()
+        await asyncio.wait_for(phase.done.wait(), 30)
+        # ... then stopped: it releases its partitions and leaves the membership set, so the
+        # worker that answers the backlog takes every partition in its first round.
+        await stop_worker()
+        await _check_released(queue_client, keys)
+
+        # The backlog, every chat's messages, queued with no worker running: enqueuing next to
+        # the worker would measure three processes sharing the CPU (two cores here) rather than
+        # the worker. The ingress times itself.
+        producer.go()
+        enqueue_trips, enqueue_seconds = await producer.result()
+
+        # A new worker on the same clients and manager (warm connection pools) answers the
+        # backlog against the clock: taking the partitions, reading, decoding, running, acking.
         timings.clear()
         seen.clear()
         next_n.clear()
+        phase = _Phase(total)
         history.count = ordering.count = 0
-
-        # The backlog first: every chat's messages queued (the worker reads ahead meanwhile),
-        # then answered against the clock. Enqueuing at full speed next to the worker would
-        # measure three processes sharing the CPU (two cores here) rather than the worker.
-        gate.clear()
-        producer.go()
-        enqueue_trips, enqueue_seconds = await producer.result()
+        worker = new_worker()
         started = time.perf_counter()
-        gate.set()
+        running = asyncio.create_task(worker.run())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_done.wait(), timeout=60 + total / 100)
-        seconds = time.perf_counter() - started
+            await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
+        seconds = (phase.finished or time.perf_counter()) - started
         trips, history_trips = ordering.count, history.count
-    finally:
-        producer.close()
-        await worker.stop(10)
-        await running
-        await queue_client.aclose()
-    result = BenchResult(
+    return BenchResult(
         len(plan),
         total,
         len(timings),
@@ -269,7 +319,15 @@ async def _through_queue(
         partitions=partitions,
         enqueue_seconds=enqueue_seconds,
     )
-    return result
+
+
+async def _check_released(client: aioredis.Redis, keys: QueueKeys) -> None:
+    """The stopped warm-up worker left no lease and no membership that would slow the next one."""
+    left = await client.exists(*(keys.lease(p) for p in range(keys.partitions)), keys.workers)
+    if left:
+        raise BenchError(
+            f"the benchmark's warm-up worker left {left} lease or membership keys behind"
+        )
 
 
 def plan_messages(chats: int, turns: int) -> list[list[str]]:
@@ -283,42 +341,87 @@ def plan_messages(chats: int, turns: int) -> list[list[str]]:
 class Producer:
     """The benchmark's ingress, in a child process: every chat enqueues its messages in order.
 
-    The child connects and waits; :meth:`go` starts it; :meth:`result` is its count of Redis
-    round trips.
+    The child connects and says it is ready; :meth:`go` starts it; :meth:`result` is its count
+    of Redis round trips and its time. Every wait on the child also watches the process, so a
+    child that dies (Redis unreachable, an import error) is reported at once with its exit code.
+    The child waits for :meth:`go` in short steps and leaves if :meth:`close` aborts it or this
+    process goes away, so it never outlives the benchmark.
     """
 
     def __init__(self, url: str, prefix: str, partitions: int, counts: list[int]) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with a running loop
         self._go = ctx.Event()
-        self._ready = ctx.Event()
+        self._abort = ctx.Event()
         self._out, child_end = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=_producer_main,
-            args=(url, prefix, partitions, counts, self._ready, self._go, child_end),
+            args=(url, prefix, partitions, counts, self._go, self._abort, child_end, os.getpid()),
             name="fmbot-bench-ingress",
             daemon=True,
         )
-        self._process.start()
+        try:
+            self._process.start()
+        finally:
+            # Only the child may hold the writing end: when it dies, reading ends (EOF).
+            child_end.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     async def ready(self) -> None:
-        if not await asyncio.to_thread(self._ready.wait, 60):
-            raise RuntimeError("the benchmark's ingress process did not start")
+        """Wait until the child has connected to Redis."""
+        await self._receive("ready", within=60)
 
     def go(self) -> None:
         self._go.set()
 
     async def result(self) -> tuple[int, float]:
         """Round trips and seconds the ingress took to enqueue every message."""
-        if not await asyncio.to_thread(self._out.poll, 300):
-            raise RuntimeError("the benchmark's ingress process did not report")
-        trips, seconds = self._out.recv()
+        _, trips, seconds = await self._receive("done", within=300)
         return int(trips), float(seconds)
 
-    def close(self) -> None:
-        self._go.set()
-        self._process.join(10)
+    async def _receive(self, expected: str, *, within: float) -> tuple[Any, ...]:
+        """The child's next message, which must be ``expected``; raise if the child died."""
+        waiting: list[Any] = [self._out, self._process.sentinel]
+        ready: list[Any] = await asyncio.to_thread(_wait, waiting, within)
+        message: tuple[Any, ...] = ()
+        if self._out in ready:
+            with contextlib.suppress(EOFError, OSError):  # EOF: the child is gone
+                message = self._out.recv()
+        elif not ready:
+            raise BenchError(
+                f"the benchmark's ingress process (pid {self._process.pid}) sent no "
+                f"{expected!r} within {within:.0f} s"
+            )
+        if message and message[0] == expected:
+            return message
+        await asyncio.to_thread(self._process.join, 5)
+        why = f": {message[1]}" if message and message[0] == "error" else ""
+        raise BenchError(
+            f"the benchmark's ingress process exited with code {self._process.exitcode} "
+            f"before it was {expected}{why}"
+        )
+
+    async def close(self) -> None:
+        """Stop the child (it enqueues nothing more if it has not started) and reap it."""
+        self._abort.set()
+        self._out.close()
+        if self._process.is_alive():  # it notices the abort within a second
+            await asyncio.to_thread(self._process.join, 3)
+        if self._process.is_alive():
+            self._process.terminate()
+            await asyncio.to_thread(self._process.join, 2)
         if self._process.is_alive():
             self._process.kill()
+            await asyncio.to_thread(self._process.join, 2)
+        with contextlib.suppress(ValueError):  # still running after SIGKILL: leave it be
+            self._process.close()
+
+
+def _wait(objects: list[Any], seconds: float) -> list[Any]:
+    """Those of ``objects`` (connections, process sentinels) that are ready within ``seconds``."""
+    return multiprocessing.connection.wait(objects, seconds)
 
 
 def _producer_main(
@@ -326,30 +429,48 @@ def _producer_main(
     prefix: str,
     partitions: int,
     counts: list[int],
-    ready: Any,
     go: Any,
-    out: Any,
+    abort: Any,
+    out: Connection,
+    parent: int,
 ) -> None:
-    async def produce() -> tuple[int, float]:
+    def released() -> bool:
+        """Wait for go; False when aborted or orphaned (the parent's pid is no longer ours)."""
+        while not go.wait(1):
+            if abort.is_set() or os.getppid() != parent:
+                return False
+        return not abort.is_set()
+
+    async def produce() -> tuple[int, float] | None:
         trips = RoundTrips()
         client = counting_client(url, trips)
-        ingress = Ingress(client, QueueKeys(prefix, partitions))
-        await client.ping()
-        ready.set()
-        await asyncio.to_thread(go.wait)
-        trips.count = 0
-        started = time.perf_counter()
+        try:
+            ingress = Ingress(client, QueueKeys(prefix, partitions))
+            await client.ping()
+            out.send(("ready",))
+            if not await asyncio.to_thread(released):
+                return None
+            trips.count = 0
+            started = time.perf_counter()
 
-        async def chat(c: int, count: int) -> None:
-            for n in range(count):
-                await ingress.enqueue(f"c{c}", {"n": n, "text": f"chat-{c} message {n}"})
+            async def chat(c: int, count: int) -> None:
+                for n in range(count):
+                    await ingress.enqueue(f"c{c}", {"n": n, "text": f"chat-{c} message {n}"})
 
-        await asyncio.gather(*(chat(c, count) for c, count in enumerate(counts)))
-        seconds = time.perf_counter() - started
-        await client.aclose()
-        return trips.count, seconds
+            await asyncio.gather(*(chat(c, count) for c, count in enumerate(counts)))
+            return trips.count, time.perf_counter() - started
+        finally:
+            await client.aclose()
 
-    out.send(run_server(produce()))
+    try:
+        result = run_server(produce())
+    except Exception as exc:
+        with contextlib.suppress(OSError):  # the parent may be gone
+            out.send(("error", f"{type(exc).__name__}: {exc}"))
+        sys.exit(1)  # the parent reports it, in one line
+    if result is not None:
+        with contextlib.suppress(OSError):
+            out.send(("done", *result))
 
 
 async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:

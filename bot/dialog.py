@@ -195,7 +195,8 @@ class DialogManager:
             state, stored = await self.store.load(chat, last=self.history_turns)
             template = self._template_for(state)
             if await self._wants_image(incoming.text, template):
-                async for event in self._image_turn(incoming, incoming.text, rewrite=True):
+                image = self._image_turn(incoming, incoming.text, rewrite=True, context=context)
+                async for event in image:
                     yield event
                 return
             # A retention cap can cut a pair in half: history must start with the user.
@@ -285,9 +286,17 @@ class DialogManager:
         return True
 
     async def _image_turn(
-        self, incoming: Incoming, request: str, *, rewrite: bool
+        self,
+        incoming: Incoming,
+        request: str,
+        *,
+        rewrite: bool,
+        context: contextvars.Context | None = None,
     ) -> AsyncGenerator[ReplyEvent, None]:
-        """Generate a picture for ``request``; the text model may rewrite it into a prompt first."""
+        """Generate a picture for ``request``; the text model may rewrite it into a prompt first.
+
+        The turn is stored in ``context`` (the newest message's, for a merged turn), with the
+        image counted in the same write."""
         if self.image_model is None:
             yield Notice(IMAGE_SETUP_HINT, "warning")
             return
@@ -308,10 +317,9 @@ class DialogManager:
             yield Notice(f"The image could not be generated: {exc}", "error")
             return
         meta: dict[str, object] = {"kind": "image", "prompt": prompt, "status": "complete"}
-        await self.store.append(
-            incoming.chat, Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta)
-        )
-        await self.store.increment(incoming.chat, usage_images=1)
+        turns = (Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta))
+        save = self.store.append(incoming.chat, *turns, counters={"usage_images": 1})
+        await asyncio.get_running_loop().create_task(save, context=context)
         yield ImageReply(image.data, image.mime_type, prompt)
 
     # --- commands --------------------------------------------------------------------------

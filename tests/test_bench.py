@@ -1,16 +1,25 @@
-"""``fmbot bench`` at a tiny size: the report's format and that every turn was answered.
+"""``fmbot bench`` at a tiny size: the report's format and that every turn was answered; a dead or
+aborted ingress process is reported (or stopped) at once instead of being waited for.
 
-No timing assertions: the figures depend on the machine.
+No timing assertions on the figures: they depend on the machine. The bounds below only tell a
+prompt failure from a hang.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
+import uuid
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
+from adapters.bench import BenchError, Producer
 from adapters.cli import app
+from bot.queue import QueueKeys
 
 
 @pytest.mark.parametrize("mode", ["--queue", "--no-queue"])
@@ -30,3 +39,46 @@ def test_bench_answers_every_turn_and_reports_its_figures(
     trips = re.search(r"^round trips +(\d+\.\d+) per turn: history (\d+\.\d+)", out, re.M)
     assert trips is not None
     assert float(trips.group(2)) >= 1  # the manager reads and writes history every turn
+
+
+def test_bench_reports_an_ingress_that_cannot_reach_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FMBOT_STORE", "memory://")
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        app, ["bench", "--chats", "2", "--turns", "4", "--redis", "redis://:secret@127.0.0.1:1/0"]
+    )
+    assert time.monotonic() - started < 30  # was: 60 s in ready(), then 300 s in result()
+    assert result.exit_code != 0
+    assert isinstance(result.exception, BenchError), result.output
+    message = str(result.exception)
+    assert "ingress process exited with code 1" in message
+    assert "ConnectionError" in message
+    assert "secret" not in message
+
+
+async def test_producer_that_dies_after_connecting_is_reported(redis_server: str) -> None:
+    producer = Producer(redis_server, f"fmbot-bench-test-{uuid.uuid4().hex[:8]}", 1, [1])
+    try:
+        await producer.ready()
+        assert producer.pid is not None
+        os.kill(producer.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(BenchError, match=f"exited with code -{int(signal.SIGKILL)}"):
+            await producer.result()
+        assert time.monotonic() - started < 30
+    finally:
+        await producer.close()
+
+
+async def test_closing_a_producer_before_go_enqueues_nothing(redis_server: str) -> None:
+    keys = QueueKeys(f"fmbot-bench-test-{uuid.uuid4().hex[:8]}", 2)
+    producer = Producer(redis_server, keys.prefix, keys.partitions, [5, 5])
+    await producer.ready()
+    started = time.monotonic()
+    await producer.close()  # as after a failure: the child must leave without enqueueing
+    assert time.monotonic() - started < 30
+    client = redis.Redis.from_url(redis_server)
+    try:
+        assert client.exists(*(keys.jobs(p) for p in range(keys.partitions))) == 0
+    finally:
+        client.close()

@@ -7,6 +7,7 @@ checks the cached answer against a fresh read of the real Redis server.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -28,9 +29,44 @@ def pair(n: int) -> tuple[Turn, Turn]:
 # --- the cache on its own ---------------------------------------------------------------------
 
 
+def fill(
+    cache: ChatCache, tenure: object, turns: list[Turn], *, last: int | None = 10, **kw: object
+) -> None:
+    """What a read of chat "c" returned: ``turns`` (the whole list, unless ``length`` says)."""
+    state = kw.pop("state", {})
+    ttl = kw.pop("ttl", None)
+    length = kw.pop("length", len(turns))
+    cache.fill("c", tenure, state, turns, last, ttl, cache.epoch, length)  # type: ignore[arg-type]
+
+
+def wrote(
+    cache: ChatCache,
+    tenure: object,
+    turns: tuple[Turn, ...],
+    length: int,
+    *,
+    existed: bool = True,
+    counters: dict[str, int] | None = None,
+    max_turns: int | None = None,
+    ttl: float | None = None,
+) -> None:
+    """Redis confirmed appending ``turns`` to chat "c" and reported ``existed`` / ``length``."""
+    cache.appended(
+        "c",
+        tenure,
+        turns,
+        counters,
+        max_turns=max_turns,
+        ttl=ttl,
+        existed=existed,
+        length=length,
+        sent=time.monotonic(),
+    )
+
+
 def test_an_entry_serves_only_its_own_tenure_and_returns_copies() -> None:
     cache, mine, other = ChatCache(), object(), object()
-    cache.fill("c", mine, {"mode": "x"}, list(pair(1)), last=10, ttl=None, epoch=cache.epoch)
+    fill(cache, mine, list(pair(1)), state={"mode": "x"})
     assert cache.get("c", other, 10) is None  # the lease was lost and taken again: read Redis
     hit = cache.get("c", mine, 10)
     assert hit is not None
@@ -43,42 +79,71 @@ def test_an_entry_serves_only_its_own_tenure_and_returns_copies() -> None:
 
 def test_appends_extend_trim_and_count_like_redis() -> None:
     cache, me = ChatCache(), object()
-    cache.fill("c", me, {}, [], last=4, ttl=None, epoch=cache.epoch)
+    fill(cache, me, [], last=4)
     for n in range(3):
-        cache.appended("c", me, pair(n), {"usage_input_tokens": 5}, max_turns=None, ttl=None)
+        wrote(cache, me, pair(n), length=2 * n + 2, existed=n > 0, counters={"usage_in": 5})
     hit = cache.get("c", me, 4)
     assert hit is not None
     state, turns = hit
     assert [t.text for t in turns] == ["q1", "a1", "q2", "a2"]  # the window it was read with
-    assert state == {"usage_input_tokens": "15"}
+    assert state == {"usage_in": "15"}
     assert cache.get("c", me, 5) is None  # a wider window than it holds: read Redis
+
+
+def test_the_redis_turn_cap_is_followed() -> None:
+    cache, me = ChatCache(), object()
+    fill(cache, me, list(pair(1)), last=None)
+    wrote(cache, me, pair(2), length=3, max_turns=3)
+    hit = cache.get("c", me, None)
+    assert hit is not None and [t.text for t in hit[1]] == ["a1", "q2", "a2"]
+
+
+@pytest.mark.parametrize(
+    "existed,length,why",
+    [
+        (False, 2, "the keys expired while the model was answering"),
+        (True, 5, "something else appended a turn"),
+        (True, 3, "something else deleted turns"),
+    ],
+)
+def test_a_write_that_does_not_land_on_the_remembered_list_drops_the_entry(
+    existed: bool, length: int, why: str
+) -> None:
+    cache, me = ChatCache(), object()
+    fill(cache, me, list(pair(1)))  # Redis held 2 turns
+    wrote(cache, me, pair(2), length=length, existed=existed)  # 4 expected, on an existing list
+    assert cache.get("c", me, 10) is None, why
 
 
 def test_with_a_ttl_an_entry_is_used_only_after_this_worker_wrote() -> None:
     cache, me = ChatCache(), object()
-    cache.fill("c", me, {}, list(pair(1)), last=10, ttl=3600, epoch=cache.epoch)
+    fill(cache, me, list(pair(1)), ttl=3600)
     assert cache.get("c", me, 10) is None  # when Redis expires it depends on a write we missed
-    cache.fill("c", me, {}, list(pair(1)), last=10, ttl=3600, epoch=cache.epoch)
-    cache.appended("c", me, pair(2), None, max_turns=None, ttl=3600)
+    fill(cache, me, list(pair(1)), ttl=3600)
+    wrote(cache, me, pair(2), length=4, ttl=3600)
     assert cache.get("c", me, 10) is not None
-    cache.appended("c", me, pair(3), None, max_turns=None, ttl=0.5)  # expires (less 1 s) at once
+    wrote(cache, me, pair(3), length=6, ttl=0.5)  # expires (less 1 s) at once
     assert cache.get("c", me, 10) is None
 
 
-def test_a_read_that_overlapped_a_drop_is_not_kept() -> None:
-    cache, me = ChatCache(), object()
-    epoch = cache.epoch  # the read starts
-    cache.drop("c")  # /mode from a callback writes meanwhile
-    cache.fill("c", me, {"mode": "old"}, [], last=10, ttl=None, epoch=epoch)
-    assert cache.get("c", me, 10) is None
+def test_a_read_that_overlapped_a_write_it_cannot_see_is_not_kept() -> None:
+    for overlapping in ("drop", "append without an entry"):
+        cache, me = ChatCache(), object()
+        epoch = cache.epoch  # the read starts
+        if overlapping == "drop":
+            cache.drop("c")  # /mode from a callback writes meanwhile
+        else:
+            wrote(cache, me, pair(9), length=2, existed=False)  # a stopped turn's late save
+        cache.fill("c", me, {"mode": "old"}, [], 10, None, epoch, 0)
+        assert cache.get("c", me, 10) is None, overlapping
 
 
 def test_the_least_recently_used_chats_are_dropped_beyond_the_bound() -> None:
     cache, me = ChatCache(max_chats=2), object()
     for chat in ("a", "b"):
-        cache.fill(chat, me, {}, [], last=10, ttl=None, epoch=cache.epoch)
+        cache.fill(chat, me, {}, [], 10, None, cache.epoch, 0)
     assert cache.get("a", me, 10) is not None  # "a" is now the most recent
-    cache.fill("c", me, {}, [], last=10, ttl=None, epoch=cache.epoch)
+    cache.fill("c", me, {}, [], 10, None, cache.epoch, 0)
     assert len(cache) == 2
     assert cache.get("b", me, 10) is None and cache.get("a", me, 10) is not None
 
@@ -102,16 +167,19 @@ async def truth(redis_server: str, redis_prefix: str) -> AsyncIterator[RedisStor
     await s.aclose()
 
 
+_entry_ids = itertools.count(1)
+
+
 class Jobs:
-    """Jobs of one worker tenure (a partition runner), numbered in order. A test sets
-    ``current_job`` as the worker does; each test runs in its own task, so it does not leak."""
+    """Jobs of one worker tenure (a partition runner). Entry ids grow across all of them, as a
+    stream's do. A test sets ``current_job`` as the worker does; each test runs in its own
+    task, so it does not leak."""
 
     def __init__(self, chat: str) -> None:
-        self.chat, self.tenure, self.n = chat, object(), 0
+        self.chat, self.tenure = chat, object()
 
     def next(self) -> Job:
-        self.n += 1
-        return Job(f"{self.n}-0", self.chat, {}, 0, tenure=self.tenure)
+        return Job(f"{next(_entry_ids)}-0", self.chat, {}, 0, tenure=self.tenure)
 
 
 async def test_turns_in_a_lane_are_served_from_the_copy_and_match_redis(
@@ -223,3 +291,33 @@ async def test_history_ttl_is_honoured_by_the_copy(
     started = time.monotonic()
     assert await store.load("c", last=6) == await truth.load("c", last=6)
     assert store.cache.hits == 1 and time.monotonic() - started < 1.5
+
+
+async def test_the_journaled_append_is_idempotent_and_its_marker_only_moves_forward(
+    store: JournaledRedisStore, truth: RedisStore, redis_prefix: str
+) -> None:
+    later, earlier = Job("20-0", "c", {}, 0), Job("10-0", "c", {}, 0)
+    current_job.set(later)
+    await store.append("c", *pair(1))
+    await store.append("c", *pair(1))  # the same request again (a retry after a lost reply)
+    current_job.set(earlier)
+    await store.append("c", *pair(0))  # an older job of the chat, retried late
+    assert [t.text for t in await truth.read("c")] == ["q1", "a1"]
+    assert await truth.client.get(f"{redis_prefix}:{{c}}:answered") == "20-0"
+    assert await store.answered("c", "10-0") and not await store.answered("c", "21-0")
+
+
+async def test_keys_that_expire_while_the_model_answers_leave_no_stale_copy(
+    store: JournaledRedisStore, truth: RedisStore, redis_prefix: str
+) -> None:
+    jobs = Jobs("c")
+    current_job.set(jobs.next())
+    await store.load("c", last=6)
+    await store.append("c", *pair(1), counters={"usage_input_tokens": 5})
+    current_job.set(jobs.next())
+    await store.load("c", last=6)  # served from the copy...
+    await truth.client.delete(f"{redis_prefix}:{{c}}:turns", f"{redis_prefix}:{{c}}:state")
+    await store.append("c", *pair(2), counters={"usage_input_tokens": 5})  # ...then Redis forgot
+    current_job.set(jobs.next())
+    assert await store.load("c", last=6) == await truth.load("c", last=6)
+    assert [t.text for t in (await truth.load("c", last=6))[1]] == ["q2", "a2"]

@@ -57,16 +57,18 @@ async def test_lease_is_exclusive_renewable_and_released_only_by_its_owner(
 ) -> None:
     claim, release = client.register_script(scripts.CLAIM), client.register_script(scripts.RELEASE)
     lease = QueueKeys(redis_prefix).lease(0)
-    assert await claim(keys=[lease], args=["a", 10_000]) == 1
-    assert await claim(keys=[lease], args=["b", 10_000]) == 0  # taken
+    assert await claim(keys=[lease], args=["a", 10_000]) == 2  # taken: a new tenure
+    assert await claim(keys=[lease], args=["b", 10_000]) == 0  # someone else's
     assert await claim(keys=[lease], args=["a", 60_000]) == 1  # renewed by its owner
     assert await client.pttl(lease) > 30_000
     assert await release(keys=[lease], args=["b"]) == 0  # not b's to give up
     assert await client.get(lease) == "a"
     assert await release(keys=[lease], args=["a"]) == 1
-    assert await claim(keys=[lease], args=["b", 50]) == 1
+    assert await claim(keys=[lease], args=["b", 50]) == 2
     await asyncio.sleep(0.2)  # expired: free for anyone
-    assert await claim(keys=[lease], args=["a", 10_000]) == 1
+    assert await claim(keys=[lease], args=["a", 10_000]) == 2
+    await client.delete(lease)  # Redis lost it (restart without persistence)
+    assert await claim(keys=[lease], args=["a", 10_000]) == 2  # not a renewal: a new tenure
 
 
 async def test_heartbeat_lists_live_workers_and_drops_expired_and_leaving_ones(

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from bot.busy import BusyPolicy
 from bot.dialog import DialogManager
+from bot.models.base import GeneratedImage, ImageModel
 from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
 from bot.queue import Ingress, Job, QueueKeys, Worker, current_job
@@ -22,6 +23,7 @@ from bot.queue.chat import DialogHandler
 from bot.queue.connect import connect
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
+from tests.doubles import Recording
 
 LEASE_MS = 3000  # heartbeat 1 s: rebalancing within a few seconds
 
@@ -276,6 +278,120 @@ async def test_queue_policy_keeps_a_chats_jobs_strictly_one_at_a_time(
         await eventually(lambda: worker.handled == 2)
         texts = [t.text for t in await store.read("c")]
         assert texts == ["first", "echo: first", "second", "echo: second"]
+    finally:
+        await worker.stop(5)
+        await running
+        await manager.aclose()
+
+
+class Canvas(ImageModel):
+    """A test image model: bytes naming the prompt."""
+
+    name = "canvas"
+
+    async def generate_image(self, prompt: str) -> GeneratedImage:
+        return GeneratedImage(b"\x89PNG" + prompt.encode(), "image/png")
+
+
+async def test_a_merged_turn_routed_to_an_image_is_journaled_as_its_newest_message(
+    redis_server: str, redis_prefix: str, prompts_dir: Path
+) -> None:
+    store = JournaledRedisStore(connect(redis_server), redis_prefix)
+    manager = DialogManager(
+        store,
+        EchoModel(delay=0.5),
+        PromptLibrary(prompts_dir),
+        busy_policy=BusyPolicy.MERGE,
+        image_model=Canvas(),
+        rewrite_image_prompts=False,
+    )
+    keys = QueueKeys(redis_prefix, 2)
+    tuning = Tuning(overlap=True)
+    worker = Worker(store.client, DialogHandler(manager, keys), keys=keys, tuning=tuning)
+    running = start(worker)
+    try:
+        ingress = Ingress(store.client, keys)
+        texts = ("hello", "draw a cat", "draw a dog")
+        ids = [await ingress.enqueue("c", {"text": t}) for t in texts]
+        await eventually(lambda: worker.handled == 3)
+        turns = await store.read("c")
+        assert [t.text for t in turns][2:] == ["draw a cat\n\ndraw a dog", ANY_IMAGE]
+        assert await store.client.get(keys.answered("c")) == ids[2]  # a replayed "dog" is skipped
+        assert (await store.get_state("c"))["usage_images"] == "1"  # counted in the same write
+    finally:
+        await worker.stop(5)
+        await running
+        await manager.aclose()
+
+
+class _AnyImage(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and other.startswith("[image] ")
+
+    __hash__ = str.__hash__
+
+
+ANY_IMAGE = _AnyImage("[image] ...")
+
+
+async def test_a_retried_handler_that_had_stored_its_turn_does_not_answer_again(
+    redis_server: str, redis_prefix: str, prompts_dir: Path
+) -> None:
+    """The handler stores the turn, then fails (e.g. publishing the reply): the retry is a
+    redelivery, so the journal skips it — one turn, one answer, in order with the next job."""
+    store = JournaledRedisStore(connect(redis_server), redis_prefix)
+    manager = DialogManager(store, EchoModel(), PromptLibrary(prompts_dir))
+    keys = QueueKeys(redis_prefix, 2)
+    inner = DialogHandler(manager, keys, publish=False)
+    attempts: list[int] = []
+
+    async def flaky(job: Job) -> None:
+        attempts.append(job.attempt)
+        await inner(job)
+        if job.payload["text"] == "first" and len(attempts) == 1:
+            raise RuntimeError("the reply could not be delivered")
+
+    worker = Worker(store.client, flaky, keys=keys, tuning=Tuning(max_attempts=3))
+    running = start(worker)
+    try:
+        ingress = Ingress(store.client, keys)
+        for text in ("first", "second"):
+            await ingress.enqueue("c", {"text": text})
+        await eventually(lambda: worker.handled == 2)
+        assert attempts == [1, 2, 1]
+        assert inner.skipped == 1
+        texts = [t.text for t in await store.read("c")]
+        assert texts == ["first", "echo: first", "second", "echo: second"]
+    finally:
+        await worker.stop(5)
+        await running
+        await manager.aclose()
+
+
+async def test_a_lease_redis_lost_is_a_new_tenure_that_reads_history_again(
+    redis_server: str, redis_prefix: str, prompts_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis loses the chat and the lease (a restart without persistence): the worker takes the
+    lease again as a new tenure, so the next prompt does not carry the forgotten history."""
+    store = JournaledRedisStore(connect(redis_server), redis_prefix)
+    model = Recording(EchoModel())
+    manager = DialogManager(store, model, PromptLibrary(prompts_dir))
+    keys = QueueKeys(redis_prefix, 1)
+    worker = Worker(
+        store.client, DialogHandler(manager, keys, publish=False), keys=keys, lease_ms=LEASE_MS
+    )
+    running = start(worker)
+    try:
+        ingress = Ingress(store.client, keys)
+        await ingress.enqueue("c", {"text": "remember this"})
+        await eventually(lambda: worker.handled == 1)
+        lost = [k async for k in store.client.scan_iter(match=f"{redis_prefix}:{{c}}:*")]
+        await store.client.delete(*lost, keys.lease(0))
+        await eventually(lambda: "had lapsed" in caplog.text)
+        await ingress.enqueue("c", {"text": "what did I say?"})
+        await eventually(lambda: worker.handled == 2)
+        prompt = [m.text for m in model.requests[-1]]
+        assert "remember this" not in prompt and prompt[-1] == "what did I say?"
     finally:
         await worker.stop(5)
         await running

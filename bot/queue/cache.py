@@ -1,18 +1,22 @@
 """A worker's copy of the chats it answers, valid while it holds their partition's lease.
 
 While a worker holds partition N's lease it is the only process that runs jobs of N's chats, so
-it is also the only writer of their history: what it read and wrote during that tenure is what
-Redis holds. The journaled store keeps that copy and answers the next turn's ``load`` from it,
-which saves a round trip and decoding the whole history on every turn.
+it is also the only writer of their history (an operating requirement: nothing else may write
+the chats of a queue-served bot, e.g. ``fmbot console`` on a Telegram chat key, or a ``--role
+all`` process on the same keys): what it read and wrote during that tenure is what Redis holds.
+The journaled store keeps that copy and answers the next turn's ``load`` from it, which saves a
+round trip and decoding the whole history on every turn.
 
 An entry is used only by a job of the same tenure (the :class:`~bot.queue.partition
-.PartitionRunner` that read the job; a lease lost and taken again is a new runner, so a new
-tenure reads Redis afresh), only while Redis would still hold the chat (the history TTL, counted
-from the entry's last write; with a TTL set, an entry filled by a read is used only after this
-worker's first write, which is when it learns the deadline), and only for a window no longer
-than what it was filled with. Writes that change a chat in ways the copy does not model
-(``/new``, ``/mode``, ``/forget``, a failed or uncertain write, a job outside its chat's lane)
-drop the entry, and a read that overlapped such a write is not kept.
+.PartitionRunner` that read the job; a lease lost or re-created and taken again is a new
+tenure, which reads Redis afresh), only while Redis would still hold the chat (the history TTL,
+counted from the entry's last write; with a TTL set, an entry filled by a read is used only
+after this worker's first write, which is when it learns the deadline), and only for a window
+no longer than what it was filled with. Every write is checked against what Redis reports
+(whether the chat's list existed, its length after): unless Redis holds exactly the remembered
+turns plus the new ones — the keys expired, something else wrote — the entry is dropped. Writes
+the copy does not model (``/new``, ``/mode``, ``/forget``, a failed or uncertain write, a job
+outside its chat's lane) drop it too, and a read that overlapped such a write is not kept.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class _Entry:
     turns: list[Turn]
     window: int | None  # the ``last`` it was read with; None: every stored turn
     expires: float | None  # monotonic time at which Redis forgets the chat (history TTL)
+    length: int  # the length of the chat's turns list in Redis, as last seen
 
 
 class ChatCache:
@@ -74,14 +79,16 @@ class ChatCache:
         last: int | None,
         ttl: float | None,
         epoch: int,
+        length: int,
     ) -> None:
-        """Remember what a read that started at ``epoch`` returned for ``chat``."""
+        """Remember what a read that started at ``epoch`` returned for ``chat`` (``length``: the
+        turns list's length in Redis)."""
         if epoch != self.epoch:
             return  # a drop happened meanwhile: the read may predate that write
         # With a TTL, when Redis expires the chat depends on its last write, unknown here:
         # usable from this worker's first write on (appended() sets the deadline).
         expires = None if ttl is None else time.monotonic()
-        self._entries[chat] = _Entry(tenure, dict(state), list(turns), last, expires)
+        self._entries[chat] = _Entry(tenure, dict(state), list(turns), last, expires, length)
         self._entries.move_to_end(chat)
         while len(self._entries) > self.max_chats:
             self._entries.popitem(last=False)
@@ -92,29 +99,40 @@ class ChatCache:
         tenure: object,
         turns: Sequence[Turn],
         counters: Mapping[str, int] | None,
+        *,
         max_turns: int | None,
         ttl: float | None,
+        existed: bool,
+        length: int,
+        sent: float,
     ) -> None:
-        """Apply a write that Redis confirmed; an entry of another tenure is dropped."""
+        """Apply a write Redis confirmed. ``existed`` and ``length`` are what Redis reported
+        (the turns list existed before; its length after), ``sent`` when the write was sent
+        (monotonic): Redis's TTL runs from then. The entry is dropped unless Redis's list is
+        exactly the remembered one plus ``turns`` (it expired, or something else wrote)."""
         entry = self._entries.get(chat)
         if entry is None:
+            self.epoch += 1  # a read of this chat in flight may predate this write
             return
-        if entry.tenure is not tenure:
-            del self._entries[chat]
+        expected = entry.length + len(turns)
+        if max_turns is not None:
+            expected = min(expected, max_turns)
+        if entry.tenure is not tenure or length != expected or (entry.length and not existed):
+            self.drop(chat)
+            return
+        try:
+            for key, amount in (counters or {}).items():
+                entry.state[key] = str(int(entry.state.get(key, "0")) + amount)
+        except ValueError:  # a counter that is not a number in Redis: let Redis answer
+            self.drop(chat)
             return
         entry.turns.extend(turns)
         caps = [n for n in (entry.window, max_turns) if n is not None]
         if caps and len(entry.turns) > min(caps):
             del entry.turns[: -min(caps)]
-        for key, amount in (counters or {}).items():
-            entry.state[key] = str(int(entry.state.get(key, "0")) + amount)
-        entry.expires = _deadline(ttl)
+        entry.length = length
+        entry.expires = None if ttl is None else sent + max(0.0, ttl - 1.0)
 
     def drop(self, chat: str) -> None:
         self.epoch += 1
         self._entries.pop(chat, None)
-
-
-def _deadline(ttl: float | None) -> float | None:
-    # A little early: the copy must never outlive the keys Redis expires.
-    return None if ttl is None else time.monotonic() + max(0.0, ttl - 1.0)

@@ -45,6 +45,7 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: Every scheme :func:`connect` takes.
 REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 SENTINEL_PORT = 26379
+SENTINEL_TIMEOUT = 5.0  # seconds a sentinel may take to answer
 REDIS_PORT = 6379
 MAX_CONNECTIONS = 256  # per process: a blocking read and an ack per partition, plus enqueues
 
@@ -131,9 +132,11 @@ def parse_cluster_url(url: str) -> ClusterURL:
 def connect(url: str, **options: Any) -> RedisClient:
     """A client with ``decode_responses=True`` for ``url``; ``options`` go to the pool.
 
-    Connections are pooled up to ``max_connections`` (per node on a Cluster); on one server more
-    concurrent commands wait for one, on a Cluster they fail with MaxConnectionsError (a
-    ConnectionError, which the queue retries).
+    Connections are pooled up to ``max_connections`` (per node on a Cluster). On one server
+    (``redis://``) more concurrent commands wait for a free connection; with Sentinel or Cluster
+    they fail at once with a ConnectionError (the queue's loops retry it; a turn that meets it
+    gets the "temporarily unavailable" reply), so keep ``max_connections`` above the worker's
+    concurrency there.
 
     No I/O happens here: the first command connects (and, with Sentinel, discovers the master;
     with Cluster, reads the slot map).
@@ -145,7 +148,14 @@ def connect(url: str, **options: Any) -> RedisClient:
     scheme = urlsplit(url).scheme
     if scheme in SENTINEL_SCHEMES:
         s = parse_sentinel_url(url)
-        sentinel_kwargs = {"password": s.sentinel_password} if s.sentinel_password else None
+        # Timeouts for the sentinels too: an unreachable one listed first must not stall master
+        # discovery until the OS gives up on the connection.
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_connect_timeout": options["socket_connect_timeout"],
+            "socket_timeout": options.get("socket_timeout") or SENTINEL_TIMEOUT,
+        }
+        if s.sentinel_password:
+            sentinel_kwargs["password"] = s.sentinel_password
         sentinel = Sentinel(list(s.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
         master: aioredis.Redis = sentinel.master_for(
             s.service,

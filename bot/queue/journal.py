@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Mapping
 
@@ -29,12 +30,14 @@ from redis.exceptions import NoScriptError, RedisError
 
 from bot.errors import StoreError
 from bot.queue.cache import ChatCache
-from bot.queue.job import current_job
+from bot.queue.job import Job, current_job
 from bot.queue.keys import QueueKeys
 from bot.queue.scripts import APPEND_TURNS
 from bot.redis_client import RedisClient, is_cluster
 from bot.stores.base import Turn
-from bot.stores.redis import RedisStore, encode_turns
+from bot.stores.redis import RedisStore, decode_turns, encode_turns
+
+log = logging.getLogger(__name__)
 
 MARKER_TTL = 7 * 24 * 3600  # seconds; a job is redelivered within minutes, a week is generous
 APPEND_SHA = hashlib.sha1(APPEND_TURNS.encode()).hexdigest()
@@ -68,23 +71,38 @@ class JournaledRedisStore(RedisStore):
     def _marker(self, chat: str) -> str:
         return QueueKeys(self.prefix).answered(chat)
 
-    async def load(self, chat: str, last: int | None = None) -> tuple[dict[str, str], list[Turn]]:
+    def _lane_job(self, chat: str) -> Job | None:
+        """The job running this call in its chat's lane, if any: only then is the copy used."""
         job = current_job.get()
-        if job is None or not job.ordered or job.tenure is None:
+        if job is None or not job.ordered or job.chat != chat:
+            return None
+        return job
+
+    async def load(self, chat: str, last: int | None = None) -> tuple[dict[str, str], list[Turn]]:
+        job = self._lane_job(chat)
+        if job is None or job.tenure is None:
             return await super().load(chat, last)
         cached = self.cache.get(chat, job.tenure, last)
         if cached is not None:
             return cached
         epoch = self.cache.epoch
-        state, turns = await super().load(chat, last)
-        self.cache.fill(chat, job.tenure, state, turns, last, self.ttl, epoch)
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._key(chat, "state"))
+                pipe.lrange(self._key(chat, "turns"), -last if last else 0, -1)
+                pipe.llen(self._key(chat, "turns"))  # what the copy must match later
+                state, raw, length = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
+        turns = decode_turns(raw)
+        self.cache.fill(chat, job.tenure, state, turns, last, self.ttl, epoch, int(length))
         return state, turns
 
     async def append(
         self, chat: str, *turns: Turn, counters: Mapping[str, int] | None = None
     ) -> None:
-        job = current_job.get()
-        if job is None or not job.ordered:
+        job = self._lane_job(chat)
+        if job is None:
             await self._changed(chat, super().append(chat, *turns, counters=counters))
             return
         keys = [self._key(chat, "turns"), self._key(chat, "state"), self._marker(chat)]
@@ -93,6 +111,7 @@ class JournaledRedisStore(RedisStore):
         args += encode_turns(turns)
         for name, amount in (counters or {}).items():
             args += [name, amount]
+        sent = time.monotonic()
         try:
             for attempt in (1, 2):
                 try:
@@ -104,9 +123,8 @@ class JournaledRedisStore(RedisStore):
                         else:
                             pipe.evalsha(APPEND_SHA, len(keys), *keys, *args)
                         pipe.zadd(self._index, {chat: time.time()})
-                        await pipe.execute()
-                    self.cache.appended(chat, job.tenure, turns, counters, self.max_turns, self.ttl)
-                    return
+                        (existed, length), _ = await pipe.execute()
+                    break
                 except NoScriptError:  # first use on this server (or it restarted): load, retry
                     if attempt == 2:
                         raise
@@ -116,6 +134,21 @@ class JournaledRedisStore(RedisStore):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
+        if int(length) < 0:  # this job (or a later one) had stored its turn: nothing written
+            log.info("job %s of chat %s was already stored; not stored again", job.id, chat)
+            self.cache.drop(chat)
+            return
+        self.cache.appended(
+            chat,
+            job.tenure,
+            turns,
+            counters,
+            max_turns=self.max_turns,
+            ttl=self.ttl,
+            existed=bool(int(existed)),
+            length=int(length),
+            sent=sent,
+        )
 
     # Writes the cache does not model: drop the chat's entry before and after (see cache).
 

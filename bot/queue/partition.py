@@ -131,8 +131,10 @@ class PartitionRunner:
                     log.error("partition %s: %s", self.index, exc)
                     await asyncio.sleep(backoff.next())
                     continue
-                # Redis lost the group (restarted without persistence): recreate, replay.
+                # Redis lost the group (restarted without persistence): recreate, replay. Its
+                # data may be gone too: what this worker cached of the chats is not to be trusted.
                 log.warning("partition %s: consumer group missing, recreating", self.index)
+                self.tenure = object()
                 reclaimed = False
             except TRANSIENT as exc:
                 delay = backoff.next()
@@ -209,10 +211,12 @@ class PartitionRunner:
         run = self._run_overlapping if self.tuning.overlap else self._run_lane
         self._spawn(run(job.chat, lane))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        """Start a task the partition waits for when draining and cancels when aborted."""
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run_lane(self, chat: str, lane: _Lane) -> None:
         """One job at a time, in entry order."""
@@ -234,36 +238,41 @@ class PartitionRunner:
         soon as the previous one has taken its place in the manager's queue for the chat
         (:data:`bot.busy.arrival_hook`) or has finished, which keeps arrival order. A job is
         acknowledged only when every earlier job of the chat has finished as well, so a merged
-        message is never acknowledged before the turn that answers it is stored.
+        message is never acknowledged before the turn that answers it is stored. The lane's jobs
+        share one of the worker's ``concurrency`` permits: a burst in one chat waits on its
+        chat's turn, not on other chats.
         """
         started: collections.deque[tuple[Job, asyncio.Task[None]]] = collections.deque()
         arrived = asyncio.Event()
         arrived.set()
+        waiters: set[asyncio.Future[Any]] = set()
         try:
-            while True:
-                while started and started[0][1].done():
-                    job, _ = started.popleft()
-                    self._finished(job)
-                can_start = lane.jobs and not self._draining
-                if can_start and (arrived.is_set() or not started or started[-1][1].done()):
-                    job = lane.jobs.popleft()
-                    arrived = asyncio.Event()
-                    task = asyncio.create_task(self._run(job, arrived.set))
-                    started.append((job, task))
-                    continue
-                if not started:
-                    return
-                lane.wake.clear()
-                waits: set[asyncio.Future[Any]] = {started[0][1], started[-1][1]}
-                waits |= {asyncio.ensure_future(lane.wake.wait())}
-                if not arrived.is_set():
-                    waits.add(asyncio.ensure_future(arrived.wait()))
-                _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in pending - {t for _, t in started}:
-                    waiter.cancel()
+            async with self.limit:
+                while True:
+                    while started and started[0][1].done():
+                        job, _ = started.popleft()
+                        self._finished(job)
+                    can_start = lane.jobs and not self._draining
+                    if can_start and (arrived.is_set() or not started or started[-1][1].done()):
+                        job = lane.jobs.popleft()
+                        arrived = asyncio.Event()
+                        task = self._spawn(self._run(job, arrived.set, limited=False))
+                        started.append((job, task))
+                        continue
+                    if not started:
+                        return
+                    lane.wake.clear()
+                    waiters = {asyncio.ensure_future(lane.wake.wait())}
+                    if not arrived.is_set():
+                        waiters.add(asyncio.ensure_future(arrived.wait()))
+                    tasks = {started[0][1], started[-1][1]}
+                    await asyncio.wait(tasks | waiters, return_when=asyncio.FIRST_COMPLETED)
+                    for waiter in waiters:
+                        waiter.cancel()
         finally:
-            for _, task in started:  # cancelled (lease lost): the tasks go with us
-                task.cancel()
+            for waiter in waiters:
+                waiter.cancel()
+            # Started jobs are the partition's tasks: drain() waits for them, abort() cancels.
             if self._lanes.get(chat) is lane:
                 del self._lanes[chat]
 
@@ -280,35 +289,43 @@ class PartitionRunner:
         if self._queued < self.tuning.max_queued:
             self._room.set()
 
-    async def _run(self, job: Job, on_arrival: Callable[[], None] | None = None) -> None:
-        backoff = Backoff()
-        failures = 0
-        async with self.limit:
-            token = current_job.set(job)
+    async def _run(
+        self, job: Job, on_arrival: Callable[[], None] | None = None, *, limited: bool = True
+    ) -> None:
+        """Run the handler until it returns; retry transient failures in place, bury a job that
+        keeps failing. Never raises but CancelledError. A retry is a redelivery (``attempt``
+        + 1), so the handler checks the journal before answering again."""
+        async with self.limit if limited else contextlib.nullcontext():
             hook = arrival_hook.set(on_arrival)
             try:
-                while True:
-                    try:
-                        await self.handler(job)
-                        break
-                    except TRANSIENT as exc:  # Redis down: not the job's fault; keep order
-                        delay = backoff.next()
-                        log.warning(
-                            "job %s: Redis unavailable (%s); retry in %.1fs", job.id, exc, delay
-                        )
-                    except Exception:
-                        failures += 1
-                        log.exception(
-                            "job %s (chat %s) failed, attempt %d", job.id, job.chat, failures
-                        )
-                        if failures >= self.tuning.max_attempts:
-                            await self._bury(job)
-                            break
-                        delay = backoff.next()
-                    await asyncio.sleep(delay)
+                await self._attempts(job)
             finally:
                 arrival_hook.reset(hook)
+
+    async def _attempts(self, job: Job) -> None:
+        backoff = Backoff()
+        failures = 0
+        while True:
+            token = current_job.set(job)
+            try:
+                await self.handler(job)
+                return
+            except TRANSIENT as exc:  # Redis down: not the job's fault; keep order
+                delay = backoff.next()
+                log.warning("job %s: Redis unavailable (%s); retry in %.1fs", job.id, exc, delay)
+            except Exception:
+                failures += 1
+                log.exception("job %s (chat %s) failed, attempt %d", job.id, job.chat, failures)
+                if failures >= self.tuning.max_attempts:
+                    await self._bury(job)
+                    return
+                delay = backoff.next()
+            finally:
                 current_job.reset(token)
+            await asyncio.sleep(delay)
+            # The failed attempt may have stored its turn before failing (or, with overlapping
+            # jobs, a later job may have stored one since): run it as the redelivery it is.
+            job = dataclasses.replace(job, attempt=job.attempt + 1)
 
     async def _bury(self, job: Job) -> None:
         fields: dict[Any, Any] = {
@@ -318,8 +335,13 @@ class PartitionRunner:
         }
         try:
             await self.redis.xadd(self.keys.dead(self.index), fields)
-        except TRANSIENT as exc:
-            log.error("job %s could not be copied to the dead stream: %s", job.id, exc)
+        except Exception as exc:  # the job is acknowledged anyway: keep it in the log at least
+            log.error(
+                "job %s could not be copied to the dead stream (%s); it was: %s",
+                job.id,
+                exc,
+                fields,
+            )
 
     # --- acknowledging ---
 

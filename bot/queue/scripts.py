@@ -17,7 +17,8 @@ redis.call('SET', KEYS[2], id, 'PX', ARGV[3])
 return id
 """
 
-#: KEYS: lease. ARGV: token, TTL (ms). Take a free lease or extend our own; 1 when we hold it.
+#: KEYS: lease. ARGV: token, TTL (ms). Extend our lease (1), take a free one (2: a new tenure,
+#: even if we held it before: it lapsed or Redis lost it meanwhile), or not (0: someone else's).
 CLAIM = """
 local owner = redis.call('GET', KEYS[1])
 if owner == ARGV[1] then
@@ -26,7 +27,7 @@ if owner == ARGV[1] then
 end
 if owner then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return 2
 """
 
 #: KEYS: lease. ARGV: token. Give the lease up only if it is still ours.
@@ -55,9 +56,23 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 #: ARGV: job id, marker TTL (s), max turns (0: keep all), chat TTL (s, 0: none), number of
 #: turns N, the N turns (JSON), then counter name/amount pairs.
 #: The journaled append (bot/queue/journal.py): RedisStore.append's writes plus the marker, in
-#: one atomic step (nothing else runs in between, and a client dying mid-request sends all of it
-#: or none). Keep in step with RedisStore._queue_append.
+#: one atomic step. Idempotent per job: when the marker already names this job or a later one of
+#: the chat (a retried handler, a resent request) it writes nothing and returns {-1, -1}; the
+#: marker only ever moves forward. Otherwise returns {whether the turns list existed before,
+#: its length after}, so the worker's copy of the chat (bot/queue/cache.py) can tell whether
+#: Redis still holds what it remembers. Keep in step with RedisStore._queue_append.
 APPEND_TURNS = """
+local function entry(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms or id) or 0, tonumber(seq or 0) or 0
+end
+local last = redis.call('GET', KEYS[3])
+if last then
+  local lms, lseq = entry(last)
+  local ms, seq = entry(ARGV[1])
+  if lms > ms or (lms == ms and lseq >= seq) then return {-1, -1} end
+end
+local existed = redis.call('EXISTS', KEYS[1])
 local n = tonumber(ARGV[5])
 if n > 0 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 6, 5 + n)) end
 local max = tonumber(ARGV[3])
@@ -71,5 +86,5 @@ if ttl > 0 then
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
-return n
+return {existed, redis.call('LLEN', KEYS[1])}
 """

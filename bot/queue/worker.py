@@ -188,7 +188,13 @@ class Worker:
             results = await pipe.execute()
         for p, held in zip(claim, results, strict=True):
             owned = self._owned.get(p)
-            if held and owned is not None:
+            if held == 2 and owned is not None:
+                # Our lease lapsed or Redis lost it, and we took it again: another worker may
+                # have run its chats meanwhile, or Redis lost their data. Start a new tenure.
+                log.warning("worker %s: lease of partition %s had lapsed; restarting", self.name, p)
+                await self._forget(p, abort=True)
+                self._take(p, sent)
+            elif held and owned is not None:
                 owned.deadline = sent + RENEW_MARGIN * self.lease_ms / 1000
             elif held:
                 self._take(p, sent)

@@ -99,7 +99,7 @@ class RedisStore(DialogStore):
             raw = await self._r.lrange(self._key(chat, "turns"), start, -1)
         except RedisError as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
-        return _decode(cast(list[str], raw))
+        return decode_turns(cast(list[str], raw))
 
     async def load(self, chat: str, last: int | None = None) -> tuple[dict[str, str], list[Turn]]:
         try:
@@ -109,7 +109,7 @@ class RedisStore(DialogStore):
                 state, raw = await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
-        return cast(dict[str, str], state), _decode(raw)
+        return cast(dict[str, str], state), decode_turns(raw)
 
     async def reset(self, chat: str) -> None:
         await self._run(
@@ -188,7 +188,8 @@ def encode_turns(turns: Sequence[Turn]) -> list[str]:
     ]
 
 
-def _decode(raw: Sequence[str]) -> list[Turn]:
+def decode_turns(raw: Sequence[str]) -> list[Turn]:
+    """Turns from the JSON strings of ``P:{chat}:turns``."""
     turns = []
     for item in raw:
         d = json.loads(item)
