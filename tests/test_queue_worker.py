@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -207,81 +208,75 @@ async def test_a_redelivered_job_whose_turn_was_stored_is_not_answered_again(
         await manager.aclose()
 
 
+@contextlib.asynccontextmanager
+async def serving(manager: DialogManager, worker: Worker) -> AsyncIterator[Ingress]:
+    """Run ``worker`` for the block; yield an ingress on its Redis; close everything after."""
+    running = start(worker)
+    try:
+        yield Ingress(worker.redis, worker.keys)
+    finally:
+        await worker.stop(5)
+        await running
+        await manager.aclose()
+
+
 async def _policy_worker(
     redis_server: str, redis_prefix: str, prompts_dir: Path, policy: BusyPolicy, model: EchoModel
-) -> tuple[Worker, DialogManager, QueueKeys]:
+) -> tuple[Worker, DialogManager]:
     store = JournaledRedisStore(connect(redis_server), redis_prefix)
     manager = DialogManager(store, model, PromptLibrary(prompts_dir), busy_policy=policy)
     keys = QueueKeys(redis_prefix, 2)
     tuning = Tuning(overlap=manager.busy.overlaps)
     worker = Worker(store.client, DialogHandler(manager, keys), keys=keys, tuning=tuning)
-    return worker, manager, keys
+    return worker, manager
 
 
 async def test_merge_in_a_worker_answers_what_arrived_during_a_turn_as_one_turn(
     redis_server: str, redis_prefix: str, prompts_dir: Path
 ) -> None:
-    worker, manager, keys = await _policy_worker(
+    worker, manager = await _policy_worker(
         redis_server, redis_prefix, prompts_dir, BusyPolicy.MERGE, EchoModel(delay=0.5)
     )
     store = cast(JournaledRedisStore, manager.store)
-    running = start(worker)
-    try:
-        ingress = Ingress(store.client, keys)
+    async with serving(manager, worker) as ingress:
         ids = [await ingress.enqueue("c", {"text": t}) for t in ("first", "second", "third")]
         await eventually(lambda: worker.handled == 3)
         texts = [t.text for t in await store.read("c")]
         assert texts == ["first", "echo: first", "second\n\nthird", "echo: second\n\nthird"]
         # The merged turn is journaled as the newest message's: a redelivered "third" is skipped.
         assert await store.answered("c", ids[2])
-        assert await store.client.get(keys.answered("c")) == ids[2]
-    finally:
-        await worker.stop(5)
-        await running
-        await manager.aclose()
+        assert await store.client.get(worker.keys.answered("c")) == ids[2]
 
 
 async def test_interrupt_in_a_worker_stops_the_running_reply_for_the_newer_message(
     redis_server: str, redis_prefix: str, prompts_dir: Path
 ) -> None:
-    worker, manager, keys = await _policy_worker(
+    worker, manager = await _policy_worker(
         redis_server, redis_prefix, prompts_dir, BusyPolicy.INTERRUPT, EchoModel(delay=0.5)
     )
     store = cast(JournaledRedisStore, manager.store)
-    running = start(worker)
-    try:
-        ingress = Ingress(store.client, keys)
+    async with serving(manager, worker) as ingress:
         for text in ("first", "second"):
             await ingress.enqueue("c", {"text": text})
         await eventually(lambda: worker.handled == 2)
         turns = await store.read("c")
         assert [t.text for t in turns] == ["first", "echo: first", "second", "echo: second"]
         assert [t.meta.get("status") for t in turns[1::2]] == ["stopped", "complete"]
-    finally:
-        await worker.stop(5)
-        await running
-        await manager.aclose()
 
 
 async def test_queue_policy_keeps_a_chats_jobs_strictly_one_at_a_time(
     redis_server: str, redis_prefix: str, prompts_dir: Path
 ) -> None:
-    worker, manager, keys = await _policy_worker(
+    worker, manager = await _policy_worker(
         redis_server, redis_prefix, prompts_dir, BusyPolicy.QUEUE, EchoModel(delay=0.2)
     )
     store = cast(JournaledRedisStore, manager.store)
-    running = start(worker)
-    try:
-        ingress = Ingress(store.client, keys)
+    async with serving(manager, worker) as ingress:
         for text in ("first", "second"):
             await ingress.enqueue("c", {"text": text})
         await eventually(lambda: worker.handled == 2)
         texts = [t.text for t in await store.read("c")]
         assert texts == ["first", "echo: first", "second", "echo: second"]
-    finally:
-        await worker.stop(5)
-        await running
-        await manager.aclose()
 
 
 class Canvas(ImageModel):
@@ -308,9 +303,7 @@ async def test_a_merged_turn_routed_to_an_image_is_journaled_as_its_newest_messa
     keys = QueueKeys(redis_prefix, 2)
     tuning = Tuning(overlap=True)
     worker = Worker(store.client, DialogHandler(manager, keys), keys=keys, tuning=tuning)
-    running = start(worker)
-    try:
-        ingress = Ingress(store.client, keys)
+    async with serving(manager, worker) as ingress:
         texts = ("hello", "draw a cat", "draw a dog")
         ids = [await ingress.enqueue("c", {"text": t}) for t in texts]
         await eventually(lambda: worker.handled == 3)
@@ -318,10 +311,6 @@ async def test_a_merged_turn_routed_to_an_image_is_journaled_as_its_newest_messa
         assert [t.text for t in turns][2:] == ["draw a cat\n\ndraw a dog", ANY_IMAGE]
         assert await store.client.get(keys.answered("c")) == ids[2]  # a replayed "dog" is skipped
         assert (await store.get_state("c"))["usage_images"] == "1"  # counted in the same write
-    finally:
-        await worker.stop(5)
-        await running
-        await manager.aclose()
 
 
 class _AnyImage(str):
@@ -352,9 +341,7 @@ async def test_a_retried_handler_that_had_stored_its_turn_does_not_answer_again(
             raise RuntimeError("the reply could not be delivered")
 
     worker = Worker(store.client, flaky, keys=keys, tuning=Tuning(max_attempts=3))
-    running = start(worker)
-    try:
-        ingress = Ingress(store.client, keys)
+    async with serving(manager, worker) as ingress:
         for text in ("first", "second"):
             await ingress.enqueue("c", {"text": text})
         await eventually(lambda: worker.handled == 2)
@@ -362,10 +349,6 @@ async def test_a_retried_handler_that_had_stored_its_turn_does_not_answer_again(
         assert inner.skipped == 1
         texts = [t.text for t in await store.read("c")]
         assert texts == ["first", "echo: first", "second", "echo: second"]
-    finally:
-        await worker.stop(5)
-        await running
-        await manager.aclose()
 
 
 async def test_a_lease_redis_lost_is_a_new_tenure_that_reads_history_again(
@@ -380,9 +363,7 @@ async def test_a_lease_redis_lost_is_a_new_tenure_that_reads_history_again(
     worker = Worker(
         store.client, DialogHandler(manager, keys, publish=False), keys=keys, lease_ms=LEASE_MS
     )
-    running = start(worker)
-    try:
-        ingress = Ingress(store.client, keys)
+    async with serving(manager, worker) as ingress:
         await ingress.enqueue("c", {"text": "remember this"})
         await eventually(lambda: worker.handled == 1)
         lost = [k async for k in store.client.scan_iter(match=f"{redis_prefix}:{{c}}:*")]
@@ -392,7 +373,3 @@ async def test_a_lease_redis_lost_is_a_new_tenure_that_reads_history_again(
         await eventually(lambda: worker.handled == 2)
         prompt = [m.text for m in model.requests[-1]]
         assert "remember this" not in prompt and prompt[-1] == "what did I say?"
-    finally:
-        await worker.stop(5)
-        await running
-        await manager.aclose()
