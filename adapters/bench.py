@@ -49,7 +49,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from bot.app import open_prompts
 from bot.dialog import DialogManager
@@ -59,6 +58,7 @@ from bot.models.echo import EchoModel
 from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.chat import DialogHandler
 from bot.queue.journal import JournaledRedisStore
+from bot.redis_client import REDIS_ERRORS
 from bot.runtime import loop_name, run_server
 from bot.settings import Settings, mask_url
 
@@ -174,7 +174,7 @@ async def run_bench(
     finally:
         try:
             await _delete_prefix(store_client, prefix)
-        except RedisError as exc:  # e.g. Redis unreachable: do not hide why the bench failed
+        except REDIS_ERRORS as exc:  # e.g. Redis unreachable: do not hide why the bench failed
             log.warning("could not delete the benchmark's keys %s*: %s", prefix, exc)
         finally:
             await manager.aclose()

@@ -16,10 +16,8 @@ import abc
 import time
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from bot.errors import StoreError
-from bot.redis_client import RedisClient
+from bot.redis_client import REDIS_ERRORS, RedisClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +134,7 @@ class RedisLimits(Limits):
                 pipe.expire(self._rate_key(user, now), 120)
                 pipe.get(self._tokens_key(user, now))
                 count, _, tokens = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis is unavailable: {exc}") from exc
         return LimitStatus(int(count), int(tokens or 0))
 
@@ -147,7 +145,7 @@ class RedisLimits(Limits):
                 pipe.incrby(self._tokens_key(user, now), tokens)
                 pipe.expire(self._tokens_key(user, now), 2 * 86400)
                 await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis is unavailable: {exc}") from exc
 
     async def status(self, user: str) -> LimitStatus:
@@ -156,6 +154,6 @@ class RedisLimits(Limits):
             rate, tokens = await self._r.mget(
                 [self._rate_key(user, now), self._tokens_key(user, now)]
             )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis is unavailable: {exc}") from exc
         return LimitStatus(int(rate or 0), int(tokens or 0))

@@ -21,12 +21,16 @@ from typing import Any, TypeAlias
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT, KeyT, ScriptTextT
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
-__all__ = ["ClusterClient", "RedisClient", "is_cluster"]
+#: Everything a client raises for a failed command: RedisError, and the cluster client's own
+#: errors that are not RedisErrors (e.g. SlotNotCoveredError while a cluster reshapes).
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+
+__all__ = ["REDIS_ERRORS", "ClusterClient", "RedisClient", "is_cluster"]
 
 
 def is_cluster(client: RedisClient) -> bool:

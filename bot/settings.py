@@ -105,21 +105,14 @@ class Settings(BaseSettings):
             raise ConfigError("FMBOT_STORE", mask_url(self.store_url), STORE_ACCEPTED)
         if scheme == "sqlite" and not urlsplit(self.store_url).path.lstrip("/"):
             raise ConfigError("FMBOT_STORE", self.store_url, STORE_ACCEPTED)
-        if scheme in ("redis", "rediss"):
-            try:
-                urlsplit(self.store_url).port  # noqa: B018 - raises on a bad port
-                db = urlsplit(self.store_url).path.strip("/")
-                if db and not db.isdigit():
-                    raise ValueError(db)
-            except ValueError:
-                raise ConfigError(
-                    "FMBOT_STORE", mask_url(self.store_url), "give redis://[:PASSWORD@]HOST:PORT/DB"
-                ) from None
-        elif scheme in REDIS_STORE_SCHEMES:
-            from bot.queue.connect import parse_cluster_url, parse_sentinel_url
+        if scheme in REDIS_STORE_SCHEMES:
+            from bot.queue.connect import check_url
 
-            parse = parse_cluster_url if "cluster" in scheme else parse_sentinel_url
-            parse(self.store_url)  # ConfigError (password masked) when malformed
+            check_url(self.store_url, "FMBOT_STORE")  # ConfigError (secrets masked)
+        if queue := (self.queue_url or "").strip():
+            from bot.queue.connect import check_url
+
+            check_url(queue, "FMBOT_QUEUE_URL")
         from bot.models.registry import check_image_model_spec, check_text_model_spec
 
         check_text_model_spec(self.text_model)
@@ -196,7 +189,11 @@ def parse_duration(text: str) -> float | None:
     return seconds
 
 
-_SECRET_PARAMS = re.compile(r"(^|&)((?:password|pass|passwd|token|secret)=)[^&]*", re.IGNORECASE)
+#: Query parameters that hold secrets: any name containing one of these words, so that
+#: ``sentinel_password=``, ``api_key=`` and ``access_token=`` are hidden too.
+_SECRET_PARAMS = re.compile(
+    r"(^|&)([^=&]*(?:pass|token|secret|key|auth|credential)[^=&]*=)[^&]*", re.IGNORECASE
+)
 
 
 def mask_url(url: str) -> str:

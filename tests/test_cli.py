@@ -113,6 +113,28 @@ def test_config_prints_settings_with_secrets_masked(env: dict[str, str]) -> None
             "redis://:hunter2@127.0.0.1:abc/0",
             "FMBOT_STORE='redis://:****@127.0.0.1:abc/0' is not valid: give redis://",
         ),
+        (
+            "FMBOT_QUEUE_URL",
+            "redis://:hunter2@127.0.0.1:abc/0",
+            "FMBOT_QUEUE_URL='redis://:****@127.0.0.1:abc/0' is not valid: give redis://",
+        ),
+        (
+            "FMBOT_QUEUE_URL",
+            "redis://127.0.0.1:6379/0?password=hunter2&colour=red",
+            "FMBOT_QUEUE_URL='redis://127.0.0.1:6379/0?password=****&colour=red' is not valid: "
+            "give redis://[:PASSWORD@]HOST:PORT/DB (",
+        ),
+        (
+            "FMBOT_QUEUE_URL",
+            "kafka://127.0.0.1:9092",
+            "FMBOT_QUEUE_URL='kafka://127.0.0.1:9092' is not valid: use redis://",
+        ),
+        (
+            "FMBOT_STORE",
+            "redis+sentinel://:hunter2@s1:26379/mymaster?sentinel_password=hunter2&x=1",
+            "FMBOT_STORE='redis+sentinel://:****@s1:26379/mymaster?sentinel_password=****&x=1' "
+            "is not valid: unknown option x",
+        ),
     ],
 )
 def test_bad_setting_is_one_line_exit_2_no_traceback(
@@ -124,6 +146,7 @@ def test_bad_setting_is_one_line_exit_2_no_traceback(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
+    assert "hunter2" not in result.stderr
     assert result.stdout == ""
 
 

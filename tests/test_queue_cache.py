@@ -17,6 +17,7 @@ from bot.errors import StoreError
 from bot.queue import Job, current_job
 from bot.queue.cache import ChatCache
 from bot.queue.connect import connect
+from bot.queue.job import Tenure
 from bot.queue.journal import JournaledRedisStore
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore
@@ -176,7 +177,7 @@ class Jobs:
     task, so it does not leak."""
 
     def __init__(self, chat: str) -> None:
-        self.chat, self.tenure = chat, object()
+        self.chat, self.tenure = chat, Tenure()
 
     def next(self) -> Job:
         return Job(f"{next(_entry_ids)}-0", self.chat, {}, 0, tenure=self.tenure)

@@ -33,7 +33,7 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, *, persist: bool) -> None:
+    def start(self, *, persist: bool, extra: tuple[str, ...] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
@@ -52,6 +52,7 @@ class PrivateRedis:
             if persist
             else ["--appendonly", "no"]
         )
+        args += extra
         self.proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_timeout=1)
         for _ in range(200):
@@ -121,3 +122,47 @@ async def test_redis_restart_is_survived_and_work_resumes_by_itself(
         await worker.stop(5)
         await running
         await client.aclose()
+
+
+async def test_a_redis_refusing_writes_stalls_work_without_a_crash(tmp_path: Path) -> None:
+    """MISCONF (a failed snapshot stops writes) is a ResponseError, not a connection error: the
+    worker's loops must wait it out like an outage, and the ingress must refuse, not crash."""
+    doomed = tmp_path / "doomed"
+    doomed.mkdir()
+    private_redis = PrivateRedis(doomed)
+    private_redis.start(persist=False, extra=("--save", "3600 1"))
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    client = connect(private_redis.url, socket_timeout=2)
+    keys = QueueKeys("refusing", 2)
+    done: list[str] = []
+
+    async def handler(job: Job) -> None:
+        done.append(job.payload["text"])
+
+    worker = Worker(client, handler, keys=keys, lease_ms=3000)
+    running = asyncio.create_task(worker.run())
+    ingress = Ingress(client, keys)
+    try:
+        await ingress.enqueue("c", {"text": "a"})
+        await eventually(lambda: done == ["a"])
+
+        doomed.rmdir()  # the next snapshot fails, and Redis refuses every write until told
+        admin.bgsave()
+        await eventually(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err")
+        with pytest.raises(StoreError, match="MISCONF"):
+            await ingress.enqueue("c", {"text": "refused"})
+        await asyncio.sleep(3.5)  # heartbeats and lease renewals fail for longer than a lease
+        assert not running.done(), running.exception() if running.done() else None
+        assert worker.partitions == []
+
+        admin.config_set("stop-writes-on-bgsave-error", "no")  # what an operator would do
+        await ingress.enqueue("c", {"text": "b"})
+        await eventually(lambda: done == ["a", "b"])
+        assert not running.done()
+    finally:
+        await worker.stop(5)
+        await running
+        await client.aclose()
+        admin.config_set("save", "")  # else SIGTERM's final snapshot fails and Redis stays up
+        admin.close()
+        private_redis.stop()

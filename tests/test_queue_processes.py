@@ -116,17 +116,43 @@ def two_chats_in_different_partitions() -> tuple[str, str]:
     return a, b
 
 
+def lease_owners(r: redis.Redis, keys: QueueKeys) -> list[str | None]:
+    return [r.get(keys.lease(p)) for p in range(PARTITIONS)]
+
+
+def process_of(owner: str, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Worker names are ``host-pid-random``."""
+    return next(p for p in procs if owner.split("-")[-2] == str(p.pid))
+
+
 def test_two_worker_processes_answer_interleaved_messages_in_order_exactly_once(
     workers: Workers, r: redis.Redis, redis_prefix: str
 ) -> None:
+    """50 messages into one chat (interleaved with another chat's 50) while the chat moves
+    between workers: its worker is stopped (SIGTERM) mid-stream and a new one joins."""
     keys = QueueKeys(redis_prefix, PARTITIONS)
-    first, second = workers.start("echo:?delay=0.01"), workers.start("echo:?delay=0.01")
-    wait_until(lambda: r.zcard(keys.workers) == 2, 30, "two workers registered", workers)
+    procs = [workers.start("echo:?delay=0.05"), workers.start("echo:?delay=0.05")]
+
+    def settled() -> bool:  # both own an even share: no hand-over in progress
+        owners = lease_owners(r, keys)
+        return None not in owners and len(set(owners)) == 2
+
+    wait_until(settled, 30, "two workers sharing the partitions", workers)
     a, b = two_chats_in_different_partitions()
     texts = {chat: [f"{chat} m{n}" for n in range(50)] for chat in (a, b)}
     for n in range(50):
         for chat in (a, b):
             enqueue(r, keys, chat, texts[chat][n])
+
+    lease = keys.lease(keys.partition(a))
+    wait_until(lambda: len(history(r, redis_prefix, a)) >= 20, 30, "10 turns of chat a", workers)
+    owner = str(r.get(lease))
+    victim = process_of(owner, procs)
+    victim.send_signal(signal.SIGTERM)
+    assert len(history(r, redis_prefix, a)) < 100  # the rest is answered by another worker
+    procs.append(workers.start("echo:?delay=0.05"))  # and a third joins meanwhile
+    assert victim.wait(30) == 0
+    wait_until(lambda: r.get(lease) not in (None, owner), 30, "chat a taken over", workers)
 
     def answered() -> bool:
         return all(len(history(r, redis_prefix, c)) >= 100 for c in (a, b))
@@ -140,14 +166,14 @@ def test_two_worker_processes_answer_interleaved_messages_in_order_exactly_once(
         assert [g["events"] for g in got] == [
             [{"kind": "final", "text": f"echo: {t}", "complete": True}] for t in texts[chat]
         ]
-    # Both processes own partitions (an even share), and both stop cleanly on SIGTERM.
-    owners = {r.get(keys.lease(p)) for p in range(PARTITIONS)}
-    assert len(owners) == 2
-    for proc in (first, second):
+    # The two left share the partitions, and stop cleanly on SIGTERM.
+    wait_until(settled, 30, "the two remaining workers sharing the partitions", workers)
+    survivors = [p for p in procs if p is not victim]
+    for proc in survivors:
         proc.send_signal(signal.SIGTERM)
-    assert first.wait(30) == 0 and second.wait(30) == 0
+    assert [proc.wait(30) for proc in survivors] == [0, 0]
     assert r.zcard(keys.workers) == 0  # they left the membership set on the way out
-    assert all(r.get(keys.lease(p)) is None for p in range(PARTITIONS))
+    assert lease_owners(r, keys) == [None] * PARTITIONS
 
 
 def test_a_worker_killed_mid_turn_is_replaced_and_every_message_answered_once(
@@ -164,7 +190,7 @@ def test_a_worker_killed_mid_turn_is_replaced_and_every_message_answered_once(
     wait_until(lambda: len(replies(r, keys, chat)) >= 1, 30, "the first reply", workers)
     time.sleep(0.2)  # the second turn is now waiting for its (slow) model
     owner = str(r.get(lease))
-    victim = next(p for p in procs if owner.split("-")[-2] == str(p.pid))
+    victim = process_of(owner, procs)
     victim.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     assert victim.wait(10) == -signal.SIGKILL

@@ -15,9 +15,9 @@ from bot.models.base import GenerationOptions
 from bot.models.echo import EchoModel, parse_echo_spec
 from bot.models.registry import check_text_model_spec, close_models, get_text_model
 from bot.queue import Ingress, Job, QueueKeys, current_job, partition_of, scripts
-from bot.queue.connect import connect, parse_sentinel_url
+from bot.queue.connect import check_url, connect, parse_sentinel_url
 from bot.queue.journal import JournaledRedisStore
-from bot.settings import Settings
+from bot.settings import Settings, mask_url
 from bot.stores.base import Turn
 from tests.conftest import free_port
 
@@ -175,6 +175,31 @@ def test_bad_sentinel_urls_name_the_setting_and_hide_the_password(url: str) -> N
     with pytest.raises(ConfigError) as info:
         parse_sentinel_url(url)
     assert "FMBOT_STORE" in str(info.value) and "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:pw@h1:26379",
+        "redis+cluster://:pw@n1:6379/3",
+        "redis://:pw@h:port/0",
+        "redis://:pw@h:6379/zero",
+        "redis://:pw@h:6379/0?no_such_option=1",
+        "memcached://:pw@h",
+    ],
+)
+def test_check_url_names_the_setting_it_was_given(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_url(url, "FMBOT_QUEUE_URL")
+    assert str(info.value).startswith("FMBOT_QUEUE_URL=") and "pw" not in str(info.value)
+
+
+def test_secret_query_parameters_are_masked_whatever_their_prefix() -> None:
+    url = "redis+sentinel://:a@s1/m?sentinel_password=b&api_key=c&access_token=d&db_index=2"
+    assert mask_url(url) == (
+        "redis+sentinel://:****@s1/m?sentinel_password=****&api_key=****&access_token=****"
+        "&db_index=2"
+    )
 
 
 async def test_connect_builds_a_sentinel_client_without_io() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -16,7 +17,8 @@ import redis.asyncio as aioredis
 
 from bot.busy import BusyPolicy
 from bot.dialog import DialogManager
-from bot.models.base import GeneratedImage, ImageModel
+from bot.events import Message, Usage
+from bot.models.base import GeneratedImage, GenerationOptions, ImageModel
 from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
 from bot.queue import Ingress, Job, QueueKeys, Worker, current_job
@@ -102,6 +104,46 @@ async def test_two_workers_split_partitions_and_keep_every_chat_in_order(
         await eventually(lambda: len(log) >= 246)
         assert [w for w, _, n in log if n == 40] == ["a"] * 6
         assert len(log) == 246
+    finally:
+        await asyncio.gather(a.stop(5), b.stop(5))
+        await asyncio.gather(*running)
+
+
+async def test_a_stopping_worker_finishes_a_reply_longer_than_its_lease_alone(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """SIGTERM during a turn that outlasts the lease: the stopping worker keeps renewing until it
+    has finished and released, so the other worker does not take the job over and answer it a
+    second time; the chat's next message waits for the release and is answered once."""
+    keys = QueueKeys(redis_prefix, 1)
+    runs: list[tuple[str, str]] = []
+    started = asyncio.Event()
+
+    def handler(name: str) -> Callable[[Job], Awaitable[None]]:
+        async def run(job: Job) -> None:
+            runs.append((name, job.payload["text"]))
+            if job.payload["text"] == "long":
+                started.set()
+                await asyncio.sleep(3 * LEASE_MS / 1000)
+            runs.append((name, "done " + job.payload["text"]))
+
+        return run
+
+    a = Worker(client, handler("a"), keys=keys, name="a", lease_ms=LEASE_MS)
+    b = Worker(client, handler("b"), keys=keys, name="b", lease_ms=LEASE_MS)
+    running = [start(a)]
+    try:
+        await eventually(lambda: a.partitions == [0])
+        running.append(start(b))
+        await eventually(lambda: b.members == ["a", "b"])
+        ingress = Ingress(client, keys)
+        await ingress.enqueue("c", {"text": "long"})
+        await started.wait()
+        await ingress.enqueue("c", {"text": "next"})
+        await a.stop(grace=30)  # returns once the long reply is done and the lease released
+        assert runs == [("a", "long"), ("a", "done long")]
+        await eventually(lambda: ("b", "done next") in runs)
+        assert runs == [("a", "long"), ("a", "done long"), ("b", "next"), ("b", "done next")]
     finally:
         await asyncio.gather(a.stop(5), b.stop(5))
         await asyncio.gather(*running)
@@ -262,6 +304,53 @@ async def test_interrupt_in_a_worker_stops_the_running_reply_for_the_newer_messa
         turns = await store.read("c")
         assert [t.text for t in turns] == ["first", "echo: first", "second", "echo: second"]
         assert [t.meta.get("status") for t in turns[1::2]] == ["stopped", "complete"]
+
+
+class StallsOnce(EchoModel):
+    """Streams the first word of its first reply and hangs there; later replies are whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.streaming = asyncio.Event()
+
+    async def generate(  # type: ignore[override]
+        self, messages: Sequence[Message], options: GenerationOptions
+    ) -> AsyncIterator[str | Usage]:
+        self.calls += 1
+        if self.calls == 1:
+            yield "echo:"
+            self.streaming.set()
+            await asyncio.Event().wait()
+        async for chunk in super().generate(messages, options):
+            yield chunk
+
+
+async def test_a_turn_cut_off_by_a_lost_lease_is_not_stored_and_is_answered_once_in_full(
+    redis_server: str, redis_prefix: str, prompts_dir: Path
+) -> None:
+    """The worker gives a job up mid-stream (its lease was taken): the part already streamed is
+    not stored, nor the job marked answered, so the next owner answers it in full, once."""
+    model = StallsOnce()
+    store = JournaledRedisStore(connect(redis_server), redis_prefix)
+    manager = DialogManager(store, model, PromptLibrary(prompts_dir))
+    keys = QueueKeys(redis_prefix, 1)
+    worker = Worker(store.client, DialogHandler(manager, keys), keys=keys, lease_ms=LEASE_MS)
+    async with serving(manager, worker) as ingress:
+        await ingress.enqueue("c", {"text": "hello"})
+        await model.streaming.wait()
+        # Another owner holds the lease for a while (as after a long stall): the renewal fails.
+        await store.client.set(keys.lease(0), "someone-else", px=LEASE_MS)
+        await eventually(lambda: worker.handled == 1, 30)  # taken back and replayed
+        turns = await store.read("c")
+        assert [(t.text, t.meta.get("status")) for t in turns] == [
+            ("hello", None),
+            ("echo: hello", "complete"),
+        ]
+        replies = [json.loads(r) for r in await store.client.lrange(keys.replies("c"), 0, -1)]
+        finals = [e for r in replies for e in r["events"] if e["kind"] == "final"]
+        assert finals == [{"kind": "final", "text": "echo: hello", "complete": True}]
+        assert model.calls == 2
 
 
 async def test_queue_policy_keeps_a_chats_jobs_strictly_one_at_a_time(

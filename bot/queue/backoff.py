@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import random
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from bot.errors import StoreError
+from bot.redis_client import REDIS_ERRORS
 
-#: Errors that mean "Redis is not reachable right now" (BusyLoadingError, raised while a
-#: restarted Redis loads its data, is a ConnectionError; ReadOnlyError comes from a demoted
-#: master during a Sentinel failover).
-TRANSIENT: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ReadOnlyError,
-    OSError,
-    StoreError,
-)
+#: Errors after which a queue loop waits and tries again instead of failing: every error of the
+#: Redis client — unreachable, restarting (BusyLoadingError), a demoted master during a Sentinel
+#: failover (READONLY), a Cluster reshaping (CLUSTERDOWN, TRYAGAIN, an uncovered slot) and a
+#: server refusing writes (MISCONF after a failed save, OOM) all pass, and none is the fault of
+#: the job at hand — plus OSError and StoreError (the stores' wrapping of the same errors).
+TRANSIENT: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError, StoreError)
 
 
 class Backoff:

@@ -12,8 +12,6 @@ import contextlib
 import json
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from bot.app import make_limits
 from bot.dialog import DialogManager
 from bot.errors import ConfigError, StoreError
@@ -21,6 +19,7 @@ from bot.events import FinalText, ImageReply, Incoming, Notice
 from bot.queue.job import Job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.keys import QueueKeys
+from bot.redis_client import REDIS_ERRORS
 from bot.settings import Settings, mask_url
 from bot.stores.redis import RedisStore
 
@@ -67,7 +66,7 @@ class DialogHandler:
                 pipe.rpush(key, body)
                 pipe.expire(key, REPLIES_TTL)
                 await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not publish the reply to Redis: {exc}") from exc
 
 

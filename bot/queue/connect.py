@@ -40,10 +40,11 @@ ACCEPTED = (
     "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] or "
     "redis+cluster://HOST:PORT[,HOST:PORT...]"
 )
+PLAIN_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: Every scheme :func:`connect` takes.
-REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
+REDIS_SCHEMES = (*PLAIN_SCHEMES, *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 SENTINEL_PORT = 26379
 SENTINEL_TIMEOUT = 5.0  # seconds a sentinel may take to answer
 REDIS_PORT = 6379
@@ -61,12 +62,13 @@ class SentinelURL:
     ssl: bool = False
 
 
-def parse_sentinel_url(url: str) -> SentinelURL:
-    """Split a ``redis+sentinel://`` URL; ConfigError (password masked) when malformed."""
+def parse_sentinel_url(url: str, setting: str = SETTING) -> SentinelURL:
+    """Split a ``redis+sentinel://`` URL; ConfigError naming ``setting`` (secrets masked) when
+    malformed."""
     parts = urlsplit(url)
-    shown = url.replace(parts.password, "****") if parts.password else url
+    shown = mask_url(url)
     if parts.scheme not in SENTINEL_SCHEMES:
-        raise ConfigError(SETTING, shown, ACCEPTED)
+        raise ConfigError(setting, shown, ACCEPTED)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     hosts: list[tuple[str, int]] = []
     for item in netloc.split(","):
@@ -74,12 +76,17 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         if not sep:
             host, port = port, str(SENTINEL_PORT)
         if not host or not port.isdigit():
-            raise ConfigError(SETTING, shown, ACCEPTED)
+            raise ConfigError(setting, shown, ACCEPTED)
         hosts.append((host.strip("[]"), int(port)))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ConfigError(SETTING, shown, ACCEPTED)
+        raise ConfigError(setting, shown, ACCEPTED)
     query = parse_qs(parts.query)
+    unknown = sorted(set(query) - {"sentinel_password"})
+    if unknown:
+        raise ConfigError(
+            setting, shown, f"unknown option {', '.join(unknown)} (only sentinel_password=...)"
+        )
     sentinel_password = query.get("sentinel_password", [None])[0]
     return SentinelURL(
         hosts=tuple(hosts),
@@ -100,8 +107,9 @@ class ClusterURL:
     ssl: bool = False
 
 
-def parse_cluster_url(url: str) -> ClusterURL:
-    """Split a ``redis+cluster://`` URL; ConfigError (password masked) when malformed."""
+def parse_cluster_url(url: str, setting: str = SETTING) -> ClusterURL:
+    """Split a ``redis+cluster://`` URL; ConfigError naming ``setting`` (password masked) when
+    malformed."""
     parts = urlsplit(url)
     shown = mask_url(url)
     accepted = (
@@ -109,7 +117,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
         "(rediss+cluster:// for TLS; a cluster has database 0 only)"
     )
     if parts.scheme not in CLUSTER_SCHEMES:
-        raise ConfigError(SETTING, shown, ACCEPTED)
+        raise ConfigError(setting, shown, ACCEPTED)
     hosts: list[tuple[str, int]] = []
     for item in parts.netloc.rsplit("@", 1)[-1].split(","):
         host, sep, port = item.strip().rpartition(":")
@@ -117,10 +125,10 @@ def parse_cluster_url(url: str) -> ClusterURL:
             host, port = item.strip(), str(REDIS_PORT)
         host = host.strip("[]")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(SETTING, shown, accepted)
+            raise ConfigError(setting, shown, accepted)
         hosts.append((host, int(port)))
     if parts.path.strip("/") not in ("", "0") or parts.query or parts.fragment:
-        raise ConfigError(SETTING, shown, accepted)
+        raise ConfigError(setting, shown, accepted)
     return ClusterURL(
         hosts=tuple(hosts),
         username=unquote(parts.username) if parts.username else None,
@@ -129,7 +137,38 @@ def parse_cluster_url(url: str) -> ClusterURL:
     )
 
 
-def connect(url: str, **options: Any) -> RedisClient:
+def check_url(url: str, setting: str = SETTING) -> None:
+    """ConfigError naming ``setting`` (secrets masked) unless :func:`connect` takes ``url``.
+
+    No I/O: what a first command would otherwise trip over (a port that is not a number, a
+    database that is not one, an option the connection does not know) is caught here, at start.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme in SENTINEL_SCHEMES:
+        parse_sentinel_url(url, setting)
+        return
+    if scheme in CLUSTER_SCHEMES:
+        parse_cluster_url(url, setting)
+        return
+    if scheme not in PLAIN_SCHEMES:
+        raise ConfigError(setting, mask_url(url), ACCEPTED)
+    db = urlsplit(url).path.strip("/") if scheme != "unix" else ""
+    try:
+        if db and not db.isdigit():
+            raise ValueError(f"the database {db!r} is not a number")
+        # Builds the connection object without connecting: unknown options fail here.
+        aioredis.BlockingConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError) as exc:
+        reason = str(exc)
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "****")
+        raise ConfigError(
+            setting, mask_url(url), f"give redis://[:PASSWORD@]HOST:PORT/DB ({reason})"
+        ) from None
+
+
+def connect(url: str, *, setting: str = SETTING, **options: Any) -> RedisClient:
     """A client with ``decode_responses=True`` for ``url``; ``options`` go to the pool.
 
     Connections are pooled up to ``max_connections`` (per node on a Cluster). On one server
@@ -139,15 +178,16 @@ def connect(url: str, **options: Any) -> RedisClient:
     concurrency there.
 
     No I/O happens here: the first command connects (and, with Sentinel, discovers the master;
-    with Cluster, reads the slot map).
+    with Cluster, reads the slot map). ConfigError naming ``setting`` for a malformed URL.
     """
+    check_url(url, setting)
     options.setdefault("decode_responses", True)
     options.setdefault("health_check_interval", 30)
     options.setdefault("socket_connect_timeout", 5)
     options.setdefault("max_connections", MAX_CONNECTIONS)
     scheme = urlsplit(url).scheme
     if scheme in SENTINEL_SCHEMES:
-        s = parse_sentinel_url(url)
+        s = parse_sentinel_url(url, setting)
         # Timeouts for the sentinels too: an unreachable one listed first must not stall master
         # discovery until the OS gives up on the connection.
         sentinel_kwargs: dict[str, Any] = {
@@ -167,7 +207,7 @@ def connect(url: str, **options: Any) -> RedisClient:
         )
         return master
     if scheme in CLUSTER_SCHEMES:
-        c = parse_cluster_url(url)
+        c = parse_cluster_url(url, setting)
         return ClusterClient(
             startup_nodes=[ClusterNode(host, port) for host, port in c.hosts],
             username=c.username,
@@ -175,8 +215,6 @@ def connect(url: str, **options: Any) -> RedisClient:
             ssl=c.ssl,
             **options,
         )
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(SETTING, mask_url(url), ACCEPTED)
     # Blocking pool: a burst of concurrent commands waits for a free connection instead of
     # failing with "Too many connections" (redis-py's default pool stops at 100).
     pool = aioredis.BlockingConnectionPool.from_url(url, **options)

@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from bot.errors import ConfigError, StoreError
 from bot.queue import scripts
 from bot.queue.keys import QueueKeys
-from bot.redis_client import RedisClient
+from bot.redis_client import REDIS_ERRORS, RedisClient
 
 DEDUPE_TTL_MS = 24 * 3600 * 1000  # Telegram keeps unconfirmed updates for 24 hours
 
@@ -59,7 +57,7 @@ class Ingress:
             else:
                 keys = [self.keys.jobs(p), self.keys.seen(p, dedupe)]
                 entry = await self._enqueue_once(keys, [chat, body, self.dedupe_ttl_ms])
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not queue the message in Redis: {exc}") from exc
         return str(entry)
 

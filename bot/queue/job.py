@@ -7,6 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class Tenure:
+    """One partition runner's hold on its lease. While it lasts the worker is its chats' only
+    writer (so what it cached of them is current: :mod:`bot.queue.cache`). It ends when the
+    worker gives running jobs up — the lease is lost or lapsing, or a drain ran out of grace —
+    and those jobs are then the next owner's to answer: what they would still store (the part
+    of a reply written before they were cut off) is not stored, and not marked answered."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended = False
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One enqueued update. ``id`` is its stream entry id, ordered by arrival within its
@@ -24,9 +37,8 @@ class Job:
     attempt: int = 1
     #: False for jobs the worker ran outside their chat's lane (``immediate``): not ordered.
     ordered: bool = True
-    #: The lease tenure the job was read under (one per partition runner): while it lasts this
-    #: worker is its chats' only writer, so what it cached of them is current (see cache).
-    tenure: object = field(default=None, compare=False, repr=False)
+    #: The lease tenure the job was read under (one per partition runner, see Tenure).
+    tenure: Tenure | None = field(default=None, compare=False, repr=False)
 
     @property
     def redelivered(self) -> bool:

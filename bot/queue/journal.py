@@ -26,14 +26,14 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from bot.errors import StoreError
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job, current_job
 from bot.queue.keys import QueueKeys
 from bot.queue.scripts import APPEND_TURNS
-from bot.redis_client import RedisClient, is_cluster
+from bot.redis_client import REDIS_ERRORS, RedisClient, is_cluster
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore, decode_turns, encode_turns
 
@@ -92,7 +92,7 @@ class JournaledRedisStore(RedisStore):
                 pipe.lrange(self._key(chat, "turns"), -last if last else 0, -1)
                 pipe.llen(self._key(chat, "turns"))  # what the copy must match later
                 state, raw, length = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
         turns = decode_turns(raw)
         self.cache.fill(chat, job.tenure, state, turns, last, self.ttl, epoch, int(length))
@@ -104,6 +104,10 @@ class JournaledRedisStore(RedisStore):
         job = self._lane_job(chat)
         if job is None:
             await self._changed(chat, super().append(chat, *turns, counters=counters))
+            return
+        if job.tenure is not None and job.tenure.ended:
+            # The worker gave the job up mid-turn (see Tenure): the next owner answers it.
+            log.info("job %s of chat %s was given up; its partial turn is not stored", job.id, chat)
             return
         keys = [self._key(chat, "turns"), self._key(chat, "state"), self._marker(chat)]
         ttl = max(1, int(self.ttl)) if self.ttl is not None else 0
@@ -129,10 +133,11 @@ class JournaledRedisStore(RedisStore):
                     if attempt == 2:
                         raise
                     await self._r.script_load(APPEND_TURNS)
-        except (RedisError, asyncio.CancelledError) as exc:
+        except asyncio.CancelledError:
             self.cache.drop(chat)  # the write may or may not have happened
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            raise
+        except REDIS_ERRORS as exc:
+            self.cache.drop(chat)  # the write may or may not have happened
             raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
         if int(length) < 0:  # this job (or a later one) had stored its turn: nothing written
             log.info("job %s of chat %s was already stored; not stored again", job.id, chat)
@@ -175,7 +180,7 @@ class JournaledRedisStore(RedisStore):
         """Whether job ``job_id`` (or a later job of ``chat``) has stored its turn."""
         try:
             last = await self._r.get(self._marker(chat))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
         if last is None:
             return False

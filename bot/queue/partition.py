@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 
 from bot.busy import arrival_hook
 from bot.queue.backoff import TRANSIENT, Backoff
-from bot.queue.job import Job, current_job
+from bot.queue.job import Job, Tenure, current_job
 from bot.queue.keys import GROUP, QueueKeys
 from bot.redis_client import RedisClient
 
@@ -85,7 +85,7 @@ class PartitionRunner:
         self.tuning = tuning
         self.limit = limit
         self.handled = 0
-        self.tenure = object()  # this runner's lease tenure (Job.tenure)
+        self.tenure = Tenure()  # this runner's hold on the lease (Job.tenure)
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued = 0
@@ -134,7 +134,7 @@ class PartitionRunner:
                 # Redis lost the group (restarted without persistence): recreate, replay. Its
                 # data may be gone too: what this worker cached of the chats is not to be trusted.
                 log.warning("partition %s: consumer group missing, recreating", self.index)
-                self.tenure = object()
+                self.tenure = Tenure()
                 reclaimed = False
             except TRANSIENT as exc:
                 delay = backoff.next()
@@ -385,7 +385,13 @@ class PartitionRunner:
             # The reader notices within one block; cancelling instead could lose a batch in
             # flight (it would stay pending, which is safe, but needs a takeover to replay).
             await _wait_or_cancel({self._reader}, self.tuning.block_ms / 1000 + 5)
-        await _wait_or_cancel(set(self._tasks), max(0.0, deadline - loop.time()))
+        if self._tasks:
+            _done, late = await asyncio.wait(
+                set(self._tasks), timeout=max(0.0, deadline - loop.time())
+            )
+            if late:
+                self.tenure.ended = True  # cut off: the next owner answers them in full
+            await _wait_or_cancel(late, 0)
         self._ack_ready.set()
         if self._acker is not None:
             await _wait_or_cancel({self._acker}, max(1.0, deadline - loop.time()))
@@ -393,6 +399,7 @@ class PartitionRunner:
     async def abort(self) -> None:
         """The lease is gone: stop at once; every unacknowledged job is the new owner's."""
         self._draining = True
+        self.tenure.ended = True
         tasks = {t for t in (self._reader, self._acker) if t is not None} | self._tasks
         await _wait_or_cancel(tasks, 0)
 

@@ -156,8 +156,10 @@ class Worker:
                         self._stopping.wait(), timeout=min(delay, self.heartbeat)
                     )
         finally:
-            await self._shutdown()
-            self._stopped.set()
+            try:
+                await self._shutdown()
+            finally:
+                self._stopped.set()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Finish running jobs (up to ``grace`` s), hand the partitions over, and return."""
@@ -176,34 +178,40 @@ class Worker:
         n = len(self._members)
         wanted = {p for p in range(self.keys.partitions) if self._members[p % n] == self.name}
         # Renew what we hold (also while draining it), take what we want.
-        claim = sorted(wanted | set(self._owned))
+        await self._renew(sorted(wanted | set(self._owned)), wanted)
+        for p, owned in list(self._owned.items()):
+            if p not in wanted and owned.releasing is None:
+                owned.releasing = asyncio.create_task(self._hand_over(p))
+
+    async def _renew(self, partitions: list[int], wanted: set[int]) -> None:
+        """Renew the leases of ``partitions`` we hold; take the free ones that are ``wanted``."""
         sent = asyncio.get_running_loop().time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for p in claim:
+            for p in partitions:
                 await self._claim(
                     keys=[self.keys.lease(p)],
                     args=[self.name, self.lease_ms],
                     client=pipe,  # type: ignore[arg-type]
                 )
             results = await pipe.execute()
-        for p, held in zip(claim, results, strict=True):
+        for p, held in zip(partitions, results, strict=True):
             owned = self._owned.get(p)
             if held == 2 and owned is not None:
                 # Our lease lapsed or Redis lost it, and we took it again: another worker may
                 # have run its chats meanwhile, or Redis lost their data. Start a new tenure.
                 log.warning("worker %s: lease of partition %s had lapsed; restarting", self.name, p)
                 await self._forget(p, abort=True)
-                self._take(p, sent)
-            elif held and owned is not None:
-                owned.deadline = sent + RENEW_MARGIN * self.lease_ms / 1000
-            elif held:
-                self._take(p, sent)
+                owned = None
+            if not held:
+                if owned is not None:
+                    log.warning("worker %s: lost the lease of partition %s", self.name, p)
+                    await self._forget(p, abort=True)
             elif owned is not None:
-                log.warning("worker %s: lost the lease of partition %s", self.name, p)
-                await self._forget(p, abort=True)
-        for p, owned in list(self._owned.items()):
-            if p not in wanted and owned.releasing is None:
-                owned.releasing = asyncio.create_task(self._hand_over(p))
+                owned.deadline = sent + RENEW_MARGIN * self.lease_ms / 1000
+            elif p in wanted:
+                self._take(p, sent)
+            else:  # a hand-over released it while this renewal was on its way: give it back
+                await self._release(keys=[self.keys.lease(p)], args=[self.name])
 
     def _take(self, p: int, sent: float) -> None:
         runner = PartitionRunner(
@@ -238,31 +246,43 @@ class Worker:
             self._handled_before += owned.runner.handled
 
     def _drop_untrusted(self, now: float) -> None:
+        # Also partitions being handed over: their running jobs must stop before the lease can
+        # pass to the new owner, however long they would still take.
         for p, owned in list(self._owned.items()):
-            if now > owned.deadline and owned.releasing is None:
+            if now > owned.deadline:
                 log.warning(
                     "worker %s: could not renew partition %s in time; stopping it", self.name, p
                 )
+                if owned.releasing is not None:
+                    owned.releasing.cancel()
                 self._forget_runner(p)
                 asyncio.create_task(owned.runner.abort())  # noqa: RUF006 - abort cannot fail
 
     async def _shutdown(self) -> None:
-        held = [p for p, o in self._owned.items() if o.releasing is None]
-        releasing = [o.releasing for o in self._owned.values() if o.releasing is not None]
-        drains = [self._owned[p].runner.drain(self.grace) for p in held]
-        await asyncio.gather(*drains, *releasing, return_exceptions=True)
-        for p in held:
-            self._forget_runner(p)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for p in held:
-                    await self._release(keys=[self.keys.lease(p)], args=[self.name], client=pipe)  # type: ignore[arg-type]
-                await self._heartbeat(
-                    keys=[self.keys.workers],
-                    args=[self.name, self.lease_ms, "1"],
-                    client=pipe,  # type: ignore[arg-type]
+        """Leave, finish the running jobs (up to ``grace`` s) and release the partitions.
+
+        The leases are renewed until each partition is released, so a reply that takes longer
+        than a lease is not taken over (and answered twice) while it is still being finished.
+        """
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(*TRANSIENT):
+            # Out of the membership first: the others plan to take our partitions, and can as
+            # soon as each is released.
+            await self._heartbeat(keys=[self.keys.workers], args=[self.name, self.lease_ms, "1"])
+        for p, owned in self._owned.items():
+            if owned.releasing is None:
+                owned.releasing = asyncio.create_task(self._hand_over(p))
+        backoff = Backoff()
+        while releasing := [o.releasing for o in self._owned.values() if o.releasing]:
+            delay = self.heartbeat
+            try:
+                await asyncio.wait_for(
+                    self._renew(sorted(self._owned), set()), timeout=self.lease_ms / 2000
                 )
-                await pipe.execute()
-        except TRANSIENT as exc:  # the leases expire by themselves
-            log.warning("worker %s: could not release partitions (%s)", self.name, exc)
+                backoff.reset()
+            except TRANSIENT as exc:  # a lease we cannot renew is dropped by its deadline
+                delay = min(delay, backoff.next())
+                log.warning("worker %s: Redis unavailable while stopping (%s)", self.name, exc)
+            self._drop_untrusted(loop.time())
+            await asyncio.wait(releasing, timeout=delay)
         log.info("worker %s: stopped", self.name)

@@ -16,10 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from bot.errors import StoreError
-from bot.redis_client import RedisClient
+from bot.redis_client import REDIS_ERRORS, RedisClient
 from bot.stores.base import ChatInfo, DialogStore, Turn
 
 
@@ -65,7 +64,7 @@ class RedisStore(DialogStore):
                 self._queue_append(pipe, chat, turns, counters)
                 pipe.zadd(self._index, {chat: time.time()})
                 await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
 
     def _queue_append(
@@ -97,7 +96,7 @@ class RedisStore(DialogStore):
         start = -last if last else 0
         try:
             raw = await self._r.lrange(self._key(chat, "turns"), start, -1)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
         return decode_turns(cast(list[str], raw))
 
@@ -107,7 +106,7 @@ class RedisStore(DialogStore):
                 pipe.hgetall(self._key(chat, "state"))
                 pipe.lrange(self._key(chat, "turns"), -last if last else 0, -1)
                 state, raw = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
         return cast(dict[str, str], state), decode_turns(raw)
 
@@ -138,14 +137,14 @@ class RedisStore(DialogStore):
                 for chat, _ in entries:
                     pipe.llen(self._key(chat, "turns"))
                 counts = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not list conversations in Redis: {exc}") from exc
         return [ChatInfo(c, n, s) for (c, s), n in zip(entries, counts, strict=True)]
 
     async def get_state(self, chat: str) -> dict[str, str]:
         try:
             return cast(dict[str, str], await self._r.hgetall(self._key(chat, "state")))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Could not read chat state from Redis: {exc}") from exc
 
     async def set_state(self, chat: str, **values: str) -> None:
@@ -170,7 +169,7 @@ class RedisStore(DialogStore):
             async with self._r.pipeline(transaction=False) as pipe:
                 build(pipe)
                 await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis is unavailable: {exc}") from exc
 
     async def aclose(self) -> None:
