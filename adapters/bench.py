@@ -149,14 +149,14 @@ async def run_bench(
     history, ordering, enqueue = RoundTrips(), RoundTrips(), RoundTrips()
     store_client = counting_client(url, history)
     store = JournaledRedisStore(store_client, prefix)
-    store.max_turns = settings.history_turns
+    store.max_turns = settings.history_messages
     model = EchoModel(context_window=settings.context_tokens)
     manager = DialogManager(
         store,
         model,
         open_prompts(settings),
         default_mode=settings.default_mode,
-        history_turns=settings.history_turns,
+        history_turns=settings.history_messages,
     )
     plan = plan_messages(chats, turns)
     timings: list[float] = []

@@ -85,7 +85,7 @@ def history(
                     typer.echo("No conversations yet. Start one with: fmbot console")
                 for info in chats:
                     when = datetime.fromtimestamp(info.updated_at).strftime("%Y-%m-%d %H:%M")
-                    typer.echo(f"{info.chat}\t{info.turns} turns\t{when}")
+                    typer.echo(f"{info.chat}\t{info.turns} messages\t{when}")
                 return
             turns = await store.read(name)
             if not turns:

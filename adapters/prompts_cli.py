@@ -94,7 +94,7 @@ async def _history(settings: Settings, chat: str) -> list[Message]:
 
     store = await open_configured_store(settings)
     try:
-        turns = await store.read(chat, last=settings.history_turns)
+        turns = await store.read(chat, last=settings.history_messages)
     finally:
         await store.aclose()
     return [Message(t.role, t.text) for t in turns]
@@ -135,8 +135,8 @@ def render(
         # Trimming to the context window needs the model's own tokenizer (loading the model);
         # this command stays model-free, so it says what it did instead.
         notes.append(
-            f"history: {len(past)} stored turn(s) of chat {history!r} (the last "
-            f"{settings.history_turns} at most), NOT trimmed to the model's context window; "
+            f"history: {len(past)} stored message(s) of chat {history!r} (the last "
+            f"{settings.history_messages} at most), NOT trimmed to the model's context window; "
             "a running bot drops the oldest pairs that do not fit"
         )
     messages = build_messages(template, message, past, variables)

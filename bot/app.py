@@ -48,7 +48,7 @@ async def build_manager(settings: Settings) -> DialogManager:
         image_model=image_model,
         classifier=make_classifier(settings, model),
         rewrite_image_prompts=settings.rewrite_image_prompts,
-        history_turns=settings.history_turns,
+        history_turns=settings.history_messages,
         busy_policy=settings.busy_policy,
         limits=make_limits(settings, store),
     )
@@ -58,7 +58,7 @@ async def open_configured_store(settings: Settings) -> DialogStore:
     """FMBOT_STORE with the retention settings applied (every command that reads history)."""
     return await open_store(
         settings.store_url,
-        max_turns=settings.history_turns,
+        max_turns=settings.history_messages,
         ttl=settings.history_ttl_seconds,
         prefix=settings.redis_prefix,
     )

@@ -78,7 +78,7 @@ class DialogManager:
         *,
         options: GenerationOptions | None = None,
         default_mode: str = "default",
-        history_turns: int = 200,
+        history_turns: int = 200,  # stored turns (messages) read for the prompt
         image_model: ImageModel | None = None,
         classifier: ImageIntentClassifier | None = None,
         rewrite_image_prompts: bool = True,
@@ -278,11 +278,14 @@ class DialogManager:
         }
         try:
             await self.store.append(incoming.chat, *turns, counters=counters)
-            if self.limits is not None:
-                await self.limits.add_tokens(incoming.user or incoming.chat, usage.total_tokens)
         except StoreError as exc:
             log.error("could not save a turn of chat %s: %s", incoming.chat, exc)
             return False
+        if self.limits is not None:
+            try:
+                await self.limits.add_tokens(incoming.user or incoming.chat, usage.total_tokens)
+            except StoreError as exc:  # the turn is saved; only the daily budget misses it
+                log.error("could not count the tokens of chat %s: %s", incoming.chat, exc)
         return True
 
     async def _image_turn(

@@ -77,7 +77,9 @@ class Limits(abc.ABC):
         else:
             parts.append(f"today {status.tokens_today} tokens")
         if self.rate_per_minute:
-            parts.append(f"limit {self.rate_per_minute} messages per minute")
+            parts.append(
+                f"this minute {status.messages_this_minute} of {self.rate_per_minute} messages"
+            )
         return "You: " + ", ".join(parts) + "."
 
 

@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=512, gt=0, alias="FMBOT_MAX_TOKENS")
     context_tokens: int = Field(default=4096, ge=256, alias="FMBOT_CONTEXT_TOKENS")
     local_threads: int | None = Field(default=None, gt=0, alias="FMBOT_LOCAL_THREADS")
-    history_turns: int = Field(default=200, ge=2, alias="FMBOT_HISTORY_TURNS")
+    #: Exchanges (a message and its reply) kept per chat and read for the prompt.
+    history_turns: int = Field(default=100, ge=1, alias="FMBOT_HISTORY_TURNS")
     history_ttl: str = Field(default="", alias="FMBOT_HISTORY_TTL")
     busy_policy: BusyPolicy = Field(default=BusyPolicy.QUEUE, alias="FMBOT_BUSY_POLICY")
     redis_prefix: str = Field(
@@ -92,6 +93,11 @@ class Settings(BaseSettings):
         if not self.store:
             self.store = f"sqlite:///{self.home / 'fmbot.db'}"
         return self
+
+    @property
+    def history_messages(self) -> int:
+        """FMBOT_HISTORY_TURNS in stored messages: an exchange is two (user and assistant)."""
+        return 2 * self.history_turns
 
     @property
     def store_url(self) -> str:

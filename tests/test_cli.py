@@ -62,7 +62,14 @@ def test_conversation_survives_restart_and_history_prints_it(
     assert turns[2] == "user: Second message"
     assert turns[3].startswith("assistant: ")
     listing = run(["history"], env)
-    assert listing.stdout.startswith("work\t4 turns\t")
+    assert listing.stdout.startswith("work\t4 messages\t")
+
+
+def test_history_turns_counts_exchanges(env: dict[str, str]) -> None:
+    env |= {"FMBOT_HISTORY_TURNS": "2", "FMBOT_TEXT_MODEL": "echo:"}
+    assert run(["console", "--chat", "c"], env, stdin="one\ntwo\nthree\n").returncode == 0
+    shown = run(["history", "c"], env).stdout.splitlines()
+    assert shown == ["user: two", "assistant: echo: two", "user: three", "assistant: echo: three"]
 
 
 def test_commands_work_in_piped_mode(env: dict[str, str]) -> None:

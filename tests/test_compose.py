@@ -72,6 +72,8 @@ def test_redis_persists_with_aof_on_a_volume(compose: dict[str, Any]) -> None:
     assert redis["image"].startswith("redis:7")
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
+    # A confirmed update must be on disk: Telegram does not send it again.
+    assert "--appendfsync always" in command
     volume, target = redis["volumes"][0].split(":")
     assert target == "/data" and volume in compose["volumes"]
     assert "redis-cli" in redis["healthcheck"]["test"]

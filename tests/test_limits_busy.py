@@ -10,6 +10,7 @@ import pytest
 
 from bot.busy import BusyPolicy
 from bot.dialog import DialogManager
+from bot.errors import StoreError
 from bot.events import FinalText, Incoming, Notice, ReplyEvent, TextDelta
 from bot.limits import Limits, MemoryLimits, RedisLimits
 from bot.prompts.library import PromptLibrary
@@ -61,6 +62,8 @@ async def test_rate_limit_is_shared_and_refuses_without_a_model_call(
     [refusal] = await collect(worker_a, "three")
     assert isinstance(refusal, Notice) and "limit is 2 per minute" in refusal.text
     assert len(model_a.requests) + len(model_b.requests) == 2
+    [usage] = await collect(worker_b, "/usage")  # commands are not counted
+    assert isinstance(usage, Notice) and "this minute 3 of 2 messages" in usage.text
     # Other users and admins are not affected.
     assert isinstance((await collect(worker_b, "hi", user="u2", chat="c2"))[-1], FinalText)
     assert isinstance((await collect(worker_a, "boss", admin=True))[-1], FinalText)
@@ -81,6 +84,23 @@ async def test_daily_token_budget(kind: str, store: RedisStore, prompts_dir: Pat
     assert isinstance(usage, Notice)
     assert "20 input + 4 output = 24 tokens" in usage.text
     assert "today 24 of 20 tokens" in usage.text
+
+
+class TokenCountingDown(MemoryLimits):
+    """Limits whose token counter cannot be reached (as when Redis fails mid-turn)."""
+
+    async def add_tokens(self, user: str, tokens: int) -> None:
+        raise StoreError("Redis is unavailable: connection refused")
+
+
+async def test_a_failed_token_count_does_not_report_the_saved_reply_as_lost(
+    store: RedisStore, prompts_dir: Path
+) -> None:
+    m = manager(store, Scripted(["fine"]), prompts_dir, limits=TokenCountingDown(daily_tokens=99))
+    events = await collect(m, "hello")
+    assert [type(e) for e in events][-1] is FinalText
+    assert not [e for e in events if isinstance(e, Notice)]
+    assert [t.text for t in await store.read("c")] == ["hello", "fine"]
 
 
 async def test_queue_answers_every_message_in_order(store: RedisStore, prompts_dir: Path) -> None:

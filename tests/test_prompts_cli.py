@@ -112,7 +112,7 @@ def test_render_with_history_from_the_store(env: dict[str, str], tmp_path: Path)
     result = run(["prompts", "render", "default", "-m", "Next", "--history", "work"], env)
     assert result.returncode == 0, result.stderr
     blocks = result.stdout.rstrip("\n").split("\n\n")
-    assert blocks[0].startswith("# history: 2 stored turn(s) of chat 'work'")
+    assert blocks[0].startswith("# history: 2 stored message(s) of chat 'work'")
     assert "NOT trimmed" in blocks[0]
     assert blocks[1].startswith("[1] system\nYou are fmbot")
     assert blocks[2:] == ["[2] user\nFirst question", "[3] assistant\nAnswer", "[4] user\nNext"]

@@ -38,7 +38,8 @@ class DialogStore(abc.ABC):
     Retention is set by :func:`bot.stores.open_store` from FMBOT_HISTORY_TURNS / FMBOT_HISTORY_TTL.
     """
 
-    #: Keep at most this many turns per chat; the oldest are dropped on append. None: keep all.
+    #: Keep at most this many turns (messages: an exchange is two) per chat; the oldest are
+    #: dropped on append. None: keep all.
     max_turns: int | None = None
     #: Forget a chat (turns and state) this many seconds after its last update. None: never.
     ttl: float | None = None
