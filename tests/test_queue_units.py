@@ -145,6 +145,29 @@ async def test_turns_stored_in_a_job_mark_the_job_and_earlier_ones_answered(
         await store.aclose()
 
 
+async def test_a_stored_reply_is_undelivered_until_its_job_or_a_later_one_is_delivered(
+    redis_server: str, redis_prefix: str
+) -> None:
+    store = JournaledRedisStore(aioredis.Redis.from_url(redis_server, decode_responses=True))
+    store.prefix = redis_prefix
+    try:
+        assert await store.undelivered("c", "7-0") is None  # nothing stored
+        token = current_job.set(Job("7-0", "c", {}, 0))
+        try:
+            await store.append("c", Turn("user", "q"), Turn("assistant", "a"))
+        finally:
+            current_job.reset(token)
+        reply = await store.undelivered("c", "7-0")
+        assert reply is not None and (reply.role, reply.text) == ("assistant", "a")
+        assert await store.undelivered("c", "6-0") is None  # stored by a later job (merged)
+        await store.delivered("c", "10-0")
+        await store.delivered("c", "9-0")  # out of order: the marker does not move back
+        assert await store.undelivered("c", "7-0") is None
+        assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "10-0"
+    finally:
+        await store.aclose()
+
+
 # --- connection URLs ---
 
 

@@ -231,6 +231,32 @@ async def test_an_update_delivered_twice_is_answered_once(
         await client.aclose()
 
 
+async def test_a_stored_reply_its_worker_could_not_send_is_sent_after_the_takeover(
+    fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
+) -> None:
+    """The worker stored the turn, then stalled sending it and lost its lease: the job is run
+    again, finds its turn stored but not delivered, and sends the stored reply — once."""
+    alice = fake.user(2009, "Alice")
+    chat = fake.private_chat(alice)
+    fake.hold_next("sendMessage")  # the final reply hangs in the network
+    fake.push_text(chat, alice, "hello")
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    async with roles(fake, prompts_dir, redis_server, redis_prefix) as running:
+        await fake.wait_for(lambda: bool(fake.held), 20)
+        history = await running.worker.store.read(f"tg:{alice['id']}")
+        assert [t.text for t in history] == ["hello", "echo: hello"]  # stored before sending
+        # Meanwhile another owner holds the partition's lease (as after a long stall).
+        lease = keys.lease(keys.partition(f"tg:{alice['id']}"))
+        await running.worker.store.client.set(lease, "someone-else", px=LEASE_MS)
+        await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 30)
+        await asyncio.sleep(1.0)  # a second answer would arrive now
+        assert running.worker.skipped == 1  # the model was not asked again
+    assert texts(fake, chat["id"]) == ["echo: hello"]
+    assert len(fake.held) == 1
+    history = await JournaledRedisStore(connect(redis_server), redis_prefix).read(f"tg:{2009}")
+    assert [t.text for t in history] == ["hello", "echo: hello"]
+
+
 async def test_webhook_answers_200_only_once_queued_and_503_without_redis(
     fake: FakeTelegram, redis_server: str, redis_prefix: str
 ) -> None:

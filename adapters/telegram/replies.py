@@ -88,6 +88,22 @@ class Replies:
 
     # --- running ---
 
+    async def redeliver(self, target: Target, text: str, *, complete: bool = True) -> None:
+        """Send a stored reply whose delivery was cut off (its worker stopped in between)."""
+        preview = ReplyPreview(
+            self.bot,
+            self.outbox,
+            self.throttle,
+            target,
+            interval=self.settings.interval_for(target.private),
+            draft_id=None,
+            drafts_refused=self._no_drafts.add,
+        )
+        try:
+            await preview.finish(text if complete else stopped_text(text))
+        except TelegramAPIError as exc:
+            log.warning("could not deliver a reply in chat %s: %s", target.chat_id, exc.message)
+
     async def run(self, target: Target, incoming: Incoming) -> None:
         """Answer ``incoming`` in ``target``; returns when the reply is delivered or stopped."""
         drafts = target.private and target.chat_id not in self._no_drafts

@@ -9,7 +9,10 @@ while the turn runs, as with ``--role all``). Two things keep that from changing
 * ``/stop``, the draft's stop button and /mode keyboard presses skip their chat's lane
   (``immediate``): queued behind the turn they are meant to stop, they would arrive after it.
 * A job redelivered after a worker died is skipped when its turn is already stored (the manager
-  runs on :class:`~bot.queue.journal.JournaledRedisStore`), so it is not answered twice.
+  runs on :class:`~bot.queue.journal.JournaledRedisStore`), so it is not answered twice. If the
+  worker had stored the reply but stopped before Telegram confirmed sending it (the job was not
+  marked delivered), the stored reply is sent instead: the user gets it, at worst twice, never
+  not at all.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 from aiogram.types import Update
 
 from adapters.telegram.app import TelegramApp
+from adapters.telegram.target import Target
 from bot.dialog import parse_command
+from bot.errors import StoreError
 from bot.queue import Job, QueueKeys, Worker
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
@@ -77,15 +82,31 @@ class TelegramWorker:
         )
 
     async def handle(self, job: Job) -> None:
+        bot = self.app.bot
+        update = Update.model_validate(job.payload, context={"bot": bot})
         # Unordered (immediate) jobs store no turn of their own: nothing to look up.
         if job.redelivered and job.ordered and await self.store.answered(job.chat, job.id):
             self.skipped += 1
-            log.info("job %s was answered before a worker restart; skipped", job.id)
+            reply = await self.store.undelivered(job.chat, job.id)
+            if reply is not None and update.message is not None:
+                log.info("job %s: sending the reply a stopped worker had stored", job.id)
+                complete = reply.meta.get("status", "complete") == "complete"
+                target = Target.of(update.message)
+                await self.app.replies.redeliver(target, reply.text, complete=complete)
+                await self._delivered(job)
+            else:
+                log.info("job %s was answered before a worker restart; skipped", job.id)
             return
-        bot = self.app.bot
-        update = Update.model_validate(job.payload, context={"bot": bot})
         # Exceptions propagate: the queue retries the job, or buries it after repeated failures.
         await self.app.dispatcher.feed_update(bot, update)
+        if job.ordered:  # its reply (if any) has been sent
+            await self._delivered(job)
+
+    async def _delivered(self, job: Job) -> None:
+        try:
+            await self.store.delivered(job.chat, job.id)
+        except StoreError as exc:  # raising would run the job again: a second reply
+            log.warning("job %s: could not record its delivery (%s)", job.id, exc)
 
     async def run(self) -> None:
         await self.worker.run()

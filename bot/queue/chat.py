@@ -41,6 +41,11 @@ class DialogHandler:
     async def __call__(self, job: Job) -> None:
         if job.redelivered and await self.store.answered(job.chat, job.id):
             self.skipped += 1
+            # Stored, but the worker stopped before publishing it: publish the stored reply.
+            reply = await self.store.undelivered(job.chat, job.id)
+            if reply is not None and self.publish:
+                complete = reply.meta.get("status", "complete") == "complete"
+                await self._publish(job, [final_event(reply.text, complete)])
             return
         p = job.payload
         incoming = Incoming(
@@ -50,7 +55,7 @@ class DialogHandler:
         async with contextlib.aclosing(self.manager.handle(incoming)) as stream:
             async for event in stream:
                 if isinstance(event, FinalText):
-                    events.append({"kind": "final", "text": event.text, "complete": event.complete})
+                    events.append(final_event(event.text, event.complete))
                 elif isinstance(event, Notice):
                     events.append({"kind": "notice", "text": event.text, "level": event.kind})
                 elif isinstance(event, ImageReply):
@@ -65,9 +70,14 @@ class DialogHandler:
             async with self.store.client.pipeline(transaction=False) as pipe:
                 pipe.rpush(key, body)
                 pipe.expire(key, REPLIES_TTL)
+                self.store.queue_delivered(pipe, job.chat, job.id)
                 await pipe.execute()
         except REDIS_ERRORS as exc:
             raise StoreError(f"Could not publish the reply to Redis: {exc}") from exc
+
+
+def final_event(text: str, complete: bool) -> dict[str, Any]:
+    return {"kind": "final", "text": text, "complete": complete}
 
 
 def journal_manager(manager: DialogManager, settings: Settings, prefix: str) -> None:

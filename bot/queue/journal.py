@@ -12,10 +12,12 @@ node on a Cluster. A chat's jobs run one after another in entry-id order, so
 turn); a handler of a redelivered job asks :meth:`answered` first and skips the job then. One
 small key per chat, whatever the number of turns; history never holds a turn twice.
 
-What stays at-least-once / at-most-once (README "Scaling out on Redis"): side effects outside
-Redis. If a worker dies after the turn was stored but before the channel delivered the final
-reply, the redelivered job is skipped and the reply is not sent again (at most once); a job that
-stores no turn (a command) is run again (at least once).
+Side effects outside Redis (README "Scaling out on Redis"): a channel marks the reply it
+delivered (:meth:`JournaledRedisStore.delivered`, ``P:{chat}:delivered``). If a worker dies after
+the turn was stored but before that mark, the redelivered job sends the stored reply
+(:meth:`JournaledRedisStore.undelivered`) instead of running the turn again: at least once, and
+twice only if it died between the channel's send and the mark. A job that stores no turn (a
+command) is run again (at least once).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Mapping
+from typing import Any
 
 from redis.exceptions import NoScriptError
 
@@ -32,7 +35,7 @@ from bot.errors import StoreError
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job, current_job
 from bot.queue.keys import QueueKeys
-from bot.queue.scripts import APPEND_TURNS
+from bot.queue.scripts import APPEND_TURNS, MARK_DELIVERED
 from bot.redis_client import REDIS_ERRORS, RedisClient, is_cluster
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore, decode_turns, encode_turns
@@ -59,6 +62,7 @@ class JournaledRedisStore(RedisStore):
     ) -> None:
         super().__init__(client, prefix)
         self.cache = cache if cache is not None else ChatCache()
+        self._mark_delivered = client.register_script(MARK_DELIVERED)
 
     @classmethod
     def wrap(cls, store: RedisStore) -> JournaledRedisStore:
@@ -70,6 +74,9 @@ class JournaledRedisStore(RedisStore):
 
     def _marker(self, chat: str) -> str:
         return QueueKeys(self.prefix).answered(chat)
+
+    def _delivered(self, chat: str) -> str:
+        return QueueKeys(self.prefix).delivered(chat)
 
     def _lane_job(self, chat: str) -> Job | None:
         """The job running this call in its chat's lane, if any: only then is the copy used."""
@@ -184,5 +191,38 @@ class JournaledRedisStore(RedisStore):
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
         if last is None:
             return False
-        text = last.decode() if isinstance(last, bytes) else str(last)
-        return _entry(text) >= _entry(job_id)
+        return _entry(_text(last)) >= _entry(job_id)
+
+    async def undelivered(self, chat: str, job_id: str) -> Turn | None:
+        """The reply job ``job_id`` stored whose delivery its channel never confirmed (the
+        worker stopped in between), for a redelivered job to send; else None."""
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.get(self._marker(chat))
+                pipe.get(self._delivered(chat))
+                pipe.lrange(self._key(chat, "turns"), -1, -1)
+                answered, delivered, last = await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
+        if _text(answered) != job_id:  # stored by a later job (a merged turn), or not at all
+            return None
+        if delivered is not None and _entry(_text(delivered)) >= _entry(job_id):
+            return None
+        turns = decode_turns(last)
+        return turns[0] if turns and turns[0].role == "assistant" else None
+
+    async def delivered(self, chat: str, job_id: str) -> None:
+        """Record that job ``job_id``'s reply reached the user."""
+        try:
+            await self._mark_delivered(keys=[self._delivered(chat)], args=[job_id, self.marker_ttl])
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"Could not write to Redis: {exc}") from exc
+
+    def queue_delivered(self, pipe: Any, chat: str, job_id: str) -> None:
+        """:meth:`delivered` as one more command of ``pipe`` (the channel's write of the reply).
+        EVAL, not a registered script: redis-py would spend a round trip checking it exists."""
+        pipe.eval(MARK_DELIVERED, 1, self._delivered(chat), job_id, self.marker_ttl)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

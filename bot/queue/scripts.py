@@ -52,6 +52,14 @@ end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
+#: Lua: stream entry ids ("ms-seq") as two numbers, for comparing them.
+_ENTRY = """
+local function entry(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms or id) or 0, tonumber(seq or 0) or 0
+end
+"""
+
 #: KEYS: the chat's turns list, state hash, answered marker (one ``{chat}`` slot).
 #: ARGV: job id, marker TTL (s), max turns (0: keep all), chat TTL (s, 0: none), number of
 #: turns N, the N turns (JSON), then counter name/amount pairs.
@@ -61,11 +69,9 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 #: marker only ever moves forward. Otherwise returns {whether the turns list existed before,
 #: its length after}, so the worker's copy of the chat (bot/queue/cache.py) can tell whether
 #: Redis still holds what it remembers. Keep in step with RedisStore._queue_append.
-APPEND_TURNS = """
-local function entry(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms or id) or 0, tonumber(seq or 0) or 0
-end
+APPEND_TURNS = (
+    _ENTRY
+    + """
 local last = redis.call('GET', KEYS[3])
 if last then
   local lms, lseq = entry(last)
@@ -88,3 +94,20 @@ end
 redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
 return {existed, redis.call('LLEN', KEYS[1])}
 """
+)
+
+#: KEYS: the chat's delivered marker. ARGV: job id, TTL (s). Move the marker to the job, never
+#: back (a chat's overlapping jobs can finish out of order). Returns 1 if it moved.
+MARK_DELIVERED = (
+    _ENTRY
+    + """
+local last = redis.call('GET', KEYS[1])
+if last then
+  local lms, lseq = entry(last)
+  local ms, seq = entry(ARGV[1])
+  if lms > ms or (lms == ms and lseq >= seq) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+)

@@ -389,6 +389,10 @@ class FakeTelegram(FakeServer):
     _webhook_task: asyncio.Task[None] | None = None
     #: Methods answered with a redirect to themselves (the client gives up: TooManyRedirects).
     redirect_loop: set[str] = field(default_factory=set)
+    #: Calls held unanswered (see hold_next), by method; the next matching calls wait here.
+    held: list[dict[str, Any]] = field(default_factory=list)
+    _hold: dict[str, int] = field(default_factory=dict)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __aenter__(self) -> FakeTelegram:
         await self.start()
@@ -400,6 +404,7 @@ class FakeTelegram(FakeServer):
         self.base_url = await self.serve(app)
 
     async def stop(self) -> None:
+        self._released.set()
         if self._webhook_task is not None:
             self._webhook_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -542,6 +547,11 @@ class FakeTelegram(FakeServer):
         """Answer the next ``times`` calls of ``method`` (matching ``when``) with this error."""
         self._injected.append(_Injected(method, status, description, retry_after, times, when))
 
+    def hold_next(self, method: str, times: int = 1) -> None:
+        """Leave the next ``times`` calls of ``method`` unanswered and not carried out (a network
+        that stalls): they are recorded in ``held`` and fail with 502 when the server stops."""
+        self._hold[method.lower()] = self._hold.get(method.lower(), 0) + times
+
     def too_many_requests(self, method: str, retry_after: int, times: int = 1) -> None:
         self.fail_next(
             method, 429, f"Too Many Requests: retry after {retry_after}",
@@ -596,6 +606,12 @@ class FakeTelegram(FakeServer):
         if handler is None:
             return self._error(method, ApiError(404, "Not Found"))
         params: dict[str, Any] = request[PARAMS]
+        if self._hold.get(method.lower()):
+            self._hold[method.lower()] -= 1
+            self.held.append(params)
+            self._arrived.set()
+            await self._released.wait()
+            return self._error(method, ApiError(502, "Bad Gateway"))
         try:
             injected = self._take_injected(method, params)
             if injected is not None:
