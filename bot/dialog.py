@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from bot.busy import BusyGate, BusyPolicy
@@ -218,7 +218,10 @@ class DialogManager:
         saved = True
         try:
             async with contextlib.aclosing(aiter(response)) as deltas:
-                async for delta in deltas:
+                stream = deltas
+                if self.busy.policy is BusyPolicy.INTERRUPT:  # also while no token came yet
+                    stream = _until(interrupted, deltas)
+                async for delta in stream:
                     yield TextDelta(delta)
                     if interrupted.is_set():
                         break
@@ -232,7 +235,8 @@ class DialogManager:
                 f"{exc} The answer was interrupted." if response.text else f"{exc}", "error"
             )
         finally:
-            if status == "complete" or response.text:
+            # An interrupted turn is stored even if no word came yet: the message was read.
+            if status == "complete" or response.text or interrupted.is_set():
                 # Shielded: a cancelled turn still records what the user saw. Run in the context
                 # of the turn's newest message (see bot.busy).
                 save = self._save_turn(incoming, template, response, status, input_tokens)
@@ -247,7 +251,8 @@ class DialogManager:
                     "warning",
                 )
         elif status == "stopped" and interrupted.is_set():
-            yield FinalText(response.text, complete=False)
+            if response.text:
+                yield FinalText(response.text, complete=False)
             yield Notice("Stopped: a newer message arrived.", "info")
 
     async def _save_turn(
@@ -375,6 +380,28 @@ class DialogManager:
             return Notice(f"No template named {arg!r}. Available: {names}.", "warning")
         await self.store.set_state(chat, mode=template.name)
         return Notice(f"Switched to {template.name!r}: {template.description}")
+
+
+async def _until(stop: asyncio.Event, deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """``deltas`` until ``stop`` is set, also while waiting for the next one (a model that
+    takes long to start, or a non-streaming one, is stopped at once, not at its first word)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(deltas))
+            await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                return
+            try:
+                delta = step.result()
+            except StopAsyncIteration:
+                return
+            yield delta
+    finally:
+        stopped.cancel()
 
 
 _COMMANDS = {

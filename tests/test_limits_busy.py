@@ -13,6 +13,7 @@ from bot.dialog import DialogManager
 from bot.errors import StoreError
 from bot.events import FinalText, Incoming, Notice, ReplyEvent, TextDelta
 from bot.limits import Limits, MemoryLimits, RedisLimits
+from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
 from bot.stores import DialogStore
 from bot.stores.redis import RedisStore
@@ -147,6 +148,29 @@ async def test_interrupt_stops_the_current_reply(store: RedisStore, prompts_dir:
     turns = await store.read("c")
     assert turns[1].meta["status"] == "stopped" and turns[1].text == printed
     assert turns[2].text == "newer" and turns[3].meta["status"] == "complete"
+
+
+async def test_interrupt_stops_a_model_that_has_not_started_answering(
+    store: RedisStore, prompts_dir: Path
+) -> None:
+    slow = EchoModel(delay=30)  # thinks for half a minute before its first word
+    m = manager(store, slow, prompts_dir, busy_policy=BusyPolicy.INTERRUPT)
+
+    async def later() -> list[ReplyEvent]:
+        await asyncio.sleep(0.2)
+        m.model = EchoModel()  # the newer message gets a quick model
+        return await collect(m, "newer")
+
+    first, second = await asyncio.wait_for(asyncio.gather(collect(m, "first"), later()), 10)
+    assert first == [Notice("Stopped: a newer message arrived.", "info")]
+    assert second[-1] == FinalText("echo: newer")
+    turns = await store.read("c")
+    assert [(t.text, t.meta.get("status")) for t in turns] == [
+        ("first", None),
+        ("", "stopped"),
+        ("newer", None),
+        ("echo: newer", "complete"),
+    ]
 
 
 async def test_store_outage_says_temporarily_unavailable(prompts_dir: Path) -> None:
