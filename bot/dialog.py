@@ -217,10 +217,13 @@ class DialogManager:
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
         saved = True
         try:
-            async with contextlib.aclosing(aiter(response)) as deltas:
-                stream = deltas
+            async with contextlib.AsyncExitStack() as stack:
+                # Closed in reverse: _until (which waits for its pending step), then the stream.
+                stream = await stack.enter_async_context(contextlib.aclosing(aiter(response)))
                 if self.busy.policy is BusyPolicy.INTERRUPT:  # also while no token came yet
-                    stream = _until(interrupted, deltas)
+                    stream = await stack.enter_async_context(
+                        contextlib.aclosing(_until(interrupted, stream))
+                    )
                 async for delta in stream:
                     yield TextDelta(delta)
                     if interrupted.is_set():
@@ -386,22 +389,28 @@ async def _until(stop: asyncio.Event, deltas: AsyncIterator[str]) -> AsyncGenera
     """``deltas`` until ``stop`` is set, also while waiting for the next one (a model that
     takes long to start, or a non-streaming one, is stopped at once, not at its first word)."""
     stopped = asyncio.ensure_future(stop.wait())
+    step: asyncio.Future[str] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(deltas))
             await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if not step.done():
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
-                return
+                return  # stopped; the pending step is ended below
             try:
                 delta = step.result()
             except StopAsyncIteration:
                 return
+            step = None
             yield delta
     finally:
         stopped.cancel()
+        if step is not None and not step.done():
+            # Also when we are cancelled or closed: ``deltas`` must not be left running (it
+            # could not be closed, and would hold the model) — end its step and wait for it.
+            step.cancel()
+            await asyncio.wait({step})
+        if step is not None and not step.cancelled():
+            step.exception()  # retrieved: a model error after the stop is of no interest
 
 
 _COMMANDS = {

@@ -173,6 +173,36 @@ async def test_interrupt_stops_a_model_that_has_not_started_answering(
     ]
 
 
+async def test_a_turn_stopped_before_its_first_token_ends_cleanly_under_interrupt(
+    store: RedisStore, prompts_dir: Path
+) -> None:
+    """/stop, Ctrl-C or a worker's abort cancel the turn while the model is still silent: the
+    cancellation must come out as such (not as "generator already running"), and the model's
+    stream must be closed, not left running."""
+    closed = asyncio.Event()
+
+    class Silent(EchoModel):
+        async def generate(  # type: ignore[override]
+            self, messages: object, options: object
+        ) -> AsyncIterator[str]:
+            try:
+                await asyncio.sleep(30)
+                yield "never"
+            finally:
+                closed.set()
+
+    m = manager(store, Silent(), prompts_dir, busy_policy=BusyPolicy.INTERRUPT)
+    task = asyncio.create_task(collect(m, "first"))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed.is_set()
+    assert await store.read("c") == []  # nothing was said, nothing is stored
+    m.model = EchoModel()
+    assert (await collect(m, "again"))[-1] == FinalText("echo: again")  # the chat is free
+
+
 async def test_store_outage_says_temporarily_unavailable(prompts_dir: Path) -> None:
     dead = RedisStore.from_url("redis://127.0.0.1:1/0")
     m = manager(dead, Scripted(["x"]), prompts_dir)
