@@ -145,25 +145,40 @@ async def test_turns_stored_in_a_job_mark_the_job_and_earlier_ones_answered(
         await store.aclose()
 
 
-async def test_a_stored_reply_is_undelivered_until_its_job_or_a_later_one_is_delivered(
+async def test_a_stored_reply_is_undelivered_until_a_channel_marks_it_delivered(
     redis_server: str, redis_prefix: str
 ) -> None:
     store = JournaledRedisStore(aioredis.Redis.from_url(redis_server, decode_responses=True))
     store.prefix = redis_prefix
-    try:
-        assert await store.undelivered("c", "7-0") is None  # nothing stored
-        token = current_job.set(Job("7-0", "c", {}, 0))
+
+    async def store_in(job_id: str, *turns: Turn) -> None:
+        token = current_job.set(Job(job_id, "c", {}, 0))
         try:
-            await store.append("c", Turn("user", "q"), Turn("assistant", "a"))
+            await store.append("c", *turns)
         finally:
             current_job.reset(token)
-        reply = await store.undelivered("c", "7-0")
-        assert reply is not None and (reply.role, reply.text) == ("assistant", "a")
-        assert await store.undelivered("c", "6-0") is None  # stored by a later job (merged)
-        await store.delivered("c", "10-0")
-        await store.delivered("c", "9-0")  # out of order: the marker does not move back
+
+    try:
+        assert await store.undelivered("c", "7-0") is None  # nothing stored
+        await store_in("7-0", Turn("user", "q"), Turn("assistant", "a"))
+        for job in ("7-0", "6-0"):  # its own turn, or a merged turn stored as a later message
+            reply = await store.undelivered("c", job)
+            assert reply is not None and (reply.role, reply.text) == ("assistant", "a")
+        assert await store.undelivered("c", "8-0") is None  # not stored yet: run the turn
+        await store.delivered("c")
         assert await store.undelivered("c", "7-0") is None
-        assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "10-0"
+        assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "7-0"
+
+        # Nothing a channel could send again: a picture (not stored), an empty stopped reply.
+        image = Turn("assistant", "[image] a cat", meta={"kind": "image"})
+        await store_in("9-0", Turn("user", "draw a cat"), image)
+        assert await store.undelivered("c", "9-0") is None
+        await store_in("10-0", Turn("user", "hm"), Turn("assistant", "", meta={"status": "x"}))
+        assert await store.undelivered("c", "10-0") is None
+
+        await store.client.set(f"{redis_prefix}:{{c}}:delivered", "12-0")
+        await store.delivered("c")  # answered is 10-0: the marker does not move back
+        assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "12-0"
     finally:
         await store.aclose()
 

@@ -16,7 +16,12 @@ import secrets
 from dataclasses import dataclass, field
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 
 from adapters.telegram.actions import ChatAction
 from adapters.telegram.outbox import Outbox
@@ -101,7 +106,9 @@ class Replies:
         )
         try:
             await preview.finish(text if complete else stopped_text(text))
-        except TelegramAPIError as exc:
+        except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter):
+            raise  # may well get through later: the job is run again
+        except TelegramAPIError as exc:  # refused (blocked, chat gone): it never will
             log.warning("could not deliver a reply in chat %s: %s", target.chat_id, exc.message)
 
     async def run(self, target: Target, incoming: Incoming) -> None:

@@ -104,7 +104,7 @@ class TelegramWorker:
 
     async def _delivered(self, job: Job) -> None:
         try:
-            await self.store.delivered(job.chat, job.id)
+            await self.store.delivered(job.chat)
         except StoreError as exc:  # raising would run the job again: a second reply
             log.warning("job %s: could not record its delivery (%s)", job.id, exc)
 

@@ -70,7 +70,8 @@ class DialogHandler:
             async with self.store.client.pipeline(transaction=False) as pipe:
                 pipe.rpush(key, body)
                 pipe.expire(key, REPLIES_TTL)
-                self.store.queue_delivered(pipe, job.chat, job.id)
+                if any(e["kind"] in ("final", "image") for e in events):  # a turn's reply
+                    self.store.queue_delivered(pipe, job.chat)
                 await pipe.execute()
         except REDIS_ERRORS as exc:
             raise StoreError(f"Could not publish the reply to Redis: {exc}") from exc

@@ -114,8 +114,7 @@ class JournaledRedisStore(RedisStore):
             return
         if job.tenure is not None and job.tenure.ended:
             # The worker gave the job up mid-turn (see Tenure): the next owner answers it.
-            log.info("job %s of chat %s was given up; its partial turn is not stored", job.id, chat)
-            return
+            raise StoreError(f"job {job.id} was given up; the worker that takes it over answers it")
         keys = [self._key(chat, "turns"), self._key(chat, "state"), self._marker(chat)]
         ttl = max(1, int(self.ttl)) if self.ttl is not None else 0
         args: list[str | int] = [job.id, self.marker_ttl, self.max_turns or 0, ttl, len(turns)]
@@ -194,8 +193,9 @@ class JournaledRedisStore(RedisStore):
         return _entry(_text(last)) >= _entry(job_id)
 
     async def undelivered(self, chat: str, job_id: str) -> Turn | None:
-        """The reply job ``job_id`` stored whose delivery its channel never confirmed (the
-        worker stopped in between), for a redelivered job to send; else None."""
+        """For a redelivered job: the stored reply that answers it (its own turn, or a merged
+        turn stored as a later message) if no channel confirmed delivering it — the worker
+        stopped in between — and it can be sent again as text; else None."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.get(self._marker(chat))
@@ -204,24 +204,30 @@ class JournaledRedisStore(RedisStore):
                 answered, delivered, last = await pipe.execute()
         except REDIS_ERRORS as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
-        if _text(answered) != job_id:  # stored by a later job (a merged turn), or not at all
-            return None
-        if delivered is not None and _entry(_text(delivered)) >= _entry(job_id):
+        if answered is None or _entry(_text(answered)) < _entry(job_id):
+            return None  # not stored: the job runs its turn
+        if delivered is not None and _entry(_text(delivered)) >= _entry(_text(answered)):
             return None
         turns = decode_turns(last)
-        return turns[0] if turns and turns[0].role == "assistant" else None
+        if not turns or turns[0].role != "assistant" or not turns[0].text:
+            return None  # e.g. a turn interrupted before its first word: nothing to send
+        if turns[0].meta.get("kind") == "image":
+            return None  # the picture itself is not stored: it cannot be sent again
+        return turns[0]
 
-    async def delivered(self, chat: str, job_id: str) -> None:
-        """Record that job ``job_id``'s reply reached the user."""
+    async def delivered(self, chat: str) -> None:
+        """Record that a channel delivered the reply of the chat's newest stored turn."""
         try:
-            await self._mark_delivered(keys=[self._delivered(chat)], args=[job_id, self.marker_ttl])
+            await self._mark_delivered(
+                keys=[self._marker(chat), self._delivered(chat)], args=[self.marker_ttl]
+            )
         except REDIS_ERRORS as exc:
             raise StoreError(f"Could not write to Redis: {exc}") from exc
 
-    def queue_delivered(self, pipe: Any, chat: str, job_id: str) -> None:
+    def queue_delivered(self, pipe: Any, chat: str) -> None:
         """:meth:`delivered` as one more command of ``pipe`` (the channel's write of the reply).
         EVAL, not a registered script: redis-py would spend a round trip checking it exists."""
-        pipe.eval(MARK_DELIVERED, 1, self._delivered(chat), job_id, self.marker_ttl)
+        pipe.eval(MARK_DELIVERED, 2, self._marker(chat), self._delivered(chat), self.marker_ttl)
 
 
 def _text(value: object) -> str:

@@ -14,7 +14,7 @@ share one Redis Cluster slot and Lua scripts and MULTI blocks may touch them tog
 Per chat (the dialog store's ``{chat}`` tag, next to ``P:{chat}:turns`` and ``P:{chat}:state``)::
 
     P:{chat}:answered     id of the chat's last job whose turn was stored (same script as the turns)
-    P:{chat}:delivered    id of the chat's last job whose reply the channel delivered
+    P:{chat}:delivered    the answered id whose reply a channel has delivered (never moves back)
     P:{chat}:replies      final replies of ``python -m bot.queue.worker_main`` (a generic outbox)
 """
 

@@ -405,11 +405,16 @@ class PartitionRunner:
 
 
 async def _wait_or_cancel(tasks: set[asyncio.Task[None]], seconds: float) -> None:
+    """Wait up to ``seconds`` for ``tasks``, cancel the rest and wait for them to end. Their
+    errors are not ours; our own cancellation is (asyncio.wait raises it, awaiting a cancelled
+    task would hide it)."""
     if not tasks:
         return
     _done, pending = await asyncio.wait(tasks, timeout=seconds) if seconds > 0 else (set(), tasks)
     for task in pending:
         task.cancel()
+    if pending:
+        await asyncio.wait(pending)
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if not task.cancelled():
+            task.exception()  # retrieved (each task logs its own failures)

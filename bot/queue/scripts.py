@@ -96,18 +96,22 @@ return {existed, redis.call('LLEN', KEYS[1])}
 """
 )
 
-#: KEYS: the chat's delivered marker. ARGV: job id, TTL (s). Move the marker to the job, never
-#: back (a chat's overlapping jobs can finish out of order). Returns 1 if it moved.
+#: KEYS: the chat's answered marker, its delivered marker. ARGV: TTL (s).
+#: A channel delivered the reply of the chat's newest stored turn: copy the answered marker (the
+#: job the turn is stored as — for a merged turn, its newest message, whichever job delivered
+#: it) into the delivered one, never moving it back. Returns 1 if it moved.
 MARK_DELIVERED = (
     _ENTRY
     + """
-local last = redis.call('GET', KEYS[1])
+local answered = redis.call('GET', KEYS[1])
+if not answered then return 0 end
+local last = redis.call('GET', KEYS[2])
 if last then
   local lms, lseq = entry(last)
-  local ms, seq = entry(ARGV[1])
+  local ms, seq = entry(answered)
   if lms > ms or (lms == ms and lseq >= seq) then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[2], answered, 'EX', ARGV[1])
 return 1
 """
 )

@@ -107,6 +107,7 @@ class Worker:
         self._owned: dict[int, _Owned] = {}
         self._members: list[str] = []
         self._stopping = asyncio.Event()
+        self._aborting: set[asyncio.Task[None]] = set()  # runners stopped by _drop_untrusted
         self._stopped = asyncio.Event()
         self._running = False
         self._handled_before = 0
@@ -194,6 +195,7 @@ class Worker:
                     client=pipe,  # type: ignore[arg-type]
                 )
             results = await pipe.execute()
+        give_back: list[int] = []
         for p, held in zip(partitions, results, strict=True):
             owned = self._owned.get(p)
             if held == 2 and owned is not None:
@@ -211,7 +213,14 @@ class Worker:
             elif p in wanted:
                 self._take(p, sent)
             else:  # a hand-over released it while this renewal was on its way: give it back
-                await self._release(keys=[self.keys.lease(p)], args=[self.name])
+                give_back.append(p)
+        if give_back:  # after every result was acted on; if this fails the leases expire
+            with contextlib.suppress(*TRANSIENT):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for p in give_back:
+                        lease = [self.keys.lease(p)]
+                        await self._release(keys=lease, args=[self.name], client=pipe)  # type: ignore[arg-type]
+                    await pipe.execute()
 
     def _take(self, p: int, sent: float) -> None:
         runner = PartitionRunner(
@@ -225,6 +234,8 @@ class Worker:
         """Another worker should own ``p`` now: finish its running jobs, then release it."""
         owned = self._owned[p]
         await owned.runner.drain(self.grace)
+        if self._owned.get(p) is not owned:
+            return  # dropped meanwhile (lease lost or not renewed in time): not ours to release
         self._forget_runner(p)
         with contextlib.suppress(*TRANSIENT):  # if this fails the lease simply expires
             await self._release(keys=[self.keys.lease(p)], args=[self.name])
@@ -255,8 +266,11 @@ class Worker:
                 )
                 if owned.releasing is not None:
                     owned.releasing.cancel()
+                owned.runner.tenure.ended = True  # now, before any of its jobs writes again
                 self._forget_runner(p)
-                asyncio.create_task(owned.runner.abort())  # noqa: RUF006 - abort cannot fail
+                abort = asyncio.create_task(owned.runner.abort())
+                self._aborting.add(abort)
+                abort.add_done_callback(self._aborting.discard)
 
     async def _shutdown(self) -> None:
         """Leave, finish the running jobs (up to ``grace`` s) and release the partitions.
@@ -285,4 +299,6 @@ class Worker:
                 log.warning("worker %s: Redis unavailable while stopping (%s)", self.name, exc)
             self._drop_untrusted(loop.time())
             await asyncio.wait(releasing, timeout=delay)
+        if self._aborting:
+            await asyncio.wait(set(self._aborting))
         log.info("worker %s: stopped", self.name)
