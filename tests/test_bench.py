@@ -38,7 +38,8 @@ def test_bench_answers_every_turn_and_reports_its_figures(
     assert re.search(r"^manager +p50 \d+\.\d+ ms, p99 \d+\.\d+ ms per turn", out, re.M)
     trips = re.search(r"^round trips +(\d+\.\d+) per turn: history (\d+\.\d+)", out, re.M)
     assert trips is not None
-    assert float(trips.group(2)) >= 1  # the manager reads and writes history every turn
+    # Every turn writes history; concurrent turns' writes may share a request (bot.queue.batch).
+    assert float(trips.group(2)) > 0
 
 
 def test_bench_reports_an_ingress_that_cannot_reach_redis(monkeypatch: pytest.MonkeyPatch) -> None:

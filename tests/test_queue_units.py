@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from bot.errors import ConfigError, StoreError
 from bot.events import Message, Usage
@@ -15,6 +17,7 @@ from bot.models.base import GenerationOptions
 from bot.models.echo import EchoModel, parse_echo_spec
 from bot.models.registry import check_text_model_spec, close_models, get_text_model
 from bot.queue import Ingress, Job, QueueKeys, current_job, partition_of, scripts
+from bot.queue.batch import Batcher
 from bot.queue.connect import check_url, connect, parse_sentinel_url
 from bot.queue.journal import JournaledRedisStore
 from bot.settings import Settings, mask_url
@@ -181,6 +184,56 @@ async def test_a_stored_reply_is_undelivered_until_a_channel_marks_it_delivered(
         assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "12-0"
     finally:
         await store.aclose()
+
+
+# --- batched requests ---
+
+
+class CountingConnection(aioredis.Connection):
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def test_concurrent_callers_share_one_request_and_get_their_own_replies(
+    redis_server: str, redis_prefix: str
+) -> None:
+    pool = aioredis.ConnectionPool.from_url(
+        redis_server, connection_class=CountingConnection, decode_responses=True
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    batch = Batcher(client)
+    key = f"{redis_prefix}:batch"
+    try:
+        await client.ping()
+        CountingConnection.sent = 0
+        replies = await asyncio.gather(
+            *(batch.run(("INCRBY", key, n), ("GET", key)) for n in (1, 10, 100)),
+            batch.run(("INCR", f"{redis_prefix}:other"), ("HGET", key, "f")),
+        )
+        assert CountingConnection.sent == 1  # four callers, one request
+        assert [r for r, _ in replies[:3]] == [1, 11, 111]  # in order, each its own
+        assert [g for _, g in replies[:3]] == ["1", "11", "111"]
+        incr, wrong_type = replies[3]
+        assert incr == 1 and isinstance(wrong_type, ResponseError)  # only its caller sees it
+        assert "WRONGTYPE" in str(wrong_type)
+
+        CountingConnection.sent = 0
+        assert await batch.run(("GET", key)) == ["111"]  # a lone caller is not held back
+        assert CountingConnection.sent == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_connection_error_fails_every_caller_of_the_batch() -> None:
+    batch = Batcher(connect("redis://127.0.0.1:1/0"))
+    results = await asyncio.gather(
+        batch.run(("GET", "a")), batch.run(("GET", "b")), return_exceptions=True
+    )
+    assert all(isinstance(r, RedisConnectionError) for r in results), results
+    await batch.client.aclose()
 
 
 # --- connection URLs ---

@@ -32,6 +32,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from bot.errors import StoreError
+from bot.queue.batch import Batcher
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job, current_job
 from bot.queue.keys import QueueKeys
@@ -63,6 +64,7 @@ class JournaledRedisStore(RedisStore):
         super().__init__(client, prefix)
         self.cache = cache if cache is not None else ChatCache()
         self._mark_delivered = client.register_script(MARK_DELIVERED)
+        self._batch = Batcher(client)
 
     @classmethod
     def wrap(cls, store: RedisStore) -> JournaledRedisStore:
@@ -122,23 +124,25 @@ class JournaledRedisStore(RedisStore):
         for name, amount in (counters or {}).items():
             args += [name, amount]
         sent = time.monotonic()
+        # redis-py refuses EVALSHA in cluster pipelines (it could not load a missing script).
+        script = ("EVAL", APPEND_TURNS) if is_cluster(self._r) else ("EVALSHA", APPEND_SHA)
         try:
             for attempt in (1, 2):
-                try:
-                    # One round trip, as RedisStore.append. The index is in another slot: it
-                    # rides along outside the script (a cluster pipeline splits them by node).
-                    async with self._r.pipeline(transaction=False) as pipe:
-                        if is_cluster(self._r):  # redis-py refuses EVALSHA in cluster pipelines
-                            pipe.eval(APPEND_TURNS, len(keys), *keys, *args)
-                        else:
-                            pipe.evalsha(APPEND_SHA, len(keys), *keys, *args)
-                        pipe.zadd(self._index, {chat: time.time()})
-                        (existed, length), _ = await pipe.execute()
-                    break
-                except NoScriptError:  # first use on this server (or it restarted): load, retry
-                    if attempt == 2:
-                        raise
+                # One request, shared with the other turns that end in this step of the event
+                # loop (bot.queue.batch). The index is in another slot: it rides along outside
+                # the script (a cluster pipeline splits them by node).
+                reply, indexed = await self._batch.run(
+                    (*script, len(keys), *keys, *args), ("ZADD", self._index, time.time(), chat)
+                )
+                if isinstance(reply, NoScriptError) and attempt == 1:
+                    # First use on this server (or it restarted): load, retry.
                     await self._r.script_load(APPEND_TURNS)
+                    continue
+                for result in (reply, indexed):
+                    if isinstance(result, Exception):
+                        raise result
+                existed, length = reply
+                break
         except asyncio.CancelledError:
             self.cache.drop(chat)  # the write may or may not have happened
             raise
