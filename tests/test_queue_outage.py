@@ -20,6 +20,7 @@ import redis
 from bot.errors import StoreError
 from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.connect import connect
+from bot.redis_client import RedisClient
 from tests.conftest import free_port
 
 
@@ -85,6 +86,18 @@ async def eventually(check: object, seconds: float = 30) -> None:
         await asyncio.sleep(0.05)
 
 
+def start_recording(
+    client: RedisClient, keys: QueueKeys, done: list[str]
+) -> tuple[Worker, asyncio.Task[None]]:
+    """A running worker (3 s leases) whose handler appends each job's text to ``done``."""
+
+    async def handler(job: Job) -> None:
+        done.append(job.payload["text"])
+
+    worker = Worker(client, handler, keys=keys, lease_ms=3000)
+    return worker, asyncio.create_task(worker.run())
+
+
 @pytest.mark.parametrize("persist", [True, False], ids=["aof", "data-lost"])
 async def test_redis_restart_is_survived_and_work_resumes_by_itself(
     private_redis: PrivateRedis, persist: bool
@@ -93,12 +106,7 @@ async def test_redis_restart_is_survived_and_work_resumes_by_itself(
     client = connect(private_redis.url, socket_timeout=2)
     keys = QueueKeys("outage", 2)
     done: list[str] = []
-
-    async def handler(job: Job) -> None:
-        done.append(job.payload["text"])
-
-    worker = Worker(client, handler, keys=keys, lease_ms=3000)
-    running = asyncio.create_task(worker.run())
+    worker, running = start_recording(client, keys, done)
     ingress = Ingress(client, keys)
     try:
         for text in ("a", "b"):
@@ -135,12 +143,7 @@ async def test_a_redis_refusing_writes_stalls_work_without_a_crash(tmp_path: Pat
     client = connect(private_redis.url, socket_timeout=2)
     keys = QueueKeys("refusing", 2)
     done: list[str] = []
-
-    async def handler(job: Job) -> None:
-        done.append(job.payload["text"])
-
-    worker = Worker(client, handler, keys=keys, lease_ms=3000)
-    running = asyncio.create_task(worker.run())
+    worker, running = start_recording(client, keys, done)
     ingress = Ingress(client, keys)
     try:
         await ingress.enqueue("c", {"text": "a"})

@@ -95,15 +95,7 @@ class Replies:
 
     async def redeliver(self, target: Target, text: str, *, complete: bool = True) -> None:
         """Send a stored reply whose delivery was cut off (its worker stopped in between)."""
-        preview = ReplyPreview(
-            self.bot,
-            self.outbox,
-            self.throttle,
-            target,
-            interval=self.settings.interval_for(target.private),
-            draft_id=None,
-            drafts_refused=self._no_drafts.add,
-        )
+        preview = self._preview(target, draft_id=None)
         try:
             await preview.finish(text if complete else stopped_text(text))
         except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter):
@@ -115,15 +107,7 @@ class Replies:
         """Answer ``incoming`` in ``target``; returns when the reply is delivered or stopped."""
         drafts = target.private and target.chat_id not in self._no_drafts
         draft_id = next(self._draft_ids) % (2**31 - 1) + 1 if drafts else None
-        preview = ReplyPreview(
-            self.bot,
-            self.outbox,
-            self.throttle,
-            target,
-            interval=self.settings.interval_for(target.private),
-            draft_id=draft_id,
-            drafts_refused=self._no_drafts.add,
-        )
+        preview = self._preview(target, draft_id)
         reply = ActiveReply(target, draft_id)
         self._active.setdefault(target.key, []).append(reply)
         try:
@@ -146,6 +130,17 @@ class Replies:
             replies.remove(reply)
             if not replies:
                 self._active.pop(target.key, None)
+
+    def _preview(self, target: Target, draft_id: int | None) -> ReplyPreview:
+        return ReplyPreview(
+            self.bot,
+            self.outbox,
+            self.throttle,
+            target,
+            interval=self.settings.interval_for(target.private),
+            draft_id=draft_id,
+            drafts_refused=self._no_drafts.add,
+        )
 
     async def _consume(self, reply: ActiveReply, preview: ReplyPreview, incoming: Incoming) -> None:
         target = reply.target
