@@ -111,13 +111,11 @@ class Settings(BaseSettings):
             raise ConfigError("FMBOT_STORE", mask_url(self.store_url), STORE_ACCEPTED)
         if scheme == "sqlite" and not urlsplit(self.store_url).path.lstrip("/"):
             raise ConfigError("FMBOT_STORE", self.store_url, STORE_ACCEPTED)
+        from bot.queue.connect import check_url  # ConfigError naming the setting, secrets masked
+
         if scheme in REDIS_STORE_SCHEMES:
-            from bot.queue.connect import check_url
-
-            check_url(self.store_url, "FMBOT_STORE")  # ConfigError (secrets masked)
+            check_url(self.store_url, "FMBOT_STORE")
         if queue := (self.queue_url or "").strip():
-            from bot.queue.connect import check_url
-
             check_url(queue, "FMBOT_QUEUE_URL")
         from bot.models.registry import check_image_model_spec, check_text_model_spec
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from adapters.bench import RoundTrips, counting_client
 from bot.errors import ConfigError, StoreError
 from bot.events import Message, Usage
 from bot.models.base import GenerationOptions
@@ -19,7 +20,7 @@ from bot.models.registry import check_text_model_spec, close_models, get_text_mo
 from bot.queue import Ingress, Job, QueueKeys, current_job, partition_of, scripts
 from bot.queue.batch import Batcher
 from bot.queue.connect import check_url, connect, parse_sentinel_url
-from bot.queue.journal import JournaledRedisStore
+from bot.queue.journal import JournaledRedisStore, Replay
 from bot.settings import Settings, mask_url
 from bot.stores.base import Turn
 from tests.conftest import free_port
@@ -162,22 +163,24 @@ async def test_a_stored_reply_is_undelivered_until_a_channel_marks_it_delivered(
             current_job.reset(token)
 
     try:
-        assert await store.undelivered("c", "7-0") is None  # nothing stored
+        assert await store.replay("c", "7-0") == Replay(answered=False)  # nothing stored
         await store_in("7-0", Turn("user", "q"), Turn("assistant", "a"))
         for job in ("7-0", "6-0"):  # its own turn, or a merged turn stored as a later message
-            reply = await store.undelivered("c", job)
+            replay = await store.replay("c", job)
+            reply = replay.reply
+            assert replay.answered and replay.complete
             assert reply is not None and (reply.role, reply.text) == ("assistant", "a")
-        assert await store.undelivered("c", "8-0") is None  # not stored yet: run the turn
+        assert await store.replay("c", "8-0") == Replay(answered=False)  # not stored: run it
         await store.delivered("c")
-        assert await store.undelivered("c", "7-0") is None
+        assert await store.replay("c", "7-0") == Replay(answered=True)  # delivered: skip
         assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "7-0"
 
         # Nothing a channel could send again: a picture (not stored), an empty stopped reply.
         image = Turn("assistant", "[image] a cat", meta={"kind": "image"})
         await store_in("9-0", Turn("user", "draw a cat"), image)
-        assert await store.undelivered("c", "9-0") is None
+        assert await store.replay("c", "9-0") == Replay(answered=True)
         await store_in("10-0", Turn("user", "hm"), Turn("assistant", "", meta={"status": "x"}))
-        assert await store.undelivered("c", "10-0") is None
+        assert await store.replay("c", "10-0") == Replay(answered=True)
 
         await store.client.set(f"{redis_prefix}:{{c}}:delivered", "12-0")
         await store.delivered("c")  # answered is 10-0: the marker does not move back
@@ -189,40 +192,30 @@ async def test_a_stored_reply_is_undelivered_until_a_channel_marks_it_delivered(
 # --- batched requests ---
 
 
-class CountingConnection(aioredis.Connection):
-    sent = 0
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sent += 1
-        await super().send_packed_command(command, check_health)
-
-
 async def test_concurrent_callers_share_one_request_and_get_their_own_replies(
     redis_server: str, redis_prefix: str
 ) -> None:
-    pool = aioredis.ConnectionPool.from_url(
-        redis_server, connection_class=CountingConnection, decode_responses=True
-    )
-    client = aioredis.Redis(connection_pool=pool)
+    sent = RoundTrips()
+    client = counting_client(redis_server, sent)  # the benchmark's request counter
     batch = Batcher(client)
     key = f"{redis_prefix}:batch"
     try:
         await client.ping()
-        CountingConnection.sent = 0
+        sent.count = 0
         replies = await asyncio.gather(
             *(batch.run(("INCRBY", key, n), ("GET", key)) for n in (1, 10, 100)),
             batch.run(("INCR", f"{redis_prefix}:other"), ("HGET", key, "f")),
         )
-        assert CountingConnection.sent == 1  # four callers, one request
+        assert sent.count == 1  # four callers, one request
         assert [r for r, _ in replies[:3]] == [1, 11, 111]  # in order, each its own
         assert [g for _, g in replies[:3]] == ["1", "11", "111"]
         incr, wrong_type = replies[3]
         assert incr == 1 and isinstance(wrong_type, ResponseError)  # only its caller sees it
         assert "WRONGTYPE" in str(wrong_type)
 
-        CountingConnection.sent = 0
+        sent.count = 0
         assert await batch.run(("GET", key)) == ["111"]  # a lone caller is not held back
-        assert CountingConnection.sent == 1
+        assert sent.count == 1
     finally:
         await client.aclose()
 

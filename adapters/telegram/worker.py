@@ -85,14 +85,15 @@ class TelegramWorker:
         bot = self.app.bot
         update = Update.model_validate(job.payload, context={"bot": bot})
         # Unordered (immediate) jobs store no turn of their own: nothing to look up.
-        if job.redelivered and job.ordered and await self.store.answered(job.chat, job.id):
+        ordered_replay = job.redelivered and job.ordered
+        replay = await self.store.replay(job.chat, job.id) if ordered_replay else None
+        if replay is not None and replay.answered:
             self.skipped += 1
-            reply = await self.store.undelivered(job.chat, job.id)
-            if reply is not None and update.message is not None:
+            if replay.reply is not None and update.message is not None:
                 log.info("job %s: sending the reply a stopped worker had stored", job.id)
-                complete = reply.meta.get("status", "complete") == "complete"
                 target = Target.of(update.message)
-                await self.app.replies.redeliver(target, reply.text, complete=complete)
+                text, complete = replay.reply.text, replay.complete
+                await self.app.replies.redeliver(target, text, complete=complete)
                 await self._delivered(job)
             else:
                 log.info("job %s was answered before a worker restart; skipped", job.id)

@@ -39,13 +39,11 @@ class DialogHandler:
         self.skipped = 0  # redelivered jobs whose turn was already stored
 
     async def __call__(self, job: Job) -> None:
-        if job.redelivered and await self.store.answered(job.chat, job.id):
+        if job.redelivered and (replay := await self.store.replay(job.chat, job.id)).answered:
             self.skipped += 1
             # Stored, but the worker stopped before publishing it: publish the stored reply.
-            reply = await self.store.undelivered(job.chat, job.id)
-            if reply is not None and self.publish:
-                complete = reply.meta.get("status", "complete") == "complete"
-                await self._publish(job, [final_event(reply.text, complete)])
+            if replay.reply is not None and self.publish:
+                await self._publish(job, [final_event(replay.reply.text, replay.complete)])
             return
         p = job.payload
         incoming = Incoming(

@@ -180,7 +180,6 @@ def connect(url: str, *, setting: str = SETTING, **options: Any) -> RedisClient:
     No I/O happens here: the first command connects (and, with Sentinel, discovers the master;
     with Cluster, reads the slot map). ConfigError naming ``setting`` for a malformed URL.
     """
-    check_url(url, setting)
     options.setdefault("decode_responses", True)
     options.setdefault("health_check_interval", 30)
     options.setdefault("socket_connect_timeout", 5)
@@ -215,6 +214,7 @@ def connect(url: str, *, setting: str = SETTING, **options: Any) -> RedisClient:
             ssl=c.ssl,
             **options,
         )
+    check_url(url, setting)  # a plain URL (Sentinel and Cluster ones were parsed above)
     # Blocking pool: a burst of concurrent commands waits for a free connection instead of
     # failing with "Too many connections" (redis-py's default pool stops at 100).
     pool = aioredis.BlockingConnectionPool.from_url(url, **options)

@@ -9,13 +9,13 @@ is atomic on Cluster too). The ``P:chats`` index lives in another slot, so it is
 the script in the same non-transactional pipeline: one round trip on one server, one request per
 node on a Cluster. A chat's jobs run one after another in entry-id order, so
 ``answered >= X`` means job X's handler finished (X, or a later job of the chat, stored its
-turn); a handler of a redelivered job asks :meth:`answered` first and skips the job then. One
+turn); a handler of a redelivered job asks :meth:`replay` first and skips the job then. One
 small key per chat, whatever the number of turns; history never holds a turn twice.
 
 Side effects outside Redis (README "Scaling out on Redis"): a channel marks the reply it
 delivered (:meth:`JournaledRedisStore.delivered`, ``P:{chat}:delivered``). If a worker dies after
 the turn was stored but before that mark, the redelivered job sends the stored reply
-(:meth:`JournaledRedisStore.undelivered`) instead of running the turn again: at least once, and
+(:meth:`JournaledRedisStore.replay`) instead of running the turn again: at least once, and
 twice only if it died between the channel's send and the mark. A job that stores no turn (a
 command) is run again (at least once).
 """
@@ -27,6 +27,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -196,10 +197,11 @@ class JournaledRedisStore(RedisStore):
             return False
         return _entry(_text(last)) >= _entry(job_id)
 
-    async def undelivered(self, chat: str, job_id: str) -> Turn | None:
-        """For a redelivered job: the stored reply that answers it (its own turn, or a merged
-        turn stored as a later message) if no channel confirmed delivering it — the worker
-        stopped in between — and it can be sent again as text; else None."""
+    async def replay(self, chat: str, job_id: str) -> Replay:
+        """What a redelivered job finds, in one request: whether its turn is stored (it, or a
+        later job of the chat, stored one), and if so the stored reply that answers it when no
+        channel confirmed delivering it (the worker stopped in between) and it can be sent again
+        as text."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.get(self._marker(chat))
@@ -209,15 +211,15 @@ class JournaledRedisStore(RedisStore):
         except REDIS_ERRORS as exc:
             raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
         if answered is None or _entry(_text(answered)) < _entry(job_id):
-            return None  # not stored: the job runs its turn
+            return Replay(answered=False)  # not stored: the job runs its turn
         if delivered is not None and _entry(_text(delivered)) >= _entry(_text(answered)):
-            return None
+            return Replay(answered=True)
         turns = decode_turns(last)
         if not turns or turns[0].role != "assistant" or not turns[0].text:
-            return None  # e.g. a turn interrupted before its first word: nothing to send
+            return Replay(answered=True)  # e.g. interrupted before its first word: nothing to send
         if turns[0].meta.get("kind") == "image":
-            return None  # the picture itself is not stored: it cannot be sent again
-        return turns[0]
+            return Replay(answered=True)  # the picture itself is not stored: it cannot be resent
+        return Replay(answered=True, reply=turns[0])
 
     async def delivered(self, chat: str) -> None:
         """Record that a channel delivered the reply of the chat's newest stored turn."""
@@ -232,6 +234,19 @@ class JournaledRedisStore(RedisStore):
         """:meth:`delivered` as one more command of ``pipe`` (the channel's write of the reply).
         EVAL, not a registered script: redis-py would spend a round trip checking it exists."""
         pipe.eval(MARK_DELIVERED, 2, self._marker(chat), self._delivered(chat), self.marker_ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """See :meth:`JournaledRedisStore.replay`."""
+
+    answered: bool
+    reply: Turn | None = None  # stored but not delivered: send this instead of skipping
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``reply`` is a whole answer (not one the user stopped)."""
+        return self.reply is not None and self.reply.meta.get("status", "complete") == "complete"
 
 
 def _text(value: object) -> str:

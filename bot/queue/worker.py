@@ -38,7 +38,8 @@ Plugging a channel in (the Telegram adapter's ``--role``):
 * worker (``fmbot telegram --role worker``): ``Worker(redis, handler).run()`` with ``async def
   handler(job): await dispatcher.feed_update(bot, Update.model_validate(job.payload))``, the
   manager built on :class:`~bot.queue.journal.JournaledRedisStore` and, for ``job.redelivered``,
-  a check of ``store.answered(chat_key, job.id)`` before running the turn. ``immediate`` may
+  a check of ``store.replay(chat_key, job.id)`` before running the turn (skip it when
+  ``answered``; send ``reply`` if there is one). ``immediate`` may
   let ``/stop`` and callback queries bypass their chat's lane so they reach a running turn.
   On SIGTERM call ``await worker.stop(grace)``.
 * all (``--role all``): both in one process.
