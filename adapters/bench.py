@@ -58,7 +58,7 @@ from bot.models.echo import EchoModel
 from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.chat import DialogHandler
 from bot.queue.journal import JournaledRedisStore
-from bot.redis_client import REDIS_ERRORS
+from bot.redis_client import REDIS_ERRORS, pack_with_hiredis
 from bot.runtime import loop_name, run_server
 from bot.settings import Settings, mask_url
 
@@ -85,6 +85,7 @@ def counting_client(url: str, counter: RoundTrips) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url, connection_class=Counting, decode_responses=True, max_connections=256
     )
+    pack_with_hiredis(pool)  # as connect() does
     return aioredis.Redis(connection_pool=pool)
 
 

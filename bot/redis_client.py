@@ -11,18 +11,27 @@ non-transactional pipelines, which the cluster client splits by node.
 cluster pipeline (it could not load a missing script on the right node); this client's pipelines
 send a script registered on the client (``register_script``) as EVAL instead, so code that runs
 scripts in a pipeline (the worker's lease renewals) works unchanged on a Cluster.
+
+:func:`pack_with_hiredis`: redis-py packs commands in C (hiredis) on its sync connections but in
+Python on its asyncio ones (redis/redis-py#4176; the fix, #4191, is not released). Packing was a
+tenth of a worker's CPU in ``fmbot bench``, so the pools fmbot opens on one server or through
+Sentinel pack with the sync client's own serializer until redis-py does. Cluster nodes make their
+connections themselves and keep redis-py's packing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.commands.core import AsyncScript
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT, KeyT, ScriptTextT
+from redis.utils import HIREDIS_AVAILABLE
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -30,7 +39,48 @@ RedisClient: TypeAlias = Redis | RedisCluster
 #: errors that are not RedisErrors (e.g. SlotNotCoveredError while a cluster reshapes).
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
-__all__ = ["REDIS_ERRORS", "ClusterClient", "RedisClient", "is_cluster"]
+__all__ = [
+    "REDIS_ERRORS",
+    "ClusterClient",
+    "HiredisPacking",
+    "RedisClient",
+    "is_cluster",
+    "pack_with_hiredis",
+]
+
+P = TypeVar("P", bound=ConnectionPool)
+_SERIALIZER = HiredisRespSerializer()
+
+
+class HiredisPacking:
+    """Mixed into an asyncio connection class: commands are packed by hiredis, as the sync
+    client packs them (the same serializer: same bytes, memoryviews copied, DataError for a
+    value it cannot send)."""
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        packed: list[bytes] = _SERIALIZER.pack(*args)  # type: ignore[arg-type]  # typed list[Any]
+        return packed
+
+
+_packing_classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """One subclass per connection class (not one per pool)."""
+    if cls not in _packing_classes:
+        _packing_classes[cls] = type(cls.__name__, (HiredisPacking, cls), {})
+    return _packing_classes[cls]
+
+
+def pack_with_hiredis(pool: P) -> P:
+    """``pool``, its future connections packing with hiredis (unchanged without hiredis).
+
+    Connections are made lazily, so this works on a pool before its first command; its class
+    (plain, TLS, Unix socket, Sentinel-managed) is kept, only ``pack_command`` is replaced."""
+    cls = pool.connection_class
+    if HIREDIS_AVAILABLE and not issubclass(cls, HiredisPacking):
+        pool.connection_class = _packing(cls)
+    return pool
 
 
 def is_cluster(client: RedisClient) -> bool:

@@ -18,7 +18,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from bot.errors import StoreError
-from bot.redis_client import REDIS_ERRORS, RedisClient
+from bot.redis_client import REDIS_ERRORS, RedisClient, pack_with_hiredis
 from bot.stores.base import ChatInfo, DialogStore, Turn
 
 
@@ -40,6 +40,7 @@ class RedisStore(DialogStore):
         pool = aioredis.BlockingConnectionPool.from_url(
             url, decode_responses=True, health_check_interval=30, max_connections=64, timeout=20
         )
+        pack_with_hiredis(pool)
         return cls(aioredis.Redis(connection_pool=pool), prefix)
 
     @property
