@@ -100,7 +100,7 @@ def start_recording(
 
 @pytest.mark.parametrize("persist", [True, False], ids=["aof", "data-lost"])
 async def test_redis_restart_is_survived_and_work_resumes_by_itself(
-    private_redis: PrivateRedis, persist: bool
+    private_redis: PrivateRedis, persist: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     private_redis.start(persist=persist)
     client = connect(private_redis.url, socket_timeout=2)
@@ -119,6 +119,9 @@ async def test_redis_restart_is_survived_and_work_resumes_by_itself(
         await asyncio.sleep(3.5)  # longer than a lease: partitions are dropped, loops retry
         assert not running.done()
         assert worker.partitions == []
+        logged = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith(f"worker {worker.name}: Redis unavailable (") for m in logged)
+        assert not any("refused" in m for m in logged)
 
         private_redis.start(persist=persist)
         for text in ("c", "d"):
@@ -132,7 +135,9 @@ async def test_redis_restart_is_survived_and_work_resumes_by_itself(
         await client.aclose()
 
 
-async def test_a_redis_refusing_writes_stalls_work_without_a_crash(tmp_path: Path) -> None:
+async def test_a_redis_refusing_writes_stalls_work_without_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """MISCONF (a failed snapshot stops writes) is a ResponseError, not a connection error: the
     worker's loops must wait it out like an outage, and the ingress must refuse, not crash."""
     doomed = tmp_path / "doomed"
@@ -157,6 +162,10 @@ async def test_a_redis_refusing_writes_stalls_work_without_a_crash(tmp_path: Pat
         await asyncio.sleep(3.5)  # heartbeats and lease renewals fail for longer than a lease
         assert not running.done(), running.exception() if running.done() else None
         assert worker.partitions == []
+        # Logged as what it is: an error reply, not an unreachable server.
+        logged = [r.getMessage() for r in caplog.records]
+        refused = f"worker {worker.name}: Redis refused a command (MISCONF"
+        assert any(m.startswith(refused) for m in logged), logged
 
         admin.config_set("stop-writes-on-bgsave-error", "no")  # what an operator would do
         await ingress.enqueue("c", {"text": "b"})

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 
+from redis.exceptions import ResponseError
+
 from bot.errors import StoreError
 from bot.redis_client import REDIS_ERRORS
 
@@ -18,6 +20,16 @@ from bot.redis_client import REDIS_ERRORS
 #: server refusing writes (MISCONF after a failed save, OOM) all pass, and none is the fault of
 #: the job at hand — plus OSError and StoreError (the stores' wrapping of the same errors).
 TRANSIENT: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError, StoreError)
+
+
+def trouble(exc: BaseException) -> str:
+    """How a log line names a :data:`TRANSIENT` error. An error reply is told apart from an
+    unreachable server: it may be a setup problem that waiting will not fix (WRONGTYPE: another
+    program's key under fmbot's prefix; NOPERM: the user's ACL), so the operator must look."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    if isinstance(cause, ResponseError):
+        return "Redis refused a command"
+    return "Redis unavailable"
 
 
 class Backoff:

@@ -32,7 +32,7 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from bot.busy import arrival_hook
-from bot.queue.backoff import TRANSIENT, Backoff
+from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.job import Job, Tenure, current_job
 from bot.queue.keys import GROUP, QueueKeys
 from bot.redis_client import RedisClient
@@ -139,7 +139,7 @@ class PartitionRunner:
             except TRANSIENT as exc:
                 delay = backoff.next()
                 log.warning(
-                    "partition %s: Redis unavailable (%s); retry in %.1fs", self.index, exc, delay
+                    "partition %s: %s (%s); retry in %.1fs", self.index, trouble(exc), exc, delay
                 )
                 await asyncio.sleep(delay)
             except Exception:  # a bug or an unexpected reply: keep the worker alive, say so
@@ -312,7 +312,7 @@ class PartitionRunner:
                 return
             except TRANSIENT as exc:  # Redis down: not the job's fault; keep order
                 delay = backoff.next()
-                log.warning("job %s: Redis unavailable (%s); retry in %.1fs", job.id, exc, delay)
+                log.warning("job %s: %s (%s); retry in %.1fs", job.id, trouble(exc), exc, delay)
             except Exception:
                 failures += 1
                 log.exception("job %s (chat %s) failed, attempt %d", job.id, job.chat, failures)

@@ -61,7 +61,7 @@ import uuid
 from dataclasses import dataclass
 
 from bot.queue import scripts
-from bot.queue.backoff import TRANSIENT, Backoff
+from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.ingress import check_partitions
 from bot.queue.keys import QueueKeys
 from bot.queue.partition import Handler, PartitionRunner, Tuning
@@ -150,7 +150,7 @@ class Worker:
                 except TRANSIENT as exc:
                     delay = backoff.next()
                     log.warning(
-                        "worker %s: Redis unavailable (%s); retry in %.1fs", self.name, exc, delay
+                        "worker %s: %s (%s); retry in %.1fs", self.name, trouble(exc), exc, delay
                     )
                 self._drop_untrusted(loop.time())
                 with contextlib.suppress(TimeoutError):
@@ -297,7 +297,7 @@ class Worker:
                 backoff.reset()
             except TRANSIENT as exc:  # a lease we cannot renew is dropped by its deadline
                 delay = min(delay, backoff.next())
-                log.warning("worker %s: Redis unavailable while stopping (%s)", self.name, exc)
+                log.warning("worker %s: %s while stopping (%s)", self.name, trouble(exc), exc)
             self._drop_untrusted(loop.time())
             await asyncio.wait(releasing, timeout=delay)
         if self._aborting:
