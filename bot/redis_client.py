@@ -21,6 +21,7 @@ connections themselves and keep redis-py's packing.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Generator
 from typing import Any, TypeAlias, TypeVar
 
@@ -50,35 +51,51 @@ __all__ = [
 
 P = TypeVar("P", bound=ConnectionPool)
 _SERIALIZER = HiredisRespSerializer()
+try:  # redis-py 5 counted any hiredis as available, also one without pack_command
+    from hiredis import pack_command  # noqa: F401
+
+    HIREDIS_PACKS = HIREDIS_AVAILABLE
+except ImportError:
+    HIREDIS_PACKS = False
 
 
 class HiredisPacking:
     """Mixed into an asyncio connection class: commands are packed by hiredis, as the sync
-    client packs them (the same serializer: same bytes, memoryviews copied, DataError for a
-    value it cannot send)."""
+    client packs them (the same serializer: memoryviews copied, DataError for a value it cannot
+    send). hiredis encodes text as strict UTF-8, so it serves only pools that do too."""
 
     def pack_command(self, *args: EncodableT) -> list[bytes]:
         packed: list[bytes] = _SERIALIZER.pack(*args)  # type: ignore[arg-type]  # typed list[Any]
         return packed
 
 
-_packing_classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
-
-
 def _packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
-    """One subclass per connection class (not one per pool)."""
-    if cls not in _packing_classes:
-        _packing_classes[cls] = type(cls.__name__, (HiredisPacking, cls), {})
-    return _packing_classes[cls]
+    """One subclass per connection class, kept on the class (it goes when the class goes)."""
+    packing: type[AbstractConnection] | None = cls.__dict__.get("_fmbot_hiredis_packing")
+    if packing is None:
+        packing = type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
+        cls._fmbot_hiredis_packing = packing  # type: ignore[attr-defined]
+    return packing
+
+
+def _utf8_strict(pool: ConnectionPool) -> bool:
+    options = pool.connection_kwargs
+    try:
+        utf8 = codecs.lookup(options.get("encoding") or "utf-8").name == "utf-8"
+    except LookupError:  # redis-py reports an unknown encoding at the first command
+        return False
+    return utf8 and (options.get("encoding_errors") or "strict") == "strict"
 
 
 def pack_with_hiredis(pool: P) -> P:
-    """``pool``, its future connections packing with hiredis (unchanged without hiredis).
+    """``pool``, its future connections packing with hiredis.
 
     Connections are made lazily, so this works on a pool before its first command; its class
-    (plain, TLS, Unix socket, Sentinel-managed) is kept, only ``pack_command`` is replaced."""
+    (plain, TLS, Unix socket, Sentinel-managed) is kept, only ``pack_command`` is replaced.
+    Unchanged without hiredis, or when the pool encodes text otherwise than as strict UTF-8
+    (``?encoding=latin-1``, ``encoding_errors=replace``), which hiredis cannot do."""
     cls = pool.connection_class
-    if HIREDIS_AVAILABLE and not issubclass(cls, HiredisPacking):
+    if HIREDIS_PACKS and not issubclass(cls, HiredisPacking) and _utf8_strict(pool):
         pool.connection_class = _packing(cls)
     return pool
 

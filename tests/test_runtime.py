@@ -33,11 +33,32 @@ def test_a_server_collects_garbage_less_often_and_restores_the_settings() -> Non
 
 def test_settings_are_restored_when_the_server_fails() -> None:
     before, frozen_before = gc.get_threshold(), gc.get_freeze_count()
+    inside: list[int] = []
 
     async def failing() -> None:
+        inside.append(gc.get_threshold()[0])
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         run_server(failing())
+    assert inside == [SERVER_GC_THRESHOLD]
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == frozen_before
+
+
+def test_what_others_set_is_left_alone() -> None:
+    """Objects frozen before stay frozen; a collector turned off stays off."""
+    before = gc.get_threshold()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    gc.set_threshold(0)
+    try:
+
+        async def inside() -> tuple[int, int]:
+            return gc.get_threshold()[0], gc.get_freeze_count()
+
+        assert run_server(inside()) == (0, frozen)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
