@@ -57,8 +57,9 @@ from bot.events import Incoming
 from bot.models.echo import EchoModel
 from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.chat import DialogHandler
+from bot.queue.connect import connect
 from bot.queue.journal import JournaledRedisStore
-from bot.redis_client import REDIS_ERRORS, pack_with_hiredis
+from bot.redis_client import REDIS_ERRORS
 from bot.runtime import loop_name, run_server
 from bot.settings import Settings, mask_url
 
@@ -82,11 +83,12 @@ def counting_client(url: str, counter: RoundTrips) -> aioredis.Redis:
             counter.count += 1
             await super().send_packed_command(command, check_health)
 
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, connection_class=Counting, decode_responses=True, max_connections=256
+    # Built as every fmbot client is (hiredis packing), but with no timeouts or health checks.
+    client = connect(
+        url, connection_class=Counting, socket_connect_timeout=None, health_check_interval=0
     )
-    pack_with_hiredis(pool)  # as connect() does
-    return aioredis.Redis(connection_pool=pool)
+    assert isinstance(client, aioredis.Redis)  # a plain URL: one server
+    return client
 
 
 @dataclass
