@@ -52,11 +52,17 @@ end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
-#: Lua: stream entry ids ("ms-seq") as two numbers, for comparing them.
+#: Lua: whether stream entry id ``last`` ("ms-seq") is ``id`` or a later one, compared as
+#: numbers (as strings, "10-0" would come before "9-0").
 _ENTRY = """
 local function entry(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms or id) or 0, tonumber(seq or 0) or 0
+end
+local function reached(last, id)
+  local lms, lseq = entry(last)
+  local ms, seq = entry(id)
+  return lms > ms or (lms == ms and lseq >= seq)
 end
 """
 
@@ -73,11 +79,7 @@ APPEND_TURNS = (
     _ENTRY
     + """
 local last = redis.call('GET', KEYS[3])
-if last then
-  local lms, lseq = entry(last)
-  local ms, seq = entry(ARGV[1])
-  if lms > ms or (lms == ms and lseq >= seq) then return {-1, -1} end
-end
+if last and reached(last, ARGV[1]) then return {-1, -1} end
 local existed = redis.call('EXISTS', KEYS[1])
 local n = tonumber(ARGV[5])
 if n > 0 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 6, 5 + n)) end
@@ -106,11 +108,7 @@ MARK_DELIVERED = (
 local answered = redis.call('GET', KEYS[1])
 if not answered then return 0 end
 local last = redis.call('GET', KEYS[2])
-if last then
-  local lms, lseq = entry(last)
-  local ms, seq = entry(answered)
-  if lms > ms or (lms == ms and lseq >= seq) then return 0 end
-end
+if last and reached(last, answered) then return 0 end
 redis.call('SET', KEYS[2], answered, 'EX', ARGV[1])
 return 1
 """
