@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from bot.models.local import LocalModel, find_gguf
+from bot.queue.journal import JournaledRedisStore
 from bot.settings import shipped_prompts_dir
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -122,6 +123,11 @@ def redis_binary(name: str = "redis-server") -> str:
             "with apt-get install redis-server."
         )
     return binary
+
+
+async def answered(store: JournaledRedisStore, chat: str, job_id: str) -> bool:
+    """Whether job ``job_id`` (or a later job of ``chat``) has stored its turn."""
+    return (await store.replay(chat, job_id)).answered
 
 
 def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:

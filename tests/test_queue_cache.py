@@ -21,6 +21,7 @@ from bot.queue.job import Tenure
 from bot.queue.journal import JournaledRedisStore
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore
+from tests.conftest import answered
 
 
 def pair(n: int) -> tuple[Turn, Turn]:
@@ -305,7 +306,7 @@ async def test_the_journaled_append_is_idempotent_and_its_marker_only_moves_forw
     await store.append("c", *pair(0))  # an older job of the chat, retried late
     assert [t.text for t in await truth.read("c")] == ["q1", "a1"]
     assert await truth.client.get(f"{redis_prefix}:{{c}}:answered") == "20-0"
-    assert await store.answered("c", "10-0") and not await store.answered("c", "21-0")
+    assert await answered(store, "c", "10-0") and not await answered(store, "c", "21-0")
 
 
 async def test_keys_that_expire_while_the_model_answers_leave_no_stale_copy(

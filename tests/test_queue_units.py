@@ -23,7 +23,7 @@ from bot.queue.connect import check_url, connect, parse_sentinel_url
 from bot.queue.journal import JournaledRedisStore, Replay
 from bot.settings import Settings, mask_url
 from bot.stores.base import Turn
-from tests.conftest import free_port
+from tests.conftest import answered, free_port
 
 
 @pytest.fixture
@@ -133,17 +133,17 @@ async def test_turns_stored_in_a_job_mark_the_job_and_earlier_ones_answered(
     store.prefix = redis_prefix
     try:
         await store.append("c", Turn("user", "outside a job"))  # no job: plain append
-        assert not await store.answered("c", "5-0")
+        assert not await answered(store, "c", "5-0")
         token = current_job.set(Job("5-1", "c", {}, 0))
         try:
             await store.append("c", Turn("user", "q"), Turn("assistant", "a"))
         finally:
             current_job.reset(token)
-        assert await store.answered("c", "5-1")
-        assert await store.answered("c", "5-0")  # an earlier job of the chat finished before
-        assert await store.answered("c", "4-9")
-        assert not await store.answered("c", "5-2")
-        assert not await store.answered("c", "10-0")  # numeric, not string, comparison
+        assert await answered(store, "c", "5-1")
+        assert await answered(store, "c", "5-0")  # an earlier job of the chat finished before
+        assert await answered(store, "c", "4-9")
+        assert not await answered(store, "c", "5-2")
+        assert not await answered(store, "c", "10-0")  # numeric, not string, comparison
         assert [t.text for t in await store.read("c")] == ["outside a job", "q", "a"]
     finally:
         await store.aclose()

@@ -26,6 +26,7 @@ from bot.queue.chat import DialogHandler
 from bot.queue.connect import connect
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
+from tests.conftest import answered
 from tests.doubles import Recording
 
 LEASE_MS = 3000  # heartbeat 1 s: rebalancing within a few seconds
@@ -286,7 +287,7 @@ async def test_merge_in_a_worker_answers_what_arrived_during_a_turn_as_one_turn(
         texts = [t.text for t in await store.read("c")]
         assert texts == ["first", "echo: first", "second\n\nthird", "echo: second\n\nthird"]
         # The merged turn is journaled as the newest message's: a redelivered "third" is skipped.
-        assert await store.answered("c", ids[2])
+        assert await answered(store, "c", ids[2])
         assert await store.client.get(worker.keys.answered("c")) == ids[2]
 
 

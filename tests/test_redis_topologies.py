@@ -38,6 +38,7 @@ from bot.stores.base import Turn
 from bot.stores.redis import RedisStore
 from tests.conftest import (
     SENTINEL_SERVICE,
+    answered,
     free_port,
     redis_processes,
     start_sentinel,
@@ -169,7 +170,7 @@ async def test_journaled_append_writes_turns_counters_ttl_marker_and_index(
     store = JournaledRedisStore(client, prefix)
     store.max_turns, store.ttl = 4, 600
     await store.append("c", Turn("user", "outside a job"))  # no job: the plain append
-    assert not await store.answered("c", "5-0")
+    assert not await answered(store, "c", "5-0")
     for n in range(3):
         token = current_job.set(Job(f"5-{n}", "c", {}, 0))
         try:
@@ -180,8 +181,8 @@ async def test_journaled_append_writes_turns_counters_ttl_marker_and_index(
             current_job.reset(token)
     assert [t.text for t in await store.read("c")] == ["q1", "a1", "q2", "a2"]  # max_turns
     assert await store.get_state("c") == {"tokens": "30"}
-    assert await store.answered("c", "5-2") and await store.answered("c", "4-9")
-    assert not await store.answered("c", "5-3") and not await store.answered("c", "10-0")
+    assert await answered(store, "c", "5-2") and await answered(store, "c", "4-9")
+    assert not await answered(store, "c", "5-3") and not await answered(store, "c", "10-0")
     marker = QueueKeys(prefix).answered("c")
     assert await client.get(marker) == "5-2"
     assert 6 * 24 * 3600 < await client.ttl(marker) <= 7 * 24 * 3600
@@ -290,7 +291,7 @@ async def test_queue_answers_every_message_once_in_order_on_the_cluster(
         assert texts[1::2] == [f"echo: {text}" for text in expected]
         replies = [json.loads(r) for r in await store_client.lrange(keys.replies(chat), 0, -1)]
         assert [r["events"][-1]["text"] for r in replies] == texts[1::2]
-        assert await store.answered(chat, replies[-1]["job"])
+        assert await answered(store, chat, replies[-1]["job"])
     assert {c.chat for c in await store.chats()} == set(chats)
     assert len({queue_client.get_node_from_key(keys.jobs(p)).name for p in range(4)}) > 1
     await manager.aclose()  # closes the store's client

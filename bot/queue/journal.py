@@ -187,16 +187,6 @@ class JournaledRedisStore(RedisStore):
         finally:
             self.cache.drop(chat)
 
-    async def answered(self, chat: str, job_id: str) -> bool:
-        """Whether job ``job_id`` (or a later job of ``chat``) has stored its turn."""
-        try:
-            last = await self._r.get(self._marker(chat))
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"Could not read the conversation from Redis: {exc}") from exc
-        if last is None:
-            return False
-        return _entry(_text(last)) >= _entry(job_id)
-
     async def replay(self, chat: str, job_id: str) -> Replay:
         """What a redelivered job finds, in one request: whether its turn is stored (it, or a
         later job of the chat, stored one), and if so the stored reply that answers it when no
