@@ -15,10 +15,12 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The versions CI tested (requirements/dev.lock pins every dependency; only fmbot's own are installed).
+COPY requirements ./requirements
 COPY bot ./bot
 COPY adapters ./adapters
 COPY prompts ./prompts
-RUN pip install .
+RUN pip install -c requirements/dev.lock .
 
 RUN useradd --create-home --uid 10001 fmbot && mkdir -p /data && chown fmbot /data
 USER fmbot

@@ -83,7 +83,7 @@ def counting_client(url: str, counter: RoundTrips) -> aioredis.Redis:
             counter.count += 1
             await super().send_packed_command(command, check_health)
 
-    # Built as every fmbot client is (hiredis packing), but with no timeouts or health checks.
+    # Built as every fmbot client is, but with no timeouts or health checks.
     client = connect(
         url, connection_class=Counting, socket_connect_timeout=None, health_check_interval=0
     )

@@ -12,27 +12,20 @@ cluster pipeline (it could not load a missing script on the right node); this cl
 send a script registered on the client (``register_script``) as EVAL instead, so code that runs
 scripts in a pipeline (the worker's lease renewals) works unchanged on a Cluster.
 
-:func:`pack_with_hiredis`: redis-py packs commands in C (hiredis) on its sync connections but in
-Python on its asyncio ones (redis/redis-py#4176; the fix, #4191, is not released). Packing was a
-tenth of a worker's CPU in ``fmbot bench``, so the pools fmbot opens on one server or through
-Sentinel pack with the sync client's own serializer until redis-py does. Cluster nodes make their
-connections themselves and keep redis-py's packing.
+Commands are packed by hiredis: redis-py (>=8.2) does it on its asyncio connections itself
+(``redis[hiredis]`` is a dependency), Cluster nodes included.
 """
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Generator
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterPipeline
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.commands.core import AsyncScript
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT, KeyT, ScriptTextT
-from redis.utils import HIREDIS_AVAILABLE
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -43,61 +36,9 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 __all__ = [
     "REDIS_ERRORS",
     "ClusterClient",
-    "HiredisPacking",
     "RedisClient",
     "is_cluster",
-    "pack_with_hiredis",
 ]
-
-P = TypeVar("P", bound=ConnectionPool)
-_SERIALIZER = HiredisRespSerializer()
-try:  # redis-py 5 counted any hiredis as available, also one without pack_command
-    from hiredis import pack_command  # noqa: F401
-
-    HIREDIS_PACKS = HIREDIS_AVAILABLE
-except ImportError:
-    HIREDIS_PACKS = False
-
-
-class HiredisPacking:
-    """Mixed into an asyncio connection class: commands are packed by hiredis, as the sync
-    client packs them (the same serializer: memoryviews copied, DataError for a value it cannot
-    send). hiredis encodes text as strict UTF-8, so it serves only pools that do too."""
-
-    def pack_command(self, *args: EncodableT) -> list[bytes]:
-        packed: list[bytes] = _SERIALIZER.pack(*args)  # type: ignore[arg-type]  # typed list[Any]
-        return packed
-
-
-def _packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
-    """One subclass per connection class, kept on the class (it goes when the class goes)."""
-    packing: type[AbstractConnection] | None = cls.__dict__.get("_fmbot_hiredis_packing")
-    if packing is None:
-        packing = type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
-        cls._fmbot_hiredis_packing = packing  # type: ignore[attr-defined]
-    return packing
-
-
-def _utf8_strict(pool: ConnectionPool) -> bool:
-    options = pool.connection_kwargs
-    try:
-        utf8 = codecs.lookup(options.get("encoding") or "utf-8").name == "utf-8"
-    except LookupError:  # redis-py reports an unknown encoding at the first command
-        return False
-    return utf8 and (options.get("encoding_errors") or "strict") == "strict"
-
-
-def pack_with_hiredis(pool: P) -> P:
-    """``pool``, its future connections packing with hiredis.
-
-    Connections are made lazily, so this works on a pool before its first command; its class
-    (plain, TLS, Unix socket, Sentinel-managed) is kept, only ``pack_command`` is replaced.
-    Unchanged without hiredis, or when the pool encodes text otherwise than as strict UTF-8
-    (``?encoding=latin-1``, ``encoding_errors=replace``), which hiredis cannot do."""
-    cls = pool.connection_class
-    if HIREDIS_PACKS and not issubclass(cls, HiredisPacking) and _utf8_strict(pool):
-        pool.connection_class = _packing(cls)
-    return pool
 
 
 def is_cluster(client: RedisClient) -> bool:

@@ -31,7 +31,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel
 
 from bot.errors import ConfigError
-from bot.redis_client import ClusterClient, RedisClient, pack_with_hiredis
+from bot.redis_client import ClusterClient, RedisClient
 from bot.settings import mask_url
 
 SETTING = "FMBOT_STORE"
@@ -195,7 +195,7 @@ def connect(url: str, *, setting: str = SETTING, **options: Any) -> RedisClient:
         }
         if s.sentinel_password:
             sentinel_kwargs["password"] = s.sentinel_password
-        sentinel = Sentinel(list(s.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(s.hosts), sentinel_kwargs=sentinel_kwargs)
         master: aioredis.Redis = sentinel.master_for(
             s.service,
             db=s.db,
@@ -204,7 +204,6 @@ def connect(url: str, *, setting: str = SETTING, **options: Any) -> RedisClient:
             ssl=s.ssl,
             **options,
         )
-        pack_with_hiredis(master.connection_pool)
         return master
     if scheme in CLUSTER_SCHEMES:
         c = parse_cluster_url(url, setting)
@@ -218,6 +217,6 @@ def connect(url: str, *, setting: str = SETTING, **options: Any) -> RedisClient:
     check_url(url, setting)  # a plain URL (Sentinel and Cluster ones were parsed above)
     # Blocking pool: a burst of concurrent commands waits for a free connection instead of
     # failing with "Too many connections" (redis-py's default pool stops at 100).
-    pool = pack_with_hiredis(aioredis.BlockingConnectionPool.from_url(url, **options))
+    pool = aioredis.BlockingConnectionPool.from_url(url, **options)
     client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
     return client
