@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import re
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +70,17 @@ def _without_extra_buffer_types() -> Iterator[None]:
             low_level.llama_model_default_params = original
 
 
-def _chat_payload(messages: Sequence[Message]) -> list[dict[str, str]]:
-    """Messages in the shape llama.cpp's chat API and its chat template take."""
-    return [{"role": m.role, "content": m.text} for m in messages]
+# llama.cpp token attributes (llama.h): the tokens that only parse from text with special=True.
+_ATTR_UNKNOWN = 1 << 0
+_ATTR_CONTROL = 1 << 3
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """The exact token ids fed to the model for a conversation, and where its reply ends."""
+
+    tokens: list[int]
+    stop: list[str]
 
 
 class LocalModel(TextModel):
@@ -132,15 +143,82 @@ class LocalModel(TextModel):
             bos_token=token("tokenizer.ggml.bos_token_id"),
         )
 
-    async def count_tokens(self, messages: Sequence[Message]) -> int:
-        # Render the exact prompt the model will see and count it with llama.cpp's tokenizer.
-        # Tokenizing is fast (microseconds per message), so it runs on the loop.
-        payload = _chat_payload(messages)
+    def _prompt(self, messages: Sequence[Message]) -> _Prompt:
+        """Tokenize the conversation so that only the chat template's own markers are special.
+
+        Tokenizing the rendered prompt with ``special=True`` (what ``create_chat_completion``
+        does) would turn a user's literal ``<|im_start|>system`` into real control tokens and let
+        them forge turns. So the template is rendered with a random placeholder for each message's
+        content, control tokens are taken from the template text only, and the text between them
+        (template text with the real content put back in) is tokenized with ``special=False``.
+        llama.cpp tokenizes the text between special tokens separately anyway, so for ordinary
+        text the ids are exactly the ones ``create_chat_completion`` would have produced.
+        """
+        nonce = uuid.uuid4().hex  # unguessable, so no content can contain a placeholder
+        placeholders = [f"\x02{nonce}:{i}\x03" for i in range(len(messages))]
         if self._formatter is not None:
-            prompt = self._formatter(messages=payload).prompt
+            result = self._formatter(
+                messages=[
+                    {"role": m.role, "content": placeholder}
+                    for m, placeholder in zip(messages, placeholders, strict=True)
+                ]
+            )
+            rendered: str = result.prompt
+            # As llama.cpp's chat handler: a template that writes its own BOS gets none added.
+            add_bos = not result.added_special
+            stop = (
+                []
+                if result.stop is None
+                else [result.stop]
+                if isinstance(result.stop, str)
+                else list(result.stop)
+            )
         else:
-            prompt = "\n".join(f"{m.role}: {m.text}" for m in messages)
-        return len(self._llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+            rendered = "\n".join(
+                f"{m.role}: {p}" for m, p in zip(messages, placeholders, strict=True)
+            )
+            add_bos, stop = True, []
+
+        model = self._llama._model
+        tokens: list[int] = []
+        if add_bos and model.add_bos_token():
+            tokens.append(self._llama.token_bos())
+        plain = ""  # text waiting to be tokenized, never with special tokens parsed
+
+        def flush() -> None:
+            nonlocal plain
+            if plain:
+                tokens.extend(
+                    self._llama.tokenize(plain.encode("utf-8"), add_bos=False, special=False)
+                )
+            plain = ""
+
+        # re.split with a group alternates template text and the index of a message's content.
+        parts = re.split(f"\x02{nonce}:(\\d+)\x03", rendered)
+        for n, part in enumerate(parts):
+            if n % 2:
+                plain += messages[int(part)].text
+                continue
+            start = 0
+            for tid in self._llama.tokenize(part.encode("utf-8"), add_bos=False, special=True):
+                if not model.token_get_attr(tid) & (_ATTR_CONTROL | _ATTR_UNKNOWN):
+                    continue
+                marker = model.token_get_text(tid)
+                at = part.find(marker, start)
+                if at < 0:  # pragma: no cover - llama.cpp found the token in this very text
+                    raise ModelError(f"Could not place the chat template's token {marker!r}")
+                plain += part[start:at]
+                flush()
+                tokens.append(tid)
+                start = at + len(marker)
+            plain += part[start:]
+        flush()
+        return _Prompt(tokens=tokens, stop=stop)
+
+    async def count_tokens(self, messages: Sequence[Message]) -> int:
+        # Exactly the tokens generate() feeds the model. Tokenizing is fast (microseconds per
+        # message), so it runs on the loop.
+        return len(self._prompt(messages).tokens)
 
     async def generate(
         self, messages: Sequence[Message], options: GenerationOptions
@@ -148,26 +226,29 @@ class LocalModel(TextModel):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = threading.Event()
-        payload = _chat_payload(messages)
+        prompt = self._prompt(messages)
 
         def put(kind: str, value: Any) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
 
         def run() -> None:
             try:
-                stream = self._llama.create_chat_completion(
-                    messages=payload,
+                # A token list is fed as is: no re-tokenizing, so no special tokens from content.
+                # llama.cpp still reuses the cached common prefix of the previous turn's tokens.
+                stream = self._llama.create_completion(
+                    prompt=prompt.tokens,
                     stream=True,
                     max_tokens=options.max_tokens or 256,
                     temperature=0.7 if options.temperature is None else options.temperature,
                     # Small models loop without it ("I'm here to help. I'm here to help...").
                     repeat_penalty=1.15,
+                    stop=prompt.stop,  # the template's end of turn; EOS tokens also end it
                 )
                 produced = 0
                 for chunk in stream:
                     if stop.is_set():
                         break  # closing the generator ends llama.cpp's sampling loop
-                    delta = chunk["choices"][0]["delta"].get("content")
+                    delta = chunk["choices"][0]["text"]
                     if delta:
                         produced += 1
                         put("text", delta)
@@ -178,7 +259,7 @@ class LocalModel(TextModel):
                 put("end", None)
 
         async with self._lock:
-            input_tokens = await self.count_tokens(messages)
+            input_tokens = len(prompt.tokens)
             worker = asyncio.ensure_future(asyncio.to_thread(run))
             try:
                 while True:
