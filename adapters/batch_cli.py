@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bot.errors import ConfigError
+from bot.text import terminal_safe
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
     from bot.batch.checkpoint import RowResult
     from bot.batch.compare import Comparison, RunRow
+    from bot.batch.job import Summary
     from bot.prompts.template import PromptTemplate
     from bot.settings import Settings
 
@@ -143,9 +145,9 @@ def run(
             f"({summary.skipped} already done, {summary.ran} run now) -> {output}"
         )
         for line in summary.first_errors:
-            typer.echo(f"  {line}")
-        if summary.errors:
-            typer.echo("Run the same command again to retry the failed rows.")
+            typer.echo(terminal_safe(f"  {line}"))  # errors may quote cells and server text
+        for line in _advice(summary):
+            typer.echo(line)
 
     try:
         asyncio.run(go())
@@ -158,8 +160,35 @@ def run(
         raise typer.Exit(130) from None
 
 
+def _advice(summary: Summary) -> list[str]:
+    """What to do about failed rows: only failures of the way to the model are worth a retry."""
+    lines = []
+    if summary.retryable:
+        lines.append(
+            f"{summary.retryable} row(s) failed on the way to the model (network, rate limit, "
+            "server error or timeout): run the same command again to retry them."
+        )
+    if summary.bad_input:
+        rows = ", ".join(str(r) for r in summary.bad_input[:10])
+        more = ", ..." if len(summary.bad_input) > 10 else ""
+        lines.append(
+            f"{len(summary.bad_input)} row(s) have input the template cannot use (rows {rows}"
+            f"{more}; see the 'error' column): fix those cells, or the template, then run the "
+            "same command again. Retrying them unchanged fails the same way."
+        )
+    other = summary.errors - summary.retryable - len(summary.bad_input)
+    if other:
+        lines.append(
+            f"{other} row(s) were refused or failed otherwise (see the 'error' column): fix the "
+            "cause, then run the same command again; rows already ok are not sent again."
+        )
+    return lines
+
+
 def _clip(text: str | None, limit: int) -> str:
-    text = text or ""
+    # Replies, messages and errors come from models and tables: show control sequences, never
+    # send them (rich passes ESC through).
+    text = terminal_safe(text or "")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -183,10 +212,11 @@ def _print_comparison(console: Console, c: Comparison, limit: int, changed_only:
 
     from bot.batch.compare import summary_lines
 
-    table = Table(title=f"A: {c.name_a}\nB: {c.name_b}", show_lines=True)
+    table = Table(title=terminal_safe(f"A: {c.name_a}\nB: {c.name_b}"), show_lines=True)
     for name in ("row", "message", "reply A", "reply B", "status", "tokens", "latency ms"):
         table.add_column(name, overflow="fold")
-    shown = [p for p in c.pairs if p.changed or not changed_only][:limit]
+    candidates = [p for p in c.pairs if p.changed or not changed_only]
+    shown = candidates[:limit]
     for p in shown:
         a, b = p.a, p.b
         # Text objects, never markup strings: a reply containing "[red]" is shown as written.
@@ -200,9 +230,11 @@ def _print_comparison(console: Console, c: Comparison, limit: int, changed_only:
             Text(_both(a and a.latency_ms, b and b.latency_ms)),
         )
     console.print(table)
-    hidden = len(c.pairs) - len(shown)
+    # Of the rows asked for: unchanged ones left out by --changed-only are not "more".
+    hidden = len(candidates) - len(shown)
     if hidden:
-        console.print(Text(f"({hidden} more row(s) not shown; see --limit, --changed-only)"))
+        kind = " changed" if changed_only else ""
+        console.print(Text(f"({hidden} more{kind} row(s) not shown; see --limit, --changed-only)"))
     for line in summary_lines(c):
         console.print(Text(line))
 

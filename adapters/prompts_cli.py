@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,9 @@ import typer
 from bot.errors import ConfigError
 from bot.events import Message
 from bot.settings import Settings, load_settings
+from bot.text import terminal_safe
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f]")
 
 app = typer.Typer(
     help="Work with prompt templates: list them, check them, see what a model would be sent.",
@@ -41,7 +45,8 @@ def list_templates() -> None:
     templates = sorted(report.templates, key=lambda t: t.name)
     width = max((len(t.name) for t in templates), default=0)
     for t in templates:
-        typer.echo(f"{t.name.ljust(width)}  {t.description or '-'}  ({t.source})")
+        line = f"{t.name.ljust(width)}  {t.description or '-'}  ({t.source})"
+        typer.echo(terminal_safe(line))
     if not templates:
         typer.echo(f"No valid templates in {settings.prompts_dir}.", err=True)
     bad = {str(p.location).rsplit(":", 2)[0] for p in report.problems if p.location}
@@ -67,12 +72,9 @@ def check(
     from bot.prompts.loader import check_paths
 
     targets = list(paths) if paths else [prompt_settings().prompts_dir]
-    for target in targets:
-        if not target.exists():
-            raise ConfigError("PATH", str(target), "give a template file or a directory of them")
-    report = check_paths(targets)
+    report = check_paths(targets)  # a missing path is one of the problems, the rest are checked
     for problem in report.problems:
-        typer.echo(str(problem))
+        typer.echo(terminal_safe(str(problem)))
     where = ", ".join(str(t) for t in targets)
     if not report.files:
         typer.echo(f"No template files (*.yaml, *.yml, *.md) in {where}.")
@@ -144,8 +146,15 @@ def render(
         for note in notes:
             typer.echo(f"note: {note}", err=True)
         rows = [{"role": m.role, "text": m.text} for m in messages]
-        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        typer.echo(_json_safe(json.dumps(rows, ensure_ascii=False, indent=2)))
         return
     blocks = [f"# {note}" for note in notes]
     blocks += [f"[{i}] {m.role}\n{m.text}" for i, m in enumerate(messages, 1)]
-    typer.echo("\n\n".join(blocks))
+    # Templates, stored turns and the message may hold ESC sequences: show them, do not obey.
+    typer.echo(terminal_safe("\n\n".join(blocks)))
+
+
+def _json_safe(text: str) -> str:
+    """JSON escapes C0 controls itself; DEL and C1 (0x9B is a one-byte CSI) get ``\\u``
+    escapes too, so the output stays the exact data and is still safe on a terminal."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -212,3 +213,63 @@ async def test_configuration_errors_exit_2(
         assert result.stderr.startswith(f"fmbot: configuration error: {start}"), result.stderr
     missing = await fmbot([*base, "-t", "default", "--model", LITE], env)  # no credentials
     assert missing.returncode == 2 and "YANDEX_API_KEY" in missing.stderr
+
+
+async def test_bad_cells_are_not_advertised_as_retryable(
+    fake: FakeYandex, yandex_env: dict[str, str], tmp_path: Path
+) -> None:
+    cases = tmp_path / "cases.csv"
+    cases.write_text("message,words\nOak desk,80\nPine shelf,many\n")
+    out = tmp_path / "out.parquet"
+    fake.inject(Fault("cut"), times=1, path="/completion")  # row 0: a network failure
+    args = ["batch", "run", "-t", "product-description", "-i", str(cases), "-o", str(out)]
+
+    first = await fmbot([*args, "-c", "1"], yandex_env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("2 row(s): 0 ok, 2 failed")
+    assert "row 1: variable 'words' takes an integer (its default is 120), not 'many'" in (
+        first.stdout
+    )
+    advice = first.stdout.splitlines()[-2:]
+    assert advice[0].startswith("1 row(s) failed on the way to the model")
+    assert advice[0].endswith("run the same command again to retry them.")
+    assert advice[1].startswith("1 row(s) have input the template cannot use (rows 1;")
+    assert "fix those cells" in advice[1]
+
+    again = await fmbot(args, yandex_env)
+    assert again.stdout.startswith("2 row(s): 1 ok, 1 failed")
+    assert "retry" not in again.stdout.replace("Retrying them unchanged fails", "")
+    assert "fix those cells" in again.stdout
+
+
+def write_run(path: Path, replies: list[str]) -> Path:
+    rows = [
+        {"message": f"m{i}", "row": i, "reply": r, "status": "ok", "error": None}
+        for i, r in enumerate(replies)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_compare_changed_only_counts_hidden_changed_rows(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    a = write_run(tmp_path / "a.parquet", ["same", "old 1", "same", "old 3", "same", "same"])
+    b = write_run(tmp_path / "b.parquet", ["same", "new 1", "same", "new 3", "same", "same"])
+    args = [FMBOT, "batch", "compare", str(a), str(b), "--changed-only", "--limit", "1"]
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "new 1" in result.stdout and "new 3" not in result.stdout
+    assert "(1 more changed row(s) not shown; see --limit, --changed-only)" in result.stdout
+
+
+def test_compare_shows_control_sequences_instead_of_sending_them(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    a = write_run(tmp_path / "a.parquet", ["clear \x1b[2J here", "title \x1b]0;pwned\x07"])
+    b = write_run(tmp_path / "b.parquet", ["plain", "plain"])
+    args = [FMBOT, "batch", "compare", str(a), str(b)]
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "clear ^[[2J here" in result.stdout and "title ^[]0;pwned^G" in result.stdout
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout

@@ -86,9 +86,51 @@ def test_check_given_paths(env: dict[str, str], tmp_path: Path) -> None:
     good = tmp_path / "good.md"
     good.write_text("---\nname: g\n---\nHi\n")
     assert run(["prompts", "check", str(good)], env).stdout == f"OK: 1 template(s) in {good}.\n"
-    missing = run(["prompts", "check", str(tmp_path / "nope")], env)
-    assert missing.returncode == 2
-    assert missing.stderr.startswith("fmbot: configuration error: PATH=")
+
+
+def test_check_reports_a_missing_path_and_checks_the_others(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    good, missing, bad = tmp_path / "good.yaml", tmp_path / "missing.yaml", tmp_path / "bad.md"
+    good.write_text("name: g\ninstruction: Hi\n")
+    bad.write_text("---\nname: b\n---\nHello {{ who }}\n")
+    result = run(["prompts", "check", str(good), str(missing), str(bad)], env)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{missing}:1:1: no such file or directory; give a template file or a directory of them",
+        f"{bad}:4:1: instruction: 'who' is undefined",
+        "2 problem(s) in 2 of 3 file(s). Fix them and run `fmbot prompts check` again; running "
+        "bots keep serving the last good version of each file meanwhile.",
+    ]
+    assert result.stderr == ""
+
+
+def test_check_reports_text_problems_next_to_field_problems(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(
+        "name: mine\ninstruction: |\n  Write for {{ audience }}.\ntemprature: 0.5\n"
+        'task: "{{ message }"\n'
+    )
+    result = run(["prompts", "check", str(mine)], env)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[:3] == [
+        f"{mine}:3:1: instruction: 'audience' is undefined",
+        f"{mine}:4:1: temprature: unknown field",
+        f"{mine}:5:7: task: template syntax error: unexpected '}}'",
+    ]
+    assert result.stdout.splitlines()[3].startswith("3 problem(s) in 1 of 1 file(s).")
+
+
+def test_check_locates_a_control_character_in_yaml(env: dict[str, str], tmp_path: Path) -> None:
+    raw = tmp_path / "raw.yaml"
+    raw.write_text('name: raw\ninstruction: "Hi \x1b[2J"\n')
+    result = run(["prompts", "check", str(raw)], env)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith(
+        f"{raw}:2:18: YAML syntax error: control character U+001B is not allowed"
+    )
 
 
 def test_render_prints_the_exact_messages(env: dict[str, str]) -> None:
@@ -147,3 +189,21 @@ def test_missing_prompts_dir_is_a_configuration_error(env: dict[str, str], tmp_p
     result = run(["prompts", "list"], env | {"FMBOT_PROMPTS_DIR": str(tmp_path / "none")})
     assert result.returncode == 2
     assert result.stderr.startswith("fmbot: configuration error: FMBOT_PROMPTS_DIR=")
+
+
+def test_render_shows_control_sequences_instead_of_sending_them(
+    env: dict[str, str], prompts_dir: Path
+) -> None:
+    (prompts_dir / "raw.md").write_text(
+        '---\nname: raw\nvariables: {title: "\\e]0;pwned\\a"}\n---\nClear \x1b[2J {{ title }}\n'
+    )
+    result = run(["prompts", "render", "raw", "-m", "Hi \x1b[31mred\x9b"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "[1] system\nClear ^[[2J ^[]0;pwned^G\n\n[2] user\nHi ^[[31mred\\x9b\n"
+    )
+    as_json = run(["prompts", "render", "raw", "-m", "Hi \x9b", "--json"], env)
+    assert as_json.returncode == 0, as_json.stderr
+    assert not any(c in as_json.stdout for c in "\x1b\x07\x9b")
+    texts = [m["text"] for m in json.loads(as_json.stdout)]
+    assert texts == ["Clear \x1b[2J \x1b]0;pwned\x07", "Hi \x9b"]  # the data, exactly

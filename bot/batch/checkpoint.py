@@ -18,6 +18,10 @@ from typing import IO, Any, Literal
 log = logging.getLogger(__name__)
 
 Status = Literal["ok", "error"]
+#: Why a row failed, for the advice after a run: ``retry`` (network, 429, 5xx, timeout: the
+#: same row may succeed later), ``input`` (a cell the template or model cannot use: fix it),
+#: ``other`` (refused content, credentials, a bug).
+Failure = Literal["retry", "input", "other"]
 HEADER_KIND = "fmbot-batch-progress"
 
 
@@ -33,10 +37,12 @@ class RowResult:
     input_tokens: int | None = None
     output_tokens: int | None = None
     latency_ms: int | None = None
+    failure: Failure | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RowResult:
         status: Status = "ok" if data.get("status") == "ok" else "error"
+        failure = data.get("failure")
 
         def number(name: str) -> int | None:
             value = data.get(name)
@@ -51,6 +57,7 @@ class RowResult:
             input_tokens=number("input_tokens"),
             output_tokens=number("output_tokens"),
             latency_ms=number("latency_ms"),
+            failure=failure if failure in ("retry", "input", "other") else None,
         )
 
 

@@ -48,6 +48,10 @@ class Summary:
     ok: int = 0
     errors: int = 0
     first_errors: list[str] = field(default_factory=list)
+    #: Failed rows that may succeed when run again (network, 429, 5xx, timeouts).
+    retryable: int = 0
+    #: Rows that failed on their own cells: running them again without a fix fails again.
+    bad_input: list[int] = field(default_factory=list)
 
 
 def _header(runner: Runner) -> dict[str, str]:
@@ -156,6 +160,8 @@ async def run_job(
     summary.ok = sum(r.status == "ok" for r in ordered)
     summary.errors = len(ordered) - summary.ok
     summary.first_errors = [f"row {r.row}: {r.error}" for r in ordered if r.error][:5]
+    summary.retryable = sum(r.failure == "retry" for r in ordered)
+    summary.bad_input = [r.row for r in ordered if r.failure == "input"]
     rows = [{**row, **_columns(result)} for row, result in zip(data.rows, ordered, strict=True)]
     metadata = {
         "fmbot.template": expected["template"],

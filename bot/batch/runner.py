@@ -14,8 +14,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from bot.batch.checkpoint import RowResult
-from bot.errors import FmbotError
+from bot.batch.checkpoint import Failure, RowResult
+from bot.errors import (
+    ContextOverflowError,
+    FmbotError,
+    ModelUnavailableError,
+    RateLimitError,
+    StreamInterruptedError,
+)
+from bot.events import Message
 from bot.models.base import GenerationOptions, TextModel
 from bot.prompts.render import build_messages
 from bot.prompts.template import PromptTemplate
@@ -59,22 +66,32 @@ class Runner:
     #: ``--var`` values: every row gets them unless its own column says otherwise.
     fixed: Mapping[str, str]
 
+    def _messages(self, case: Case) -> list[Message]:
+        return build_messages(
+            self.template,
+            _message_text(case),
+            (),
+            coerce_variables(self.template, {**self.fixed, **case.values}, known_only=False),
+        )
+
     async def run_case(self, case: Case) -> RowResult:
         started = time.monotonic()
         try:
-            messages = build_messages(
-                self.template,
-                _message_text(case),
-                (),
-                coerce_variables(self.template, {**self.fixed, **case.values}, known_only=False),
-            )
+            messages = self._messages(case)
+        except (FmbotError, ValueError) as exc:
+            # Nothing was sent: the row's cells do not fit the template, and will not next time.
+            return self._failed(case, str(exc), started, "input")
+        except Exception as exc:  # a bug must not end a long run either
+            log.exception("row %d failed unexpectedly", case.row)
+            return self._failed(case, f"{type(exc).__name__}: {exc}", started, "other")
+        try:
             response = self.model.respond(messages, self.options)
             reply = await response
-        except (FmbotError, ValueError) as exc:
-            return self._failed(case, str(exc), started)
+        except FmbotError as exc:
+            return self._failed(case, str(exc), started, _failure(exc))
         except Exception as exc:  # a bug in a backend must not end a long run
             log.exception("row %d failed unexpectedly", case.row)
-            return self._failed(case, f"{type(exc).__name__}: {exc}", started)
+            return self._failed(case, f"{type(exc).__name__}: {exc}", started, "other")
         usage = response.usage
         return RowResult(
             row=case.row,
@@ -86,9 +103,14 @@ class Runner:
             latency_ms=_elapsed_ms(started),
         )
 
-    def _failed(self, case: Case, error: str, started: float) -> RowResult:
+    def _failed(self, case: Case, error: str, started: float, failure: Failure) -> RowResult:
         return RowResult(
-            row=case.row, key=case.key, status="error", error=error, latency_ms=_elapsed_ms(started)
+            row=case.row,
+            key=case.key,
+            status="error",
+            error=error,
+            latency_ms=_elapsed_ms(started),
+            failure=failure,
         )
 
     async def run(self, cases: Iterable[Case], concurrency: int, on_result: OnResult) -> None:
@@ -107,6 +129,15 @@ class Runner:
         except BaseExceptionGroup as failed:
             # Only on_result can fail (a case never raises): report its error, not a group.
             raise failed.exceptions[0] from None
+
+
+def _failure(exc: FmbotError) -> Failure:
+    """Whether running the row again may help (``retry``) or its input must change."""
+    if isinstance(exc, RateLimitError | ModelUnavailableError | StreamInterruptedError):
+        return "retry"  # 429, 5xx, network and timeouts, after the backend's own retries
+    if isinstance(exc, ContextOverflowError):
+        return "input"  # the row's message (with the template) is too long for the model
+    return "other"
 
 
 def _message_text(case: Case) -> str:

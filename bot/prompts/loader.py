@@ -7,8 +7,10 @@ fixing files needs, see ``fmbot prompts check``).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
@@ -20,35 +22,64 @@ from bot.prompts.template import PromptTemplate
 
 _TEXT_FIELDS = ("instruction", "task")
 _SAMPLE_MESSAGE = "sample message"
+_MISSING = "no such file or directory; give a template file or a directory of them"
+#: Stand-ins for required fields that are invalid or missing (already reported), so the
+#: other fields can still be checked; an empty text renders without problems.
+_PLACEHOLDERS: dict[str, object] = {"name": "unnamed", "instruction": ""}
 
 
 def _validate(path: Path) -> tuple[PromptTemplate | None, SourceMap | None, list[PromptError]]:
     """Parse and validate the fields; every validation error is reported, not just the first."""
+    template, smap, problems, _ = _validate_all(path)
+    return template, smap, problems
+
+
+def _validate_all(
+    path: Path,
+) -> tuple[PromptTemplate | None, SourceMap | None, list[PromptError], PromptTemplate | None]:
+    """Like :func:`_validate`, plus the template without its invalid fields (or None): the
+    text of the valid fields is checked too, so one typo does not hide the next problem."""
     try:
         data, smap = parse_file(path)
     except PromptError as exc:
-        return None, None, [exc]
+        return None, None, [exc], None
     try:
-        return PromptTemplate.model_validate({**data, "source": path}), smap, []
+        template = PromptTemplate.model_validate({**data, "source": path})
+        return template, smap, [], template
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            name = ".".join(str(p) for p in loc)
-            unknown = err["type"] == "extra_forbidden"
-            message = "unknown field" if unknown else err["msg"]
-            problems.append(PromptError(f"{name}: {message}", smap.field(loc, key=unknown)))
-        return None, smap, problems
-
-
-def _syntax_problems(template: PromptTemplate, smap: SourceMap) -> list[PromptError]:
+        errors = exc.errors()
     problems = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        name = ".".join(str(p) for p in loc)
+        unknown = err["type"] == "extra_forbidden"
+        message = "unknown field" if unknown else err["msg"]
+        problems.append(PromptError(f"{name}: {message}", smap.field(loc, key=unknown)))
+    broken = {err["loc"][0] for err in errors if err["loc"]}
+    return None, smap, problems, _without(data, broken, path)
+
+
+def _without(data: dict[str, Any], broken: set[Any], path: Path) -> PromptTemplate | None:
+    """The template with invalid fields dropped (required ones blanked), if that validates."""
+    if "variables" in broken:
+        return None  # without the declared variables every use of one would look undefined
+    rest = {k: v for k, v in data.items() if k not in broken}
+    rest.update({k: v for k, v in _PLACEHOLDERS.items() if k in broken})
+    try:
+        return PromptTemplate.model_validate({**rest, "source": path})
+    except ValidationError:
+        return None
+
+
+def _syntax_problems(template: PromptTemplate, smap: SourceMap) -> dict[str, PromptError]:
+    """The syntax error of each text field that has one, by field name."""
+    problems = {}
     for name in _TEXT_FIELDS:
         try:
             environment.parse(getattr(template, name))
         except TemplateSyntaxError as exc:
             where = smap.text_line(name, exc.lineno)
-            problems.append(PromptError(f"{name}: template syntax error: {exc.message}", where))
+            problems[name] = PromptError(f"{name}: template syntax error: {exc.message}", where)
     return problems
 
 
@@ -57,8 +88,12 @@ def _located(exc: RenderError, smap: SourceMap) -> PromptError:
     return PromptError(f"{exc.field}: {exc.detail}", where)
 
 
-def _render_problems(template: PromptTemplate, smap: SourceMap | None) -> list[PromptError]:
-    """Render each field once with the defaults: catches undefined variables and type errors."""
+def _render_problems(
+    template: PromptTemplate, smap: SourceMap | None, skip: Collection[str] = ()
+) -> list[PromptError]:
+    """Render each field once with the defaults: catches undefined variables and type errors.
+
+    Fields in ``skip`` (syntax errors, already reported) are not rendered."""
     values: dict[str, object] = dict(template.variables)
     fields = (
         ("instruction", template.instruction, values),
@@ -66,6 +101,8 @@ def _render_problems(template: PromptTemplate, smap: SourceMap | None) -> list[P
     )
     problems: list[PromptError] = []
     for name, text, variables in fields:
+        if name in skip:
+            continue
         try:
             render_text(text, variables, str(template.source or template.name), name)
         except RenderError as exc:
@@ -84,11 +121,10 @@ def _position(problem: PromptError) -> tuple[int, int]:
 
 def file_problems(path: Path) -> tuple[PromptTemplate | None, list[PromptError]]:
     """The template in ``path`` (None if it cannot be built) and every problem found in it."""
-    template, smap, problems = _validate(path)
-    if template is not None and smap is not None:
-        problems = _syntax_problems(template, smap)
-        if not problems:
-            problems = _render_problems(template, smap)
+    template, smap, problems, checkable = _validate_all(path)
+    if checkable is not None and smap is not None:
+        syntax = _syntax_problems(checkable, smap)
+        problems += [*syntax.values(), *_render_problems(checkable, smap, skip=syntax)]
     return (None if problems else template), sorted(problems, key=_position)
 
 
@@ -100,7 +136,7 @@ def load_template(path: Path) -> PromptTemplate:
     assert template is not None and smap is not None
     syntax = _syntax_problems(template, smap)
     if syntax:
-        raise syntax[0]
+        raise next(iter(syntax.values()))
     return template
 
 
@@ -141,6 +177,10 @@ def check_paths(paths: list[Path]) -> CheckReport:
         report.files.extend(template_files(path) if path.is_dir() else [path])
     owners: dict[str, Path] = {}
     for path in report.files:
+        if not path.exists():
+            # A problem like any other, so the paths given after it are still checked.
+            report.problems.append(PromptError(_MISSING, f"{path}:1:1"))
+            continue
         template, problems = file_problems(path)
         report.problems.extend(problems)
         # Names are compared even for invalid files: fixing one must not reveal a clash later.

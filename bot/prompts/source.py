@@ -104,6 +104,15 @@ def _parse_yaml(text: str, path: Path, offset: int) -> tuple[Any, yaml.Node | No
             else f"{path}:{1 + offset}:1"
         )
         raise PromptError(f"YAML syntax error: {exc.problem or exc}", where) from exc
+    except yaml.reader.ReaderError as exc:
+        # Not a MarkedYAMLError: it carries a character offset, not a line and column.
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        raise PromptError(
+            f"YAML syntax error: control character U+{exc.character:04X} is not allowed; "
+            "in a double-quoted value write it as an escape (e.g. \\e for ESC)",
+            f"{path}:{line + offset}:{column}",
+        ) from exc
     return data, root
 
 
