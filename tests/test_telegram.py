@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import signal
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,8 @@ from bot.stores.memory import MemoryStore
 from tests.conftest import free_port
 from tests.doubles import Recording, Scripted
 from tests.fakes.base import Recorded
-from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
+from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram, NotBotApi
+from tests.test_telegram_roles import base_env, exited, fmbot
 
 MENTION = f"@{BOT_USERNAME}"
 REPLY = ["Here is ", "the **answer**", " you asked", " for."]
@@ -439,6 +442,21 @@ async def test_mode_keyboard_switches_the_template(fake: FakeTelegram, prompts_d
     assert not bot.model.requests
 
 
+async def test_an_unknown_mode_name_is_cut_short_in_the_answer(
+    fake: FakeTelegram, prompts_dir: Path
+) -> None:
+    alice = fake.user(1019, "Alice")
+    chat = fake.private_chat(alice)
+    async with running(fake, prompts_dir, Scripted(REPLY)) as bot:
+        fake.push_text(chat, alice, "/mode " + "x" * 5000)
+        await wait_messages(fake, chat["id"], 1)
+    (answer,) = texts(fake, chat["id"])
+    names = [t.name for t in bot.app.manager.prompts.modes()]
+    assert answer == f"Unknown mode '{'x' * 64}…'. Available: {', '.join(names)}."
+    assert (await bot.app.manager.mode_of(f"tg:{chat['id']}")).name == "default"
+    assert not bot.model.requests
+
+
 # --- who and where -------------------------------------------------------------------------
 
 
@@ -485,6 +503,47 @@ async def test_groups_answer_only_mentions_replies_and_commands(
     help_text = texts(fake, group["id"])[2]
     assert "/stop" in help_text and "mention me" in help_text
     assert len(fake.bot_messages(group["id"])) == 3
+
+
+async def test_groups_leave_other_bots_bare_commands_alone(
+    fake: FakeTelegram, prompts_dir: Path
+) -> None:
+    bob = fake.user(2017, "Bob")
+    group = fake.group(-101700)
+    async with running(fake, prompts_dir, Scripted(REPLY)) as bot:
+        fake.push_text(group, bob, "/weather London")  # another bot's command
+        fake.push_text(group, bob, "/usage")  # one of ours, without @suffix
+        await wait_messages(fake, group["id"], 1)
+        fake.push_text(group, bob, f"/weather@{BOT_USERNAME} Paris")  # addressed to us
+        await wait_messages(fake, group["id"], 2)
+        await asyncio.sleep(0.2)
+    answers = texts(fake, group["id"])
+    assert len(answers) == 2 and answers[0].startswith("Used in this chat")
+    assert [m[-1].text for m in bot.model.requests] == [f"/weather@{BOT_USERNAME} Paris"]
+
+
+@pytest.mark.parametrize("allowed", [None, "2018"])
+async def test_group_messages_sent_on_behalf_of_a_chat_are_never_refused(
+    fake: FakeTelegram, prompts_dir: Path, allowed: str | None
+) -> None:
+    bob = fake.user(2018, "Bob")
+    group = fake.group(-101800)
+    channel = {"id": -1001800, "type": "channel", "title": "News"}
+    env = {"TELEGRAM_ALLOWED_USERS": allowed} if allowed else {}
+    async with running(fake, prompts_dir, Scripted(REPLY), **env) as bot:
+        # No "from": posted as the channel, and as the group itself (an anonymous admin).
+        fake.push_text(group, None, f"{MENTION} from the channel", sender_chat=channel)
+        fake.push_text(group, None, f"{MENTION} from an admin", sender_chat=group)
+        fake.push_text(group, bob, f"{MENTION} from Bob")
+        await wait_messages(fake, group["id"], 3 if allowed is None else 1)
+        await asyncio.sleep(0.2)
+    assert REFUSAL not in texts(fake, group["id"])
+    asked = [m[-1].text for m in bot.model.requests]
+    if allowed is None:  # an open bot answers them like any group message
+        assert asked == ["from the channel", "from an admin", "from Bob"]
+        assert texts(fake, group["id"]) == [REPLY_TEXT] * 3
+    else:  # an allow-list cannot place them: ignored, without a word
+        assert asked == ["from Bob"] and texts(fake, group["id"]) == [REPLY_TEXT]
 
 
 async def test_forum_topics_have_their_own_history_and_replies(
@@ -606,6 +665,80 @@ async def test_webhook_mode_checks_the_secret_and_answers(
     assert not fake.calls("getUpdates")
 
 
+@contextlib.asynccontextmanager
+async def webhook_running(fake: FakeTelegram, prompts_dir: Path) -> AsyncIterator[Webhook]:
+    """The bot in webhook mode on a free port, until the block ends."""
+    port = free_port()
+    manager = DialogManager(MemoryStore(), Recording(Scripted(REPLY)), PromptLibrary(prompts_dir))
+    settings = TelegramSettings(
+        _env_file=None, TELEGRAM_BOT_TOKEN=fake.token, TELEGRAM_API_URL=fake.base_url
+    )
+    runner = Runner(TelegramApp(manager, settings))
+    url = f"http://127.0.0.1:{port}/telegram/hook"
+    task = asyncio.create_task(runner.run_webhook(url, "127.0.0.1", port, handle_signals=False))
+    try:
+        await fake.wait_for(lambda: fake.webhook is not None or task.done())
+        if task.done():
+            task.result()
+        async with aiohttp.ClientSession() as client:
+            yield Webhook(client, url, {"X-Telegram-Bot-Api-Secret-Token": settings.secret_token()})
+    finally:
+        runner.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+@dataclass
+class Webhook:
+    client: aiohttp.ClientSession
+    url: str
+    headers: dict[str, str]
+
+    async def post(self, body: bytes) -> int:
+        headers = {**self.headers, "Content-Type": "application/json"}
+        async with self.client.post(self.url, data=body, headers=headers) as response:
+            return response.status
+
+
+async def test_webhook_answers_400_to_a_body_that_is_not_an_update(
+    fake: FakeTelegram, prompts_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    alice = fake.user(1020, "Alice")
+    chat = fake.private_chat(alice)
+    secret = "PRIVATE-USER-WORDS"
+    async with webhook_running(fake, prompts_dir) as hook:
+        caplog.clear()
+        assert await hook.post(b'{"update_id": 5, "message": {"text": "' + secret.encode()) == 400
+        assert await hook.post(b'{"message": {"text": "' + secret.encode() + b'"}}') == 400
+        fake.push_text(chat, alice, "still there?")
+        await wait_messages(fake, chat["id"], 1)
+    bad = [r for r in caplog.records if "no update" in r.getMessage()]
+    assert len(bad) == 2 and all(r.exc_info is None and "\n" not in r.getMessage() for r in bad)
+    assert "invalid JSON" in bad[0].getMessage() and "update_id" in bad[1].getMessage()
+    assert secret not in caplog.text and "Traceback" not in caplog.text
+    assert "Error handling request" not in caplog.text
+
+
+async def test_an_update_of_an_unknown_type_is_skipped_without_logging_its_content(
+    fake: FakeTelegram, prompts_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    alice = fake.user(1021, "Alice")
+    chat = fake.private_chat(alice)
+    secret = "PRIVATE-USER-WORDS"
+    update = {"update_id": 4321, "future_thing": {"text": secret, "from": alice}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with webhook_running(fake, prompts_dir) as hook:
+            assert await hook.post(json.dumps(update).encode()) == 200
+            fake.push_text(chat, alice, "still there?")  # handled after the unknown one
+            await wait_messages(fake, chat["id"], 1)
+    assert all(secret not in str(w.message) for w in caught)
+    assert not [w for w in caught if "unknown update type" in str(w.message)]
+    assert secret not in caplog.text
+    assert "skipped update 4321 of a type this aiogram does not know (future_thing)" in caplog.text
+
+
 async def test_the_token_never_reaches_logs_or_errors(
     fake: FakeTelegram, prompts_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -630,3 +763,20 @@ async def test_the_token_never_reaches_logs_or_errors(
     with pytest.raises(Exception, match="TELEGRAM_BOT_TOKEN") as caught:
         await Runner(TelegramApp(manager, settings)).run_polling(handle_signals=False)
     assert wrong not in str(caught.value) and wrong not in caplog.text
+
+
+async def test_an_api_url_that_is_no_bot_api_server_is_one_line_without_the_token(
+    fake: FakeTelegram, tmp_path: Path
+) -> None:
+    async with NotBotApi() as website:
+        env = base_env(fake, tmp_path, TELEGRAM_API_URL=website.base_url)
+        proc = fmbot(env=env, cwd=tmp_path)
+        assert await exited(proc, 30) == 2
+        assert website.requests  # it was asked, and answered with a web page
+    assert proc.stderr is not None and proc.stdout is not None
+    output = proc.stderr.read().decode() + proc.stdout.read().decode()
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert "TELEGRAM_API_URL" in lines[0] and website.base_url in lines[0]
+    assert "Bot API server (HTTP 404 Not Found" in lines[0] and "check the URL" in lines[0]
+    assert fake.token not in output and "Traceback" not in output

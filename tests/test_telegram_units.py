@@ -149,6 +149,7 @@ def test_access_policy() -> None:
         TelegramSettings(_env_file=None, TELEGRAM_BOT_TOKEN=TOKEN)
     )
     assert open_policy.allows(other) and open_policy.may_change_shared(other, private=False)
+    assert open_policy.allows(None)  # sent on behalf of a chat: only an allow-list needs a user
 
 
 # --- addressing -----------------------------------------------------------------------------
@@ -179,6 +180,13 @@ def test_group_addressing() -> None:
     assert addressed(_group_message("/help", command), ME)
     other = [{"type": "bot_command", "offset": 0, "length": 15}]
     assert not addressed(_group_message("/help@other_bot", other), ME)
+    # A bare command this bot does not have belongs to another bot in the group.
+    weather = [{"type": "bot_command", "offset": 0, "length": 8}]
+    assert not addressed(_group_message("/weather", weather), ME)
+    text = f"/weather @{BOT_USERNAME}"
+    assert addressed(_group_message(text, [*weather, mention(text, f"@{BOT_USERNAME}")]), ME)
+    ours = [{"type": "bot_command", "offset": 0, "length": 9 + len(BOT_USERNAME)}]
+    assert addressed(_group_message(f"/weather@{BOT_USERNAME}", ours), ME)
     bot_message = {
         "message_id": 1,
         "date": 0,

@@ -5,7 +5,8 @@ Modules, one concept each: ``settings`` (environment), ``access`` (who may talk)
 entities, 4096-character parts), ``throttle``, ``outbox`` (final delivery), ``preview`` (drafts
 or edits while streaming), ``actions`` (typing), ``replies`` (one reply, /stop), ``handlers``
 (the router), ``modes`` (the /mode keyboard), ``inflight``/``runner`` (polling, webhook,
-graceful shutdown), ``redact`` (no token in logs).
+graceful shutdown), ``webhook`` (the endpoint: 400 for a body that is no update), ``redact`` (no
+token in logs), ``unknown`` (update types aiogram does not know, skipped without their content).
 """
 
 from adapters.telegram.app import TelegramApp

@@ -51,8 +51,8 @@ class AccessPolicy:
         return cls(UserSet.parse(settings.allowed_users), UserSet.parse(settings.admins))
 
     def allows(self, user: User | None) -> bool:
-        if user is None:
-            return False
+        """``user`` None: a message sent on behalf of a chat (a channel, an anonymous admin),
+        which has ``sender_chat`` instead of ``from``; only an open bot can attribute it."""
         return not self.allowed or user in self.allowed or user in self.admins
 
     def is_admin(self, user: User | None) -> bool:

@@ -1,5 +1,6 @@
 """In groups the bot answers only what is meant for it: a mention, a reply to one of its
-messages, or a command (not one addressed to another bot, ``/cmd@otherbot``)."""
+messages, ``/cmd@thisbot``, or one of its own commands without a suffix (a bare ``/cmd`` it does
+not know belongs to another bot in the group, as does ``/cmd@otherbot``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 
 from aiogram.enums import MessageEntityType
 from aiogram.types import Message, User
+
+from adapters.telegram.commands import KNOWN
 
 
 def addressed(message: Message, me: User) -> bool:
@@ -32,8 +35,12 @@ def addressed(message: Message, me: User) -> bool:
         ):
             return True
         if entity.type == MessageEntityType.BOT_COMMAND and entity.offset == 0:
-            _, _, target = value.partition("@")
-            return not target or target.lower() == name
+            command, _, target = value[1:].partition("@")
+            if target:
+                return target.lower() == name
+            if command.lower() in KNOWN:
+                return True
+            # Another bot's bare /command: ours only if it also mentions us.
     return False
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import ClientDecodeError
+from aiogram.methods import Response, TelegramMethod
+from aiogram.methods.base import TelegramType
 
 from adapters.telegram.access import AccessPolicy
 from adapters.telegram.handlers import Handlers
@@ -13,12 +18,40 @@ from adapters.telegram.inflight import InFlight
 from adapters.telegram.replies import Replies
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.throttle import Throttle
+from adapters.telegram.unknown import SkipUnknownUpdates
 from bot.dialog import DialogManager
+
+
+class NotBotApiError(ClientDecodeError):
+    """An answer that is not Bot API JSON (a web page, a proxy's error): a wrong
+    TELEGRAM_API_URL. aiogram's error does not keep the HTTP status that says so."""
+
+    def __init__(self, status: int, cause: ClientDecodeError) -> None:
+        super().__init__(cause.message, cause.original, cause.data)
+        self.status = status
+
+    @property
+    def answer(self) -> str:
+        """E.g. "HTTP 404 Not Found"."""
+        try:
+            return f"HTTP {self.status} {HTTPStatus(self.status).phrase}"
+        except ValueError:  # a status HTTP does not define
+            return f"HTTP {self.status}"
+
+
+class Session(AiohttpSession):
+    def check_response(
+        self, bot: Bot, method: TelegramMethod[TelegramType], status_code: int, content: str
+    ) -> Response[TelegramType]:
+        try:
+            return super().check_response(bot, method, status_code, content)
+        except ClientDecodeError as exc:
+            raise NotBotApiError(status_code, exc) from exc.original
 
 
 def make_bot(settings: TelegramSettings) -> Bot:
     """A Bot talking to ``TELEGRAM_API_URL`` (Telegram, a self-hosted server, or a fake)."""
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.api_url))
+    session = Session(api=TelegramAPIServer.from_base(settings.api_url))
     # No default parse_mode: replies carry explicit entities, previews are plain text.
     return Bot(settings.token, session=session, default=DefaultBotProperties())
 
@@ -35,6 +68,7 @@ class TelegramApp:
         self.inflight = InFlight()
         self.dispatcher = Dispatcher()
         self.dispatcher.update.outer_middleware(self.inflight)
+        self.dispatcher.update.outer_middleware(SkipUnknownUpdates())
         self.dispatcher.include_router(self.handlers.router())
 
     @property

@@ -14,6 +14,9 @@ MENU = (
     BotCommand(command="forget", description="Delete everything stored about this chat"),
 )
 
+#: Commands this bot answers; in groups, any other bare ``/cmd`` belongs to another bot.
+KNOWN = frozenset({"start", *(c.command for c in MENU)})
+
 #: Handled by the channel itself, not by the dialog manager.
 EXTRA_HELP = "/stop — stop the reply in progress (the part already written stays)"
 

@@ -14,7 +14,7 @@ from aiogram.types import CallbackQuery, Message, MessageGenerationStopped, User
 from adapters.telegram.access import ADMINS_ONLY, REFUSAL, AccessPolicy
 from adapters.telegram.addressing import addressed, strip_mention
 from adapters.telegram.commands import SHARED_STATE, with_extras
-from adapters.telegram.modes import chosen, keyboard, listing
+from adapters.telegram.modes import chosen, keyboard, listing, unknown
 from adapters.telegram.replies import Replies
 from adapters.telegram.splitting import TEXT_LIMIT, Part, truncate
 from adapters.telegram.target import Target
@@ -73,6 +73,10 @@ class Handlers:
         if not target.private and not addressed(message, me):
             return
         if not self.policy.allows(message.from_user):
+            if message.from_user is None:
+                # Sent on behalf of a chat: no user to check or to tell the bot is private.
+                log.info("ignored a message without a sender (chat %s)", target.chat_id)
+                return
             log.info("refused a message from a user who is not allowed (chat %s)", target.chat_id)
             await self.outbox.send_text(target, REFUSAL)
             return
@@ -99,6 +103,10 @@ class Handlers:
             return
         if name in SHARED_STATE and not self.policy.may_change_shared(user, target.private):
             await self.outbox.send_text(target, ADMINS_ONLY)
+            return
+        if command is not None and name == "mode" and not self.manager.prompts.mode(command.arg):
+            # Answered here: the manager would quote the name whole, however long.
+            await self.outbox.send_text(target, unknown(command.arg, self.manager.prompts.modes()))
             return
         if name in ("help", "start"):
             notices = await self._ask(target.key, text)

@@ -23,6 +23,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from adapters.telegram.target import Target
+from adapters.telegram.webhook import SECRET_HEADER, problem
 from bot.errors import ConfigError, StoreError
 from bot.queue import Ingress
 from bot.queue.backoff import Backoff
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 ALLOWED_UPDATES = ["callback_query", "message", "stopped_message_generation"]
 #: Conversation key of the rare update that belongs to no chat.
 NO_CHAT = "tg:-"
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
 def chat_key(update: Update) -> str:
@@ -164,7 +164,7 @@ def webhook_app(ingress: Ingress, secret: str, path: str) -> web.Application:
             update = Update.model_validate(await request.json())
         except (ValueError, ValidationError) as exc:
             # Retrying cannot fix it: acknowledge, so it does not block the updates behind it.
-            log.error("dropped an update that is not valid JSON of an Update: %s", exc)
+            log.error("dropped a webhook request that is no update (%s)", problem(exc))
             return web.Response(status=200)
         try:
             await enqueue(ingress, update)

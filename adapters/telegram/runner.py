@@ -16,17 +16,18 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError, TelegramUnauthorizedError
+from aiogram.exceptions import ClientDecodeError, TelegramAPIError, TelegramUnauthorizedError
 from aiogram.methods import GetUpdates
-from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiogram.webhook.aiohttp_server import setup_application
 from aiohttp import web
 
-from adapters.telegram.app import TelegramApp
+from adapters.telegram.app import NotBotApiError, TelegramApp
 from adapters.telegram.commands import MENU
 from adapters.telegram.redact import redact, secrets_redacted
 from adapters.telegram.settings import TelegramSettings
+from adapters.telegram.webhook import WebhookHandler
 from bot.errors import ConfigError, FmbotError
-from bot.settings import Settings
+from bot.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Runner:
             try:
                 await self._start()
                 web_app = web.Application()
-                SimpleRequestHandler(
+                WebhookHandler(
                     dispatcher=app.dispatcher,
                     bot=app.bot,
                     secret_token=secret,  # requests without it get 401
@@ -162,7 +163,19 @@ async def start_bot(
         raise TelegramUnavailableError(
             f"cannot reach the Telegram Bot API at {settings.api_url}: {message}"
         ) from None
+    except ClientDecodeError as exc:  # the page is not quoted: it may echo the token
+        raise ConfigError(
+            "TELEGRAM_API_URL", mask_url(settings.api_url), not_bot_api(exc)
+        ) from None
     log.info("started as @%s", me.username)
+
+
+def not_bot_api(exc: ClientDecodeError) -> str:
+    answer = f"{exc.answer}, " if isinstance(exc, NotBotApiError) else ""
+    return (
+        f"it did not answer as a Telegram Bot API server ({answer}not Bot API JSON): "
+        "check the URL, e.g. https://api.telegram.org"
+    )
 
 
 @contextlib.contextmanager

@@ -448,28 +448,32 @@ class FakeTelegram(FakeServer):
     def push_text(
         self,
         chat: dict[str, Any],
-        user: dict[str, Any],
+        user: dict[str, Any] | None,
         text: str,
-        *,
-        thread_id: int | None = None,
-        reply_to: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """A user's text message (with the entities Telegram would detect) as a new update."""
-        return self.push_message(
-            chat, user, thread_id=thread_id, reply_to=reply_to, text=text,
-            entities=detect_entities(text),
-        )  # fmt: skip
-
-    def push_message(
-        self,
-        chat: dict[str, Any],
-        user: dict[str, Any],
         *,
         thread_id: int | None = None,
         reply_to: dict[str, Any] | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Any message (sticker=..., voice=..., document=..., photo=[...]) as a new update."""
+        """A user's text message (with the entities Telegram would detect) as a new update."""
+        return self.push_message(
+            chat, user, thread_id=thread_id, reply_to=reply_to, text=text,
+            entities=detect_entities(text), **fields,
+        )  # fmt: skip
+
+    def push_message(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any] | None,
+        *,
+        thread_id: int | None = None,
+        reply_to: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Any message (sticker=..., voice=..., document=..., photo=[...]) as a new update.
+
+        ``user`` None: a message sent on behalf of a chat, without ``from`` (pass
+        ``sender_chat=...``), as a channel or an anonymous admin posts in a group."""
         fields = {k: v for k, v in fields.items() if v not in (None, [])}
         if thread_id is not None:
             fields |= {"message_thread_id": thread_id, "is_topic_message": True}
@@ -632,11 +636,13 @@ class FakeTelegram(FakeServer):
             raise _bad("chat not found")
         return chat
 
-    def _store(self, chat: dict[str, Any], sender: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    def _store(
+        self, chat: dict[str, Any], sender: dict[str, Any] | None, **fields: Any
+    ) -> dict[str, Any]:
         ids = self._message_ids.setdefault(chat["id"], itertools.count(1))
         msg = {
             "message_id": next(ids),
-            "from": sender,
+            **({"from": sender} if sender is not None else {}),
             "chat": chat,
             "date": int(time.time()),
             **fields,
@@ -905,6 +911,29 @@ class FakeTelegram(FakeServer):
         if self.messages.get(chat["id"], {}).pop(int(params.get("message_id") or 0), None) is None:
             raise _bad("message to delete not found")
         return True
+
+
+NOT_FOUND_PAGE = "<html><head><title>404 Not Found</title></head><body>Not Found</body></html>"
+
+
+@dataclass
+class NotBotApi(FakeServer):
+    """An ordinary web server, not a Bot API one (a mistyped TELEGRAM_API_URL): every path is
+    a 404 HTML page."""
+
+    base_url: str = ""
+
+    async def __aenter__(self) -> NotBotApi:
+        await self.start()
+        return self
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._not_found)
+        self.base_url = await self.serve(app)
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
 
 
 def trim(text: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
