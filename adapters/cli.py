@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from enum import StrEnum
+from importlib import metadata
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
@@ -15,6 +16,7 @@ import typer
 from adapters import batch_cli, prompts_cli
 from bot.errors import ConfigError, FmbotError
 from bot.settings import Settings, load_settings
+from bot.text import terminal_safe
 
 app = typer.Typer(
     help="fmbot — chatbots on generative foundation models, with dialog state.",
@@ -26,24 +28,36 @@ app.add_typer(prompts_cli.app, name="prompts")
 app.add_typer(batch_cli.app, name="batch")
 
 T = TypeVar("T")
+MAX_CHAT_NAME = 200
 
 
-def _run(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
-    settings = load_settings()
-    return asyncio.run(make(settings))
+def _version() -> str:
+    return f"fmbot {metadata.version('fmbot')}"
 
 
-def _serve(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
-    """As _run, on uvloop when installed: for the long-running server roles."""
-    from bot.runtime import run_server
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(_version())
+        raise typer.Exit()
 
-    settings = load_settings()
-    return run_server(make(settings))
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """fmbot — chatbots on generative foundation models, with dialog state."""
 
 
 @app.command()
 def console(
-    chat: Annotated[str, typer.Option(help="Conversation to open or resume.")] = "console",
+    chat: Annotated[
+        str, typer.Option(help="Conversation to open or resume.", callback=_chat_name)
+    ] = "console",
     mode: Annotated[
         str | None, typer.Option(help="Switch the conversation to this template first.")
     ] = None,
@@ -54,6 +68,10 @@ def console(
     from bot.models.registry import close_models
 
     async def go(settings: Settings) -> None:
+        # What goes wrong in a turn is told in the chat (a notice); the log line about it would
+        # repeat it on the terminal, so the console logs to a file.
+        settings.home.mkdir(parents=True, exist_ok=True)
+        _log_to(logging.FileHandler(settings.home / "console.log", encoding="utf-8"))
         manager = await build_manager(settings)
         try:
             if mode:
@@ -67,6 +85,20 @@ def console(
             await close_models()
 
     _run(go)
+
+
+def _one_line(name: str) -> str:
+    """A chat name as one line of a listing, whatever it holds."""
+    return terminal_safe(name).replace("\n", "^J").replace("\t", "^I")
+
+
+def _chat_name(name: str) -> str:
+    """``--chat``: a name that can be listed, printed and typed again."""
+    if not name.strip() or terminal_safe(name) != name or "\n" in name or "\t" in name:
+        raise typer.BadParameter("give a non-empty name on one line, without control characters")
+    if len(name) > MAX_CHAT_NAME:
+        raise typer.BadParameter(f"at most {MAX_CHAT_NAME} characters")
+    return name
 
 
 @app.command()
@@ -85,16 +117,18 @@ def history(
                     typer.echo("No conversations yet. Start one with: fmbot console")
                 for info in chats:
                     when = datetime.fromtimestamp(info.updated_at).strftime("%Y-%m-%d %H:%M")
-                    typer.echo(f"{info.chat}\t{info.turns} messages\t{when}")
+                    typer.echo(f"{_one_line(info.chat)}\t{info.turns} messages\t{when}")
                 return
             turns = await store.read(name)
             if not turns:
-                typer.echo(f"No stored turns in conversation {name!r}.", err=True)
+                raise FmbotError(
+                    f"no conversation named {_one_line(name)!r}: `fmbot history` lists them"
+                )
             for turn in turns:
                 status = turn.meta.get("status")
                 mark = f" ({status})" if status not in (None, "complete") else ""
                 # Continuation lines are indented so each turn starts on an unindented line.
-                text = turn.text.replace("\n", "\n  ")
+                text = terminal_safe(turn.text).replace("\n", "\n  ")
                 typer.echo(f"{turn.role}{mark}: {text}")
         finally:
             await store.aclose()
@@ -196,15 +230,99 @@ def bench(
     typer.echo(result.report(url))
 
 
+@app.command()
+def version() -> None:
+    """Print fmbot's version."""
+    typer.echo(_version())
+
+
+def _run(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    settings = load_settings()
+    return asyncio.run(make(settings))
+
+
+def _serve(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    """As _run, on uvloop when installed: for the long-running server roles."""
+    from bot.runtime import run_server
+
+    settings = load_settings()
+    return run_server(make(settings))
+
+
+#: What an option's value is, in --help (typer would print ``<str>``, ``<int range>``).
+METAVARS = {
+    "chat": "NAME",
+    "mode": "TEMPLATE",
+    "template": "TEMPLATE",
+    "name": "NAME",
+    "webhook": "URL",
+    "redis": "URL",
+    "listen": "HOST:PORT",
+    "model": "SPEC",
+    "var": "NAME=VALUE",
+    "message": "TEXT",
+    "history": "FILE",
+}
+
+
+def _readable_metavars(command: Any) -> None:
+    """``--chat NAME``, ``--turns N``, ``--output PATH``; flags show no value at all."""
+    ctx = typer.Context(command)
+    help_option = command.get_help_option(ctx)
+    for param in [*command.params, *([help_option] if help_option else [])]:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.metavar is None:
+            shown = param.display_type(ctx) or ""
+            if param.name in METAVARS:
+                param.metavar = METAVARS[param.name]
+            elif "int" in shown:
+                param.metavar = "N"
+            elif "path" in shown.lower():
+                param.metavar = "PATH"
+            elif "|" in shown:  # choices
+                param.metavar = shown.strip("<>")
+            else:
+                param.metavar = (param.name or "value").upper()
+    for param in command.params:
+        if param.param_type_name == "argument":
+            # An argument's name is its metavar already (PATH...); typer would add ``<str>``.
+            param.display_type_rich = lambda ctx: None
+    for sub in getattr(command, "commands", {}).values():
+        _readable_metavars(sub)
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines quote users and models: shown, never obeyed by the terminal (``^[[2J``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))
+
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def _log_to(handler: logging.Handler) -> None:
+    handler.setFormatter(_SafeFormatter(LOG_FORMAT))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING)
+    _log_to(logging.StreamHandler())
+    command = typer.main.get_command(app)
+    _readable_metavars(command)
     try:
-        app()
+        command()
     except ConfigError as exc:
-        typer.echo(f"fmbot: configuration error: {exc}", err=True)
+        typer.echo(f"fmbot: configuration error: {terminal_safe(str(exc))}", err=True)
         sys.exit(2)
     except FmbotError as exc:
-        typer.echo(f"fmbot: {exc}", err=True)
+        typer.echo(f"fmbot: {terminal_safe(str(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

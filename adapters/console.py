@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 import re
 import signal
 import sys
 import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
 from rich.console import Console
+from rich.markup import escape
 
 from bot.dialog import HELP, DialogManager, parse_command
 from bot.events import FinalText, ImageReply, Incoming, Notice, ReplyEvent, TextDelta
+from bot.text import terminal_safe
+
+log = logging.getLogger(__name__)
 
 EXIT_COMMANDS = ("exit", "quit")
 CONSOLE_HELP = HELP + "\n/exit — leave (Ctrl-D works too; Ctrl-C stops a reply)"
@@ -33,11 +39,15 @@ class ConsoleChannel:
         if interactive:
             await self._interactive()
         else:
-            await self._piped(sys.stdin, sys.stdout, sys.stderr)
+            for stream in (sys.stdout, sys.stderr):
+                # A reply in a script that the locale cannot encode is shown with "?", not a crash.
+                if isinstance(stream, io.TextIOWrapper):
+                    stream.reconfigure(errors="replace")
+            await self._piped(sys.stdin.buffer, sys.stdout, sys.stderr)
 
     # --- scripts and tests: one message per line ------------------------------------------
 
-    async def _piped(self, stdin: TextIO, out: TextIO, err: TextIO) -> None:
+    async def _piped(self, stdin: BinaryIO, out: TextIO, err: TextIO) -> None:
         lines = _read_lines(stdin)
         while True:
             line = await lines.get()
@@ -53,13 +63,13 @@ class ConsoleChannel:
 
     def _write_plain(self, event: ReplyEvent, out: TextIO, err: TextIO) -> None:
         if isinstance(event, TextDelta):
-            out.write(event.text)
+            out.write(terminal_safe(event.text))
         elif isinstance(event, FinalText):
             out.write("\n")
         elif isinstance(event, Notice):
-            (err if event.kind == "error" else out).write(event.text + "\n")
+            (err if event.kind == "error" else out).write(terminal_safe(event.text) + "\n")
         elif isinstance(event, ImageReply):
-            out.write(f"[image: {self._save_image(event)}]\n")
+            out.write(f"[image: {terminal_safe(str(self._save_image(event)))}]\n")
         out.flush()
 
     # --- people: line editing, history, streamed output ------------------------------------
@@ -71,7 +81,8 @@ class ConsoleChannel:
             history=FileHistory(str(self.home / "console_history"))
         )
         console.print(
-            f"[bold]fmbot[/] — chat [cyan]{self.chat}[/] on [cyan]{self.manager.model.name}[/]. "
+            f"[bold]fmbot[/] — chat [cyan]{escape(terminal_safe(self.chat))}[/] on "
+            f"[cyan]{escape(self.manager.model.name)}[/]. "
             "Type /help for commands, /exit to leave."
         )
         while True:
@@ -101,15 +112,17 @@ class ConsoleChannel:
                     if not started:
                         console.print("[bold green]bot>[/] ", end="")
                         started = True
-                    console.print(event.text, end="", markup=False)
+                    # rich passes ESC through: a reply must not drive the terminal.
+                    console.print(terminal_safe(event.text), end="", markup=False)
                 elif isinstance(event, FinalText):
                     console.print()
                     started = False
                 elif isinstance(event, Notice):
                     style = {"info": "cyan", "warning": "yellow", "error": "bold red"}[event.kind]
-                    console.print(event.text, style=style, markup=False)
+                    console.print(terminal_safe(event.text), style=style, markup=False)
                 elif isinstance(event, ImageReply):
-                    console.print(f"[magenta]image saved:[/] {self._save_image(event)}")
+                    path = terminal_safe(str(self._save_image(event)))
+                    console.print(f"[magenta]image saved:[/] {escape(path)}")
         except asyncio.CancelledError:
             task.uncancel()
             console.print("\n[yellow](stopped)[/]")
@@ -153,8 +166,12 @@ class ConsoleChannel:
                 index += 1
 
 
-def _read_lines(stdin: TextIO) -> asyncio.Queue[str]:
+def _read_lines(stdin: BinaryIO) -> asyncio.Queue[str]:
     """Lines from ``stdin`` read by a daemon thread ("" at end of input).
+
+    Bytes, decoded line by line: a byte that is not UTF-8 becomes U+FFFD and the other lines
+    are answered, whatever the locale or PYTHONIOENCODING says. A read that fails ends the
+    input, so the process exits instead of waiting for a thread that died.
 
     A daemon thread, not ``asyncio.to_thread``: a blocked ``readline`` in the default executor
     would keep ``asyncio.run`` from exiting on Ctrl-C until stdin closed.
@@ -163,11 +180,14 @@ def _read_lines(stdin: TextIO) -> asyncio.Queue[str]:
     queue: asyncio.Queue[str] = asyncio.Queue()
 
     def pump() -> None:
-        while True:
-            line = stdin.readline()
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-            if not line:
-                return
+        try:
+            while line := stdin.readline():
+                text = line.decode("utf-8", errors="replace")
+                loop.call_soon_threadsafe(queue.put_nowait, text)
+        except (OSError, ValueError) as exc:
+            log.error("could not read stdin: %s", exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, "")
 
     threading.Thread(target=pump, name="fmbot-stdin", daemon=True).start()
     return queue

@@ -8,6 +8,10 @@ from bot.errors import ContextOverflowError
 from bot.events import Message
 from bot.models.base import TextModel
 
+#: Four times the characters an average token holds (about 4), more than any real message averages
+#: even in runs of one character: text longer than this per token of the window cannot fit it.
+MAX_CHARS_PER_TOKEN = 16
+
 
 async def fit_to_window(
     model: TextModel,
@@ -24,6 +28,11 @@ async def fit_to_window(
     ``prefix + current`` does not fit.
     """
     budget = model.context_window - reserve
+    # Refused before any tokenizer sees it: a remote one would be sent megabytes (and answer
+    # HTTP 413) to confirm what the length alone proves.
+    chars = sum(len(m.text) for m in (*prefix, current))
+    if chars > max(budget, 0) * MAX_CHARS_PER_TOKEN:
+        raise ContextOverflowError(chars // 4, max(budget, 0))
 
     async def size(keep_from: int) -> int:
         return await model.count_tokens([*prefix, *history[keep_from:], current])

@@ -380,7 +380,9 @@ class DialogManager:
         template = self.prompts.mode(arg)
         if template is None:
             names = ", ".join(t.name for t in self.prompts.modes())
-            return Notice(f"No template named {arg!r}. Available: {names}.", "warning")
+            # A name is short: echo only the start of whatever was typed.
+            shown = arg if len(arg) <= 64 else arg[:64] + "…"
+            return Notice(f"No template named {shown!r}. Available: {names}.", "warning")
         await self.store.set_state(chat, mode=template.name)
         return Notice(f"Switched to {template.name!r}: {template.description}")
 

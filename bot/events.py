@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bot.text import clean
+
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
@@ -19,6 +21,11 @@ class Incoming:
     user: str | None = None
     #: Admins are exempt from rate limits and token budgets.
     admin: bool = False
+
+    def __post_init__(self) -> None:
+        # Every channel's text passes here: an undecodable byte (read with surrogateescape)
+        # becomes U+FFFD before it can reach a model, a store or a log, none of which take it.
+        object.__setattr__(self, "text", clean(self.text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,12 @@ import base64
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
+from bot.dialog import DialogManager
 from bot.errors import (
     AuthenticationError,
     ConfigError,
@@ -21,7 +23,7 @@ from bot.errors import (
     RateLimitError,
     StreamInterruptedError,
 )
-from bot.events import Message, Usage
+from bot.events import FinalText, Incoming, Message, Notice, Usage
 from bot.models.base import GenerationOptions
 from bot.models.http import RetryPolicy, Timeouts
 from bot.models.remote import check_text_spec, create_image_model, create_text_model
@@ -35,7 +37,9 @@ from bot.models.yandex import (
     embed,
     tokenize,
 )
+from bot.prompts.library import PromptLibrary
 from bot.settings import Settings
+from bot.stores.memory import MemoryStore
 from tests.fakes import FakeYandex, Fault
 from tests.fakes.base import no_implicit_generator_cleanup
 from tests.fakes.yandex_server import fake_embedding, fake_image
@@ -515,3 +519,18 @@ def test_image_base64_roundtrip_sanity():
     # Guards the fake itself: a JPEG that survives base64 like the service's does.
     data = fake_image("x", "1")
     assert base64.b64decode(base64.b64encode(data)) == data and data[:3] == b"\xff\xd8\xff"
+
+
+async def test_a_message_far_beyond_the_window_is_refused_without_a_request(
+    fake: FakeYandex, client: YandexClient, prompts_dir: Path
+) -> None:
+    """A 1 MB message would be sent whole to tokenizeCompletion (HTTP 413): refused locally,
+    with the reply the local model gives, and the chat goes on."""
+    manager = DialogManager(MemoryStore(), text_model(client), PromptLibrary(prompts_dir))
+    events = [e async for e in manager.handle(Incoming("big", "x" * 1_000_000))]
+    assert len(events) == 1 and isinstance(events[0], Notice) and events[0].kind == "error"
+    assert "Please shorten it" in events[0].text
+    assert fake.requests == []
+    events = [e async for e in manager.handle(Incoming("big", "hello there"))]
+    assert isinstance(events[-1], FinalText) and events[-1].text
+    assert fake.requests  # the short message was tokenized and answered as usual

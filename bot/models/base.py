@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.events import Message, Usage
+from bot.text import clean
 
 
 class GenerationOptions(BaseModel):
@@ -94,6 +95,7 @@ class Response:
                 if isinstance(chunk, Usage):
                     self.usage = chunk
                 elif chunk:
+                    chunk = clean(chunk)  # a JSON "\ud800" escape decodes to a lone surrogate
                     self._parts.append(chunk)
                     yield chunk
             self._done = True
