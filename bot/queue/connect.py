@@ -28,7 +28,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
 
 from bot.errors import ConfigError
 from bot.redis_client import ClusterClient, RedisClient
@@ -49,6 +51,20 @@ SENTINEL_PORT = 26379
 SENTINEL_TIMEOUT = 5.0  # seconds a sentinel may take to answer
 REDIS_PORT = 6379
 MAX_CONNECTIONS = 256  # per process: a blocking read and an ack per partition, plus enqueues
+RETRIES = 3  # a command that fails on a dead connection is sent again on a fresh one
+
+
+def retry_policy() -> Retry:
+    """What every client fmbot builds does when a command meets a closed or timed-out connection:
+    it reconnects and sends the command again, up to :data:`RETRIES` times, 50 ms to 1 s apart.
+
+    Without it a pool built from a URL does not retry at all (redis-py's default there), so after
+    a Redis restart every pooled connection failed its first command ("Connection closed by
+    server"). Resending is safe for what fmbot sends: reads, idempotent writes, and journaled
+    appends whose script refuses a second write of the same entry. A timeout is resent too, so a
+    non-idempotent command (a rate-limit INCR) may count twice in that rare case.
+    """
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +200,7 @@ def connect(url: str, *, setting: str = SETTING, **options: Any) -> RedisClient:
     options.setdefault("health_check_interval", 30)
     options.setdefault("socket_connect_timeout", 5)
     options.setdefault("max_connections", MAX_CONNECTIONS)
+    options.setdefault("retry", retry_policy())
     scheme = urlsplit(url).scheme
     if scheme in SENTINEL_SCHEMES:
         s = parse_sentinel_url(url, setting)
