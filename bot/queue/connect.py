@@ -31,6 +31,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bot.errors import ConfigError
 from bot.redis_client import ClusterClient, RedisClient
@@ -55,16 +56,16 @@ RETRIES = 3  # a command that fails on a dead connection is sent again on a fres
 
 
 def retry_policy() -> Retry:
-    """What every client fmbot builds does when a command meets a closed or timed-out connection:
-    it reconnects and sends the command again, up to :data:`RETRIES` times, 50 ms to 1 s apart.
+    """What every client fmbot builds does when a command meets a closed connection: it
+    reconnects and sends the command again, up to :data:`RETRIES` times, 50 ms to 1 s apart.
 
     Without it a pool built from a URL does not retry at all (redis-py's default there), so after
     a Redis restart every pooled connection failed its first command ("Connection closed by
-    server"). Resending is safe for what fmbot sends: reads, idempotent writes, and journaled
-    appends whose script refuses a second write of the same entry. A timeout is resent too, so a
-    non-idempotent command (a rate-limit INCR) may count twice in that rare case.
+    server"). Only connection errors are resent: a command on a connection the server closed did
+    not run on the server answering now. A timeout is not resent, since the command may have
+    run (an XADD or INCR sent twice would enqueue or count twice).
     """
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES)
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES, (RedisConnectionError,))
 
 
 @dataclass(frozen=True, slots=True)
