@@ -10,6 +10,7 @@ from aiogram.enums import MessageEntityType
 from aiogram.types import Message, User
 
 from adapters.telegram.commands import KNOWN
+from bot.text import clean
 
 
 def addressed(message: Message, me: User) -> bool:
@@ -23,7 +24,9 @@ def addressed(message: Message, me: User) -> bool:
         and replied.from_user.id == me.id
     ):
         return True
-    text = message.text or message.caption or ""
+    # A forged update can carry a lone surrogate ("\ud800" in its JSON), which aiogram's
+    # UTF-16 entity offsets cannot encode; U+FFFD takes the same one UTF-16 unit.
+    text = clean(message.text or message.caption or "")
     for entity in message.entities or message.caption_entities or []:
         value = entity.extract_from(text)
         if entity.type == MessageEntityType.MENTION and value[1:].lower() == name:

@@ -27,6 +27,7 @@ from adapters.telegram.webhook import SECRET_HEADER, problem
 from bot.errors import ConfigError, StoreError
 from bot.queue import Ingress
 from bot.queue.backoff import Backoff
+from bot.text import clean
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,24 @@ def chat_key(update: Update) -> str:
 
 
 def payload(update: Update) -> dict[str, Any]:
-    """The update as Telegram sent it (field aliases such as ``from``), for the worker."""
-    return update.model_dump(mode="json", exclude_none=True, by_alias=True)
+    """The update as Telegram sent it (field aliases such as ``from``), for the worker.
+
+    A lone surrogate (JSON ``"\\ud800"`` in a forged update) becomes U+FFFD: Redis takes UTF-8
+    only, and U+FFFD keeps the UTF-16 entity offsets (one unit each)."""
+    dumped: dict[str, Any] = _cleaned(
+        update.model_dump(mode="json", exclude_none=True, by_alias=True)
+    )
+    return dumped
+
+
+def _cleaned(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {_cleaned(k): _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v) for v in value]
+    return value
 
 
 async def enqueue(ingress: Ingress, update: Update) -> None:
