@@ -69,7 +69,14 @@ def make_limits(settings: Settings, store: DialogStore) -> Limits | None:
     if not (settings.rate_limit or settings.daily_tokens):
         return None
     if isinstance(store, RedisStore):
-        return RedisLimits(store.client, store.prefix, settings.rate_limit, settings.daily_tokens)
+        key = settings.pseudonym_key.get_secret_value() if settings.pseudonym_key else ""
+        return RedisLimits(
+            store.client,
+            store.prefix,
+            settings.rate_limit,
+            settings.daily_tokens,
+            secret=key.encode() or None,
+        )
     return MemoryLimits(settings.rate_limit, settings.daily_tokens)
 
 

@@ -366,7 +366,14 @@ class DialogManager:
 
     async def _forget(self, incoming: Incoming, arg: str) -> Notice:
         await self.store.delete(incoming.chat)
-        return Notice("Deleted everything stored about this chat: history, template and usage.")
+        text = "Deleted everything stored about this chat: history, template and usage."
+        kept = [self.store.kept_after_delete()]
+        if self.limits is not None:
+            # Limits count per user (the sender) and must survive /forget, else it would reset
+            # a budget; they are kept under a pseudonym (bot.limits), so only old keys go here.
+            await self.limits.forget(incoming.user or incoming.chat)
+            kept.append(self.limits.kept_after_forget())
+        return Notice(" ".join([text, *filter(None, kept)]))
 
     async def _mode(self, incoming: Incoming, arg: str) -> Notice:
         chat = incoming.chat

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     queue_lease_ms: int = Field(default=10_000, ge=1_000, alias="FMBOT_QUEUE_LEASE_MS")
     rate_limit: int = Field(default=0, ge=0, alias="FMBOT_RATE_LIMIT")
     daily_tokens: int = Field(default=0, ge=0, alias="FMBOT_DAILY_TOKENS")
+    #: Key of the HMAC that names users in the Redis limit keys (bot.limits.pseudonym).
+    pseudonym_key: SecretStr | None = Field(default=None, alias="FMBOT_PSEUDONYM_KEY")
 
     # Remote backends (issue 3). Secrets are SecretStr so they never print by accident.
     yandex_api_key: SecretStr | None = Field(default=None, alias="YANDEX_API_KEY")

@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import RedisCluster
 
+from bot.errors import StoreError
+from bot.queue import Job, current_job
 from bot.queue.connect import RETRIES, connect
+from bot.queue.job import Tenure
+from bot.queue.journal import JournaledRedisStore
 from bot.redis_client import RedisClient
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore
@@ -102,3 +106,52 @@ async def test_every_topology_retries_on_a_fresh_connection(
         await client.ping()
     finally:
         await client.aclose()
+
+
+def lane_job(chat: str, tenure: Tenure) -> Job:
+    """The job a worker runs in ``chat``'s lane under ``tenure`` (as the worker sets it)."""
+    job = Job("1-0", chat, {}, 0, tenure=tenure)
+    current_job.set(job)
+    return job
+
+
+async def test_a_turn_stored_during_an_outage_is_stored_once_redis_is_back(
+    server: tuple[RedisProcesses, int],
+) -> None:
+    """The worker still holds its lease: the write waits for Redis instead of 'not saved'."""
+    procs, port = server
+    store = JournaledRedisStore(connect(f"redis://127.0.0.1:{port}/0"))
+    lane_job("c", Tenure())
+    try:
+        await store.read("c")  # a pooled connection, closed by the restart
+        procs.stop(port)
+        write = asyncio.create_task(store.append("c", Turn("user", "hi"), Turn("assistant", "yo")))
+        await asyncio.sleep(2.0)  # a 2 s outage, a turn in flight
+        assert not write.done()
+        procs.start(port)
+        await asyncio.wait_for(write, 10)
+        await store.append("c", Turn("user", "hi"), Turn("assistant", "yo"))  # replayed: refused
+        assert [t.text for t in await store.read("c")] == ["hi", "yo"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_turn_given_up_during_an_outage_is_left_to_the_next_owner(
+    server: tuple[RedisProcesses, int],
+) -> None:
+    procs, port = server
+    store = JournaledRedisStore(connect(f"redis://127.0.0.1:{port}/0"))
+    tenure = Tenure()
+    lane_job("c", tenure)
+    try:
+        procs.stop(port)
+        write = asyncio.create_task(store.append("c", Turn("user", "hi"), Turn("assistant", "yo")))
+        await asyncio.sleep(0.5)
+        tenure.ended = True  # the lease lapsed: the worker gave its jobs up
+        with pytest.raises(StoreError, match="given up"):
+            await asyncio.wait_for(write, 5)
+        procs.start(port)
+        current_job.set(None)
+        assert await store.read("c") == []
+    finally:
+        await store.aclose()

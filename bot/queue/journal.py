@@ -30,7 +30,14 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    NoScriptError,
+    ReadOnlyError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from bot.errors import StoreError
 from bot.queue.batch import Batcher
@@ -45,6 +52,13 @@ from bot.stores.redis import RedisStore, decode_turns, encode_turns
 log = logging.getLogger(__name__)
 
 MARKER_TTL = 7 * 24 * 3600  # seconds; a job is redelivered within minutes, a week is generous
+# A turn's store write that meets an outage is tried again this often (doubling) while the worker
+# holds its lease: a Redis restart costs the turn seconds, not its place in the history.
+OUTAGE_WAIT_FIRST = 0.1
+OUTAGE_WAIT_MAX = 1.0
+# Redis away or changing hands, as opposed to refusing the write (WRONGTYPE, OOM, MISCONF), which
+# waiting does not cure.
+OUTAGE_ERRORS = (ConnectionError, TimeoutError, ReadOnlyError, ClusterDownError, TryAgainError)
 APPEND_SHA = hashlib.sha1(APPEND_TURNS.encode()).hexdigest()
 
 
@@ -115,9 +129,6 @@ class JournaledRedisStore(RedisStore):
         if job is None:
             await self._changed(chat, super().append(chat, *turns, counters=counters))
             return
-        if job.tenure is not None and job.tenure.ended:
-            # The worker gave the job up mid-turn (see Tenure): the next owner answers it.
-            raise StoreError(f"job {job.id} was given up; the worker that takes it over answers it")
         keys = [self._key(chat, "turns"), self._key(chat, "state"), self._marker(chat)]
         ttl = max(1, int(self.ttl)) if self.ttl is not None else 0
         args: list[str | int] = [job.id, self.marker_ttl, self.max_turns or 0, ttl, len(turns)]
@@ -125,31 +136,38 @@ class JournaledRedisStore(RedisStore):
         for name, amount in (counters or {}).items():
             args += [name, amount]
         sent = time.monotonic()
-        # redis-py refuses EVALSHA in cluster pipelines (it could not load a missing script).
-        script = ("EVAL", APPEND_TURNS) if is_cluster(self._r) else ("EVALSHA", APPEND_SHA)
-        try:
-            for attempt in (1, 2):
-                # One request, shared with the other turns that end in this step of the event
-                # loop (bot.queue.batch). The index is in another slot: it rides along outside
-                # the script (a cluster pipeline splits them by node).
-                reply, indexed = await self._batch.run(
-                    (*script, len(keys), *keys, *args), ("ZADD", self._index, time.time(), chat)
-                )
-                if isinstance(reply, NoScriptError) and attempt == 1:
-                    # First use on this server (or it restarted): load, retry.
-                    await self._r.script_load(APPEND_TURNS)
-                    continue
-                for result in (reply, indexed):
-                    if isinstance(result, Exception):
-                        raise result
-                existed, length = reply
+        wait = OUTAGE_WAIT_FIRST
+        while True:
+            if job.tenure is not None and job.tenure.ended:
+                # The worker gave the job up mid-turn (see Tenure), perhaps while this write
+                # waited out an outage: the next owner answers it.
+                raise _given_up(job)
+            try:
+                existed, length = await self._append_once(chat, keys, args)
                 break
-        except asyncio.CancelledError:
-            self.cache.drop(chat)  # the write may or may not have happened
-            raise
-        except REDIS_ERRORS as exc:
-            self.cache.drop(chat)  # the write may or may not have happened
-            raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
+            except asyncio.CancelledError:
+                self.cache.drop(chat)  # the write may or may not have happened
+                raise
+            except REDIS_ERRORS as exc:
+                self.cache.drop(chat)  # the write may or may not have happened
+                if job.tenure is None or not isinstance(exc, OUTAGE_ERRORS):
+                    raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
+                if job.tenure.ended:
+                    raise _given_up(job) from exc
+                # Redis is briefly away (a restart, a failover). While this worker still holds
+                # the lease the turn is its to store: wait and write again (the script refuses a
+                # second write of the job's entry). If the lease lapses meanwhile the tenure
+                # ends, and the next owner answers the job.
+                log.warning(
+                    "job %s of chat %s: Redis unavailable while storing the turn (%s); "
+                    "trying again in %.1f s",
+                    job.id,
+                    chat,
+                    exc,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, OUTAGE_WAIT_MAX)
         if int(length) < 0:  # this job (or a later one) had stored its turn: nothing written
             log.info("job %s of chat %s was already stored; not stored again", job.id, chat)
             self.cache.drop(chat)
@@ -166,13 +184,57 @@ class JournaledRedisStore(RedisStore):
             sent=sent,
         )
 
+    async def _append_once(
+        self, chat: str, keys: list[str], args: list[str | int]
+    ) -> tuple[int, int]:
+        """One journaled write: the script's reply (existed, length); Redis errors raised."""
+        # redis-py refuses EVALSHA in cluster pipelines (it could not load a missing script).
+        script = ("EVAL", APPEND_TURNS) if is_cluster(self._r) else ("EVALSHA", APPEND_SHA)
+        for attempt in (1, 2):
+            # One request, shared with the other turns that end in this step of the event
+            # loop (bot.queue.batch). The index is in another slot: it rides along outside
+            # the script (a cluster pipeline splits them by node).
+            reply, indexed = await self._batch.run(
+                (*script, len(keys), *keys, *args), ("ZADD", self._index, time.time(), chat)
+            )
+            if isinstance(reply, NoScriptError) and attempt == 1:
+                # First use on this server (or it restarted): load, retry.
+                await self._r.script_load(APPEND_TURNS)
+                continue
+            for result in (reply, indexed):
+                if isinstance(result, Exception):
+                    raise result
+            existed, length = reply
+            return int(existed), int(length)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
     # Writes the cache does not model: drop the chat's entry before and after (see cache).
 
     async def reset(self, chat: str) -> None:
         await self._changed(chat, super().reset(chat))
 
     async def delete(self, chat: str) -> None:
-        await self._changed(chat, super().delete(chat))
+        """``/forget``: the chat's turns, state, index entry, ``delivered`` marker and reply
+        outbox go. ``P:{chat}:answered`` stays until its TTL (at most :data:`MARKER_TTL`): a job
+        of the chat stored before the ``/forget`` but not yet acknowledged (the worker died)
+        would otherwise be answered, and its message stored, again when redelivered. It holds
+        only a stream entry id (the time the message was queued)."""
+        keys = QueueKeys(self.prefix)
+
+        def build(p: Any) -> None:
+            self._queue_delete(p, chat)
+            p.delete(keys.delivered(chat), keys.replies(chat))  # one {chat} slot
+
+        await self._changed(chat, self._run(build))
+
+    def kept_after_delete(self) -> str:
+        days = self.marker_ttl // 86400
+        span = f"{days} days" if days > 1 else f"{self.marker_ttl // 3600} hours"
+        return (
+            "Kept for the message queue: the id of this chat's last answered message (the time "
+            f"it was queued, no text) for at most {span}, so that a message redelivered after a "
+            "crash is not answered twice."
+        )
 
     async def set_state(self, chat: str, **values: str) -> None:
         await self._changed(chat, super().set_state(chat, **values))
@@ -241,3 +303,7 @@ class Replay:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _given_up(job: Job) -> StoreError:
+    return StoreError(f"job {job.id} was given up; the worker that takes it over answers it")

@@ -65,6 +65,10 @@ class DialogStore(abc.ABC):
     async def delete(self, chat: str) -> None:
         """Forget everything stored about the chat."""
 
+    def kept_after_delete(self) -> str:
+        """What :meth:`delete` keeps about the chat, and for how long (``/forget`` says it)."""
+        return ""
+
     @abc.abstractmethod
     async def chats(self) -> list[ChatInfo]:
         """Chats that have turns or state, most recently updated first."""

@@ -116,13 +116,12 @@ class RedisStore(DialogStore):
         )
 
     async def delete(self, chat: str) -> None:
-        await self._run(
-            lambda p: (
-                p.delete(self._key(chat, "turns")),
-                p.delete(self._key(chat, "state")),
-                p.zrem(self._index, chat),
-            )
-        )
+        await self._run(lambda p: self._queue_delete(p, chat))
+
+    def _queue_delete(self, pipe: Any, chat: str) -> None:
+        """Queue the commands of :meth:`delete` on ``pipe``."""
+        pipe.delete(self._key(chat, "turns"), self._key(chat, "state"))  # one {chat} slot
+        pipe.zrem(self._index, chat)
 
     async def chats(self) -> list[ChatInfo]:
         try:
