@@ -632,36 +632,23 @@ async def test_shutdown_finishes_the_reply_in_progress(
 async def test_webhook_mode_checks_the_secret_and_answers(
     fake: FakeTelegram, prompts_dir: Path
 ) -> None:
-    port = free_port()
-
     alice = fake.user(1015, "Alice")
     chat = fake.private_chat(alice)
-    manager = DialogManager(MemoryStore(), Recording(Scripted(REPLY)), PromptLibrary(prompts_dir))
-    settings = TelegramSettings(
-        _env_file=None, TELEGRAM_BOT_TOKEN=fake.token, TELEGRAM_API_URL=fake.base_url
-    )
-    runner = Runner(TelegramApp(manager, settings))
-    url = f"http://127.0.0.1:{port}/telegram/hook"
-    task = asyncio.create_task(runner.run_webhook(url, "127.0.0.1", port, handle_signals=False))
-    try:
-        await fake.wait_for(lambda: fake.webhook is not None)
-        hook = fake.calls("setWebhook")[0]
-        assert hook["url"] == url and hook["secret_token"] == settings.secret_token()
-        assert "stopped_message_generation" in hook["allowed_updates"]
-        assert fake.token not in hook["secret_token"]
-        async with aiohttp.ClientSession() as client:
-            forged = {"message_id": 1, "date": 0, "chat": chat, "from": alice, "text": "hi"}
-            update = {"update_id": 1, "message": forged}
-            for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}):
-                async with client.post(url, json=update, headers=headers) as response:
-                    assert response.status == 401
+    async with webhook_running(fake, prompts_dir) as hook:
+        registered = fake.calls("setWebhook")[0]
+        secret = hook.headers["X-Telegram-Bot-Api-Secret-Token"]
+        assert registered["url"] == hook.url and registered["secret_token"] == secret
+        assert "stopped_message_generation" in registered["allowed_updates"]
+        assert fake.token not in secret
+        forged = {"message_id": 1, "date": 0, "chat": chat, "from": alice, "text": "hi"}
+        update = {"update_id": 1, "message": forged}
+        for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}):
+            async with hook.client.post(hook.url, json=update, headers=headers) as response:
+                assert response.status == 401
         fake.push_text(chat, alice, "via webhook")
         await wait_messages(fake, chat["id"], 1)
         assert texts(fake, chat["id"]) == [REPLY_TEXT]
         assert all(status == 200 for _, status in fake.webhook_deliveries)
-    finally:
-        runner.request_stop()
-        await asyncio.wait_for(task, 10)
     assert not fake.calls("getUpdates")
 
 
