@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from bot.errors import StoreError
 from bot.redis_client import REDIS_ERRORS, RedisClient
@@ -40,6 +41,16 @@ def _minute(now: float) -> int:
 
 def _day(now: float) -> str:
     return time.strftime("%Y%m%d", time.gmtime(now))
+
+
+RATE_TTL = 120  # seconds a minute's message count is kept: the minute, and one to spare
+TOKENS_TTL = 2 * 86400  # seconds a day's token count is kept after its last change
+
+
+def _add(pipe: Any, key: str, amount: int, ttl: int) -> None:
+    """Queue a counter increment and its expiry on ``pipe``."""
+    pipe.incrby(key, amount)
+    pipe.expire(key, ttl)
 
 
 def pseudonym(user: str, secret: bytes | None, prefix: str) -> str:
@@ -206,11 +217,9 @@ class RedisLimits(Limits):
                 return
             async with self._r.pipeline(transaction=False) as pipe:
                 if rate is not None:
-                    pipe.incrby(self._rate_key(user, now), int(rate))
-                    pipe.expire(self._rate_key(user, now), 120)
+                    _add(pipe, self._rate_key(user, now), int(rate), RATE_TTL)
                 if tokens is not None:
-                    pipe.incrby(self._tokens_key(user, now), int(tokens))
-                    pipe.expire(self._tokens_key(user, now), 2 * 86400)
+                    _add(pipe, self._tokens_key(user, now), int(tokens), TOKENS_TTL)
                 await pipe.execute()
         except REDIS_ERRORS as exc:
             raise StoreError(f"Redis is unavailable: {exc}") from exc
@@ -218,8 +227,7 @@ class RedisLimits(Limits):
     async def _count_message(self, user: str, now: float) -> LimitStatus:
         try:
             async with self._r.pipeline(transaction=False) as pipe:
-                pipe.incr(self._rate_key(user, now))
-                pipe.expire(self._rate_key(user, now), 120)
+                _add(pipe, self._rate_key(user, now), 1, RATE_TTL)
                 pipe.get(self._tokens_key(user, now))
                 count, _, tokens = await pipe.execute()
         except REDIS_ERRORS as exc:
@@ -230,8 +238,7 @@ class RedisLimits(Limits):
         now = time.time()
         try:
             async with self._r.pipeline(transaction=False) as pipe:
-                pipe.incrby(self._tokens_key(user, now), tokens)
-                pipe.expire(self._tokens_key(user, now), 2 * 86400)
+                _add(pipe, self._tokens_key(user, now), tokens, TOKENS_TTL)
                 await pipe.execute()
         except REDIS_ERRORS as exc:
             raise StoreError(f"Redis is unavailable: {exc}") from exc

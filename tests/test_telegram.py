@@ -452,7 +452,8 @@ async def test_an_unknown_mode_name_is_cut_short_in_the_answer(
         await wait_messages(fake, chat["id"], 1)
     (answer,) = texts(fake, chat["id"])
     names = [t.name for t in bot.app.manager.prompts.modes()]
-    assert answer == f"Unknown mode '{'x' * 64}…'. Available: {', '.join(names)}."
+    # The manager's answer, which quotes only the start of a long name.
+    assert answer == f"⚠️ No template named '{'x' * 64}…'. Available: {', '.join(names)}."
     assert (await bot.app.manager.mode_of(f"tg:{chat['id']}")).name == "default"
     assert not bot.model.requests
 

@@ -14,7 +14,7 @@ from aiogram.types import CallbackQuery, Message, MessageGenerationStopped, User
 from adapters.telegram.access import ADMINS_ONLY, REFUSAL, AccessPolicy
 from adapters.telegram.addressing import addressed, strip_mention
 from adapters.telegram.commands import SHARED_STATE, with_extras
-from adapters.telegram.modes import chosen, keyboard, listing, unknown
+from adapters.telegram.modes import chosen, keyboard, listing
 from adapters.telegram.replies import Replies
 from adapters.telegram.splitting import TEXT_LIMIT, Part, truncate
 from adapters.telegram.target import Target
@@ -103,10 +103,6 @@ class Handlers:
             return
         if name in SHARED_STATE and not self.policy.may_change_shared(user, target.private):
             await self.outbox.send_text(target, ADMINS_ONLY)
-            return
-        if command is not None and name == "mode" and not self.manager.prompts.mode(command.arg):
-            # Answered here: the manager would quote the name whole, however long.
-            await self.outbox.send_text(target, unknown(command.arg, self.manager.prompts.modes()))
             return
         if name in ("help", "start"):
             notices = await self._ask(target.key, text)

@@ -8,7 +8,6 @@ from bot.prompts.template import PromptTemplate
 
 PREFIX = "mode:"
 _DATA_LIMIT = 64  # bytes of callback_data Telegram accepts
-_SHOWN_NAME = 64  # characters of an unknown name quoted back (a user may send thousands)
 
 
 def keyboard(templates: list[PromptTemplate], current: str) -> InlineKeyboardMarkup | None:
@@ -33,10 +32,3 @@ def chosen(data: str | None) -> str | None:
     if data is None or not data.startswith(PREFIX):
         return None
     return data.removeprefix(PREFIX) or None
-
-
-def unknown(name: str, templates: list[PromptTemplate]) -> str:
-    """The answer to ``/mode NAME`` when there is no such mode; long names are cut."""
-    shown = name if len(name) <= _SHOWN_NAME else name[:_SHOWN_NAME] + "…"
-    names = ", ".join(t.name for t in templates)
-    return f"Unknown mode {shown!r}. Available: {names}."

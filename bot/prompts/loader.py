@@ -28,24 +28,18 @@ _MISSING = "no such file or directory; give a template file or a directory of th
 _PLACEHOLDERS: dict[str, object] = {"name": "unnamed", "instruction": ""}
 
 
-def _validate(path: Path) -> tuple[PromptTemplate | None, SourceMap | None, list[PromptError]]:
-    """Parse and validate the fields; every validation error is reported, not just the first."""
-    template, smap, problems, _ = _validate_all(path)
-    return template, smap, problems
+def _validate(path: Path) -> tuple[SourceMap | None, list[PromptError], PromptTemplate | None]:
+    """Parse and validate the fields; every validation error is reported, not just the first.
 
-
-def _validate_all(
-    path: Path,
-) -> tuple[PromptTemplate | None, SourceMap | None, list[PromptError], PromptTemplate | None]:
-    """Like :func:`_validate`, plus the template without its invalid fields (or None): the
-    text of the valid fields is checked too, so one typo does not hide the next problem."""
+    Also returns the template to check the text of: the template itself when the fields are
+    valid, else the template without its invalid fields (None if even that cannot be built), so
+    one typo does not hide the next problem."""
     try:
         data, smap = parse_file(path)
     except PromptError as exc:
-        return None, None, [exc], None
+        return None, [exc], None
     try:
-        template = PromptTemplate.model_validate({**data, "source": path})
-        return template, smap, [], template
+        return smap, [], PromptTemplate.model_validate({**data, "source": path})
     except ValidationError as exc:
         errors = exc.errors()
     problems = []
@@ -56,7 +50,7 @@ def _validate_all(
         message = "unknown field" if unknown else err["msg"]
         problems.append(PromptError(f"{name}: {message}", smap.field(loc, key=unknown)))
     broken = {err["loc"][0] for err in errors if err["loc"]}
-    return None, smap, problems, _without(data, broken, path)
+    return smap, problems, _without(data, broken, path)
 
 
 def _without(data: dict[str, Any], broken: set[Any], path: Path) -> PromptTemplate | None:
@@ -121,16 +115,16 @@ def _position(problem: PromptError) -> tuple[int, int]:
 
 def file_problems(path: Path) -> tuple[PromptTemplate | None, list[PromptError]]:
     """The template in ``path`` (None if it cannot be built) and every problem found in it."""
-    template, smap, problems, checkable = _validate_all(path)
+    smap, problems, checkable = _validate(path)
     if checkable is not None and smap is not None:
         syntax = _syntax_problems(checkable, smap)
         problems += [*syntax.values(), *_render_problems(checkable, smap, skip=syntax)]
-    return (None if problems else template), sorted(problems, key=_position)
+    return (None if problems else checkable), sorted(problems, key=_position)
 
 
 def load_template(path: Path) -> PromptTemplate:
     """Parse and validate one template file; raise PromptError with a precise location."""
-    template, smap, problems = _validate(path)
+    smap, problems, template = _validate(path)
     if problems:
         raise problems[0]
     assert template is not None and smap is not None
