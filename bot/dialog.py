@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bot.busy import BusyGate, BusyPolicy
 from bot.context import fit_to_window
-from bot.errors import FmbotError, ModelError, PromptError, StoreError
+from bot.errors import FmbotError, GivenUpError, ModelError, PromptError, StoreError
 from bot.events import (
     FinalText,
     ImageReply,
@@ -97,6 +97,10 @@ class DialogManager:
         self.busy = BusyGate(busy_policy)
         self.limits = limits
         self.locks = ChatLocks()
+        #: Set by a caller that runs a message again when the store fails (a queue worker: the
+        #: job stays queued): a StoreError before the reply began is raised to it instead of
+        #: answered with "send it again". A failed save after the reply is still a notice.
+        self.raise_store_errors = False
 
     async def handle(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
         """Answer one message. Errors become Notice events; nothing escapes but cancellation."""
@@ -133,6 +137,8 @@ class DialogManager:
             finally:
                 self.busy.leave(ticket)
         except StoreError as exc:
+            if self.raise_store_errors or isinstance(exc, GivenUpError):
+                raise
             log.error("store failed for chat %s: %s", chat, exc)
             yield Notice(
                 "The service is temporarily unavailable (the conversation store cannot be "
@@ -286,6 +292,8 @@ class DialogManager:
         }
         try:
             await self.store.append(incoming.chat, *turns, counters=counters)
+        except GivenUpError:
+            raise  # the worker that takes the job over answers and stores it
         except StoreError as exc:
             log.error("could not save a turn of chat %s: %s", incoming.chat, exc)
             return False

@@ -4,6 +4,7 @@
     ├── ConfigError          a setting is missing or has a bad value (names the setting and the fix)
     ├── PromptError          a template file is invalid or fails to render (names path:line:col)
     ├── StoreError           the dialog store cannot be reached or answered badly
+    │   └── GivenUpError     a queue worker gave the message up; another worker answers it
     └── ModelError           a model backend failed; the message is safe to show to a user
         ├── ContextOverflowError   the input alone does not fit the model's context window
         ├── ModelUnavailableError  the model cannot be loaded or reached right now
@@ -50,6 +51,11 @@ class PromptError(FmbotError):
 
 class StoreError(FmbotError):
     """The dialog store failed (unreachable server, locked database, corrupt row)."""
+
+
+class GivenUpError(StoreError):
+    """The queue worker running this message gave it up (its lease lapsed during an outage) and
+    the worker that takes the partition over answers it: nothing is to be said to the user."""
 
 
 class ModelError(FmbotError):

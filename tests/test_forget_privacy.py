@@ -25,6 +25,7 @@ from bot.queue import Ingress, Job, QueueKeys, Worker, current_job
 from bot.queue.chat import REPLIES_TTL, DialogHandler
 from bot.queue.connect import connect
 from bot.queue.journal import MARKER_TTL, JournaledRedisStore
+from bot.queue.partition import Tuning
 from bot.stores import open_store
 from bot.stores.base import DialogStore
 from bot.stores.redis import RedisStore
@@ -287,3 +288,39 @@ async def test_a_queued_chat_keeps_only_its_answered_marker_and_the_forget_reply
         assert isinstance(refusal, Notice) and "budget" in refusal.text
     finally:
         await manager.aclose()
+
+
+async def test_forget_removes_the_chats_failed_jobs_from_the_dead_stream(
+    redis_server: str, redis_prefix: str, prompts_dir: Path, client: aioredis.Redis
+) -> None:
+    """A message whose handling kept failing is copied to the dead stream with its text; the
+    person's /forget removes it there too, and leaves other chats' failed jobs alone."""
+    store = JournaledRedisStore(connect(redis_server), redis_prefix)
+    manager = manager_on(store, prompts_dir, None)
+    keys = QueueKeys(redis_prefix, 1)  # one partition: both chats share its dead stream
+    handler = DialogHandler(manager, keys)
+
+    async def poisoned(job: Job) -> None:
+        if "poison" in str(job.payload.get("text")):
+            raise RuntimeError("a bug this message triggers")
+        await handler(job)
+
+    worker = Worker(store.client, poisoned, keys=keys, lease_ms=3000, tuning=Tuning(max_attempts=1))
+    running = asyncio.create_task(worker.run())
+    other = "tg:-100999"
+    dead = keys.dead(0)
+    try:
+        ingress = Ingress(store.client, keys)
+        await ingress.enqueue(CHAT, {"text": "poison from Ada", "user": USER})
+        await ingress.enqueue(other, {"text": "poison from someone else"})
+        await eventually(lambda: worker.handled == 2)
+        assert sorted(f["chat"] for _, f in await client.xrange(dead)) == sorted([CHAT, other])
+        await ingress.enqueue(CHAT, {"text": "/forget", "user": USER})
+        await eventually(lambda: worker.handled == 3)
+    finally:
+        await worker.stop(5)
+        await running
+        await manager.aclose()
+    left = await client.xrange(dead)
+    assert [f["payload"] for _, f in left] == ['{"text": "poison from someone else"}']
+    assert not any("Ada" in v for v in (await redis_dump(client, redis_prefix)).values())

@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 from redis.asyncio import RedisCluster
 
-from bot.errors import StoreError
+from bot.dialog import DialogManager
+from bot.errors import GivenUpError, StoreError
+from bot.events import FinalText, Incoming, Notice
+from bot.models.echo import EchoModel
+from bot.prompts.library import PromptLibrary
 from bot.queue import Job, current_job
 from bot.queue.connect import RETRIES, connect
 from bot.queue.job import Tenure
-from bot.queue.journal import JournaledRedisStore
+from bot.queue.journal import JournaledRedisStore, Replay
 from bot.redis_client import RedisClient
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore
@@ -148,10 +152,73 @@ async def test_a_turn_given_up_during_an_outage_is_left_to_the_next_owner(
         write = asyncio.create_task(store.append("c", Turn("user", "hi"), Turn("assistant", "yo")))
         await asyncio.sleep(0.5)
         tenure.ended = True  # the lease lapsed: the worker gave its jobs up
-        with pytest.raises(StoreError, match="given up"):
+        with pytest.raises(GivenUpError, match="given up"):
             await asyncio.wait_for(write, 5)
         procs.start(port)
         current_job.set(None)
         assert await store.read("c") == []
     finally:
         await store.aclose()
+
+
+async def test_a_delivery_mark_during_an_outage_is_written_once_redis_is_back(
+    server: tuple[RedisProcesses, int],
+) -> None:
+    """Were the mark dropped, a takeover after a long outage would send the reply again."""
+    procs, port = server
+    durable = ("--appendonly", "yes", "--appendfsync", "always")  # the turn survives
+    procs.stop(port)
+    procs.start(port, *durable)
+    store = JournaledRedisStore(connect(f"redis://127.0.0.1:{port}/0"))
+    lane_job("c", Tenure())
+    try:
+        await store.append("c", Turn("user", "hi"), Turn("assistant", "yo"))
+        procs.stop(port)
+        mark = asyncio.create_task(store.delivered("c"))
+        await asyncio.sleep(1.0)
+        assert not mark.done()
+        procs.start(port, *durable)
+        await asyncio.wait_for(mark, 10)
+        current_job.set(None)
+        assert await store.replay("c", "1-0") == Replay(answered=True)  # nothing to resend
+    finally:
+        await store.aclose()
+
+
+async def test_a_queue_worker_gets_store_errors_to_retry_the_job_instead_of_a_notice(
+    server: tuple[RedisProcesses, int], prompts_dir: Path
+) -> None:
+    """Before the reply began, "send it again" would lose the message: the job is run again."""
+    procs, port = server
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+    manager = DialogManager(store, EchoModel(), PromptLibrary(prompts_dir))
+    try:
+        procs.stop(port)
+        [notice] = [e async for e in manager.handle(Incoming("c", "hello"))]
+        assert isinstance(notice, Notice) and "send it again" in notice.text  # console, --role all
+        manager.raise_store_errors = True  # what the queue's handlers set
+        with pytest.raises(StoreError):
+            [e async for e in manager.handle(Incoming("c", "hello"))]
+    finally:
+        await manager.aclose()
+
+
+async def test_a_given_up_turn_ends_without_a_notice_for_the_next_owner_to_answer(
+    server: tuple[RedisProcesses, int], prompts_dir: Path
+) -> None:
+    _procs, port = server
+    store = JournaledRedisStore(connect(f"redis://127.0.0.1:{port}/0"))
+    manager = DialogManager(store, EchoModel(), PromptLibrary(prompts_dir))
+    tenure = Tenure()
+    lane_job("c", tenure)
+    tenure.ended = True  # e.g. the lease lapsed while the model was answering
+    seen = []
+    try:
+        with pytest.raises(GivenUpError):
+            async for event in manager.handle(Incoming("c", "hello")):
+                seen.append(event)
+        assert not [e for e in seen if isinstance(e, Notice | FinalText)], seen
+        current_job.set(None)
+        assert await store.read("c") == []
+    finally:
+        await manager.aclose()

@@ -71,6 +71,9 @@ class TelegramWorker:
             raise TypeError("TelegramWorker needs a manager on a JournaledRedisStore")
         self.app = app
         self.store: JournaledRedisStore = store
+        # A store error before the reply began is retried with the job (it stays queued), not
+        # answered "send it again": see Worker.
+        app.manager.raise_store_errors = True
         self.skipped = 0  # redelivered jobs whose turn was already stored
         self.worker = Worker(
             redis,

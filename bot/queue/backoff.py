@@ -33,7 +33,11 @@ def trouble(exc: BaseException) -> str:
 
 
 class Backoff:
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+    """The default cap keeps a recovering Redis answered within about a second: retries of an
+    unreachable server cost it nothing, and a backlog waiting seconds longer than the outage
+    costs every user in it."""
+
+    def __init__(self, base: float = 0.1, cap: float = 1.0) -> None:
         self.base = base
         self.cap = cap
         self._failures = 0

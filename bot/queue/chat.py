@@ -34,6 +34,7 @@ class DialogHandler:
             raise TypeError("DialogHandler needs a manager on a JournaledRedisStore")
         self.manager = manager
         self.store: JournaledRedisStore = manager.store
+        manager.raise_store_errors = True  # the job stays queued and is run again (see Worker)
         self.keys = keys
         self.publish = publish
         self.skipped = 0  # redelivered jobs whose turn was already stored

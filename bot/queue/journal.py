@@ -26,9 +26,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from redis.exceptions import (
     ClusterDownError,
@@ -39,7 +39,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from bot.errors import StoreError
+from bot.errors import GivenUpError, StoreError
 from bot.queue.batch import Batcher
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job, current_job
@@ -59,7 +59,12 @@ OUTAGE_WAIT_MAX = 1.0
 # Redis away or changing hands, as opposed to refusing the write (WRONGTYPE, OOM, MISCONF), which
 # waiting does not cure.
 OUTAGE_ERRORS = (ConnectionError, TimeoutError, ReadOnlyError, ClusterDownError, TryAgainError)
+DEAD_PAGE = 500  # dead-stream entries read per request by /forget
 APPEND_SHA = hashlib.sha1(APPEND_TURNS.encode()).hexdigest()
+
+
+_T = TypeVar("_T")
+Entries = list[tuple[Any, Mapping[Any, Any]]]  # XRANGE's reply, str or bytes by client
 
 
 def _entry(job_id: str) -> tuple[int, int]:
@@ -136,38 +141,9 @@ class JournaledRedisStore(RedisStore):
         for name, amount in (counters or {}).items():
             args += [name, amount]
         sent = time.monotonic()
-        wait = OUTAGE_WAIT_FIRST
-        while True:
-            if job.tenure is not None and job.tenure.ended:
-                # The worker gave the job up mid-turn (see Tenure), perhaps while this write
-                # waited out an outage: the next owner answers it.
-                raise _given_up(job)
-            try:
-                existed, length = await self._append_once(chat, keys, args)
-                break
-            except asyncio.CancelledError:
-                self.cache.drop(chat)  # the write may or may not have happened
-                raise
-            except REDIS_ERRORS as exc:
-                self.cache.drop(chat)  # the write may or may not have happened
-                if job.tenure is None or not isinstance(exc, OUTAGE_ERRORS):
-                    raise StoreError(f"Could not save the conversation to Redis: {exc}") from exc
-                if job.tenure.ended:
-                    raise _given_up(job) from exc
-                # Redis is briefly away (a restart, a failover). While this worker still holds
-                # the lease the turn is its to store: wait and write again (the script refuses a
-                # second write of the job's entry). If the lease lapses meanwhile the tenure
-                # ends, and the next owner answers the job.
-                log.warning(
-                    "job %s of chat %s: Redis unavailable while storing the turn (%s); "
-                    "trying again in %.1f s",
-                    job.id,
-                    chat,
-                    exc,
-                    wait,
-                )
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, OUTAGE_WAIT_MAX)
+        existed, length = await self._held(
+            job, chat, "save the conversation", lambda: self._append_once(chat, keys, args)
+        )
         if int(length) < 0:  # this job (or a later one) had stored its turn: nothing written
             log.info("job %s of chat %s was already stored; not stored again", job.id, chat)
             self.cache.drop(chat)
@@ -183,6 +159,41 @@ class JournaledRedisStore(RedisStore):
             length=int(length),
             sent=sent,
         )
+
+    async def _held(self, job: Job, chat: str, what: str, write: Callable[[], Awaitable[_T]]) -> _T:
+        """``write()``, tried again through a Redis outage while the job's worker holds its lease.
+
+        Redis briefly away (a restart, a failover) is not the turn's failure: while the lease
+        holds the job is this worker's to finish, so the write waits for Redis instead of the
+        user being told "not saved". Both writes that use this are safe to send twice (the
+        append script refuses a second write of the job's entry; the delivered mark never moves
+        back). If the lease lapses meanwhile the tenure ends and :class:`GivenUpError` says so:
+        the next owner answers the job."""
+        wait = OUTAGE_WAIT_FIRST
+        while True:
+            if job.tenure is not None and job.tenure.ended:
+                raise _given_up(job)
+            try:
+                return await write()
+            except asyncio.CancelledError:
+                self.cache.drop(chat)  # the write may or may not have happened
+                raise
+            except REDIS_ERRORS as exc:
+                self.cache.drop(chat)  # the write may or may not have happened
+                if job.tenure is None or not isinstance(exc, OUTAGE_ERRORS):
+                    raise StoreError(f"Could not {what} in Redis: {exc}") from exc
+                if job.tenure.ended:
+                    raise _given_up(job) from exc
+                log.warning(
+                    "job %s of chat %s: Redis unavailable (%s); trying to %s again in %.1f s",
+                    job.id,
+                    chat,
+                    exc,
+                    what,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, OUTAGE_WAIT_MAX)
 
     async def _append_once(
         self, chat: str, keys: list[str], args: list[str | int]
@@ -214,11 +225,12 @@ class JournaledRedisStore(RedisStore):
         await self._changed(chat, super().reset(chat))
 
     async def delete(self, chat: str) -> None:
-        """``/forget``: the chat's turns, state, index entry, ``delivered`` marker and reply
-        outbox go. ``P:{chat}:answered`` stays until its TTL (at most :data:`MARKER_TTL`): a job
-        of the chat stored before the ``/forget`` but not yet acknowledged (the worker died)
-        would otherwise be answered, and its message stored, again when redelivered. It holds
-        only a stream entry id (the time the message was queued)."""
+        """``/forget``: the chat's turns, state, index entry, ``delivered`` marker, reply outbox
+        and failed jobs (in the dead stream) go. ``P:{chat}:answered`` stays until its TTL (at
+        most :data:`MARKER_TTL`): a job of the chat stored before the ``/forget`` but not yet
+        acknowledged (the worker died) would otherwise be answered, and its message stored,
+        again when redelivered. It holds only a stream entry id (the time the message was
+        queued)."""
         keys = QueueKeys(self.prefix)
 
         def build(p: Any) -> None:
@@ -226,6 +238,30 @@ class JournaledRedisStore(RedisStore):
             p.delete(keys.delivered(chat), keys.replies(chat))  # one {chat} slot
 
         await self._changed(chat, self._run(build))
+        await self._delete_dead_letters(chat)
+
+    async def _delete_dead_letters(self, chat: str) -> None:
+        """Remove the chat's jobs from its partition's dead stream (they hold its messages).
+
+        The partition count is the one the queue recorded (``P:q:partitions``): the store is
+        not told it, and a queue that never ran has no dead stream."""
+        try:
+            recorded = await self._r.get(QueueKeys(self.prefix).config)
+            if recorded is None:
+                return
+            keys = QueueKeys(self.prefix, int(_text(recorded)))
+            dead = keys.dead(keys.partition(chat))
+            start = "-"
+            while True:
+                page = cast(Entries, await self._r.xrange(dead, min=start, count=DEAD_PAGE))
+                ids = [_text(i) for i, fields in page if _field(fields, "chat") == chat]
+                if ids:
+                    await self._r.xdel(dead, *ids)
+                if len(page) < DEAD_PAGE:
+                    return
+                start = "(" + _text(page[-1][0])
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"Could not delete the chat's failed jobs in Redis: {exc}") from exc
 
     def kept_after_delete(self) -> str:
         days = self.marker_ttl // 86400
@@ -274,13 +310,24 @@ class JournaledRedisStore(RedisStore):
         return Replay(answered=True, reply=turns[0])
 
     async def delivered(self, chat: str) -> None:
-        """Record that a channel delivered the reply of the chat's newest stored turn."""
-        try:
+        """Record that a channel delivered the reply of the chat's newest stored turn.
+
+        In its chat's lane the mark waits out a Redis outage like the turn's write: a job whose
+        mark is missing when its partition is replayed has its reply sent again."""
+
+        async def mark() -> None:
             await self._mark_delivered(
                 keys=[self._marker(chat), self._delivered(chat)], args=[self.marker_ttl]
             )
+
+        job = self._lane_job(chat)
+        if job is not None:
+            await self._held(job, chat, "record the delivery", mark)
+            return
+        try:
+            await mark()
         except REDIS_ERRORS as exc:
-            raise StoreError(f"Could not write to Redis: {exc}") from exc
+            raise StoreError(f"Could not record the delivery in Redis: {exc}") from exc
 
     def queue_delivered(self, pipe: Any, chat: str) -> None:
         """:meth:`delivered` as one more command of ``pipe`` (the channel's write of the reply).
@@ -305,5 +352,10 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _given_up(job: Job) -> StoreError:
-    return StoreError(f"job {job.id} was given up; the worker that takes it over answers it")
+def _field(fields: Mapping[Any, Any], name: str) -> str | None:
+    value = fields.get(name, fields.get(name.encode()))
+    return None if value is None else _text(value)
+
+
+def _given_up(job: Job) -> GivenUpError:
+    return GivenUpError(f"job {job.id} was given up; the worker that takes it over answers it")

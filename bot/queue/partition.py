@@ -32,6 +32,7 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from bot.busy import arrival_hook
+from bot.errors import GivenUpError
 from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.job import Job, Tenure, current_job
 from bot.queue.keys import GROUP, QueueKeys
@@ -40,6 +41,7 @@ from bot.redis_client import RedisClient
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Job], Awaitable[None]]
+DEAD_MAX = 10_000  # newest failed jobs kept per partition (approximately: XADD MAXLEN ~)
 Entries = list[tuple[str, dict[str, str]]]
 
 
@@ -283,8 +285,11 @@ class PartitionRunner:
     def _finished(self, job: Job) -> None:
         """The job's handler returned (or it was buried): acknowledge it, make room."""
         self.handled += 1
-        self._acks.append(job.id)
-        self._ack_ready.set()
+        if job.tenure is None or not job.tenure.ended:
+            # Given up, it is the next owner's: unacknowledged, it is replayed (and skipped
+            # there if its turn was stored).
+            self._acks.append(job.id)
+            self._ack_ready.set()
         self._queued -= 1
         if self._queued < self.tuning.max_queued:
             self._room.set()
@@ -310,6 +315,8 @@ class PartitionRunner:
             try:
                 await self.handler(job)
                 return
+            except GivenUpError:
+                raise  # the lease is gone: the partition's next owner answers the job
             except TRANSIENT as exc:  # Redis down: not the job's fault; keep order
                 delay = backoff.next()
                 log.warning("job %s: %s (%s); retry in %.1fs", job.id, trouble(exc), exc, delay)
@@ -323,6 +330,8 @@ class PartitionRunner:
             finally:
                 current_job.reset(token)
             await asyncio.sleep(delay)
+            if job.tenure is not None and job.tenure.ended:
+                raise GivenUpError(f"job {job.id} was given up with its partition")
             # The failed attempt may have stored its turn before failing (or, with overlapping
             # jobs, a later job may have stored one since): run it as the redelivery it is.
             job = dataclasses.replace(job, attempt=job.attempt + 1)
@@ -334,7 +343,8 @@ class PartitionRunner:
             "payload": json.dumps(job.payload, ensure_ascii=False),
         }
         try:
-            await self.redis.xadd(self.keys.dead(self.index), fields)
+            # Bounded: a bug that fails every job must not fill Redis with copies.
+            await self.redis.xadd(self.keys.dead(self.index), fields, maxlen=DEAD_MAX)
         except Exception as exc:  # the job is acknowledged anyway: keep it in the log at least
             log.error(
                 "job %s could not be copied to the dead stream (%s); it was: %s",
