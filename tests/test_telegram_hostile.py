@@ -319,3 +319,35 @@ async def test_a_forged_webhook_update_with_a_lone_surrogate_is_queued_with_u_ff
         await server.close()
         await client.aclose()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_the_ingress_webhook_answers_400_to_a_body_that_is_not_an_update(
+    redis_server: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--role ingress --webhook`` refuses what is no update as ``--role all`` does: 400, one
+    log line that does not quote the body, nothing queued."""
+    keys = QueueKeys(redis_prefix, 2)
+    client = aioredis.Redis.from_url(redis_server, decode_responses=True)
+    server = TestServer(webhook_app(Ingress(client, keys), "s3cret", "/hook"))
+    await server.start_server()
+    words = "PRIVATE-USER-WORDS"
+    bodies = [
+        b'{"update_id": 5, "message": {"text": "' + words.encode(),
+        b'{"text": "%s"}' % words.encode(),
+    ]
+    try:
+        async with aiohttp.ClientSession() as session:
+            for body in bodies:
+                async with session.post(
+                    server.make_url("/hook"),
+                    data=body,
+                    headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret"},
+                ) as response:
+                    assert response.status == 400
+        assert [await client.xlen(keys.jobs(p)) for p in range(2)] == [0, 0]
+        bad = [r for r in caplog.records if "no update" in r.getMessage()]
+        assert len(bad) == 2 and all("\n" not in r.getMessage() for r in bad)
+        assert words not in caplog.text and "Traceback" not in caplog.text
+    finally:
+        await server.close()
+        await client.aclose()

@@ -180,9 +180,9 @@ def webhook_app(ingress: Ingress, secret: str, path: str) -> web.Application:
         try:
             update = Update.model_validate(await request.json())
         except (ValueError, ValidationError) as exc:
-            # Retrying cannot fix it: acknowledge, so it does not block the updates behind it.
-            log.error("dropped a webhook request that is no update (%s)", problem(exc))
-            return web.Response(status=200)
+            # Not from Telegram (which sends only updates): refused as --role all refuses it.
+            log.warning("webhook: answered 400 to a request that is no update (%s)", problem(exc))
+            return web.Response(status=400, text="not a Telegram update")
         try:
             await enqueue(ingress, update)
         except StoreError as exc:
