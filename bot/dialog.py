@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 from bot.busy import BusyGate, BusyPolicy
 from bot.context import fit_to_window
-from bot.errors import FmbotError, GivenUpError, ModelError, PromptError, StoreError
+from bot.errors import (
+    FmbotError,
+    GivenUpError,
+    ModelError,
+    NotSavedError,
+    PromptError,
+    StoreError,
+)
 from bot.events import (
     FinalText,
     ImageReply,
@@ -99,7 +106,8 @@ class DialogManager:
         self.locks = ChatLocks()
         #: Set by a caller that runs a message again when the store fails (a queue worker: the
         #: job stays queued): a StoreError before the reply began is raised to it instead of
-        #: answered with "send it again". A failed save after the reply is still a notice.
+        #: answered with "send it again". A failed save after the reply is still a notice, and
+        #: then NotSavedError (the queue sets the job aside rather than answer it twice).
         self.raise_store_errors = False
 
     async def handle(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
@@ -263,6 +271,8 @@ class DialogManager:
             if response.text:
                 yield FinalText(response.text, complete=False)
             yield Notice("Stopped: a newer message arrived.", "info")
+        if not saved and self.raise_store_errors:
+            raise NotSavedError(f"the turn of chat {chat} was answered but not stored")
 
     async def _save_turn(
         self,

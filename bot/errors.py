@@ -4,7 +4,8 @@
     ├── ConfigError          a setting is missing or has a bad value (names the setting and the fix)
     ├── PromptError          a template file is invalid or fails to render (names path:line:col)
     ├── StoreError           the dialog store cannot be reached or answered badly
-    │   └── GivenUpError     a queue worker gave the message up; another worker answers it
+    │   ├── GivenUpError     a queue worker gave the message up; another worker answers it
+    │   └── NotSavedError    a reply was given but its turn could not be stored
     └── ModelError           a model backend failed; the message is safe to show to a user
         ├── ContextOverflowError   the input alone does not fit the model's context window
         ├── ModelUnavailableError  the model cannot be loaded or reached right now
@@ -51,6 +52,13 @@ class PromptError(FmbotError):
 
 class StoreError(FmbotError):
     """The dialog store failed (unreachable server, locked database, corrupt row)."""
+
+
+class NotSavedError(StoreError):
+    """The reply was given (and the user told it was not saved) but the turn could not be
+    stored, e.g. Redis refused the write (OOM, MISCONF). Raised to a caller that runs messages
+    again on store errors (a queue worker): running this one again would answer it twice, so the
+    queue sets it aside (its dead stream) instead."""
 
 
 class GivenUpError(StoreError):

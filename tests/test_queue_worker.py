@@ -355,6 +355,29 @@ async def test_a_turn_cut_off_by_a_lost_lease_is_not_stored_and_is_answered_once
         assert model.calls == 2
 
 
+async def test_a_turn_redis_refused_to_store_is_answered_once_and_set_aside(
+    redis_server: str, redis_prefix: str, prompts_dir: Path
+) -> None:
+    """Not an outage: Redis answers the turn's write with an error (here WRONGTYPE; OOM and
+    MISCONF alike). The user got the reply and "not saved"; running the job again would answer
+    twice, so it goes to the dead stream, not silently acknowledged."""
+    model = Recording(EchoModel())
+    store = JournaledRedisStore(connect(redis_server), redis_prefix)
+    manager = DialogManager(store, model, PromptLibrary(prompts_dir))
+    keys = QueueKeys(redis_prefix, 1)
+    handler = DialogHandler(manager, keys, publish=False)
+    worker = Worker(store.client, handler, keys=keys, lease_ms=LEASE_MS)
+    await store.client.rpush(keys.answered("c"), "not a marker")  # the script's GET fails
+    async with serving(manager, worker) as ingress:
+        await ingress.enqueue("c", {"text": "hello"})
+        await eventually(lambda: worker.handled == 1)
+        await asyncio.sleep(0.5)  # a retry would call the model again now
+        dead = await store.client.xrange(keys.dead(0))
+        assert [json.loads(fields["payload"]) for _, fields in dead] == [{"text": "hello"}]
+        assert len(model.requests) == 1
+        assert await store.client.xlen(keys.jobs(0)) == 0  # acknowledged: not run again
+
+
 async def test_queue_policy_keeps_a_chats_jobs_strictly_one_at_a_time(
     redis_server: str, redis_prefix: str, prompts_dir: Path
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.app import make_limits
 from bot.dialog import DialogManager
-from bot.errors import ConfigError, StoreError
+from bot.errors import ConfigError, NotSavedError, StoreError
 from bot.events import FinalText, ImageReply, Incoming, Notice
 from bot.queue.job import Job
 from bot.queue.journal import JournaledRedisStore
@@ -51,14 +51,19 @@ class DialogHandler:
             job.chat, str(p.get("text", "")), p.get("user"), admin=bool(p.get("admin", False))
         )
         events: list[dict[str, Any]] = []
-        async with contextlib.aclosing(self.manager.handle(incoming)) as stream:
-            async for event in stream:
-                if isinstance(event, FinalText):
-                    events.append(final_event(event.text, event.complete))
-                elif isinstance(event, Notice):
-                    events.append({"kind": "notice", "text": event.text, "level": event.kind})
-                elif isinstance(event, ImageReply):
-                    events.append({"kind": "image", "prompt": event.prompt})
+        try:
+            async with contextlib.aclosing(self.manager.handle(incoming)) as stream:
+                async for event in stream:
+                    if isinstance(event, FinalText):
+                        events.append(final_event(event.text, event.complete))
+                    elif isinstance(event, Notice):
+                        events.append({"kind": "notice", "text": event.text, "level": event.kind})
+                    elif isinstance(event, ImageReply):
+                        events.append({"kind": "image", "prompt": event.prompt})
+        except NotSavedError:
+            if self.publish:  # the reply, and the notice that it was not saved, still go out
+                await self._publish(job, events)
+            raise
         if self.publish:
             await self._publish(job, events)
 

@@ -32,7 +32,7 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from bot.busy import arrival_hook
-from bot.errors import GivenUpError
+from bot.errors import GivenUpError, NotSavedError
 from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.job import Job, Tenure, current_job
 from bot.queue.keys import GROUP, QueueKeys
@@ -317,6 +317,12 @@ class PartitionRunner:
                 return
             except GivenUpError:
                 raise  # the lease is gone: the partition's next owner answers the job
+            except NotSavedError as exc:
+                # Answered, but Redis refused to store the turn (OOM, MISCONF): running it again
+                # would answer twice. Kept in the dead stream for the operator, not dropped.
+                log.error("job %s (chat %s): %s; moved to the dead stream", job.id, job.chat, exc)
+                await self._bury(job)
+                return
             except TRANSIENT as exc:  # Redis down: not the job's fault; keep order
                 delay = backoff.next()
                 log.warning("job %s: %s (%s); retry in %.1fs", job.id, trouble(exc), exc, delay)
