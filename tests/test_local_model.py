@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from bot.context import fit_to_window
 from bot.events import Message
 from bot.models.base import GenerationOptions
 from bot.models.local import LocalModel, find_gguf
@@ -86,3 +87,36 @@ async def test_registry_loads_the_model_once(tmp_path: pytest.TempPathFactory) -
     second = await get_text_model(settings)
     assert first is second
     assert first.context_window == 1024
+
+
+async def test_a_conversation_past_the_window_evaluates_only_its_new_message() -> None:
+    """Once the window is full every turn drops the oldest messages; the cache is shifted over
+    them (context shift) instead of the whole history being read again."""
+    model = LocalModel(find_gguf(), context_window=1024, threads=2)
+    words = [
+        "river",
+        "stone",
+        "lamp",
+        "garden",
+        "window",
+        "cloud",
+        "letter",
+        "bridge",
+        "market",
+        "winter",
+    ]
+    prefix = [Message("system", "You are a helpful assistant. Answer briefly.")]
+    history: list[Message] = []
+    trimmed: list[tuple[int, int]] = []  # (tokens evaluated, prompt tokens) of trimmed turns
+    for turn in range(12):
+        text = f"Question {turn}: " + " ".join(words[(turn + i) % 10] for i in range(120))
+        current = Message("user", text)
+        messages, size = await fit_to_window(model, prefix, history, current, reserve=24)
+        reply = await model.respond(messages, GenerationOptions(max_tokens=24, temperature=0))
+        assert reply.strip()
+        if len(messages) < len(prefix) + len(history) + 1:
+            trimmed.append((model.last_evaluated, size))
+        history += [current, Message("assistant", reply)]
+    assert len(trimmed) >= 3, trimmed  # the window filled up
+    # The new message and the end of the last reply, not the ~800 tokens of kept history.
+    assert all(evaluated < size / 4 for evaluated, size in trimmed), trimmed
