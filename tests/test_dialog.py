@@ -55,7 +55,8 @@ async def test_reply_streams_then_is_stored(
     turns = await store.read("c1")
     assert [(t.role, t.text) for t in turns] == [("user", "Say hello."), ("assistant", final.text)]
     assert turns[1].meta["status"] == "complete"
-    assert turns[1].meta["output_tokens"] == len(deltas)
+    # Tokens reach the manager in batches (bot/models/local.py): at least one per delta.
+    assert turns[1].meta["output_tokens"] >= len(deltas)
 
 
 async def test_concurrent_messages_in_one_chat_take_turns(

@@ -120,3 +120,34 @@ async def test_a_conversation_past_the_window_evaluates_only_its_new_message() -
     assert len(trimmed) >= 3, trimmed  # the window filled up
     # The new message and the end of the last reply, not the ~800 tokens of kept history.
     assert all(evaluated < size / 4 for evaluated, size in trimmed), trimmed
+
+
+async def test_a_turn_tokenizes_only_what_is_new(local_model: LocalModel) -> None:
+    """The prompt is built from remembered tokens: fitting the window (several passes) and then
+    generating cost tokenizing the new message, not the whole history again."""
+    llama = local_model._llama
+    tokenize = llama.tokenize
+    tokenized: list[bytes] = []
+
+    def counting(text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        tokenized.append(text)
+        return tokenize(text, add_bos, special)  # type: ignore[no-any-return]
+
+    prefix = [Message("system", "You are a helpful assistant.")]
+    history = [
+        Message("user" if n % 2 == 0 else "assistant", f"message {n}: " + "lorem ipsum " * 40)
+        for n in range(40)
+    ]
+    llama.tokenize = counting  # counts llama-cpp-python's work; fmbot's code runs unchanged
+    try:
+        await fit_to_window(local_model, prefix, history, Message("user", "first"), reserve=64)
+        first = sum(map(len, tokenized))
+        tokenized.clear()
+        history += [Message("user", "first"), Message("assistant", "an answer")]
+        current = Message("user", "the next question")
+        messages, _ = await fit_to_window(local_model, prefix, history, current, reserve=64)
+        await local_model.count_tokens(messages)  # what generate() feeds: built already
+    finally:
+        del llama.tokenize
+    assert first > 40 * 400  # the whole history, once
+    assert sum(map(len, tokenized)) < 200, tokenized  # then only the new texts

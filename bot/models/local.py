@@ -12,7 +12,9 @@ import importlib.util
 import os
 import re
 import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,13 @@ def _without_extra_buffer_types() -> Iterator[None]:
             low_level.llama_model_default_params = original
 
 
+#: Texts whose tokens are remembered (messages and template pieces): the recent history of a few
+#: hundred conversations, some MB at most.
+TOKEN_CACHE_ENTRIES = 20_000
+PROMPT_CACHE_ENTRIES = 8  # whole prompts: the passes of the turns running now
+
+HANDOFF_INTERVAL = 0.05  # s between the text batches a generation hands to the event loop
+
 #: Tokens of the kept history that must match to place it in the cache (see _shift_cache): long
 #: enough that a chance match is out of the question, short enough for any trimmed history.
 SHIFT_PROBE = 32
@@ -114,7 +123,9 @@ class LocalModel(TextModel):
                 self._llama: Any = Llama(
                     model_path=str(path),
                     n_ctx=context_window,
-                    n_threads=threads or max(1, (os.cpu_count() or 2)),
+                    # Half the cores, as llama.cpp does: its threads spin while they wait
+                    # for each other, so one preempted by the event loop stalls them all.
+                    n_threads=threads or max(1, (os.cpu_count() or 2) // 2),
                     seed=seed,
                     verbose=False,
                 )
@@ -123,6 +134,8 @@ class LocalModel(TextModel):
                 f"Could not load the local model from {path}: {exc}"
             ) from exc
         self._formatter = self._chat_formatter()
+        self._token_cache: OrderedDict[tuple[str, bool], list[int]] = OrderedDict()
+        self._prompt_cache: OrderedDict[tuple[tuple[str, str], ...], _Prompt] = OrderedDict()
         self.last_evaluated = 0  # prompt tokens the last generation had to evaluate (not cached)
         # One generation at a time: llama.cpp contexts are not thread-safe.
         self._lock = asyncio.Lock()
@@ -150,7 +163,32 @@ class LocalModel(TextModel):
             bos_token=token("tokenizer.ggml.bos_token_id"),
         )
 
+    def _tokens(self, text: str, *, special: bool) -> list[int]:
+        """``text`` tokenized, remembered: a conversation's messages are tokenized once, not on
+        every turn (and not on each of the window-fitting passes of one turn)."""
+        key = (text, special)
+        found = self._token_cache.get(key)
+        if found is not None:
+            self._token_cache.move_to_end(key)
+            return found
+        found = list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+        self._token_cache[key] = found
+        if len(self._token_cache) > TOKEN_CACHE_ENTRIES:
+            self._token_cache.popitem(last=False)
+        return found
+
     def _prompt(self, messages: Sequence[Message]) -> _Prompt:
+        """The prompt of ``messages``; the last few are remembered (fitting the window counts
+        the same messages that generation then feeds)."""
+        key = tuple((m.role, m.text) for m in messages)
+        found = self._prompt_cache.get(key)
+        if found is None:
+            found = self._prompt_cache[key] = self._build_prompt(messages)
+            if len(self._prompt_cache) > PROMPT_CACHE_ENTRIES:
+                self._prompt_cache.popitem(last=False)
+        return found
+
+    def _build_prompt(self, messages: Sequence[Message]) -> _Prompt:
         """Tokenize the conversation so that only the chat template's own markers are special.
 
         Tokenizing the rendered prompt with ``special=True`` (what ``create_chat_completion``
@@ -195,9 +233,7 @@ class LocalModel(TextModel):
         def flush() -> None:
             nonlocal plain
             if plain:
-                tokens.extend(
-                    self._llama.tokenize(plain.encode("utf-8"), add_bos=False, special=False)
-                )
+                tokens.extend(self._tokens(plain, special=False))
             plain = ""
 
         # re.split with a group alternates template text and the index of a message's content.
@@ -207,7 +243,7 @@ class LocalModel(TextModel):
                 plain += messages[int(part)].text
                 continue
             start = 0
-            for tid in self._llama.tokenize(part.encode("utf-8"), add_bos=False, special=True):
+            for tid in self._tokens(part, special=True):
                 if not model.token_get_attr(tid) & (_ATTR_CONTROL | _ATTR_UNKNOWN):
                     continue
                 marker = model.token_get_text(tid)
@@ -304,13 +340,24 @@ class LocalModel(TextModel):
                     stop=prompt.stop,  # the template's end of turn; EOS tokens also end it
                 )
                 produced = 0
+                pending: list[str] = []
+                handed = 0.0  # when text last went to the loop
                 for chunk in stream:
                     if stop.is_set():
                         break  # closing the generator ends llama.cpp's sampling loop
                     delta = chunk["choices"][0]["text"]
                     if delta:
                         produced += 1
-                        put("text", delta)
+                        pending.append(delta)
+                        # The first token at once, then batches: each wake-up of the loop takes
+                        # a core from llama.cpp's threads, and no reader needs 50 updates/s.
+                        now = time.monotonic()
+                        if now - handed >= HANDOFF_INTERVAL:
+                            put("text", "".join(pending))
+                            pending.clear()
+                            handed = now
+                if pending:
+                    put("text", "".join(pending))
                 put("usage", produced)
             except Exception as exc:  # mapped to ModelError on the loop side
                 put("error", exc)
