@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=512, gt=0, alias="FMBOT_MAX_TOKENS")
     context_tokens: int = Field(default=4096, ge=256, alias="FMBOT_CONTEXT_TOKENS")
     local_threads: int | None = Field(default=None, gt=0, alias="FMBOT_LOCAL_THREADS")
+    #: RAM for the local model's saved KV states of conversations other than the current one.
+    local_cache_mb: int = Field(default=256, ge=0, alias="FMBOT_LOCAL_CACHE_MB")
     #: Exchanges (a message and its reply) kept per chat and read for the prompt.
     history_turns: int = Field(default=100, ge=1, alias="FMBOT_HISTORY_TURNS")
     history_ttl: str = Field(default="", alias="FMBOT_HISTORY_TTL")

