@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     queue_url: str | None = Field(default=None, alias="FMBOT_QUEUE_URL")
     queue_partitions: int = Field(default=16, ge=1, le=4096, alias="FMBOT_QUEUE_PARTITIONS")
     queue_lease_ms: int = Field(default=10_000, ge=1_000, alias="FMBOT_QUEUE_LEASE_MS")
+    #: Memory for a queue worker's copy of the chats it answers (bot/queue/cache.py).
+    worker_cache_mb: int = Field(default=256, ge=1, alias="FMBOT_WORKER_CACHE_MB")
     rate_limit: int = Field(default=0, ge=0, alias="FMBOT_RATE_LIMIT")
     daily_tokens: int = Field(default=0, ge=0, alias="FMBOT_DAILY_TOKENS")
     #: Key of the HMAC that names users in the Redis limit keys (bot.limits.pseudonym).

@@ -140,14 +140,31 @@ def test_a_read_that_overlapped_a_write_it_cannot_see_is_not_kept() -> None:
         assert cache.get("c", me, 10) is None, overlapping
 
 
-def test_the_least_recently_used_chats_are_dropped_beyond_the_bound() -> None:
-    cache, me = ChatCache(max_chats=2), object()
-    for chat in ("a", "b"):
-        cache.fill(chat, me, {}, [], 10, None, cache.epoch, 0)
-    assert cache.get("a", me, 10) is not None  # "a" is now the most recent
-    cache.fill("c", me, {}, [], 10, None, cache.epoch, 0)
-    assert len(cache) == 2
-    assert cache.get("b", me, 10) is None and cache.get("a", me, 10) is not None
+def test_the_least_recently_used_chats_are_dropped_beyond_the_memory_bound() -> None:
+    history = [pair(n)[k] for n in range(5) for k in (0, 1)]
+    one = ChatCache()
+    one.fill("a", object(), {}, history, None, None, one.epoch, 10)
+    cache, me = ChatCache(max_bytes=2 * one.size + 100), object()  # room for two such chats
+    for chat in ("c", "b"):
+        cache.fill(chat, me, {}, history, None, None, cache.epoch, 10)
+    assert cache.get("c", me, None) is not None  # "c" is now the most recent
+    cache.fill("d", me, {}, history, None, None, cache.epoch, 10)
+    assert len(cache) == 2 and cache.size <= cache.max_bytes
+    assert cache.get("b", me, None) is None and cache.get("c", me, None) is not None
+    # Growing a chat counts too (the other goes); dropping one gives its room back.
+    wrote(cache, me, pair(6), length=12)
+    assert len(cache) == 1 and cache.get("c", me, None) is not None
+    cache.drop("c")
+    assert cache.size == 0
+
+
+def test_a_thousand_turn_chat_weighs_more_than_a_short_one() -> None:
+    cache, me = ChatCache(), object()
+    cache.fill("short", me, {}, pair(0), 10, None, cache.epoch, 2)
+    short = cache.size
+    long_turns = [Turn("user", "x" * 2000) for _ in range(1000)]
+    cache.fill("long", me, {}, long_turns, None, None, cache.epoch, 1000)
+    assert cache.size - short > 2000 * 1000 > 100 * short
 
 
 # --- the journaled store on the real Redis ---------------------------------------------------

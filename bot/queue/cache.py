@@ -22,13 +22,29 @@ outside its chat's lane) drop it too, and a read that overlapped such a write is
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bot.stores.base import Turn
 
-DEFAULT_CHATS = 4096  # entries kept, least recently used dropped first
+#: Memory for the copies (FMBOT_WORKER_CACHE_MB), least recently used chat dropped first. Sized
+#: in bytes, not chats: a worker serving 20,000 short chats keeps them all, one serving long
+#: ones keeps fewer, and neither runs out of memory.
+DEFAULT_MB = 256
+_TURN_OVERHEAD = 400  # a Turn, its meta dict and the list slot, beyond the text (CPython 3.11)
+_ENTRY_OVERHEAD = 600  # an entry, its state dict and the index slot
+
+
+def _turn_size(turn: Turn) -> int:
+    return sys.getsizeof(turn.text) + _TURN_OVERHEAD
+
+
+def _size(state: Mapping[str, str], turns: Sequence[Turn]) -> int:
+    """About the memory an entry takes: what bounds the cache."""
+    fields = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in state.items())
+    return _ENTRY_OVERHEAD + fields + sum(map(_turn_size, turns))
 
 
 @dataclass(slots=True)
@@ -39,11 +55,13 @@ class _Entry:
     window: int | None  # the ``last`` it was read with; None: every stored turn
     expires: float | None  # monotonic time at which Redis forgets the chat (history TTL)
     length: int  # the length of the chat's turns list in Redis, as last seen
+    size: int = 0  # bytes, about (see _size)
 
 
 class ChatCache:
-    def __init__(self, max_chats: int = DEFAULT_CHATS) -> None:
-        self.max_chats = max_chats
+    def __init__(self, max_bytes: int = DEFAULT_MB * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0  # bytes held, about
         self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -88,10 +106,11 @@ class ChatCache:
         # With a TTL, when Redis expires the chat depends on its last write, unknown here:
         # usable from this worker's first write on (appended() sets the deadline).
         expires = None if ttl is None else time.monotonic()
-        self._entries[chat] = _Entry(tenure, dict(state), list(turns), last, expires, length)
-        self._entries.move_to_end(chat)
-        while len(self._entries) > self.max_chats:
-            self._entries.popitem(last=False)
+        self._forget(chat)
+        entry = _Entry(tenure, dict(state), list(turns), last, expires, length, _size(state, turns))
+        self._entries[chat] = entry
+        self.size += entry.size
+        self._evict()
 
     def appended(
         self,
@@ -127,12 +146,30 @@ class ChatCache:
             self.drop(chat)
             return
         entry.turns.extend(turns)
+        grown = sum(map(_turn_size, turns))
         caps = [n for n in (entry.window, max_turns) if n is not None]
         if caps and len(entry.turns) > min(caps):
+            grown -= sum(map(_turn_size, entry.turns[: -min(caps)]))
             del entry.turns[: -min(caps)]
+        entry.size += grown
+        self.size += grown
+        self._entries.move_to_end(chat)
         entry.length = length
         entry.expires = None if ttl is None else sent + max(0.0, ttl - 1.0)
 
+        self._evict()
+
     def drop(self, chat: str) -> None:
         self.epoch += 1
-        self._entries.pop(chat, None)
+        self._forget(chat)
+
+    def _forget(self, chat: str) -> None:
+        entry = self._entries.pop(chat, None)
+        if entry is not None:
+            self.size -= entry.size
+
+    def _evict(self) -> None:
+        # The newest entry stays even alone over the bound: its chat is the one being answered.
+        while self.size > self.max_bytes and len(self._entries) > 1:
+            _chat, entry = self._entries.popitem(last=False)
+            self.size -= entry.size

@@ -16,6 +16,7 @@ from bot.app import make_limits
 from bot.dialog import DialogManager
 from bot.errors import ConfigError, NotSavedError, StoreError
 from bot.events import FinalText, ImageReply, Incoming, Notice
+from bot.queue.cache import ChatCache
 from bot.queue.job import Job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.keys import QueueKeys
@@ -99,6 +100,7 @@ def journal_manager(manager: DialogManager, settings: Settings, prefix: str) -> 
             "queue workers need redis://HOST:PORT/DB (or redis+sentinel://, redis+cluster://)",
         )
     journaled = JournaledRedisStore.wrap(store)
+    journaled.cache = ChatCache(settings.worker_cache_mb * 2**20)
     journaled.prefix = prefix
     manager.store = journaled
     manager.limits = make_limits(settings, journaled)
