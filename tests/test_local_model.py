@@ -160,3 +160,30 @@ async def test_a_turn_tokenizes_only_what_is_new(local_model: LocalModel) -> Non
         del llama.tokenize
     assert first > 40 * 400  # the whole history, once
     assert sum(map(len, tokenized)) < 200, tokenized  # then only the new texts
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+async def test_fmbot_says_what_llama_cpp_says_for_the_same_prompt_and_seed(
+    temperature: float,
+) -> None:
+    """fmbot's prompt building, batching and caches change nothing the model says: the reply
+    equals llama-cpp-python's own completion of the same tokens, settings and seed."""
+    from llama_cpp import Llama
+
+    from bot.models.local import _without_extra_buffer_types
+
+    path = find_gguf()
+    model = LocalModel(path, context_window=1024, threads=2, seed=7)
+    tokens = model._prompt(QUESTION).tokens
+    with _without_extra_buffer_types():
+        raw = Llama(model_path=str(path), n_ctx=1024, n_threads=2, seed=7, verbose=False)
+    expected = raw.create_completion(
+        prompt=tokens,
+        max_tokens=40,
+        temperature=temperature,
+        repeat_penalty=1.15,
+        stop=model._prompt(QUESTION).stop,
+    )["choices"][0]["text"]
+    options = GenerationOptions(max_tokens=40, temperature=temperature)
+    assert await model.respond(QUESTION, options) == expected
+    assert expected.strip()
