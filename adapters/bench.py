@@ -57,11 +57,11 @@ from bot.events import Incoming
 from bot.models.echo import EchoModel
 from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.chat import DialogHandler
-from bot.queue.connect import connect
 from bot.queue.journal import JournaledRedisStore
-from bot.redis_client import REDIS_ERRORS
+from bot.redis import REDIS_ERRORS, connect
 from bot.runtime import loop_name, run_server
-from bot.settings import Settings, mask_url
+from bot.settings import Settings
+from bot.urls import mask_url
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import StoreError
-from bot.redis_client import REDIS_ERRORS, RedisClient
+from bot.redis import REDIS_ERRORS, RedisClient
 
 
 @dataclass(frozen=True, slots=True)

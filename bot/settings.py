@@ -6,10 +6,9 @@ the CLI can print it as one line and exit 2 (see :class:`~bot.errors.ConfigError
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -17,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.busy import BusyPolicy
 from bot.errors import ConfigError
+from bot.redis.connect import check_url
+from bot.urls import mask_url
 
 REDIS_STORE_SCHEMES = (
     "redis",
@@ -117,8 +118,6 @@ class Settings(BaseSettings):
             raise ConfigError("FMBOT_STORE", mask_url(self.store_url), STORE_ACCEPTED)
         if scheme == "sqlite" and not urlsplit(self.store_url).path.lstrip("/"):
             raise ConfigError("FMBOT_STORE", self.store_url, STORE_ACCEPTED)
-        from bot.queue.connect import check_url  # ConfigError naming the setting, secrets masked
-
         if scheme in REDIS_STORE_SCHEMES:
             check_url(self.store_url, "FMBOT_STORE")
         if queue := (self.queue_url or "").strip():
@@ -197,27 +196,6 @@ def parse_duration(text: str) -> float | None:
             "give seconds or a duration like 90m, 12h, 30d (empty: never)",
         )
     return seconds
-
-
-#: Query parameters that hold secrets: any name containing one of these words, so that
-#: ``sentinel_password=``, ``api_key=`` and ``access_token=`` are hidden too.
-_SECRET_PARAMS = re.compile(
-    r"(^|&)([^=&]*(?:pass|token|secret|key|auth|credential)[^=&]*=)[^&]*", re.IGNORECASE
-)
-
-
-def mask_url(url: str) -> str:
-    """Hide passwords in URLs: ``user:password@host`` and ``?password=...`` query parameters."""
-    parts = urlsplit(url)
-    query = _SECRET_PARAMS.sub(r"\1\2****", parts.query)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:****@{host}"
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url  # nothing to hide: show it exactly as given (urlunsplit drops an empty "//")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -23,9 +23,9 @@ from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
 from bot.queue import Ingress, Job, QueueKeys, Worker, current_job
 from bot.queue.chat import REPLIES_TTL, DialogHandler
-from bot.queue.connect import connect
 from bot.queue.journal import MARKER_TTL, JournaledRedisStore
 from bot.queue.partition import Tuning
+from bot.redis.connect import connect
 from bot.stores import open_store
 from bot.stores.base import DialogStore
 from bot.stores.redis import RedisStore

@@ -16,9 +16,9 @@ import pytest
 from bot.errors import StoreError
 from bot.queue import Job, current_job
 from bot.queue.cache import ChatCache
-from bot.queue.connect import connect
 from bot.queue.job import Tenure
 from bot.queue.journal import JournaledRedisStore
+from bot.redis.connect import connect
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore
 from tests.conftest import answered

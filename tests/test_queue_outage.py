@@ -19,8 +19,8 @@ import redis
 
 from bot.errors import StoreError
 from bot.queue import Ingress, Job, QueueKeys, Worker
-from bot.queue.connect import connect
-from bot.redis_client import RedisClient
+from bot.redis import RedisClient
+from bot.redis.connect import connect
 from tests.conftest import free_port
 
 

@@ -19,10 +19,11 @@ from bot.models.echo import EchoModel, parse_echo_spec
 from bot.models.registry import check_text_model_spec, close_models, get_text_model
 from bot.queue import Ingress, Job, QueueKeys, current_job, partition_of, scripts
 from bot.queue.batch import Batcher
-from bot.queue.connect import check_url, connect, parse_sentinel_url
 from bot.queue.journal import JournaledRedisStore, Replay
-from bot.settings import Settings, mask_url
+from bot.redis.connect import check_url, connect, parse_sentinel_url
+from bot.settings import Settings
 from bot.stores.base import Turn
+from bot.urls import mask_url
 from tests.conftest import answered, free_port
 
 

@@ -23,9 +23,9 @@ from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
 from bot.queue import Ingress, Job, QueueKeys, Worker, current_job
 from bot.queue.chat import DialogHandler
-from bot.queue.connect import connect
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
+from bot.redis.connect import connect
 from tests.conftest import answered
 from tests.doubles import Recording
 

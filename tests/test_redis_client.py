@@ -26,8 +26,8 @@ from redis.asyncio.connection import (
 from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.exceptions import DataError
 
-from bot.queue.connect import connect
-from bot.redis_client import RedisClient
+from bot.redis import RedisClient
+from bot.redis.connect import connect
 from bot.stores.redis import RedisStore
 
 BIG = "x" * 10_000  # above redis-py's buffer cutoff: its Python packer sends it in chunks

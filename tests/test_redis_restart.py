@@ -20,10 +20,10 @@ from bot.events import FinalText, Incoming, Notice
 from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
 from bot.queue import Job, current_job
-from bot.queue.connect import RETRIES, connect
 from bot.queue.job import Tenure
 from bot.queue.journal import JournaledRedisStore, Replay
-from bot.redis_client import RedisClient
+from bot.redis import RedisClient
+from bot.redis.connect import RETRIES, connect
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore
 from tests.conftest import RedisProcesses, free_port, redis_processes

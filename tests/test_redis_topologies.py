@@ -29,9 +29,9 @@ from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
 from bot.queue import Ingress, Job, QueueKeys, Worker, current_job
 from bot.queue.chat import DialogHandler
-from bot.queue.connect import connect, parse_cluster_url
 from bot.queue.journal import JournaledRedisStore
-from bot.redis_client import ClusterClient, RedisClient
+from bot.redis import ClusterClient, RedisClient
+from bot.redis.connect import connect, parse_cluster_url
 from bot.settings import Settings
 from bot.stores import open_store
 from bot.stores.base import Turn

@@ -33,8 +33,8 @@ from bot.dialog import DialogManager
 from bot.models.echo import EchoModel
 from bot.prompts.library import PromptLibrary
 from bot.queue import Ingress, Job, QueueKeys
-from bot.queue.connect import connect
 from bot.queue.journal import JournaledRedisStore
+from bot.redis.connect import connect
 from bot.stores.memory import MemoryStore
 from tests.conftest import free_port
 from tests.fakes.telegram_server import FakeTelegram

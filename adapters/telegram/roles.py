@@ -25,8 +25,9 @@ from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.worker import TelegramWorker
 from bot.errors import ConfigError
 from bot.queue import Ingress, QueueKeys
-from bot.queue.connect import REDIS_SCHEMES, connect
-from bot.settings import REDIS_STORE_SCHEMES, Settings, mask_url
+from bot.redis.connect import REDIS_SCHEMES, connect
+from bot.settings import REDIS_STORE_SCHEMES, Settings
+from bot.urls import mask_url
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from adapters.telegram.redact import redact, secrets_redacted
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.webhook import WebhookHandler
 from bot.errors import ConfigError, FmbotError
-from bot.settings import Settings, mask_url
+from bot.settings import Settings
+from bot.urls import mask_url
 
 log = logging.getLogger(__name__)
 

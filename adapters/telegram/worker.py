@@ -30,7 +30,7 @@ from bot.queue import Job, QueueKeys, Worker
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
 from bot.queue.worker import LEASE_MS
-from bot.redis_client import RedisClient
+from bot.redis import RedisClient
 
 log = logging.getLogger(__name__)
 

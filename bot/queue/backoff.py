@@ -12,7 +12,7 @@ import random
 from redis.exceptions import ResponseError
 
 from bot.errors import StoreError
-from bot.redis_client import REDIS_ERRORS
+from bot.redis import REDIS_ERRORS
 
 #: Errors after which a queue loop waits and tries again instead of failing: every error of the
 #: Redis client — unreachable, restarting (BusyLoadingError), a demoted master during a Sentinel

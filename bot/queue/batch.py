@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bot.redis_client import RedisClient
+from bot.redis import RedisClient
 
 Command = tuple[Any, ...]
 

@@ -20,9 +20,10 @@ from bot.queue.cache import ChatCache
 from bot.queue.job import Job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.keys import QueueKeys
-from bot.redis_client import REDIS_ERRORS
-from bot.settings import Settings, mask_url
+from bot.redis import REDIS_ERRORS
+from bot.settings import Settings
 from bot.stores.redis import RedisStore
+from bot.urls import mask_url
 
 REPLIES_TTL = 24 * 3600  # seconds a reader has to collect replies
 

@@ -18,7 +18,7 @@ from typing import Any
 from bot.errors import ConfigError, StoreError
 from bot.queue import scripts
 from bot.queue.keys import QueueKeys
-from bot.redis_client import REDIS_ERRORS, RedisClient
+from bot.redis import REDIS_ERRORS, RedisClient
 
 DEDUPE_TTL_MS = 24 * 3600 * 1000  # Telegram keeps unconfirmed updates for 24 hours
 

@@ -45,7 +45,7 @@ from bot.queue.cache import ChatCache
 from bot.queue.job import Job, current_job
 from bot.queue.keys import QueueKeys
 from bot.queue.scripts import APPEND_TURNS, MARK_DELIVERED
-from bot.redis_client import REDIS_ERRORS, RedisClient, is_cluster
+from bot.redis import REDIS_ERRORS, RedisClient, is_cluster
 from bot.stores.base import Turn
 from bot.stores.redis import RedisStore, decode_turns, encode_turns
 

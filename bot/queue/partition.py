@@ -36,7 +36,7 @@ from bot.errors import GivenUpError, NotSavedError
 from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.job import Job, Tenure, current_job
 from bot.queue.keys import GROUP, QueueKeys
-from bot.redis_client import RedisClient
+from bot.redis import RedisClient
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.ingress import check_partitions
 from bot.queue.keys import QueueKeys
 from bot.queue.partition import Handler, PartitionRunner, Tuning
-from bot.redis_client import RedisClient
+from bot.redis import RedisClient
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from bot.app import build_manager
 from bot.errors import ConfigError
 from bot.models.registry import close_models
 from bot.queue.chat import DialogHandler, journal_manager
-from bot.queue.connect import connect
 from bot.queue.keys import QueueKeys
 from bot.queue.partition import Tuning
 from bot.queue.worker import Worker
+from bot.redis import connect
 from bot.runtime import run_server
 from bot.settings import load_settings
 

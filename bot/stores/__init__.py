@@ -6,8 +6,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bot.errors import ConfigError
-from bot.settings import REDIS_STORE_SCHEMES, STORE_ACCEPTED, mask_url
+from bot.redis import connect
+from bot.settings import REDIS_STORE_SCHEMES, STORE_ACCEPTED
 from bot.stores.base import ChatInfo, DialogStore, Turn
+from bot.urls import mask_url
 
 __all__ = ["ChatInfo", "DialogStore", "Turn", "open_store"]
 
@@ -18,7 +20,7 @@ async def open_store(
     """Open the store ``url`` names: ``sqlite:///PATH``, ``redis://...`` or ``memory://``.
 
     Redis also as ``redis+sentinel://`` and ``redis+cluster://`` (``rediss+...`` for TLS), through
-    :func:`bot.queue.connect.connect`.
+    :func:`bot.redis.connect.connect`.
 
     ``max_turns`` and ``ttl`` set retention (see :class:`DialogStore`).
     """
@@ -44,7 +46,6 @@ async def _open(url: str, prefix: str) -> DialogStore:
 
         return RedisStore.from_url(url, prefix=prefix)
     if scheme in REDIS_STORE_SCHEMES:  # Sentinel or Cluster: one factory builds those clients
-        from bot.queue.connect import connect
         from bot.stores.redis import RedisStore
 
         return RedisStore(connect(url), prefix)

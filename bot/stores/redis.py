@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from bot.errors import StoreError
-from bot.redis_client import REDIS_ERRORS, RedisClient
+from bot.redis import REDIS_ERRORS, RedisClient, connect
 from bot.stores.base import ChatInfo, DialogStore, Turn
 
 
 class RedisStore(DialogStore):
-    """History in Redis: one server, Sentinel's master or a Cluster (see :mod:`bot.redis_client`).
+    """History in Redis: one server, Sentinel's master or a Cluster (see :mod:`bot.redis`).
 
     Every key of a chat carries the ``{chat}`` hash tag; the ``P:chats`` index, in another slot,
     is only ever written in non-transactional pipelines, which a cluster client splits by node.
@@ -34,9 +34,7 @@ class RedisStore(DialogStore):
     @classmethod
     def from_url(cls, url: str, prefix: str = "fmbot") -> RedisStore:
         """A store on one server (``redis://``, ``rediss://``): its own pool of 64 connections,
-        built as every fmbot client is (:func:`bot.queue.connect.connect`)."""
-        from bot.queue.connect import connect  # bot.queue imports this module
-
+        built as every fmbot client is (:func:`bot.redis.connect.connect`)."""
         # Blocking: under load callers wait (up to 20 s) for a free connection instead of
         # failing with "Too many connections" (seen in the benchmark with 1,000 chats).
         client = connect(url, max_connections=64, timeout=20, socket_connect_timeout=None)

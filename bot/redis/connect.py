@@ -16,7 +16,7 @@ keeps accepting writes on connections opened before the failover until Sentinel 
 With Cluster the listed nodes are only where the client starts: it reads the slot map from any of
 them (``CLUSTER SLOTS``) and follows MOVED/ASK redirections and failovers by itself, so listing
 two or three nodes is enough. A cluster has database 0 only. The client is a
-:class:`bot.redis_client.ClusterClient` (pipelines may run registered scripts); every key fmbot
+:class:`bot.redis.client.ClusterClient` (pipelines may run registered scripts); every key fmbot
 uses carries a hash tag so its multi-key commands, MULTI blocks and scripts stay in one slot.
 """
 
@@ -34,8 +34,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bot.errors import ConfigError
-from bot.redis_client import ClusterClient, RedisClient
-from bot.settings import mask_url
+from bot.redis.client import ClusterClient, RedisClient
+from bot.urls import mask_url
 
 SETTING = "FMBOT_STORE"
 ACCEPTED = (

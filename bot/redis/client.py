@@ -1,7 +1,7 @@
 """The Redis clients fmbot talks to: one server (plain, TLS or Sentinel's master) or a Cluster.
 
 :data:`RedisClient` is what every component taking a client accepts (the Redis dialog store, the
-limits, the queue); :func:`bot.queue.connect.connect` builds one from a URL. Both kinds have the
+limits, the queue); :func:`bot.redis.connect.connect` builds one from a URL. Both kinds have the
 same command API. On a Cluster every multi-key command, MULTI block and Lua script must stay in
 one hash slot: fmbot's keys carry ``{chat}``, ``{user}`` or ``{q:N}`` hash tags for that, and
 the only cross-slot writes (the ``P:chats`` index next to a chat's keys) are sent in
