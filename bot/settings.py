@@ -16,6 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.busy import BusyPolicy
 from bot.errors import ConfigError
+from bot.model_spec import (
+    check_image_model_spec,
+    check_text_model_spec,
+    check_yandex_credentials,
+)
 from bot.redis.connect import check_url
 from bot.urls import mask_url
 
@@ -122,8 +127,6 @@ class Settings(BaseSettings):
             check_url(self.store_url, "FMBOT_STORE")
         if queue := (self.queue_url or "").strip():
             check_url(queue, "FMBOT_QUEUE_URL")
-        from bot.models.registry import check_image_model_spec, check_text_model_spec
-
         check_text_model_spec(self.text_model)
         if self.image_model:
             check_image_model_spec(self.image_model)
@@ -135,9 +138,11 @@ class Settings(BaseSettings):
                 f"use {', '.join(IMAGE_CLASSIFIERS)}",
             )
         if self.uses_yandex:
-            from bot.models.yandex import YandexCredentials
-
-            YandexCredentials.from_settings(self)  # fail fast, before any request
+            check_yandex_credentials(  # fail fast, before any request
+                (self.yandex_folder_id or "").strip(),
+                has_key=bool(self.yandex_api_key and self.yandex_api_key.get_secret_value()),
+                has_token=bool(self.yandex_iam_token and self.yandex_iam_token.get_secret_value()),
+            )
         d = self.prompts_dir
         if not d.is_dir():
             raise ConfigError(

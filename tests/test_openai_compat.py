@@ -19,10 +19,11 @@ from bot.errors import (
     StreamInterruptedError,
 )
 from bot.events import Message, Usage
+from bot.model_spec import check_image_spec
 from bot.models.base import GenerationOptions
 from bot.models.http import RetryPolicy, Timeouts
 from bot.models.openai_compat import OpenAIConnection, OpenAIImageModel, OpenAITextModel, embed
-from bot.models.remote import check_image_spec, create_image_model, create_text_model
+from bot.models.remote import create_image_model, create_text_model
 from bot.settings import Settings
 from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.base import no_implicit_generator_cleanup

@@ -14,9 +14,10 @@ from redis.exceptions import ResponseError
 from adapters.bench import RoundTrips, counting_client
 from bot.errors import ConfigError, StoreError
 from bot.events import Message, Usage
+from bot.model_spec import check_text_model_spec, parse_echo_spec
 from bot.models.base import GenerationOptions
-from bot.models.echo import EchoModel, parse_echo_spec
-from bot.models.registry import check_text_model_spec, close_models, get_text_model
+from bot.models.echo import EchoModel
+from bot.models.registry import close_models, get_text_model
 from bot.queue import Ingress, Job, QueueKeys, current_job, partition_of, scripts
 from bot.queue.batch import Batcher
 from bot.queue.journal import JournaledRedisStore, Replay

@@ -24,9 +24,10 @@ from bot.errors import (
     StreamInterruptedError,
 )
 from bot.events import FinalText, Incoming, Message, Notice, Usage
+from bot.model_spec import check_text_spec
 from bot.models.base import GenerationOptions
 from bot.models.http import RetryPolicy, Timeouts
-from bot.models.remote import check_text_spec, create_image_model, create_text_model
+from bot.models.remote import create_image_model, create_text_model
 from bot.models.yandex import (
     PollPolicy,
     YandexClient,

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from urllib.parse import parse_qsl
 
-from bot.errors import ConfigError
 from bot.events import Message, Usage
+from bot.model_spec import parse_echo_spec
 from bot.models.base import Chunk, GenerationOptions, TextModel
 
-SETTING = "FMBOT_TEXT_MODEL"
-ACCEPTED = "use echo: or echo:?delay=SECONDS&chunks=N (benchmarks and tests)"
 MESSAGE_OVERHEAD = 4  # tokens each message costs beyond its words (role markers), as chat formats
 
 
@@ -64,27 +61,3 @@ class EchoModel(TextModel):
         for start in range(0, len(reply), size):
             yield reply[start : start + size]
         yield Usage(await self.count_tokens(messages), len(reply.split()))
-
-
-def parse_echo_spec(spec: str) -> tuple[float, int]:
-    """``(delay, chunks)`` from an ``echo:`` spec; ConfigError names the setting when malformed."""
-    kind, _, rest = spec.partition(":")
-    name, _, query = rest.partition("?")
-    if kind != "echo" or name:
-        raise ConfigError(SETTING, spec, ACCEPTED)
-    delay, chunks = 0.0, 1
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        try:
-            if key == "delay":
-                delay = float(value)
-                if not 0 <= delay <= 3600:
-                    raise ValueError(value)
-            elif key == "chunks":
-                chunks = int(value)
-                if chunks < 1:
-                    raise ValueError(value)
-            else:
-                raise ValueError(key)
-        except ValueError:
-            raise ConfigError(SETTING, spec, ACCEPTED) from None
-    return delay, chunks

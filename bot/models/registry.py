@@ -10,44 +10,21 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from bot.errors import ConfigError
+from bot.model_spec import (
+    LOCAL_MODELS,
+    TEXT_ACCEPTED,
+    TEXT_SETTING,
+    check_image_model_spec,
+    check_text_model_spec,
+)
 from bot.models.base import ImageModel, TextModel
 
 if TYPE_CHECKING:
     from bot.settings import Settings
 
-TEXT_ACCEPTED = (
-    "use local:smollm2, yandex:MODEL[/VERSION][?mode=sync|stream|async] "
-    "(e.g. yandex:yandexgpt-lite/latest) or openai:MODEL (e.g. openai:gpt-4o-mini)"
-)
-
 _text_models: dict[tuple[str, int], TextModel] = {}
 _image_models: dict[str, ImageModel] = {}
 _lock = asyncio.Lock()
-
-
-def check_text_model_spec(spec: str) -> None:
-    """Raise ConfigError unless ``spec`` names a text backend fmbot knows."""
-    from bot.models.local import LOCAL_MODELS
-    from bot.models.remote import check_text_spec
-
-    kind, _, name = spec.partition(":")
-    if kind == "local" and name in LOCAL_MODELS:
-        return
-    if kind == "echo":  # the instant benchmark/test model: bot/models/echo.py
-        from bot.models.echo import parse_echo_spec
-
-        parse_echo_spec(spec)  # raises ConfigError when malformed
-        return
-    if check_text_spec(spec):  # raises ConfigError for a malformed remote spec
-        return
-    raise ConfigError("FMBOT_TEXT_MODEL", spec, TEXT_ACCEPTED)
-
-
-def check_image_model_spec(spec: str) -> None:
-    from bot.models.remote import IMAGE_ACCEPTED, IMAGE_SETTING, check_image_spec
-
-    if not check_image_spec(spec):
-        raise ConfigError(IMAGE_SETTING, spec, IMAGE_ACCEPTED)
 
 
 async def get_text_model(settings: Settings) -> TextModel:
@@ -97,7 +74,7 @@ async def _create_text(spec: str, settings: Settings) -> TextModel:
 
         return EchoModel.from_spec(spec, context_window=settings.context_tokens)
     if kind == "local":
-        from bot.models.local import LOCAL_MODELS, LocalModel, find_gguf
+        from bot.models.local import LocalModel, find_gguf
 
         path = find_gguf(LOCAL_MODELS[name])
         # Loading takes a second or two; keep the event loop free meanwhile.
@@ -113,5 +90,5 @@ async def _create_text(spec: str, settings: Settings) -> TextModel:
 
     model = create_text_model(spec, settings)  # ConfigError when credentials are missing
     if model is None:  # pragma: no cover - check_text_model_spec rejects other kinds
-        raise ConfigError("FMBOT_TEXT_MODEL", spec, TEXT_ACCEPTED)
+        raise ConfigError(TEXT_SETTING, spec, TEXT_ACCEPTED)
     return model

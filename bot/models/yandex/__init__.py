@@ -1,10 +1,10 @@
 """Yandex Cloud Foundation Models backends (YandexGPT, YandexART, embeddings, classifiers)."""
 
+from bot.model_spec import parse_model_spec
 from bot.models.yandex.client import (
     PollPolicy,
     YandexClient,
     YandexCredentials,
-    parse_model_spec,
 )
 from bot.models.yandex.extras import Token, classify, embed, tokenize
 from bot.models.yandex.image import YandexImageModel

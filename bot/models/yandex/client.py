@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import httpx
 from pydantic import SecretStr
 
-from bot.errors import ConfigError, ModelError, ModelUnavailableError
+from bot.errors import ModelError, ModelUnavailableError
+from bot.model_spec import check_yandex_credentials
 from bot.models.http import (
     REQUEST_ID_HEADER,
     RetryPolicy,
@@ -37,10 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CREDENTIALS_ACCEPTED = "set YANDEX_API_KEY (or YANDEX_IAM_TOKEN) and YANDEX_FOLDER_ID"
-_FOLDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*(/[A-Za-z0-9._@-]+)?$")
-_URI_RE = re.compile(r"^(?P<scheme>[a-z]+)://(?P<rest>[A-Za-z0-9._@/-]+)$")
 
 # gRPC status code -> the HTTP status the REST gateway uses for it (see the API summary).
 _GRPC_TO_HTTP = {1: 499, 3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 9: 400, 13: 500, 14: 503, 16: 401}
@@ -55,19 +50,11 @@ class YandexCredentials:
     iam_token: SecretStr | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not (self.api_key and self.api_key.get_secret_value()) and not (
-            self.iam_token and self.iam_token.get_secret_value()
-        ):
-            raise ConfigError("YANDEX_API_KEY", None, CREDENTIALS_ACCEPTED)
-        if not self.folder_id:
-            raise ConfigError("YANDEX_FOLDER_ID", None, CREDENTIALS_ACCEPTED)
-        if not _FOLDER_RE.match(self.folder_id):
-            raise ConfigError(
-                "YANDEX_FOLDER_ID",
-                self.folder_id,
-                "give the folder ID (like b1g...), not its name or URL; "
-                "`yc resource-manager folder list` shows it",
-            )
+        check_yandex_credentials(
+            self.folder_id,
+            has_key=bool(self.api_key and self.api_key.get_secret_value()),
+            has_token=bool(self.iam_token and self.iam_token.get_secret_value()),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> YandexCredentials:
@@ -124,56 +111,6 @@ class PollPolicy:
     initial: float = 0.5
     factor: float = 1.5
     max_interval: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """A parsed ``yandex:`` spec: the model URI plus ``?key=value`` options."""
-
-    uri: str
-    options: dict[str, str]
-
-
-def parse_model_spec(
-    name: str,
-    *,
-    folder_id: str,
-    schemes: tuple[str, ...],
-    setting: str,
-    allowed_options: tuple[str, ...] = (),
-) -> ModelSpec:
-    """Turn ``yandexgpt-lite/latest?mode=sync`` or ``gpt://b1g.../yandexgpt/rc`` into a URI.
-
-    A short name gets the first of ``schemes`` and the folder; no version means ``/latest``.
-    """
-    accepted = (
-        f"use yandex:MODEL[/VERSION] (e.g. yandex:yandexgpt-lite/latest) or "
-        f"yandex:{schemes[0]}://FOLDER/MODEL/VERSION"
-        + (
-            f", optionally with ?{'&'.join(o + '=...' for o in allowed_options)}"
-            if allowed_options
-            else ""
-        )
-    )
-    spec = f"yandex:{name}"
-    base, _, query = name.partition("?")
-    try:
-        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
-    except ValueError:
-        raise ConfigError(setting, spec, accepted) from None
-    unknown = set(options) - set(allowed_options)
-    if unknown:
-        raise ConfigError(setting, spec, accepted)
-    match = _URI_RE.match(base)
-    if match:
-        if match["scheme"] not in schemes:
-            raise ConfigError(setting, spec, accepted)
-        return ModelSpec(uri=base, options=options)
-    if not _NAME_RE.match(base):
-        raise ConfigError(setting, spec, accepted)
-    if "/" not in base:
-        base += "/latest"
-    return ModelSpec(uri=f"{schemes[0]}://{folder_id}/{base}", options=options)
 
 
 class YandexClient:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bot.errors import ModelError
-from bot.models.yandex.client import YandexClient, parse_model_spec
+from bot.model_spec import parse_model_spec
+from bot.models.yandex.client import YandexClient
 
 TOKENIZE = "/foundationModels/v1/tokenize"
 TEXT_EMBEDDING = "/foundationModels/v1/textEmbedding"

@@ -19,20 +19,22 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from bot.errors import ContentFilterError, ModelError, StreamInterruptedError
 from bot.events import Message, Usage
+from bot.model_spec import YANDEX_MODES, YandexMode
 from bot.models.base import Chunk, GenerationOptions, TextModel
 from bot.models.http import REQUEST_ID_HEADER, stream_error
 from bot.models.yandex.client import YandexClient, grpc_error
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["sync", "stream", "async"]
-MODES: tuple[Mode, ...] = ("sync", "stream", "async")
+# The modes are part of the spec (``?mode=``): bot.model_spec checks them.
+Mode = YandexMode
+MODES = YANDEX_MODES
 
 COMPLETION = "/foundationModels/v1/completion"
 COMPLETION_ASYNC = "/foundationModels/v1/completionAsync"
