@@ -16,6 +16,7 @@ install:
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 
 types:
 	$(BIN)/mypy
