@@ -17,8 +17,8 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from adapters.bench import BenchError, Producer
 from adapters.cli import app
+from adapters.cli.bench import BenchError, Producer
 from bot.queue import QueueKeys
 
 

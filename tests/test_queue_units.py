@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from adapters.bench import RoundTrips, counting_client
+from adapters.cli.bench import RoundTrips, counting_client
 from bot.errors import ConfigError, StoreError
 from bot.events import Message, Usage
 from bot.model_spec import check_text_model_spec, parse_echo_spec

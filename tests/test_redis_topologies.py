@@ -380,7 +380,7 @@ async def test_the_store_follows_a_sentinel_failover(tmp_path: Path) -> None:
 
 
 async def test_bench_cleanup_finds_and_deletes_keys_on_every_master(cluster: RedisClient) -> None:
-    from adapters.bench import _delete_prefix
+    from adapters.cli.bench import _delete_prefix
 
     p = new_prefix()
     other = new_prefix()

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from adapters import batch_cli, prompts_cli
+from adapters.cli import batch, prompts
 from bot.errors import ConfigError, FmbotError
 from bot.settings import Settings, load_settings
 from bot.text import terminal_safe
@@ -24,8 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(prompts_cli.app, name="prompts")
-app.add_typer(batch_cli.app, name="batch")
+app.add_typer(prompts.app, name="prompts")
+app.add_typer(batch.app, name="batch")
 
 T = TypeVar("T")
 MAX_CHAT_NAME = 200
@@ -201,7 +201,7 @@ def bench(
     profile: Annotated[bool, typer.Option(help="Print the top functions by own time.")] = False,
 ) -> None:
     """Benchmark the dialog manager and the Redis queue with the instant echo model."""
-    from adapters.bench import profiled, run_bench
+    from adapters.cli.bench import profiled, run_bench
     from bot.runtime import run_server
 
     settings = load_settings()
@@ -326,7 +326,3 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
