@@ -19,7 +19,8 @@ from prompt_toolkit.history import FileHistory
 from rich.console import Console
 from rich.markup import escape
 
-from bot.dialog import HELP, DialogManager, parse_command
+from bot.commands import HELP, parse_command
+from bot.dialog import DialogManager
 from bot.events import FinalText, ImageReply, Incoming, Notice, ReplyEvent, TextDelta
 from bot.text import terminal_safe
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from bot.busy import BusyGate, BusyPolicy
+from bot.commands import COMMANDS, parse_command
 from bot.context import fit_to_window
 from bot.errors import (
     FmbotError,
@@ -44,14 +45,6 @@ from bot.stores.base import DialogStore, Turn
 
 log = logging.getLogger(__name__)
 
-HELP = """Commands:
-/help — this list
-/new — start a fresh conversation (the template stays)
-/mode — list prompt templates; /mode NAME — switch to one
-/image PROMPT — generate a picture
-/usage — tokens and images used in this chat
-/forget — delete everything stored about this chat"""
-
 IMAGE_SETUP_HINT = (
     "No image model is configured, so I cannot draw. Set FMBOT_IMAGE_MODEL, e.g. "
     "FMBOT_IMAGE_MODEL=yandex:yandex-art/latest (with YANDEX_API_KEY and YANDEX_FOLDER_ID) or "
@@ -59,21 +52,16 @@ IMAGE_SETUP_HINT = (
 )
 IMAGE_PROMPT_TEMPLATE = "image-prompt"
 IMAGE_PROMPT_LIMIT = 500  # YandexART's limit; a sane bound for other services too
-_USAGE_KEYS = ("input_tokens", "output_tokens", "images")
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
-    name: str
-    arg: str
+class _Prompt:
+    """What a text turn sends the model: built from the template, history and message."""
 
-
-def parse_command(text: str) -> Command | None:
-    """``/name arg`` (also ``/name@botname arg``, as Telegram sends in groups)."""
-    if not text.startswith("/") or len(text) < 2 or text[1].isspace():
-        return None
-    head, _, arg = text[1:].partition(" ")
-    return Command(head.split("@", 1)[0].lower(), arg.strip())
+    template: PromptTemplate
+    messages: list[Message]
+    options: GenerationOptions
+    input_tokens: int
 
 
 class DialogManager:
@@ -115,10 +103,10 @@ class DialogManager:
         command = parse_command(incoming.text)
         chat = incoming.chat
         try:
-            if command is not None and (command.name in _COMMANDS or command.name == "image"):
+            if command is not None and (command.name in COMMANDS or command.name == "image"):
                 async with self.locks(chat):
-                    if command.name in _COMMANDS:
-                        yield await _COMMANDS[command.name](self, incoming, command.arg)
+                    if command.name in COMMANDS:
+                        yield await COMMANDS[command.name](self, incoming, command.arg)
                         return
                     if refusal := await self._refusal(incoming):
                         yield refusal
@@ -203,31 +191,57 @@ class DialogManager:
     async def _turn(
         self, incoming: Incoming, interrupted: asyncio.Event, context: contextvars.Context
     ) -> AsyncGenerator[ReplyEvent, None]:
-        chat = incoming.chat
+        """A text turn, as its steps: load the chat, route (a request for a picture becomes an
+        image turn), build the prompt, then generate, streamed, and save (:meth:`_reply`). The
+        admission (limits) and the busy gate come before, in :meth:`handle`."""
         try:
-            # State and history in one round trip where the store can.
-            state, stored = await self.store.load(chat, last=self.history_turns)
+            state, history = await self._load(incoming.chat)
             template = self._template_for(state)
             if await self._wants_image(incoming.text, template):
                 image = self._image_turn(incoming, incoming.text, rewrite=True, context=context)
-                async for event in image:
-                    yield event
+                async with contextlib.aclosing(image) as events:
+                    async for event in events:
+                        yield event
                 return
-            # A retention cap can cut a pair in half: history must start with the user.
-            while stored and stored[0].role != "user":
-                stored.pop(0)
-            history = [Message(t.role, t.text) for t in stored]
-            options = self._options_for(template)
-            full = build_messages(template, incoming.text)
-            prefix, current = full[:-1], full[-1]
-            messages, input_tokens = await fit_to_window(
-                self.model, prefix, history, current, reserve=options.max_tokens or 0
-            )
+            prompt = await self._build(template, history, incoming.text)
         except (PromptError, ModelError) as exc:
             yield Notice(str(exc), "error")
             return
+        async with contextlib.aclosing(
+            self._reply(incoming, prompt, interrupted, context)
+        ) as events:
+            async for event in events:
+                yield event
 
-        response = self.model.respond(messages, options)
+    async def _load(self, chat: str) -> tuple[dict[str, str], list[Message]]:
+        """The chat's state and history, in one round trip where the store can."""
+        state, stored = await self.store.load(chat, last=self.history_turns)
+        # A retention cap can cut a pair in half: history must start with the user.
+        while stored and stored[0].role != "user":
+            stored.pop(0)
+        return state, [Message(t.role, t.text) for t in stored]
+
+    async def _build(self, template: PromptTemplate, history: list[Message], text: str) -> _Prompt:
+        """Instruction, examples, the history that fits the window, and the message."""
+        options = self._options_for(template)
+        full = build_messages(template, text)
+        prefix, current = full[:-1], full[-1]
+        messages, input_tokens = await fit_to_window(
+            self.model, prefix, history, current, reserve=options.max_tokens or 0
+        )
+        return _Prompt(template, messages, options, input_tokens)
+
+    async def _reply(
+        self,
+        incoming: Incoming,
+        prompt: _Prompt,
+        interrupted: asyncio.Event,
+        context: contextvars.Context,
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """Stream the model's reply, then save the turn (also when it was stopped or failed
+        part way: the user saw it) and say how it ended."""
+        chat = incoming.chat
+        response = self.model.respond(prompt.messages, prompt.options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
         saved = True
         try:
@@ -256,7 +270,7 @@ class DialogManager:
             if status == "complete" or response.text or interrupted.is_set():
                 # Shielded: a cancelled turn still records what the user saw. Run in the context
                 # of the turn's newest message (see bot.busy).
-                save = self._save_turn(incoming, template, response, status, input_tokens)
+                save = self._save_turn(incoming, prompt, response, status)
                 task = asyncio.get_running_loop().create_task(save, context=context)
                 saved = await asyncio.shield(task)
         if status == "complete":
@@ -275,25 +289,21 @@ class DialogManager:
             raise NotSavedError(f"the turn of chat {chat} was answered but not stored")
 
     async def _save_turn(
-        self,
-        incoming: Incoming,
-        template: PromptTemplate,
-        response: Response,
-        status: str,
-        input_tokens: int,
+        self, incoming: Incoming, prompt: _Prompt, response: Response, status: str
     ) -> bool:
-        """Store the user/assistant pair and count its tokens; False when the store failed."""
+        """Store the user/assistant pair, then account its tokens; False when the store failed."""
         # Stopped or failed streams report no usage; charge an estimate so /usage and budgets
         # cannot be dodged by interrupting (about 4 characters per token).
-        usage = response.usage or Usage(input_tokens, max(1, len(response.text) // 4))
+        usage = response.usage or Usage(prompt.input_tokens, max(1, len(response.text) // 4))
+        mode = prompt.template.name
         meta: dict[str, object] = {
-            "mode": template.name,
+            "mode": mode,
             "status": status,
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
         }
         turns = (
-            Turn("user", incoming.text, meta={"mode": template.name}),
+            Turn("user", incoming.text, meta={"mode": mode}),
             Turn("assistant", response.text, meta=meta),
         )
         counters = {
@@ -307,12 +317,17 @@ class DialogManager:
         except StoreError as exc:
             log.error("could not save a turn of chat %s: %s", incoming.chat, exc)
             return False
-        if self.limits is not None:
-            try:
-                await self.limits.add_tokens(incoming.user or incoming.chat, usage.total_tokens)
-            except StoreError as exc:  # the turn is saved; only the daily budget misses it
-                log.error("could not count the tokens of chat %s: %s", incoming.chat, exc)
+        await self._account(incoming, usage.total_tokens)
         return True
+
+    async def _account(self, incoming: Incoming, tokens: int) -> None:
+        """Count a saved turn's tokens against its user's daily budget (bot.limits)."""
+        if self.limits is None:
+            return
+        try:
+            await self.limits.add_tokens(incoming.user or incoming.chat, tokens)
+        except StoreError as exc:  # the turn is saved; only the daily budget misses it
+            log.error("could not count the tokens of chat %s: %s", incoming.chat, exc)
 
     async def _image_turn(
         self,
@@ -351,14 +366,7 @@ class DialogManager:
         await asyncio.get_running_loop().create_task(save, context=context)
         yield ImageReply(image.data, image.mime_type, prompt)
 
-    # --- commands --------------------------------------------------------------------------
-
-    async def _help(self, incoming: Incoming, arg: str) -> Notice:
-        return Notice(HELP)
-
-    async def _new(self, incoming: Incoming, arg: str) -> Notice:
-        await self.store.reset(incoming.chat)
-        return Notice("Started a new conversation.")
+    # --- /image (the other commands are in bot.commands) ---------------------------------
 
     async def _image(self, incoming: Incoming, arg: str) -> AsyncGenerator[ReplyEvent, None]:
         if not arg:
@@ -366,50 +374,6 @@ class DialogManager:
             return
         async for event in self._image_turn(incoming, arg, rewrite=False):
             yield event
-
-    async def _usage(self, incoming: Incoming, arg: str) -> Notice:
-        state = await self.store.get_state(incoming.chat)
-        used = {k: int(state.get(f"usage_{k}", "0")) for k in _USAGE_KEYS}
-        total = used["input_tokens"] + used["output_tokens"]
-        text = (
-            f"Used in this chat: {used['input_tokens']} input + {used['output_tokens']} output "
-            f"= {total} tokens; {used['images']} images."
-        )
-        if self.limits is not None and self.limits.active:
-            status = await self.limits.status(incoming.user or incoming.chat)
-            text += "\n" + self.limits.describe(status)
-            if incoming.admin:
-                text += " (admin: limits do not apply)"
-        return Notice(text)
-
-    async def _forget(self, incoming: Incoming, arg: str) -> Notice:
-        await self.store.delete(incoming.chat)
-        text = "Deleted everything stored about this chat: history, template and usage."
-        kept = [self.store.kept_after_delete()]
-        if self.limits is not None:
-            # Limits count per user (the sender) and must survive /forget, else it would reset
-            # a budget; they are kept under a pseudonym (bot.limits), so only old keys go here.
-            await self.limits.forget(incoming.user or incoming.chat)
-            kept.append(self.limits.kept_after_forget())
-        return Notice(" ".join([text, *filter(None, kept)]))
-
-    async def _mode(self, incoming: Incoming, arg: str) -> Notice:
-        chat = incoming.chat
-        current = await self.mode_of(chat)
-        if not arg:
-            lines = [
-                f"{'*' if t.name == current.name else ' '} {t.name} — {t.description}"
-                for t in self.prompts.modes()
-            ]
-            return Notice("Templates (/mode NAME to switch):\n" + "\n".join(lines))
-        template = self.prompts.mode(arg)
-        if template is None:
-            names = ", ".join(t.name for t in self.prompts.modes())
-            # A name is short: echo only the start of whatever was typed.
-            shown = arg if len(arg) <= 64 else arg[:64] + "…"
-            return Notice(f"No template named {shown!r}. Available: {names}.", "warning")
-        await self.store.set_state(chat, mode=template.name)
-        return Notice(f"Switched to {template.name!r}: {template.description}")
 
 
 async def _until(stop: asyncio.Event, deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
@@ -440,13 +404,4 @@ async def _until(stop: asyncio.Event, deltas: AsyncIterator[str]) -> AsyncGenera
             step.exception()  # retrieved: a model error after the stop is of no interest
 
 
-_COMMANDS = {
-    "help": DialogManager._help,
-    "start": DialogManager._help,
-    "new": DialogManager._new,
-    "mode": DialogManager._mode,
-    "usage": DialogManager._usage,
-    "forget": DialogManager._forget,
-}
-
-__all__ = ["HELP", "Command", "DialogManager", "FmbotError", "parse_command"]
+__all__ = ["DialogManager", "FmbotError"]

@@ -18,7 +18,8 @@ from adapters.telegram.modes import chosen, keyboard, listing
 from adapters.telegram.replies import Replies
 from adapters.telegram.splitting import TEXT_LIMIT, Part, truncate
 from adapters.telegram.target import Target
-from bot.dialog import DialogManager, parse_command
+from bot.commands import parse_command
+from bot.dialog import DialogManager
 from bot.errors import FmbotError
 from bot.events import Incoming, Notice
 

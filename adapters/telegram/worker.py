@@ -24,7 +24,7 @@ from aiogram.types import Update
 
 from adapters.telegram.app import TelegramApp
 from adapters.telegram.target import Target
-from bot.dialog import parse_command
+from bot.commands import parse_command
 from bot.errors import StoreError
 from bot.queue import Job, QueueKeys, Worker
 from bot.queue.journal import JournaledRedisStore
