@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from adapters.cli import app
 from adapters.cli.bench import BenchError, Producer
+from bot.errors import ConfigError
 from bot.queue import QueueKeys
 
 
@@ -83,3 +84,38 @@ async def test_closing_a_producer_before_go_enqueues_nothing(redis_server: str) 
         assert client.exists(*(keys.jobs(p) for p in range(keys.partitions))) == 0
     finally:
         client.close()
+
+
+async def test_the_local_model_bench_reports_raw_and_fmbot_side_by_side() -> None:
+    """At a tiny size: every figure is there, measured (the numbers depend on the machine)."""
+    from adapters.cli.bench_local import run_local_bench
+
+    result = await run_local_bench(
+        "local:smollm2",
+        None,
+        window=384,
+        threads=2,
+        turns=6,
+        words=30,
+        decode_tokens=16,
+        reply_tokens=8,
+    )
+    report = result.report()
+    assert re.search(
+        r"^decode +raw llama-cpp-python [\d.]+ tok/s, fmbot [\d.]+ tok/s", report, re.M
+    )
+    assert re.search(
+        r"^first token +turns 2-4 \(early\): fmbot 1 chat [\d.-]+ s, fmbot 2 chats", report, re.M
+    )
+    assert re.search(
+        r"^first token +turns 5-6 \(late\): .*raw with the history cached", report, re.M
+    )
+    assert re.search(r"^before model +fmbot's window fitting and prompt: p50", report, re.M)
+    assert len(result.ttft) == 6 * 3  # one chat, then two
+    assert all(seconds > 0 for _c, _t, seconds, _ms in result.ttft)
+
+
+def test_the_bench_refuses_a_model_it_cannot_run() -> None:
+    result = CliRunner().invoke(app, ["bench", "--model", "yandex:yandexgpt"])
+    assert isinstance(result.exception, ConfigError)  # fmbot's main(): one line, exit 2
+    assert "--model" in str(result.exception)

@@ -199,12 +199,38 @@ def bench(
         bool, typer.Option(help="Through the Redis queue and a worker, or the manager directly.")
     ] = True,
     profile: Annotated[bool, typer.Option(help="Print the top functions by own time.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="local:smollm2: benchmark the embedded model against raw llama.cpp instead "
+            "(decode speed, first token early and past the window, one and two chats)."
+        ),
+    ] = None,
+    window: Annotated[int, typer.Option(min=256, help="With --model: context window.")] = 4096,
+    words: Annotated[int, typer.Option(min=1, help="With --model: words per message.")] = 100,
 ) -> None:
     """Benchmark the dialog manager and the Redis queue with the instant echo model."""
     from adapters.cli.bench import profiled, run_bench
     from bot.runtime import run_server
 
     settings = load_settings()
+    if model is not None:
+        if model != "local:smollm2":
+            raise ConfigError("--model", model, "the benchmark runs local:smollm2")
+        from adapters.cli.bench_local import run_local_bench
+
+        local = run_server(
+            run_local_bench(
+                model,
+                None,
+                window=window,
+                threads=settings.local_threads,
+                turns=40 if turns == 20000 else turns,
+                words=words,
+            )
+        )
+        typer.echo(local.report())
+        return
     url = redis or (
         settings.store_url
         if settings.store_url.startswith(("redis://", "rediss://"))
