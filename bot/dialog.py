@@ -51,6 +51,9 @@ IMAGE_SETUP_HINT = (
     "FMBOT_IMAGE_MODEL=openai:dall-e-3 (with OPENAI_API_KEY), and restart the bot."
 )
 IMAGE_PROMPT_TEMPLATE = "image-prompt"
+QUEUED_NOTICE_AFTER = (
+    3.0  # s without a first word, while the model answers others, before saying so
+)
 IMAGE_PROMPT_LIMIT = 500  # YandexART's limit; a sane bound for other services too
 
 
@@ -97,6 +100,9 @@ class DialogManager:
         #: answered with "send it again". A failed save after the reply is still a notice, and
         #: then NotSavedError (the queue sets the job aside rather than answer it twice).
         self.raise_store_errors = False
+        #: Seconds without a first word, while the model finishes other replies, before the
+        #: user is told the message is in line.
+        self.queued_notice_after = QUEUED_NOTICE_AFTER
 
     async def handle(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
         """Answer one message. Errors become Notice events; nothing escapes but cancellation."""
@@ -241,6 +247,7 @@ class DialogManager:
         """Stream the model's reply, then save the turn (also when it was stopped or failed
         part way: the user saw it) and say how it ended."""
         chat = incoming.chat
+        ahead = self.model.waiting()  # replies the model finishes before it starts this one
         response = self.model.respond(prompt.messages, prompt.options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
         saved = True
@@ -252,6 +259,18 @@ class DialogManager:
                     stream = await stack.enter_async_context(
                         contextlib.aclosing(_until(interrupted, stream))
                     )
+                if ahead:
+                    # The first word can be a while: say why rather than look stuck.
+                    wait = self.queued_notice_after
+                    first = await stack.enter_async_context(_first(stream, wait))
+                    if not first.done():
+                        yield Notice(_queued_text(ahead), progress="queued")
+                    try:
+                        delta = await first
+                    except StopAsyncIteration:
+                        delta = ""
+                    if delta:
+                        yield TextDelta(delta)
                 async for delta in stream:
                     yield TextDelta(delta)
                     if interrupted.is_set():
@@ -374,6 +393,27 @@ class DialogManager:
             return
         async for event in self._image_turn(incoming, arg, rewrite=False):
             yield event
+
+
+@contextlib.asynccontextmanager
+async def _first(deltas: AsyncIterator[str], seconds: float) -> AsyncIterator[asyncio.Future[str]]:
+    """The first delta as a future, waited for up to ``seconds`` before the block starts (it
+    may still be pending then); cancelled and waited for if the block is left early."""
+    step = asyncio.ensure_future(anext(deltas))
+    try:
+        await asyncio.wait({step}, timeout=seconds)
+        yield step
+    finally:
+        if not step.done():
+            step.cancel()
+            await asyncio.wait({step})
+        if not step.cancelled():
+            step.exception()  # retrieved: the stream's own code reports its errors
+
+
+def _queued_text(ahead: int) -> str:
+    replies = "reply" if ahead == 1 else "replies"
+    return f"Your message is in line: the model is finishing {ahead} other {replies} first."
 
 
 async def _until(stop: asyncio.Event, deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:

@@ -58,12 +58,13 @@ class Notice:
     """A message from the bot itself (command output, errors), not from the model.
 
     ``progress`` names work under way that the channel may show as an activity (e.g. Telegram's
-    "upload_photo" while ``"image"`` is being generated).
+    "upload_photo" while ``"image"`` is being generated, "typing" while the reply is
+    ``"queued"`` behind others for the model).
     """
 
     text: str
     kind: NoticeKind = "info"
-    progress: Literal["image"] | None = None
+    progress: Literal["image", "queued"] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from bot.models.base import GenerationOptions
 from bot.models.local import LocalModel, find_gguf
 from bot.prompts.library import PromptLibrary
 from bot.stores import DialogStore, open_store
+from bot.stores.memory import MemoryStore
 from bot.stores.redis import RedisStore
 from tests.doubles import FailingAppends, Recording, Scripted
 
@@ -260,3 +261,33 @@ async def test_reply_shown_but_not_saved_is_flagged(prompts_dir: Path) -> None:
     events = await collect(manager, "c", "hello")
     assert events[-2] == FinalText("fine")
     assert isinstance(events[-1], Notice) and "not saved" in events[-1].text
+
+
+async def test_a_message_waiting_for_the_local_model_is_told_it_is_in_line(
+    local_model: LocalModel, prompts_dir: Path
+) -> None:
+    """The embedded model answers one message at a time: the next one is told why its first
+    word takes a while (channels keep showing "typing"), then answered as usual."""
+    manager = DialogManager(
+        MemoryStore(),
+        local_model,
+        PromptLibrary(prompts_dir),
+        options=GenerationOptions(max_tokens=150),
+    )
+    manager.queued_notice_after = 0.2
+    first = asyncio.create_task(collect(manager, "a", "Tell a long story about the sea."))
+    async with asyncio.timeout(30):
+        while not local_model.waiting():  # until the first reply holds the model
+            assert not first.done(), first.result()
+            await asyncio.sleep(0.01)
+    waited = await collect(manager, "b", "Name a colour.")
+    await asyncio.wait_for(first, 60)
+    notices = [e for e in waited if isinstance(e, Notice)]
+    assert [(n.progress, n.text) for n in notices] == [
+        ("queued", "Your message is in line: the model is finishing 1 other reply first.")
+    ]
+    assert isinstance(waited[-1], FinalText) and waited[-1].text
+    assert "".join(e.text for e in waited if isinstance(e, TextDelta)) == waited[-1].text
+    alone = await collect(manager, "c", "Name a colour.")  # nothing ahead: no notice
+    assert not [e for e in alone if isinstance(e, Notice)]
+    await manager.aclose()

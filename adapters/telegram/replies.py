@@ -165,8 +165,9 @@ class Replies:
                     await waiting.stop()
                     prefix = _NOTICE_PREFIX[event.kind]
                     await self.outbox.send_text(target, prefix + event.text)
-                    if event.progress == "image":
-                        waiting = ChatAction(self.bot, target, "upload_photo")
+                    if event.progress is not None:  # still under way: keep showing it
+                        action = "upload_photo" if event.progress == "image" else "typing"
+                        waiting = ChatAction(self.bot, target, action)
                         await stack.enter_async_context(waiting)
                 elif isinstance(event, ImageReply):
                     await waiting.stop()

@@ -62,6 +62,11 @@ class TextModel(abc.ABC):
     async def count_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens ``messages`` take as a prompt, counted by the model's own tokenizer."""
 
+    def waiting(self) -> int:
+        """Replies this model must finish before it can start a new one (a model that answers
+        one at a time, like the embedded one, queues the rest). Default: none."""
+        return 0
+
     def respond(self, messages: Sequence[Message], options: GenerationOptions) -> Response:
         return Response(self.generate(messages, options))
 

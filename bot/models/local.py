@@ -137,10 +137,14 @@ class LocalModel(TextModel):
         self.last_evaluated = 0  # prompt tokens the last generation had to evaluate (not cached)
         # One generation at a time: llama.cpp contexts are not thread-safe.
         self._lock = asyncio.Lock()
+        self._queued = 0  # generations waiting for the lock
 
     @property
     def context_window(self) -> int:
         return self._n_ctx
+
+    def waiting(self) -> int:
+        return self._queued + int(self._lock.locked())
 
     def _chat_formatter(self) -> Any:
         """The model's own chat template (from the GGUF metadata), as llama.cpp applies it."""
@@ -314,7 +318,12 @@ class LocalModel(TextModel):
             finally:
                 put("end", None)
 
-        async with self._lock:
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        try:
             input_tokens = len(prompt.tokens)
             worker = asyncio.ensure_future(asyncio.to_thread(run))
             try:
@@ -341,3 +350,5 @@ class LocalModel(TextModel):
                         cancelled = True
                 if cancelled:
                     raise asyncio.CancelledError
+        finally:
+            self._lock.release()
