@@ -22,7 +22,7 @@ from bot.model_spec import (
     check_yandex_credentials,
 )
 from bot.redis.connect import check_url
-from bot.urls import mask_url
+from bot.urls import grpc_target, mask_url
 
 REDIS_STORE_SCHEMES = (
     "redis",
@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     yandex_operations_url: str = Field(
         default="https://operation.api.cloud.yandex.net", alias="YANDEX_OPERATIONS_URL"
     )
+    #: gRPC endpoints of batch mode (`fmbot batch run --mode batch`): the Dataset, Batch
+    #: Inference and text generation services, and long-running operations. ``grpcs://`` is
+    #: TLS, ``grpc://`` plaintext (a test server).
+    yandex_grpc_url: str = Field(
+        default="grpcs://llm.api.cloud.yandex.net:443", alias="YANDEX_GRPC_URL"
+    )
+    yandex_operations_grpc_url: str = Field(
+        default="grpcs://operation.api.cloud.yandex.net:443", alias="YANDEX_OPERATIONS_GRPC_URL"
+    )
     openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
     openai_base_url: str = Field(default="https://api.openai.com/v1", alias="OPENAI_BASE_URL")
 
@@ -137,6 +146,8 @@ class Settings(BaseSettings):
                 self.image_classifier,
                 f"use {', '.join(IMAGE_CLASSIFIERS)}",
             )
+        grpc_target(self.yandex_grpc_url, "YANDEX_GRPC_URL")
+        grpc_target(self.yandex_operations_grpc_url, "YANDEX_OPERATIONS_GRPC_URL")
         if self.uses_yandex:
             check_yandex_credentials(  # fail fast, before any request
                 (self.yandex_folder_id or "").strip(),

@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+from bot.errors import ConfigError
+
+GRPC_ACCEPTED = "use grpcs://HOST:PORT (TLS) or grpc://HOST:PORT (plaintext, e.g. a test server)"
+
 #: Query parameters that hold secrets: any name containing one of these words, so that
 #: ``sentinel_password=``, ``api_key=`` and ``access_token=`` are hidden too.
 _SECRET_PARAMS = re.compile(
@@ -24,3 +28,26 @@ def mask_url(url: str) -> str:
     if (netloc, query) == (parts.netloc, parts.query):
         return url  # nothing to hide: show it exactly as given (urlunsplit drops an empty "//")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def grpc_target(url: str, setting: str) -> tuple[str, bool]:
+    """``(host:port, tls)`` of a ``grpcs://`` (TLS) or ``grpc://`` (plaintext) URL.
+
+    ConfigError names ``setting`` for any other scheme, a missing host or port, or a path.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ConfigError(setting, url, GRPC_ACCEPTED) from None
+    if (
+        parts.scheme not in ("grpc", "grpcs")
+        or not parts.hostname
+        or port is None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.username
+    ):
+        raise ConfigError(setting, url, GRPC_ACCEPTED)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}", parts.scheme == "grpcs"

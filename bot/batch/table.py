@@ -119,6 +119,11 @@ def read_parquet(path: Path) -> Table:
     return _from_arrow(pq.read_table(path))
 
 
+def parquet_records(data: bytes) -> list[dict[str, object]]:
+    """The records of a Parquet file held in memory (a downloaded batch result part)."""
+    return list(pq.read_table(pa.BufferReader(data)).to_pylist())
+
+
 def write_parquet(
     path: Path, input_schema: Any, rows: list[dict[str, object]], metadata: dict[str, str]
 ) -> None:

@@ -1,0 +1,433 @@
+"""Yandex batch mode over gRPC: a request dataset in, a batch task, a result dataset out.
+
+The protocol (Yandex AI Studio, "Batch processing"):
+
+1. ``DatasetService.Create`` (task type ``TextToTextGenerationRequest``, format ``jsonlines``),
+   ``GetUploadDraftUrl`` and an HTTP PUT of the JSON lines to that presigned URL, then
+   ``Validate``: an Operation whose response says whether the dataset is valid, with errors by
+   row number.
+2. ``TextGenerationBatchService.Completion`` (model URI, options, source dataset): an Operation
+   whose metadata carries the task id, its status and ``completed_batches/total_batches``, and
+   whose response names the result dataset.
+3. ``OperationService.Get`` to follow it (operations host), ``BatchInferenceService`` to describe
+   or cancel the task, ``DatasetService.GetDownloadUrls`` for the result's Parquet parts,
+   ``DatasetService.Delete`` for temporary datasets.
+
+The generated stubs ship in the ``yandexcloud`` package (extra ``fmbot[batch]``). Only this
+module imports them or gRPC, and only when batch mode is used: the bot never loads gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from bot.batch import table
+from bot.errors import ConfigError, ModelError, ModelUnavailableError, RateLimitError
+from bot.events import Message
+from bot.models.base import GenerationOptions
+from bot.models.yandex.client import YandexCredentials, grpc_error
+from bot.urls import grpc_target
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MISSING_EXTRA = "batch mode needs the gRPC stubs of Yandex Cloud: pip install 'fmbot[batch]'"
+REQUEST_TASK_TYPE = "TextToTextGenerationRequest"
+UPLOAD_FORMAT = "jsonlines"
+#: Task statuses (BatchInferenceTaskStatus) by number.
+TASK_STATUSES = (
+    "UNSPECIFIED",
+    "CREATED",
+    "PENDING",
+    "IN_PROGRESS",
+    "COMPLETED",
+    "FAILED",
+    "CANCELED",
+)
+FINISHED = ("COMPLETED", "FAILED", "CANCELED")
+
+
+class _Stubs:
+    """The generated modules, imported on first use (ConfigError when the extra is missing)."""
+
+    def __init__(self) -> None:
+        def load(name: str) -> ModuleType:
+            try:
+                return importlib.import_module(name)
+            except ImportError:
+                raise ConfigError("--mode", "batch", MISSING_EXTRA) from None
+
+        self.grpc = load("grpc")
+        self.grpc_aio = load("grpc.aio")
+        base = "yandex.cloud.ai."
+        self.ds = load(base + "dataset.v1.dataset_service_pb2")
+        self.ds_grpc = load(base + "dataset.v1.dataset_service_pb2_grpc")
+        self.bi = load(base + "batch_inference.v1.batch_inference_service_pb2")
+        self.bi_grpc = load(base + "batch_inference.v1.batch_inference_service_pb2_grpc")
+        self.tg = load(base + "foundation_models.v1.text_generation.text_generation_service_pb2")
+        self.tg_grpc = load(
+            base + "foundation_models.v1.text_generation.text_generation_service_pb2_grpc"
+        )
+        self.common = load(base + "foundation_models.v1.text_common_pb2")
+        self.op_service = load("yandex.cloud.operation.operation_service_pb2")
+        self.op_grpc = load("yandex.cloud.operation.operation_service_pb2_grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationProblem:
+    """One kind of error the Dataset service found, with the (1-based) lines it found it on."""
+
+    error: str
+    description: str
+    rows: tuple[int, ...]
+
+
+class DatasetInvalidError(ModelError):
+    """The uploaded request dataset failed validation; ``problems`` name its lines."""
+
+    def __init__(self, problems: tuple[ValidationProblem, ...]) -> None:
+        parts = []
+        for p in problems:
+            lines = ", ".join(str(r) for r in p.rows[:10]) + (", ..." if len(p.rows) > 10 else "")
+            parts.append(f"{p.description or p.error} (line(s) {lines})")
+        super().__init__(
+            "Yandex Cloud rejected the request dataset: " + "; ".join(parts or ["no reason given"])
+        )
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """Where a batch task stands, from its Operation."""
+
+    operation_id: str
+    task_id: str
+    status: str
+    completed_batches: int
+    total_batches: int
+    done: bool
+    result_dataset_id: str = ""
+    #: The operation's error, when it failed.
+    error: str | None = None
+    error_code: int | None = None
+
+
+def request_line(messages: list[Message]) -> str:
+    """One line of a request dataset: ``{"request": [{"role": ..., "text": ...}, ...]}``."""
+    return json.dumps(
+        {"request": [{"role": m.role, "text": m.text} for m in messages]}, ensure_ascii=False
+    )
+
+
+def request_key(request: object) -> str:
+    """A canonical form of a request (records or their JSON text) for matching results to rows."""
+    if isinstance(request, str | bytes):
+        try:
+            request = json.loads(request)
+        except ValueError:
+            return str(request)
+    if isinstance(request, Mapping) and "request" in request:
+        request = request["request"]
+    if isinstance(request, list):
+        request = [
+            {"role": str(m.get("role")), "text": str(m.get("text"))}
+            for m in request
+            if isinstance(m, Mapping)
+        ]
+    return json.dumps(request, sort_keys=True, ensure_ascii=False)
+
+
+def response_text(response: object) -> str | None:
+    """The reply in a result record: plain text, or an alternative/message record (or its JSON)."""
+    if isinstance(response, bytes):
+        response = response.decode("utf-8", "replace")
+    if isinstance(response, str):
+        stripped = response.strip()
+        if stripped.startswith(("{", "[")):
+            try:
+                return response_text(json.loads(stripped))
+            except ValueError:
+                return response
+        return response
+    if isinstance(response, list):
+        return response_text(response[0]) if response else None
+    if isinstance(response, Mapping):
+        for key in ("alternatives", "message", "text", "content"):
+            if key in response:
+                return response_text(response[key])
+    return None
+
+
+class BatchClient:
+    """The Dataset, Batch Inference, batch completion and Operation services, with our
+    credentials, a timeout on every call, and errors mapped to fmbot's (one clear line each)."""
+
+    def __init__(
+        self,
+        credentials: YandexCredentials,
+        *,
+        grpc_url: str = "grpcs://llm.api.cloud.yandex.net:443",
+        operations_grpc_url: str = "grpcs://operation.api.cloud.yandex.net:443",
+        timeout: float = 60.0,
+        poll_initial: float = 1.0,
+        poll_max: float = 30.0,
+    ) -> None:
+        self.credentials = credentials
+        self.service = credentials.service()
+        self._stubs = _Stubs()
+        self._timeout = timeout
+        self.poll_initial = poll_initial
+        self.poll_max = poll_max
+        self._llm = self._channel(grpc_url, "YANDEX_GRPC_URL")
+        self._ops = self._channel(operations_grpc_url, "YANDEX_OPERATIONS_GRPC_URL")
+        s = self._stubs
+        self._datasets = s.ds_grpc.DatasetServiceStub(self._llm)
+        self._tasks = s.bi_grpc.BatchInferenceServiceStub(self._llm)
+        self._batch = s.tg_grpc.TextGenerationBatchServiceStub(self._llm)
+        self._operations = s.op_grpc.OperationServiceStub(self._ops)
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> BatchClient:
+        return cls(
+            YandexCredentials.from_settings(settings),
+            grpc_url=settings.yandex_grpc_url,
+            operations_grpc_url=settings.yandex_operations_grpc_url,
+            **kwargs,
+        )
+
+    def _channel(self, url: str, setting: str) -> Any:
+        target, tls = grpc_target(url, setting)
+        aio = self._stubs.grpc_aio
+        if tls:
+            return aio.secure_channel(target, self._stubs.grpc.ssl_channel_credentials())
+        return aio.insecure_channel(target)
+
+    async def __aenter__(self) -> BatchClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._llm.close()
+        await self._ops.close()
+
+    @property
+    def folder_id(self) -> str:
+        return self.credentials.folder_id
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        metadata = (
+            ("authorization", self.credentials.authorization()),
+            ("x-folder-id", self.credentials.folder_id),
+            ("x-data-logging-enabled", "false"),
+        )
+        try:
+            return await method(request, metadata=metadata, timeout=self._timeout)
+        except self._stubs.grpc_aio.AioRpcError as exc:
+            code = int(exc.code().value[0])
+            if code == 4:  # DEADLINE_EXCEEDED: ours (the timeout) or the server's
+                raise ModelUnavailableError(
+                    f"{self.service.title} did not answer within {self._timeout:.0f} s."
+                ) from None
+            raise grpc_error(code, str(exc.details() or ""), self.service) from None
+
+    # --- datasets ---
+
+    async def upload_dataset(
+        self,
+        name: str,
+        data: bytes,
+        on_created: Callable[[str], Awaitable[None]] | None = None,
+    ) -> str:
+        """Create a request dataset from JSON lines, upload and validate it; its id.
+
+        ``on_created`` hears the id as soon as it exists (to record it before anything else can
+        fail). DatasetInvalidError names the lines validation rejected.
+        """
+        ds = self._stubs.ds
+        created = await self._call(
+            self._datasets.Create,
+            ds.CreateDatasetRequest(
+                folder_id=self.folder_id,
+                name=name,
+                task_type=REQUEST_TASK_TYPE,
+                upload_format=UPLOAD_FORMAT,
+            ),
+        )
+        dataset_id = str(created.dataset_id)
+        if on_created is not None:
+            await on_created(dataset_id)
+        draft = await self._call(
+            self._datasets.GetUploadDraftUrl,
+            ds.GetUploadDraftUrlRequest(dataset_id=dataset_id, size_bytes=len(data)),
+        )
+        await self._transfer("PUT", str(draft.upload_url), data)
+        operation = await self._call(
+            self._datasets.Validate, ds.ValidateDatasetRequest(dataset_id=dataset_id)
+        )
+        operation = await self._wait(operation)
+        if operation.HasField("error"):
+            raise grpc_error(operation.error.code, operation.error.message, self.service)
+        result = ds.ValidateDatasetResponse()
+        operation.response.Unpack(result)
+        if not result.is_valid:
+            raise DatasetInvalidError(
+                tuple(
+                    ValidationProblem(e.error, e.error_description, tuple(e.row_numbers))
+                    for e in result.errors
+                )
+            )
+        return dataset_id
+
+    async def download(self, dataset_id: str) -> list[dict[str, object]]:
+        """The records of a (result) dataset: its Parquet parts, downloaded and read."""
+        answer = await self._call(
+            self._datasets.GetDownloadUrls,
+            self._stubs.ds.GetDownloadUrlsRequest(dataset_id=dataset_id),
+        )
+        records: list[dict[str, object]] = []
+        for part in sorted(answer.download_urls, key=lambda p: str(p.key)):
+            data = await self._transfer("GET", str(part.url))
+            try:
+                records.extend(await asyncio.to_thread(table.parquet_records, data))
+            except Exception as exc:  # pyarrow raises many types for a damaged file
+                raise ModelError(
+                    f"{self.service.title} sent a result part ({part.key}) that is not "
+                    f"readable Parquet ({exc})."
+                ) from None
+        return records
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        await self._call(
+            self._datasets.Delete, self._stubs.ds.DeleteDatasetRequest(dataset_id=dataset_id)
+        )
+
+    async def _transfer(self, method: str, url: str, data: bytes | None = None) -> bytes:
+        """PUT or GET a presigned storage URL (no credentials: the URL is the permission)."""
+        try:
+            response = await self._http.request(method, url, content=data)
+        except httpx.HTTPError as exc:
+            raise ModelUnavailableError(
+                f"Could not reach Yandex Cloud storage for the dataset ({type(exc).__name__})."
+            ) from None
+        if response.status_code >= 300:
+            raise ModelUnavailableError(
+                f"Yandex Cloud storage answered HTTP {response.status_code} to the dataset "
+                f"{'upload' if method == 'PUT' else 'download'}."
+            )
+        return response.content
+
+    # --- tasks ---
+
+    async def start(self, model_uri: str, options: GenerationOptions, dataset_id: str) -> TaskState:
+        """Start a batch completion task over a validated dataset."""
+        s = self._stubs
+        completion = s.common.CompletionOptions()
+        if options.temperature is not None:
+            completion.temperature.value = options.temperature
+        if options.max_tokens is not None:
+            completion.max_tokens.value = options.max_tokens
+        operation = await self._call(
+            self._batch.Completion,
+            s.tg.BatchCompletionRequest(
+                model_uri=model_uri,
+                completion_options=completion,
+                source_dataset_id=dataset_id,
+            ),
+        )
+        return self._state(operation)
+
+    async def state(self, operation_id: str) -> TaskState:
+        operation = await self._call(
+            self._operations.Get,
+            self._stubs.op_service.GetOperationRequest(operation_id=operation_id),
+        )
+        return self._state(operation)
+
+    def _state(self, operation: Any) -> TaskState:
+        tg = self._stubs.tg
+        meta = tg.BatchCompletionMetadata()
+        if operation.HasField("metadata"):
+            operation.metadata.Unpack(meta)
+        result = tg.BatchCompletionResponse()
+        if operation.HasField("response"):
+            operation.response.Unpack(result)
+        status_number = int(result.task_status or meta.task_status)
+        status = TASK_STATUSES[status_number] if status_number < len(TASK_STATUSES) else "?"
+        error = code = None
+        if operation.HasField("error"):
+            error, code = str(operation.error.message), int(operation.error.code)
+        return TaskState(
+            operation_id=str(operation.id),
+            task_id=str(result.task_id or meta.task_id),
+            status=status,
+            completed_batches=int(meta.completed_batches),
+            total_batches=int(meta.total_batches),
+            done=bool(operation.done),
+            result_dataset_id=str(result.result_dataset_id),
+            error=error,
+            error_code=code,
+        )
+
+    async def wait(
+        self, operation_id: str, on_state: Callable[[TaskState], None] | None = None
+    ) -> TaskState:
+        """Poll the task's operation until done, with backoff; network trouble and 429s only
+        slow the polling down (a task runs for hours; one failed poll must not lose it)."""
+        delay = self.poll_initial
+        while True:
+            try:
+                state = await self.state(operation_id)
+            except (ModelUnavailableError, RateLimitError) as exc:
+                log.warning("polling batch operation %s: %s", operation_id, exc)
+            else:
+                if on_state is not None:
+                    on_state(state)
+                if state.done:
+                    return state
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self.poll_max)
+
+    async def _wait(self, operation: Any) -> Any:
+        """Poll a (validation) operation until done; the final Operation."""
+        delay = self.poll_initial
+        while not operation.done:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self.poll_max)
+            operation = await self._call(
+                self._operations.Get,
+                self._stubs.op_service.GetOperationRequest(operation_id=operation.id),
+            )
+        return operation
+
+    async def cancel(self, task_id: str) -> None:
+        await self._call(
+            self._tasks.Cancel, self._stubs.bi.CancelBatchInferenceRequest(task_id=task_id)
+        )
+
+    async def describe(self, task_id: str) -> tuple[str, list[str]]:
+        """(status, error lines) of a task, from the Batch Inference service."""
+        answer = await self._call(
+            self._tasks.Describe, self._stubs.bi.DescribeBatchInferenceRequest(task_id=task_id)
+        )
+        task = answer.task
+        status = task.Status.Name(task.status)
+        errors = [f"line {e.line_number}: {e.message}" for e in task.errors.line_errors]
+        errors += [
+            f"lines {e.first_line}-{e.last_line}: {e.message}" for e in task.errors.batch_errors
+        ]
+        return status, errors

@@ -1,0 +1,408 @@
+"""A fake of Yandex batch mode: the Dataset, Batch Inference, batch completion and Operation gRPC
+services (servicers generated from the ``yandexcloud`` stubs) on 127.0.0.1, plus a tiny HTTP
+server for the presigned upload/download URLs.
+
+It validates uploaded JSON lines like the service does (a ``request`` list of role/text
+records per line; rejected lines are reported by 1-based line number), runs an echo "model"
+over them (reply ``echo: <last user text>``), reports progress over several polls of the
+operation, and writes the result dataset as Parquet (``request`` and ``response`` columns, in
+reverse order so clients must match by request). Lines whose user text contains ``fail_marker``
+get no result, like lines the service could not process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import pyarrow.parquet as pq
+from aiohttp import web
+from yandex.cloud.ai.batch_inference.v1 import (
+    batch_inference_service_pb2 as bi,
+)
+from yandex.cloud.ai.batch_inference.v1 import (
+    batch_inference_service_pb2_grpc as bi_grpc,
+)
+from yandex.cloud.ai.batch_inference.v1 import batch_inference_task_pb2 as bi_task
+from yandex.cloud.ai.dataset.v1 import dataset_pb2, dataset_service_pb2_grpc
+from yandex.cloud.ai.dataset.v1 import dataset_service_pb2 as ds
+from yandex.cloud.ai.foundation_models.v1.text_generation import (
+    text_generation_service_pb2 as tg,
+)
+from yandex.cloud.ai.foundation_models.v1.text_generation import (
+    text_generation_service_pb2_grpc as tg_grpc,
+)
+from yandex.cloud.operation import operation_pb2, operation_service_pb2_grpc
+
+STATUS = {"CREATED": 1, "PENDING": 2, "IN_PROGRESS": 3, "COMPLETED": 4, "FAILED": 5, "CANCELED": 6}
+
+
+@dataclass
+class Dataset:
+    id: str
+    task_type: str
+    upload_format: str
+    data: bytes | None = None
+    parquet: bytes | None = None
+    status: str = "DRAFT"
+
+
+@dataclass
+class Task:
+    id: str
+    operation_id: str
+    model_uri: str
+    source: str
+    lines: list[dict[str, Any]]
+    status: str = "PENDING"
+    polls: int = 0
+    result_dataset_id: str = ""
+    options: Any = None
+
+
+@dataclass
+class FakeYandexBatch:
+    api_key: str = "test-key"
+    #: Polls of a batch operation before it is done (progress advances one batch per poll).
+    total_batches: int = 3
+    #: Lines whose last user text contains this get no result.
+    fail_marker: str = "FAIL"
+    #: Lines whose text contains this are rejected by validation.
+    invalid_marker: str = "INVALID"
+    #: Result ``request`` column as JSON text instead of nested records.
+    request_as_json: bool = False
+    #: Models (URI substrings) that do not support batch mode.
+    unsupported: tuple[str, ...] = ("yandexgpt-lite/rc",)
+    #: Fail the next Completion call with RESOURCE_EXHAUSTED.
+    quota_exceeded: bool = False
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    operations: dict[str, Any] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    grpc_url: str = ""
+    _server: Any = None
+    _runner: web.AppRunner | None = None
+    _http_url: str = ""
+
+    # --- lifecycle ---
+
+    async def __aenter__(self) -> FakeYandexBatch:
+        self._server = grpc.aio.server()
+        dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(_Datasets(self), self._server)
+        bi_grpc.add_BatchInferenceServiceServicer_to_server(_Tasks(self), self._server)
+        tg_grpc.add_TextGenerationBatchServiceServicer_to_server(_Batch(self), self._server)
+        operation_service_pb2_grpc.add_OperationServiceServicer_to_server(
+            _Operations(self), self._server
+        )
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.grpc_url = f"grpc://127.0.0.1:{port}"
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_put("/upload/{id}", self._upload)
+        app.router.add_get("/download/{id}", self._download)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        await web.SockSite(self._runner, sock).start()
+        self._http_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.stop(grace=0.2)
+
+    def env(self) -> dict[str, str]:
+        """Settings that point fmbot at this fake."""
+        return {
+            "YANDEX_API_KEY": self.api_key,
+            "YANDEX_FOLDER_ID": "b1gfolder",
+            "YANDEX_GRPC_URL": self.grpc_url,
+            "YANDEX_OPERATIONS_GRPC_URL": self.grpc_url,
+        }
+
+    # --- storage ---
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        dataset = self.datasets.get(request.match_info["id"])
+        if dataset is None:
+            return web.Response(status=404)
+        dataset.data = await request.read()
+        return web.Response(status=200)
+
+    async def _download(self, request: web.Request) -> web.Response:
+        dataset = self.datasets.get(request.match_info["id"])
+        if dataset is None or dataset.parquet is None:
+            return web.Response(status=404)
+        return web.Response(body=dataset.parquet, content_type="application/octet-stream")
+
+    # --- helpers ---
+
+    def check(self, context: Any, name: str) -> None:
+        self.calls.append(name)
+        metadata = dict(context.invocation_metadata() or ())
+        if metadata.get("authorization") != f"Api-Key {self.api_key}":
+            raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "The token is invalid")
+
+    def new_operation(self, description: str) -> Any:
+        op = operation_pb2.Operation(id=f"op{uuid.uuid4().hex[:12]}", description=description)
+        self.operations[op.id] = op
+        return op
+
+    def validate(self, dataset: Dataset) -> ds.ValidateDatasetResponse:
+        problems: dict[str, list[int]] = {}
+        text = (dataset.data or b"").decode("utf-8", "replace")
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                request = record["request"]
+                assert isinstance(request, list) and request
+                for m in request:
+                    assert m["role"] in ("system", "user", "assistant")
+                    assert isinstance(m["text"], str) and m["text"]
+                    assert self.invalid_marker not in m["text"]
+            except (ValueError, KeyError, TypeError, AssertionError):
+                problems.setdefault("invalid_row", []).append(lineno)
+        errors = [
+            dataset_pb2.ValidationError(
+                error=name, error_description="the line is not a valid request", row_numbers=rows
+            )
+            for name, rows in problems.items()
+        ]
+        dataset.status = "INVALID" if errors else "READY"
+        return ds.ValidateDatasetResponse(dataset_id=dataset.id, is_valid=not errors, errors=errors)
+
+    def advance(self, task: Task) -> None:
+        """One poll of a running task: one more batch done; the result when all are."""
+        if task.status in ("COMPLETED", "FAILED", "CANCELED"):
+            return
+        task.polls += 1
+        task.status = "IN_PROGRESS"
+        if task.polls >= self.total_batches:
+            self.finish(task)
+
+    def finish(self, task: Task) -> None:
+        requests, responses = [], []
+        for record in reversed(task.lines):
+            request = record["request"]
+            users = [m["text"] for m in request if m["role"] == "user"]
+            last = users[-1] if users else ""
+            if self.fail_marker in last:
+                continue
+            requests.append(
+                json.dumps(request, ensure_ascii=False) if self.request_as_json else request
+            )
+            responses.append(f"echo: {last}")
+        request_type = (
+            pa.string()
+            if self.request_as_json
+            else pa.list_(pa.struct([("role", pa.string()), ("text", pa.string())]))
+        )
+        result = pa.table(
+            {
+                "request": pa.array(requests, type=request_type),
+                "response": pa.array(responses, type=pa.string()),
+            }
+        )
+        buffer = io.BytesIO()
+        pq.write_table(result, buffer)
+        out = Dataset(f"ds{uuid.uuid4().hex[:12]}", "TextToTextGeneration", "parquet")
+        out.parquet, out.status = buffer.getvalue(), "READY"
+        self.datasets[out.id] = out
+        task.result_dataset_id = out.id
+        task.status = "COMPLETED"
+
+    def operation_of(self, task: Task) -> Any:
+        op = self.operations[task.operation_id]
+        done = task.status in ("COMPLETED", "FAILED", "CANCELED")
+        completed = self.total_batches if done else min(task.polls, self.total_batches)
+        op.done = done
+        op.metadata.Pack(
+            tg.BatchCompletionMetadata(
+                task_id=task.id,
+                task_status=STATUS[task.status],
+                completed_batches=completed,
+                total_batches=self.total_batches,
+            )
+        )
+        if done:
+            op.response.Pack(
+                tg.BatchCompletionResponse(
+                    task_id=task.id,
+                    task_status=STATUS[task.status],
+                    result_dataset_id=task.result_dataset_id,
+                )
+            )
+        return op
+
+
+class _Abort(Exception):
+    def __init__(self, code: Any, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _rpc(name: str) -> Any:
+    """Wrap a servicer method: check credentials, turn _Abort into a gRPC status."""
+
+    def wrap(method: Any) -> Any:
+        async def handler(self: Any, request: Any, context: Any) -> Any:
+            try:
+                self.fake.check(context, name)
+                return method(self, request, context)
+            except _Abort as exc:
+                await context.abort(exc.code, exc.message)
+
+        return handler
+
+    return wrap
+
+
+class _Datasets(dataset_service_pb2_grpc.DatasetServiceServicer):
+    def __init__(self, fake: FakeYandexBatch) -> None:
+        self.fake = fake
+
+    def _get(self, dataset_id: str) -> Dataset:
+        dataset = self.fake.datasets.get(dataset_id)
+        if dataset is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"dataset {dataset_id} not found")
+        return dataset
+
+    @_rpc("Dataset.Create")
+    def Create(self, request: Any, context: Any) -> Any:
+        if (
+            request.task_type != "TextToTextGenerationRequest"
+            or request.upload_format != "jsonlines"
+        ):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "unsupported task type or format")
+        dataset = Dataset(f"ds{uuid.uuid4().hex[:12]}", request.task_type, request.upload_format)
+        self.fake.datasets[dataset.id] = dataset
+        return ds.CreateDatasetResponse(dataset_id=dataset.id)
+
+    @_rpc("Dataset.GetUploadDraftUrl")
+    def GetUploadDraftUrl(self, request: Any, context: Any) -> Any:
+        dataset = self._get(request.dataset_id)
+        url = f"{self.fake._http_url}/upload/{dataset.id}"
+        return ds.GetUploadDraftUrlResponse(dataset_id=dataset.id, upload_url=url)
+
+    @_rpc("Dataset.Validate")
+    def Validate(self, request: Any, context: Any) -> Any:
+        dataset = self._get(request.dataset_id)
+        op = self.fake.new_operation("Validate dataset")
+        op.done = True
+        op.response.Pack(self.fake.validate(dataset))
+        return op
+
+    @_rpc("Dataset.Describe")
+    def Describe(self, request: Any, context: Any) -> Any:
+        dataset = self._get(request.dataset_id)
+        status = dataset_pb2.DatasetInfo.Status.Value(dataset.status)
+        info = dataset_pb2.DatasetInfo(dataset_id=dataset.id, status=status)
+        return ds.DescribeDatasetResponse(dataset=info)
+
+    @_rpc("Dataset.GetDownloadUrls")
+    def GetDownloadUrls(self, request: Any, context: Any) -> Any:
+        dataset = self._get(request.dataset_id)
+        urls = [
+            dataset_pb2.DatasetFileDownloadUrl(
+                key="part-0.parquet", url=f"{self.fake._http_url}/download/{dataset.id}"
+            )
+        ]
+        return ds.GetDownloadUrlsResponse(dataset_id=dataset.id, download_urls=urls)
+
+    @_rpc("Dataset.Delete")
+    def Delete(self, request: Any, context: Any) -> Any:
+        self._get(request.dataset_id)
+        del self.fake.datasets[request.dataset_id]
+        self.fake.deleted.append(request.dataset_id)
+        return ds.DeleteDatasetResponse()
+
+
+class _Batch(tg_grpc.TextGenerationBatchServiceServicer):
+    def __init__(self, fake: FakeYandexBatch) -> None:
+        self.fake = fake
+
+    @_rpc("TextGenerationBatch.Completion")
+    def Completion(self, request: Any, context: Any) -> Any:
+        fake = self.fake
+        if any(m in request.model_uri for m in fake.unsupported):
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {request.model_uri} is not supported in batch mode",
+            )
+        if fake.quota_exceeded:
+            fake.quota_exceeded = False
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota exceeded: batch tasks")
+        source = fake.datasets.get(request.source_dataset_id)
+        if source is None or source.status != "READY":
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "the source dataset is not ready")
+        lines = [json.loads(line) for line in (source.data or b"").decode().splitlines() if line]
+        op = fake.new_operation("Batch completion")
+        task = Task(
+            f"bt{uuid.uuid4().hex[:12]}",
+            op.id,
+            request.model_uri,
+            source.id,
+            lines,
+            options=request.completion_options,
+        )
+        fake.tasks[task.id] = task
+        return fake.operation_of(task)
+
+
+class _Operations(operation_service_pb2_grpc.OperationServiceServicer):
+    def __init__(self, fake: FakeYandexBatch) -> None:
+        self.fake = fake
+
+    @_rpc("Operation.Get")
+    def Get(self, request: Any, context: Any) -> Any:
+        op = self.fake.operations.get(request.operation_id)
+        if op is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"operation {request.operation_id} not found")
+        for task in self.fake.tasks.values():
+            if task.operation_id == op.id:
+                self.fake.advance(task)
+                return self.fake.operation_of(task)
+        return op
+
+
+class _Tasks(bi_grpc.BatchInferenceServiceServicer):
+    def __init__(self, fake: FakeYandexBatch) -> None:
+        self.fake = fake
+
+    def _get(self, task_id: str) -> Task:
+        task = self.fake.tasks.get(task_id)
+        if task is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
+        return task
+
+    @_rpc("BatchInference.Describe")
+    def Describe(self, request: Any, context: Any) -> Any:
+        task = self._get(request.task_id)
+        info = bi_task.BatchInferenceTask(
+            task_id=task.id,
+            operation_id=task.operation_id,
+            model_uri=task.model_uri,
+            source_dataset_id=task.source,
+            status=STATUS[task.status],
+            result_dataset_id=task.result_dataset_id,
+        )
+        return bi.DescribeBatchInferenceResponse(task=info)
+
+    @_rpc("BatchInference.Cancel")
+    def Cancel(self, request: Any, context: Any) -> Any:
+        task = self._get(request.task_id)
+        if task.status not in ("COMPLETED", "FAILED"):
+            task.status = "CANCELED"
+        return bi.CancelBatchInferenceResponse(task_id=task.id)

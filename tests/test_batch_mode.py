@@ -1,0 +1,155 @@
+"""Yandex batch mode (``--mode batch``): the gRPC client against the fake Dataset, Batch
+Inference, batch completion and Operation services on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+
+from bot.batch.yandex import (
+    BatchClient,
+    DatasetInvalidError,
+    TaskState,
+    request_key,
+    request_line,
+    response_text,
+)
+from bot.errors import AuthenticationError, ConfigError, ModelError, RateLimitError
+from bot.events import Message
+from bot.models.base import GenerationOptions
+from bot.models.yandex.client import YandexCredentials
+from bot.settings import load_settings
+from bot.urls import grpc_target
+from tests.fakes.yandex_batch_server import FakeYandexBatch
+
+MODEL = "gpt://b1gfolder/yandexgpt-lite/latest"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeYandexBatch]:
+    async with FakeYandexBatch() as server:
+        yield server
+
+
+def client_for(fake: FakeYandexBatch, key: str = "test-key") -> BatchClient:
+    credentials = YandexCredentials(folder_id="b1gfolder", api_key=SecretStr(key))
+    return BatchClient(
+        credentials,
+        grpc_url=fake.grpc_url,
+        operations_grpc_url=fake.grpc_url,
+        timeout=10,
+        poll_initial=0.01,
+        poll_max=0.05,
+    )
+
+
+def lines(*texts: str) -> bytes:
+    return "".join(
+        request_line([Message("system", "Be brief."), Message("user", t)]) + "\n" for t in texts
+    ).encode()
+
+
+def test_grpc_urls() -> None:
+    assert grpc_target("grpcs://llm.api.cloud.yandex.net:443", "X") == (
+        "llm.api.cloud.yandex.net:443",
+        True,
+    )
+    assert grpc_target("grpc://127.0.0.1:5000", "X") == ("127.0.0.1:5000", False)
+    for bad in ("https://llm.api.cloud.yandex.net", "grpc://host", "grpcs://h:1/path", "h:1"):
+        with pytest.raises(ConfigError) as info:
+            grpc_target(bad, "YANDEX_GRPC_URL")
+        assert "YANDEX_GRPC_URL" in str(info.value)
+        assert "grpcs://HOST:PORT" in str(info.value)
+
+
+def test_settings_check_grpc_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YANDEX_OPERATIONS_GRPC_URL", "http://operation.api.cloud.yandex.net")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "YANDEX_OPERATIONS_GRPC_URL" in str(info.value)
+    monkeypatch.delenv("YANDEX_OPERATIONS_GRPC_URL")
+    settings = load_settings()
+    assert settings.yandex_grpc_url == "grpcs://llm.api.cloud.yandex.net:443"
+    assert settings.yandex_operations_grpc_url == "grpcs://operation.api.cloud.yandex.net:443"
+
+
+def test_request_and_response_forms() -> None:
+    records = [{"role": "user", "text": "hi"}]
+    assert request_key(records) == request_key(json.dumps(records))
+    assert request_key({"request": records}) == request_key(records)
+    assert response_text("plain") == "plain"
+    assert response_text({"alternatives": [{"message": {"text": "alt"}}]}) == "alt"
+    assert response_text('{"message": {"role": "assistant", "text": "js"}}') == "js"
+
+
+async def test_dataset_task_and_result(fake: FakeYandexBatch) -> None:
+    async with client_for(fake) as client:
+        created: list[str] = []
+
+        async def on_created(dataset_id: str) -> None:
+            created.append(dataset_id)
+
+        dataset_id = await client.upload_dataset("t", lines("one", "two", "FAIL me"), on_created)
+        assert created == [dataset_id]
+        assert fake.datasets[dataset_id].status == "READY"
+        started = await client.start(
+            MODEL, GenerationOptions(temperature=0.2, max_tokens=8), dataset_id
+        )
+        assert started.task_id in fake.tasks
+        assert not started.done
+        task = fake.tasks[started.task_id]
+        assert task.options.max_tokens.value == 8
+        assert task.options.temperature.value == pytest.approx(0.2)
+        seen: list[TaskState] = []
+        async with asyncio.timeout(10):
+            final = await client.wait(started.operation_id, seen.append)
+        assert final.done and final.status == "COMPLETED" and final.result_dataset_id
+        progress = [(s.completed_batches, s.total_batches) for s in seen]
+        assert progress[0] == (1, 3) and progress[-1] == (3, 3)
+        assert [s.status for s in seen][:1] == ["IN_PROGRESS"]
+        records = await client.download(final.result_dataset_id)
+        replies = {request_key(r["request"]): response_text(r["response"]) for r in records}
+        one = request_line([Message("system", "Be brief."), Message("user", "one")])
+        assert replies[request_key(one)] == "echo: one"
+        assert len(records) == 2  # the FAIL line has no result
+        assert await client.describe(final.task_id) == ("COMPLETED", [])
+        await client.delete_dataset(dataset_id)
+        assert fake.deleted == [dataset_id]
+
+
+async def test_validation_errors_name_lines(fake: FakeYandexBatch) -> None:
+    async with client_for(fake) as client:
+        with pytest.raises(DatasetInvalidError) as info:
+            await client.upload_dataset("t", lines("ok", "INVALID", "ok", "INVALID too"))
+    assert info.value.problems[0].rows == (2, 4)
+    assert "line(s) 2, 4" in str(info.value)
+
+
+async def test_bad_key_unsupported_model_quota(fake: FakeYandexBatch) -> None:
+    async with client_for(fake, key="wrong") as client:
+        with pytest.raises(AuthenticationError) as auth:
+            await client.upload_dataset("t", lines("x"))
+    assert "YANDEX_API_KEY" in str(auth.value)
+    async with client_for(fake) as client:
+        dataset_id = await client.upload_dataset("t", lines("x"))
+        with pytest.raises(ModelError) as unsupported:
+            await client.start("gpt://b1gfolder/yandexgpt-lite/rc", GenerationOptions(), dataset_id)
+        assert "not supported in batch mode" in str(unsupported.value)
+        fake.quota_exceeded = True
+        with pytest.raises(RateLimitError):
+            await client.start(MODEL, GenerationOptions(), dataset_id)
+
+
+async def test_cancel(fake: FakeYandexBatch) -> None:
+    async with client_for(fake) as client:
+        dataset_id = await client.upload_dataset("t", lines("a", "b"))
+        started = await client.start(MODEL, GenerationOptions(), dataset_id)
+        await client.cancel(started.task_id)
+        async with asyncio.timeout(10):
+            final = await client.wait(started.operation_id)
+        assert final.status == "CANCELED"
+        assert (await client.describe(started.task_id))[0] == "CANCELED"
