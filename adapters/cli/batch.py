@@ -19,8 +19,11 @@ if TYPE_CHECKING:
     from bot.batch.checkpoint import RowResult
     from bot.batch.compare import Comparison, RunRow
     from bot.batch.job import Summary
+    from bot.batch.yandex import TaskState
     from bot.prompts.template import PromptTemplate
     from bot.settings import Settings
+
+MODES = ("sync", "stream", "async", "batch")
 
 app = typer.Typer(
     help="Batch evaluation: run many cases through a template and a model, compare runs.",
@@ -83,6 +86,22 @@ def run(
     use_async: Annotated[
         bool, typer.Option("--async", help="Yandex models: use the asynchronous operations API.")
     ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="Yandex models: sync, stream, async, or batch (one Batch Inference task over "
+            "a dataset: cheapest for large tables; needs pip install 'fmbot[batch]').",
+        ),
+    ] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="--mode batch: submit the task and return."),
+    ] = False,
+    keep_datasets: Annotated[
+        bool,
+        typer.Option("--keep-datasets", help="--mode batch: keep the request and result datasets."),
+    ] = False,
 ) -> None:
     """Run every row through the template and model; write the results to --output.
 
@@ -102,13 +121,23 @@ def run(
 
     from bot.batch.checkpoint import progress_path
     from bot.batch.job import run_job
-    from bot.batch.model import batch_settings, options_for
+    from bot.batch.model import batch_settings, options_for, with_mode
     from bot.batch.runner import Runner
     from bot.models.registry import close_models, get_text_model
     from bot.prompts.variables import coerce_variables, parse_assignments
+    from bot.settings import load_settings
 
     if output.suffix != ".parquet":
         raise ConfigError("--output", str(output), "give a path ending in .parquet")
+    if mode not in (None, *MODES):
+        raise ConfigError("--mode", mode, f"use one of {', '.join(MODES)}")
+    if mode == "batch":
+        _run_batch_mode(
+            template, input_path, output, model, var or [], wait=not no_wait, keep=keep_datasets
+        )
+        return
+    if mode is not None:
+        model = with_mode(model or load_settings().text_model, mode, "--mode")
     settings = batch_settings(model, use_async)
     chosen = _template(settings, template)
     try:
@@ -261,3 +290,179 @@ def compare(
     if html is not None:
         html.write_text(to_html(comparison), encoding="utf-8")
         typer.echo(f"Wrote {html}")
+
+
+class _BatchBar:
+    """Progress of a batch task: batches done of the task's total, and its status."""
+
+    def __init__(self, progress: RichProgress) -> None:
+        self._progress = progress
+        self._task = progress.add_task("batch task: submitting", total=None)
+        self.errors = 0
+
+    def start(self, total: int, done: int) -> None:
+        pass  # shown once a task exists: an error before that is printed alone
+
+    def advance(self, result: RowResult) -> None:
+        if result.status != "ok":
+            self.errors += 1
+
+    def task(self, state: TaskState) -> None:
+        self._progress.start()
+        self._progress.update(
+            self._task,
+            description=f"batch task {state.task_id}: {state.status.lower()}",
+            total=state.total_batches or None,
+            completed=state.completed_batches,
+        )
+
+
+def _task_line(output: Path) -> str | None:
+    """How to come back to the task recorded for ``output``, if any."""
+    from bot.batch.batch_mode import pending_task
+    from bot.batch.checkpoint import progress_path, read_task_notes
+
+    pending, _ = pending_task(read_task_notes(progress_path(output)))
+    if pending is None:
+        return None
+    return (
+        f"The batch task {pending.task_id} keeps running on Yandex Cloud. Run the same command "
+        f"again to collect its results (it re-attaches, nothing is sent twice); "
+        f"`fmbot batch status {output}` shows where it stands, `fmbot batch cancel {output}` "
+        "stops it."
+    )
+
+
+def _run_batch_mode(
+    template: str,
+    input_path: Path,
+    output: Path,
+    model: str | None,
+    var: list[str],
+    *,
+    wait: bool,
+    keep: bool,
+) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bot.batch.batch_mode import run_batch_mode
+    from bot.batch.model import batch_settings, options_for
+    from bot.batch.yandex import BatchClient
+    from bot.prompts.variables import coerce_variables, parse_assignments
+
+    settings = batch_settings(model, False)
+    chosen = _template(settings, template)
+    try:
+        fixed = parse_assignments(var)
+        coerce_variables(chosen, fixed, known_only=True)
+    except ValueError as exc:
+        raise ConfigError("--var", " ".join(var), str(exc)) from None
+    stderr = Console(stderr=True)
+
+    async def go() -> None:
+        from bot.batch.batch_mode import model_uri
+
+        model_uri(settings.text_model, "FOLDER")  # a yandex: model, before connecting
+        async with BatchClient.from_settings(settings) as client:
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=stderr,
+            )
+            try:
+                summary = await run_batch_mode(
+                    client,
+                    chosen,
+                    settings.text_model,
+                    options_for(settings, chosen),
+                    fixed,
+                    input_path,
+                    output,
+                    progress=_BatchBar(bar),
+                    wait=wait,
+                    keep_datasets=keep,
+                )
+            finally:
+                bar.stop()
+        if summary.pending:
+            typer.echo(
+                f"Submitted batch task {summary.task_id}. Run the same command again to collect "
+                f"its results; `fmbot batch status {output}` shows where it stands."
+            )
+            return
+        typer.echo(
+            f"{summary.total} row(s): {summary.ok} ok, {summary.errors} failed "
+            f"({summary.skipped} already done, {summary.ran} run now) -> {output}"
+        )
+        for line in summary.first_errors:
+            typer.echo(terminal_safe(f"  {line}"))
+        for line in _advice(summary):
+            typer.echo(line)
+        if keep:
+            typer.echo("Datasets kept (--keep-datasets).")
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        typer.echo(
+            f"Interrupted. {_task_line(output) or 'Run the same command again to resume.'}",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+
+
+def _recorded_task(output: Path) -> tuple[str, str]:
+    from bot.batch.batch_mode import pending_task
+    from bot.batch.checkpoint import progress_path, read_task_notes
+
+    pending, _ = pending_task(read_task_notes(progress_path(output)))
+    if pending is None:
+        raise ConfigError(
+            "OUTPUT",
+            str(output),
+            "no batch task is recorded for it (its .progress.jsonl names none still running)",
+        )
+    return pending.operation_id, pending.task_id
+
+
+@app.command()
+def status(
+    output: Annotated[Path, typer.Argument(help="The --output of a `--mode batch` run.")],
+) -> None:
+    """Where the batch task of OUTPUT stands: status and batches done."""
+    from bot.batch.model import batch_settings
+    from bot.batch.yandex import BatchClient
+
+    operation_id, task_id = _recorded_task(output)
+
+    async def go() -> None:
+        async with BatchClient.from_settings(batch_settings(None, False)) as client:
+            state = await client.state(operation_id)
+        typer.echo(
+            f"batch task {task_id}: {state.status.lower()}, "
+            f"{state.completed_batches}/{state.total_batches or '?'} batches"
+            + (f" ({terminal_safe(state.error)})" if state.error else "")
+        )
+
+    asyncio.run(go())
+
+
+@app.command()
+def cancel(
+    output: Annotated[Path, typer.Argument(help="The --output of a `--mode batch` run.")],
+) -> None:
+    """Cancel the batch task of OUTPUT (the next run collects what it finished)."""
+    from bot.batch.model import batch_settings
+    from bot.batch.yandex import BatchClient
+
+    _, task_id = _recorded_task(output)
+
+    async def go() -> None:
+        async with BatchClient.from_settings(batch_settings(None, False)) as client:
+            await client.cancel(task_id)
+        typer.echo(f"Cancelled batch task {task_id}.")
+
+    asyncio.run(go())

@@ -23,6 +23,8 @@ Status = Literal["ok", "error"]
 #: ``other`` (refused content, credentials, a bug).
 Failure = Literal["retry", "input", "other"]
 HEADER_KIND = "fmbot-batch-progress"
+#: Lines about a Yandex batch task (``--mode batch``): its datasets and ids, as soon as they exist.
+TASK_KIND = "fmbot-batch-task"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,8 @@ def read_progress(path: Path) -> tuple[dict[str, str], list[RowResult]]:
                 data = json.loads(line)
                 if data.get("kind") == HEADER_KIND:
                     header = {k: str(v) for k, v in data.items() if k != "kind"}
+                elif data.get("kind") == TASK_KIND:
+                    continue  # see read_task_notes
                 else:
                     results.append(RowResult.from_json(data))
             except (ValueError, KeyError, TypeError, AttributeError):
@@ -87,6 +91,22 @@ def read_progress(path: Path) -> tuple[dict[str, str], list[RowResult]]:
                     "%s:%d: unreadable progress line skipped; its row runs again", path, lineno
                 )
     return header, results
+
+
+def read_task_notes(path: Path) -> list[dict[str, Any]]:
+    """The batch-task lines of a progress file, oldest first (torn lines skipped)."""
+    if not path.exists():
+        return []
+    notes = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("kind") == TASK_KIND:
+                notes.append(data)
+    return notes
 
 
 class ProgressFile:
@@ -128,6 +148,12 @@ class ProgressFile:
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
             self._file = None
+
+    async def note(self, data: dict[str, Any]) -> None:
+        """Append a batch-task line (ids of datasets and tasks) durably."""
+        assert self._file is not None, "use `async with ProgressFile(...)`"
+        async with self._lock:
+            await asyncio.to_thread(self._write, self._file, {"kind": TASK_KIND, **data})
 
     async def append(self, result: RowResult) -> None:
         assert self._file is not None, "use `async with ProgressFile(...)`"

@@ -55,7 +55,12 @@ class Summary:
 
 
 def _header(runner: Runner) -> dict[str, str]:
-    return {"template": runner.template.name, "model": model_identity(runner.model.name)}
+    return header_for(runner.template.name, runner.model.name)
+
+
+def header_for(template: str, model_spec: str) -> dict[str, str]:
+    """What a run's results belong to (the first line of its progress file)."""
+    return {"template": template, "model": model_identity(model_spec)}
 
 
 def _check_owner(found: Mapping[str, str], expected: Mapping[str, str], path: Path) -> None:
@@ -69,7 +74,7 @@ def _check_owner(found: Mapping[str, str], expected: Mapping[str, str], path: Pa
             )
 
 
-def _previous(output: Path, expected: Mapping[str, str]) -> dict[int, RowResult]:
+def previous_results(output: Path, expected: Mapping[str, str]) -> dict[int, RowResult]:
     """Results of earlier runs into ``output``, by row. Blocking (called in a thread)."""
     results: dict[int, RowResult] = {}
     if output.exists():
@@ -98,7 +103,7 @@ def _previous(output: Path, expected: Mapping[str, str]) -> dict[int, RowResult]
     return results
 
 
-def _check_columns(columns: list[str], path: Path) -> None:
+def check_columns(columns: list[str], path: Path) -> None:
     if MESSAGE_COLUMN not in columns:
         shown = ", ".join(columns) or "none"
         raise ConfigError(
@@ -126,9 +131,9 @@ async def run_job(
 ) -> Summary:
     progress = progress or _Quiet()
     data = await asyncio.to_thread(table.read_input, input_path)
-    _check_columns(data.columns, input_path)
+    check_columns(data.columns, input_path)
     expected = _header(runner)
-    previous = await asyncio.to_thread(_previous, output, expected)
+    previous = await asyncio.to_thread(previous_results, output, expected)
     cases = make_cases(data.rows, runner.fixed)
     results: dict[int, RowResult] = {}
     todo: list[Case] = []
@@ -154,8 +159,21 @@ async def run_job(
 
                 await runner.run(todo, concurrency, record)
         except OSError as exc:
-            raise _unwritable(output, exc) from exc
+            raise unwritable(output, exc) from exc
 
+    await write_results(output, data, cases, results, expected, summary)
+    return summary
+
+
+async def write_results(
+    output: Path,
+    data: table.Table,
+    cases: list[Case],
+    results: Mapping[int, RowResult],
+    expected: Mapping[str, str],
+    summary: Summary,
+) -> None:
+    """Fill the summary's counts, write the output table, then drop the progress file."""
     ordered = [results[c.row] for c in cases]
     summary.ok = sum(r.status == "ok" for r in ordered)
     summary.errors = len(ordered) - summary.ok
@@ -171,13 +189,12 @@ async def run_job(
     try:
         await asyncio.to_thread(table.write_parquet, output, data.schema, rows, metadata)
     except OSError as exc:
-        raise _unwritable(output, exc) from exc
+        raise unwritable(output, exc) from exc
     # The Parquet file now holds everything the progress file did.
     progress_path(output).unlink(missing_ok=True)
-    return summary
 
 
-def _unwritable(output: Path, exc: OSError) -> ConfigError:
+def unwritable(output: Path, exc: OSError) -> ConfigError:
     return ConfigError(
         "--output",
         str(output),

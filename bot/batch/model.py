@@ -15,12 +15,17 @@ ASYNC_ACCEPTED = "--async needs a yandex: model, e.g. --model yandex:yandexgpt-l
 
 def with_async_mode(spec: str) -> str:
     """``yandex:M[?mode=...]`` -> ``yandex:M?mode=async`` (Yandex's cheaper operations API)."""
+    return with_mode(spec, "async", "--async")
+
+
+def with_mode(spec: str, mode: str, option: str) -> str:
+    """``yandex:M[?mode=...]`` -> ``yandex:M?mode=MODE``."""
     kind, _, rest = spec.partition(":")
     if kind != "yandex":
-        raise ConfigError("--async", spec, ASYNC_ACCEPTED)
+        raise ConfigError(option, spec, ASYNC_ACCEPTED.replace("--async", option))
     name, _, query = rest.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True))
-    options["mode"] = "async"
+    options["mode"] = mode
     return f"yandex:{name}?{urlencode(options)}"
 
 

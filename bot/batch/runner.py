@@ -58,6 +58,17 @@ def make_cases(rows: Iterable[Mapping[str, object]], fixed: Mapping[str, str]) -
     return cases
 
 
+def render_case(template: PromptTemplate, fixed: Mapping[str, str], case: Case) -> list[Message]:
+    """The messages a case sends (every mode renders with this); ValueError or FmbotError when
+    its cells do not fit the template."""
+    return build_messages(
+        template,
+        _message_text(case),
+        (),
+        coerce_variables(template, {**fixed, **case.values}, known_only=False),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Runner:
     template: PromptTemplate
@@ -67,12 +78,7 @@ class Runner:
     fixed: Mapping[str, str]
 
     def _messages(self, case: Case) -> list[Message]:
-        return build_messages(
-            self.template,
-            _message_text(case),
-            (),
-            coerce_variables(self.template, {**self.fixed, **case.values}, known_only=False),
-        )
+        return render_case(self.template, self.fixed, case)
 
     async def run_case(self, case: Case) -> RowResult:
         started = time.monotonic()

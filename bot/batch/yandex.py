@@ -341,14 +341,18 @@ class BatchClient:
             completion.temperature.value = options.temperature
         if options.max_tokens is not None:
             completion.max_tokens.value = options.max_tokens
-        operation = await self._call(
-            self._batch.Completion,
-            s.tg.BatchCompletionRequest(
-                model_uri=model_uri,
-                completion_options=completion,
-                source_dataset_id=dataset_id,
-            ),
+        request = s.tg.BatchCompletionRequest(
+            model_uri=model_uri, completion_options=completion, source_dataset_id=dataset_id
         )
+        try:
+            operation = await self._call(self._batch.Completion, request)
+        except ModelError as exc:
+            if type(exc) is not ModelError:  # credentials, quota, outage: already clear
+                raise
+            raise ModelError(
+                f"{exc} Only some models support batch mode (the AI Studio docs, 'Batch "
+                f"processing', list them); the model was {model_uri}."
+            ) from None
         return self._state(operation)
 
     async def state(self, operation_id: str) -> TaskState:

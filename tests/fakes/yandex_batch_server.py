@@ -12,6 +12,7 @@ get no result, like lines the service could not process.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
@@ -86,6 +87,8 @@ class FakeYandexBatch:
     operations: dict[str, Any] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    #: Set when a batch task's operation is polled.
+    polled: asyncio.Event = field(default_factory=asyncio.Event)
     grpc_url: str = ""
     _server: Any = None
     _runner: web.AppRunner | None = None
@@ -372,6 +375,7 @@ class _Operations(operation_service_pb2_grpc.OperationServiceServicer):
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"operation {request.operation_id} not found")
         for task in self.fake.tasks.values():
             if task.operation_id == op.id:
+                self.fake.polled.set()
                 self.fake.advance(task)
                 return self.fake.operation_of(task)
         return op

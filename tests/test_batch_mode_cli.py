@@ -1,0 +1,197 @@
+"""``fmbot batch run --mode batch`` as a user runs it: real processes talking gRPC and HTTP to
+the fake Yandex batch services on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.batch.checkpoint import progress_path, read_task_notes
+from tests.fakes.yandex_batch_server import FakeYandexBatch
+from tests.test_batch_cli import FMBOT, fmbot, results, write_jsonl
+
+LITE = "yandex:yandexgpt-lite/latest"
+#: The fmbot script imports the installed package; this checkout's code comes first.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeYandexBatch]:
+    async with FakeYandexBatch() as server:
+        yield server
+
+
+@pytest.fixture
+def env(tmp_path: Path, fake: FakeYandexBatch) -> dict[str, str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "YANDEX_", "OPENAI_"))
+    }
+    return (
+        clean
+        | {"FMBOT_HOME": str(tmp_path / "home"), "FMBOT_MAX_TOKENS": "8", "COLUMNS": "200"}
+        | fake.env()
+        | {"FMBOT_TEXT_MODEL": LITE, "PYTHONPATH": str(ROOT)}
+    )
+
+
+def run_args(cases: Path, out: Path, *extra: str) -> list[str]:
+    base = ["batch", "run", "-t", "default", "-i", str(cases), "-o", str(out), "--mode", "batch"]
+    return [*base, *extra]
+
+
+def last_user(record: dict[str, object]) -> str:
+    request = record["request"]
+    assert isinstance(request, list)
+    return str([m["text"] for m in request if m["role"] == "user"][-1])
+
+
+async def test_batch_mode_end_to_end_and_resume_of_failed_rows(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    messages = ["hello there", "FAIL this one", "third one"]
+    cases = write_jsonl(tmp_path / "cases.jsonl", messages)
+    out = tmp_path / "out.parquet"
+    ran = await fmbot(run_args(cases, out), env)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("3 row(s): 2 ok, 1 failed (0 already done, 3 run now)")
+    assert "3/3" in ran.stderr  # batches, from the operation's metadata
+    [task] = fake.tasks.values()
+    assert task.model_uri == "gpt://b1gfolder/yandexgpt-lite/latest"
+    assert task.options.max_tokens.value == 8
+    # Rendered like the other modes: the default template's instruction, then the message.
+    assert [last_user(r) for r in task.lines] == messages
+    assert task.lines[0]["request"][0]["role"] == "system"
+    rows = results(out)
+    assert [r["id"] for r in rows] == [0, 1, 2]
+    assert [r["reply"] for r in rows] == ["echo: hello there", None, "echo: third one"]
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert "no result for this row" in str(rows[1]["error"])
+    assert rows[0]["latency_ms"] is None
+    # Both datasets (request and result) were deleted once the output was written.
+    assert sorted(fake.deleted) == sorted([task.source, task.result_dataset_id])
+    assert not fake.datasets
+    assert not progress_path(out).exists()
+
+    again = await fmbot(run_args(cases, out, "--keep-datasets"), env)
+    assert again.returncode == 0, again.stderr
+    assert "(2 already done, 1 run now)" in again.stdout
+    second = list(fake.tasks.values())[1]
+    assert [last_user(r) for r in second.lines] == ["FAIL this one"]  # only the failed row
+    assert len(fake.datasets) == 2  # kept
+
+
+async def test_no_wait_status_and_reattach(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.total_batches = 4
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["a", "b"])
+    out = tmp_path / "out.parquet"
+    submitted = await fmbot(run_args(cases, out, "--no-wait"), env)
+    assert submitted.returncode == 0, submitted.stderr
+    [task] = fake.tasks.values()
+    assert f"Submitted batch task {task.id}" in submitted.stdout
+    assert not out.exists()
+    notes = read_task_notes(progress_path(out))
+    assert [n["event"] for n in notes] == ["dataset", "started"]
+    assert notes[1]["task_id"] == task.id
+
+    shown = await fmbot(["batch", "status", str(out)], env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"batch task {task.id}: in_progress, 1/4 batches")
+
+    collected = await fmbot(run_args(cases, out), env)
+    assert collected.returncode == 0, collected.stderr
+    assert len(fake.tasks) == 1  # re-attached, nothing submitted twice
+    assert [r["reply"] for r in results(out)] == ["echo: a", "echo: b"]
+
+
+async def test_interrupt_leaves_the_task_running_and_rerun_reattaches(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.total_batches = 50  # long enough to interrupt
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["x", "y"])
+    out = tmp_path / "out.parquet"
+    proc = await asyncio.create_subprocess_exec(
+        FMBOT, *run_args(cases, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    async with asyncio.timeout(30):
+        await fake.polled.wait()
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130
+    [task] = fake.tasks.values()
+    assert f"The batch task {task.id} keeps running" in err.decode()
+    assert task.status == "IN_PROGRESS"
+    fake.total_batches = 2
+    again = await fmbot(run_args(cases, out), env)
+    assert again.returncode == 0, again.stderr
+    assert len(fake.tasks) == 1
+    assert [r["status"] for r in results(out)] == ["ok", "ok"]
+
+
+async def test_cancel(fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path) -> None:
+    fake.total_batches = 10
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["a"])
+    out = tmp_path / "out.parquet"
+    assert (await fmbot(run_args(cases, out, "--no-wait"), env)).returncode == 0
+    cancelled = await fmbot(["batch", "cancel", str(out)], env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    [task] = fake.tasks.values()
+    assert task.status == "CANCELED"
+    collected = await fmbot(run_args(cases, out), env)
+    assert collected.returncode == 0, collected.stderr
+    [row] = results(out)
+    assert row["status"] == "error" and "canceled" in str(row["error"])
+    nothing = await fmbot(["batch", "cancel", str(out)], env)
+    assert nothing.returncode == 2 and "no batch task is recorded" in nothing.stderr
+
+
+async def test_validation_errors_mark_their_rows(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.request_as_json = True  # the result's request column as JSON text: matched all the same
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["fine", "INVALID here", "also fine"])
+    out = tmp_path / "out.parquet"
+    ran = await fmbot(run_args(cases, out), env)
+    assert ran.returncode == 0, ran.stderr
+    rows = results(out)
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert "rejected this row's request" in str(rows[1]["error"])
+    [task] = fake.tasks.values()
+    assert [last_user(r) for r in task.lines] == ["fine", "also fine"]
+
+
+async def test_clear_errors(fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path) -> None:
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["a"])
+    out = tmp_path / "out.parquet"
+    unsupported = await fmbot(run_args(cases, out, "--model", "yandex:yandexgpt-lite/rc"), env)
+    assert unsupported.returncode == 1
+    assert "not supported in batch mode" in unsupported.stderr
+    assert len(unsupported.stderr.strip().splitlines()) == 1
+    bad_key = await fmbot(run_args(cases, out), env | {"YANDEX_API_KEY": "wrong"})
+    assert bad_key.returncode == 1
+    assert "rejected the API key" in bad_key.stderr
+    local = await fmbot(run_args(cases, out, "--model", "echo:"), env)
+    assert local.returncode == 2 and "batch mode needs a yandex: model" in local.stderr
+    assert not fake.tasks
+    assert json.loads(cases.read_text().splitlines()[0])["message"] == "a"
+
+
+def test_grpc_stays_out_of_the_bot_and_the_cli() -> None:
+    code = (
+        "import sys, adapters.cli.main, adapters.cli.batch, bot.app, bot.batch.batch_mode;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'yandex')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
