@@ -179,6 +179,12 @@ async def test_clear_errors(fake: FakeYandexBatch, env: dict[str, str], tmp_path
     bad_key = await fmbot(run_args(cases, out), env | {"YANDEX_API_KEY": "wrong"})
     assert bad_key.returncode == 1
     assert "rejected the API key" in bad_key.stderr
+    fake.quota_exceeded = True
+    quota = await fmbot(run_args(cases, out), env)
+    assert quota.returncode == 1, quota.stderr
+    assert "refused to start the batch task: a quota" in quota.stderr
+    assert len(quota.stderr.strip().splitlines()) == 1
+    assert not progress_path(out).exists() and not fake.datasets  # nothing left behind
     local = await fmbot(run_args(cases, out, "--model", "echo:"), env)
     assert local.returncode == 2 and "batch mode needs a yandex: model" in local.stderr
     assert not fake.tasks

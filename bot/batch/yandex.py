@@ -346,8 +346,14 @@ class BatchClient:
         )
         try:
             operation = await self._call(self._batch.Completion, request)
+        except RateLimitError:
+            raise RateLimitError(
+                f"{self.service.title} refused to start the batch task: a quota or rate limit "
+                "is exhausted (RESOURCE_EXHAUSTED). Check the folder's quotas for batch "
+                "processing, or try again later; nothing was submitted."
+            ) from None
         except ModelError as exc:
-            if type(exc) is not ModelError:  # credentials, quota, outage: already clear
+            if type(exc) is not ModelError:  # credentials, outage: already clear
                 raise
             raise ModelError(
                 f"{exc} Only some models support batch mode (the AI Studio docs, 'Batch "
