@@ -201,3 +201,38 @@ def test_grpc_stays_out_of_the_bot_and_the_cli() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+async def test_failed_task_marks_its_rows_and_a_rerun_sends_them_again(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.fail_tasks = True
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["a", "b"])
+    out = tmp_path / "out.parquet"
+    ran = await fmbot(run_args(cases, out), env)
+    assert ran.returncode == 0, ran.stderr
+    rows = results(out)
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert "ended failed: batch task failed: internal error" in str(rows[0]["error"])
+    assert "run the same command again" in ran.stdout  # failures worth a retry
+    fake.fail_tasks = False
+    again = await fmbot(run_args(cases, out), env)
+    assert again.returncode == 0, again.stderr
+    assert [r["reply"] for r in results(out)] == ["echo: a", "echo: b"]
+    assert len(fake.tasks) == 2
+
+
+async def test_credential_rejected_while_waiting_says_how_to_come_back(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["a"])
+    out = tmp_path / "out.parquet"
+    assert (await fmbot(run_args(cases, out, "--no-wait"), env)).returncode == 0
+    [task] = fake.tasks.values()
+    expired = await fmbot(run_args(cases, out), env | {"YANDEX_API_KEY": "revoked"})
+    assert expired.returncode == 1
+    [line] = [x for x in expired.stderr.splitlines() if x.startswith("fmbot:")]
+    assert "rejected the API key" in line and f"batch task {task.id} keeps running" in line
+    assert read_task_notes(progress_path(out))  # nothing lost: the next run re-attaches
+    assert (await fmbot(run_args(cases, out), env)).returncode == 0
+    assert len(fake.tasks) == 1

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, FmbotError
 from bot.text import terminal_safe
 
 if TYPE_CHECKING:
@@ -412,6 +412,12 @@ def _run_batch_mode(
             err=True,
         )
         raise typer.Exit(130) from None
+    except FmbotError as exc:
+        # E.g. the credential expired while waiting: the task itself goes on.
+        line = _task_line(output) if not isinstance(exc, ConfigError) else None
+        if line is None:
+            raise
+        raise FmbotError(f"{exc} {line}") from None
 
 
 def _recorded_task(output: Path) -> tuple[str, str]:

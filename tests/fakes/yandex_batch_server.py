@@ -86,6 +86,9 @@ class FakeYandexBatch:
     tasks: dict[str, Task] = field(default_factory=dict)
     operations: dict[str, Any] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    validations: set[str] = field(default_factory=set)
+    #: Tasks end FAILED (operation error, line errors) instead of producing a result.
+    fail_tasks: bool = False
     calls: list[str] = field(default_factory=list)
     #: Set when a batch task's operation is polled.
     polled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -193,7 +196,10 @@ class FakeYandexBatch:
         task.polls += 1
         task.status = "IN_PROGRESS"
         if task.polls >= self.total_batches:
-            self.finish(task)
+            if self.fail_tasks:
+                task.status = "FAILED"
+            else:
+                self.finish(task)
 
     def finish(self, task: Task) -> None:
         requests, responses = [], []
@@ -239,7 +245,9 @@ class FakeYandexBatch:
                 total_batches=self.total_batches,
             )
         )
-        if done:
+        if task.status == "FAILED":
+            op.error.code, op.error.message = 13, "batch task failed: internal error"
+        elif done:
             op.response.Pack(
                 tg.BatchCompletionResponse(
                     task_id=task.id,
@@ -302,10 +310,11 @@ class _Datasets(dataset_service_pb2_grpc.DatasetServiceServicer):
     @_rpc("Dataset.Validate")
     def Validate(self, request: Any, context: Any) -> Any:
         dataset = self._get(request.dataset_id)
+        # Done on the first poll, as a real (asynchronous) validation is.
         op = self.fake.new_operation("Validate dataset")
-        op.done = True
         op.response.Pack(self.fake.validate(dataset))
-        return op
+        self.fake.validations.add(op.id)
+        return operation_pb2.Operation(id=op.id, description=op.description, done=False)
 
     @_rpc("Dataset.Describe")
     def Describe(self, request: Any, context: Any) -> Any:
@@ -373,6 +382,9 @@ class _Operations(operation_service_pb2_grpc.OperationServiceServicer):
         op = self.fake.operations.get(request.operation_id)
         if op is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"operation {request.operation_id} not found")
+        if op.id in self.fake.validations:
+            op.done = True
+            return op
         for task in self.fake.tasks.values():
             if task.operation_id == op.id:
                 self.fake.polled.set()
@@ -402,6 +414,8 @@ class _Tasks(bi_grpc.BatchInferenceServiceServicer):
             status=STATUS[task.status],
             result_dataset_id=task.result_dataset_id,
         )
+        if task.status == "FAILED":
+            info.errors.line_errors.add(line_number=1, message="model timed out")
         return bi.DescribeBatchInferenceResponse(task=info)
 
     @_rpc("BatchInference.Cancel")
