@@ -153,3 +153,14 @@ async def test_cancel(fake: FakeYandexBatch) -> None:
             final = await client.wait(started.operation_id)
         assert final.status == "CANCELED"
         assert (await client.describe(started.task_id))[0] == "CANCELED"
+
+
+def test_mode_option_sets_the_yandex_mode() -> None:
+    from bot.batch.model import with_mode
+
+    assert with_mode("yandex:yandexgpt/rc?mode=stream", "sync", "--mode") == (
+        "yandex:yandexgpt/rc?mode=sync"
+    )
+    with pytest.raises(ConfigError) as info:
+        with_mode("openai:gpt-4o-mini", "async", "--mode")
+    assert "--mode needs a yandex: model" in str(info.value)

@@ -236,3 +236,11 @@ async def test_credential_rejected_while_waiting_says_how_to_come_back(
     assert read_task_notes(progress_path(out))  # nothing lost: the next run re-attaches
     assert (await fmbot(run_args(cases, out), env)).returncode == 0
     assert len(fake.tasks) == 1
+
+
+async def test_unknown_mode(env: dict[str, str], tmp_path: Path) -> None:
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["a"])
+    args = ["batch", "run", "-t", "default", "-i", str(cases), "-o", str(tmp_path / "o.parquet")]
+    ran = await fmbot([*args, "--mode", "turbo"], env)
+    assert ran.returncode == 2
+    assert "--mode" in ran.stderr and "sync, stream, async, batch" in ran.stderr
