@@ -59,6 +59,7 @@ from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.chat import DialogHandler
 from bot.queue.journal import JournaledRedisStore
 from bot.redis import REDIS_ERRORS, connect
+from bot.redis.connect import MAX_CONNECTIONS
 from bot.runtime import loop_name, run_server
 from bot.settings import Settings
 from bot.urls import mask_url
@@ -456,9 +457,15 @@ def _producer_main(
             trips.count = 0
             started = time.perf_counter()
 
+            # Chats at once: one coroutine per chat would, at 20,000 chats, wait longer for a
+            # pooled connection than the pool allows ("No connection available").
+            limit = asyncio.Semaphore(MAX_CONNECTIONS // 2)
+
             async def chat(c: int, count: int) -> None:
-                for n in range(count):
-                    await ingress.enqueue(f"c{c}", {"n": n, "text": f"chat-{c} message {n}"})
+                async with limit:
+                    for n in range(count):
+                        text = f"chat-{c} message {n}"
+                        await ingress.enqueue(f"c{c}", {"n": n, "text": text})
 
             await asyncio.gather(*(chat(c, count) for c, count in enumerate(counts)))
             return trips.count, time.perf_counter() - started
