@@ -34,6 +34,7 @@ from bot.batch.job import (
     check_columns,
     header_for,
     previous_results,
+    still_to_run,
     unwritable,
     write_results,
 )
@@ -145,14 +146,7 @@ async def run_batch_mode(
     previous = await asyncio.to_thread(previous_results, output, expected)
     cases = make_cases(data.rows, fixed)
     by_row = {c.row: c for c in cases}
-    results: dict[int, RowResult] = {}
-    todo: list[Case] = []
-    for case in cases:
-        done = previous.get(case.row)
-        if done is not None and done.status == "ok" and done.key == case.key:
-            results[case.row] = done
-        else:
-            todo.append(case)
+    results, todo = still_to_run(cases, previous)
     summary = BatchSummary(total=len(cases), skipped=len(results))
     progress.start(len(cases), len(results))
     path = progress_path(output)

@@ -74,6 +74,21 @@ def _check_owner(found: Mapping[str, str], expected: Mapping[str, str], path: Pa
             )
 
 
+def still_to_run(
+    cases: list[Case], previous: Mapping[int, RowResult]
+) -> tuple[dict[int, RowResult], list[Case]]:
+    """Rows an earlier run answered for the same input (kept, by row), and the cases to run."""
+    results: dict[int, RowResult] = {}
+    todo: list[Case] = []
+    for case in cases:
+        done = previous.get(case.row)
+        if done is not None and done.status == "ok" and done.key == case.key:
+            results[case.row] = done
+        else:
+            todo.append(case)
+    return results, todo
+
+
 def previous_results(output: Path, expected: Mapping[str, str]) -> dict[int, RowResult]:
     """Results of earlier runs into ``output``, by row. Blocking (called in a thread)."""
     results: dict[int, RowResult] = {}
@@ -135,14 +150,7 @@ async def run_job(
     expected = _header(runner)
     previous = await asyncio.to_thread(previous_results, output, expected)
     cases = make_cases(data.rows, runner.fixed)
-    results: dict[int, RowResult] = {}
-    todo: list[Case] = []
-    for case in cases:
-        done = previous.get(case.row)
-        if done is not None and done.status == "ok" and done.key == case.key:
-            results[case.row] = done
-        else:
-            todo.append(case)
+    results, todo = still_to_run(cases, previous)
 
     summary = Summary(total=len(cases), skipped=len(results))
     progress.start(len(cases), len(results))
