@@ -27,7 +27,11 @@ from bot.text import terminal_safe
 log = logging.getLogger(__name__)
 
 EXIT_COMMANDS = ("exit", "quit")
-CONSOLE_HELP = HELP + "\n/exit — leave (Ctrl-D works too; Ctrl-C stops a reply)"
+CONSOLE_HELP = (
+    HELP + "\n/see PATH [QUESTION] — ask about a picture (a JPEG, PNG, WebP or GIF file; quote a "
+    "PATH with spaces)\n/exit — leave (Ctrl-D works too; Ctrl-C stops a reply)"
+)
+SEE_USAGE = "Give a picture file: /see PATH [QUESTION], e.g. /see ~/photos/plant.jpg what is wrong?"
 
 
 class ConsoleChannel:
@@ -142,8 +146,18 @@ class ConsoleChannel:
         if command is not None and command.name == "help":
             yield Notice(CONSOLE_HELP)
             return
+        pictures: tuple[str, ...] = ()
+        if command is not None and command.name == "see":
+            seen = see(command.arg)
+            if seen is None:
+                yield Notice(SEE_USAGE, "warning")
+                return
+            path, text = seen
+            pictures = (f"file:{path}",)
         # The console user is the operator: no rate limits or budgets.
-        incoming = Incoming(chat=self.chat, text=text, user="console", admin=True)
+        incoming = Incoming(
+            chat=self.chat, text=text, user="console", admin=True, pictures=pictures
+        )
         async with contextlib.aclosing(self.manager.handle(incoming)) as events:
             async for event in events:
                 yield event
@@ -165,6 +179,20 @@ class ConsoleChannel:
                 return path
             except FileExistsError:
                 index += 1
+
+
+def see(arg: str) -> tuple[Path, str] | None:
+    """``/see``'s argument as (absolute path, question); None without a path. A path with
+    spaces is quoted ("..." or '...'); ``~`` is the home folder."""
+    arg = arg.strip()
+    if arg[:1] in ("'", '"'):
+        end = arg.find(arg[0], 1)
+        path, question = (arg[1:end], arg[end + 1 :]) if end > 0 else (arg[1:], "")
+    else:
+        path, _, question = arg.partition(" ")
+    if not path.strip():
+        return None
+    return Path(path).expanduser().absolute(), question.strip()
 
 
 def _read_lines(stdin: BinaryIO) -> asyncio.Queue[str]:

@@ -6,7 +6,8 @@ from bot.dialog import DialogManager
 from bot.errors import ConfigError
 from bot.limits import Limits, MemoryLimits, RedisLimits
 from bot.models.base import GenerationOptions, TextModel
-from bot.models.registry import get_image_model, get_text_model
+from bot.models.registry import get_image_model, get_text_model, get_vision_model
+from bot.pictures import MediaDir, Pictures
 from bot.prompts.library import PromptLibrary
 from bot.routing import ImageIntentClassifier, ModelClassifier, RuleClassifier, YandexClassifier
 from bot.settings import Settings
@@ -35,6 +36,7 @@ async def build_manager(settings: Settings) -> DialogManager:
     try:
         model = await get_text_model(settings)
         image_model = await get_image_model(settings)
+        vision_model = await get_vision_model(settings)
     except BaseException:
         await store.aclose()
         raise
@@ -51,6 +53,8 @@ async def build_manager(settings: Settings) -> DialogManager:
         history_turns=settings.history_messages,
         busy_policy=settings.busy_policy,
         limits=make_limits(settings, store),
+        vision_model=vision_model,
+        pictures=Pictures(MediaDir(settings.home / "media"), max_side=settings.vision_max_side),
     )
 
 

@@ -83,8 +83,9 @@ class BusyGate:
         if len(batch) == 1:
             return ticket.incoming
         ticket.context = batch[-1].context
-        text = "\n\n".join(t.incoming.text for t in batch)
-        return dataclasses.replace(batch[-1].incoming, text=text)
+        text = "\n\n".join(t.incoming.text for t in batch if t.incoming.text)
+        pictures = tuple(p for t in batch for p in t.incoming.pictures)
+        return dataclasses.replace(batch[-1].incoming, text=text, pictures=pictures)
 
     def leave(self, ticket: Ticket) -> None:
         """Forget a ticket whose caller stopped waiting (so it is not merged later)."""

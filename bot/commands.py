@@ -13,6 +13,7 @@ from typing import Protocol
 
 from bot.events import Incoming, Notice
 from bot.limits import Limits
+from bot.pictures import Pictures
 from bot.prompts.library import PromptLibrary
 from bot.prompts.template import PromptTemplate
 from bot.stores.base import DialogStore
@@ -48,6 +49,7 @@ class Chat(Protocol):
     store: DialogStore
     prompts: PromptLibrary
     limits: Limits | None
+    pictures: Pictures
 
     async def mode_of(self, chat: str) -> PromptTemplate: ...
 
@@ -80,7 +82,8 @@ async def usage(chat: Chat, incoming: Incoming, arg: str) -> Notice:
 
 async def forget(chat: Chat, incoming: Incoming, arg: str) -> Notice:
     await chat.store.delete(incoming.chat)
-    text = "Deleted everything stored about this chat: history, template and usage."
+    await chat.pictures.forget(incoming.chat)
+    text = "Deleted everything stored about this chat: history, pictures, template and usage."
     kept = [chat.store.kept_after_delete()]
     if chat.limits is not None:
         # Limits count per user (the sender) and must survive /forget, else it would reset

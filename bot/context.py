@@ -22,6 +22,7 @@ async def fit_to_window(
 ) -> tuple[list[Message], int]:
     """``prefix + newest history + current`` within ``model.context_window - reserve`` tokens.
 
+    A picture counts as ``model.picture_tokens``.
     The instruction and examples (``prefix``) and the current message are always kept; history is
     dropped oldest first, a user/assistant pair at a time so it still starts with a user turn.
     Returns the messages and their token count. Raises ContextOverflowError when even
@@ -35,7 +36,9 @@ async def fit_to_window(
         raise ContextOverflowError(chars // 4, max(budget, 0))
 
     async def size(keep_from: int) -> int:
-        return await model.count_tokens([*prefix, *history[keep_from:], current])
+        messages = [*prefix, *history[keep_from:], current]
+        pictures = sum(len(m.pictures) for m in messages)
+        return await model.count_tokens(messages) + pictures * model.picture_tokens
 
     whole = await size(0)
     if whole <= budget:

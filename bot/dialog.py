@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from bot.errors import (
     GivenUpError,
     ModelError,
     NotSavedError,
+    PictureError,
     PromptError,
     StoreError,
 )
@@ -30,6 +32,7 @@ from bot.events import (
     Incoming,
     Message,
     Notice,
+    Picture,
     ReplyEvent,
     TextDelta,
     Usage,
@@ -37,6 +40,7 @@ from bot.events import (
 from bot.limits import Limits
 from bot.locks import ChatLocks
 from bot.models.base import GenerationOptions, ImageModel, Response, TextModel
+from bot.pictures import Pictures, picture_refs
 from bot.prompts.library import PromptLibrary
 from bot.prompts.render import build_messages
 from bot.prompts.template import PromptTemplate
@@ -49,6 +53,12 @@ IMAGE_SETUP_HINT = (
     "No image model is configured, so I cannot draw. Set FMBOT_IMAGE_MODEL, e.g. "
     "FMBOT_IMAGE_MODEL=yandex:yandex-art/latest (with YANDEX_API_KEY and YANDEX_FOLDER_ID) or "
     "FMBOT_IMAGE_MODEL=openai:dall-e-3 (with OPENAI_API_KEY), and restart the bot."
+)
+VISION_SETUP_HINT = (
+    "No vision model is configured, so I cannot look at pictures. Set FMBOT_VISION_MODEL, e.g. "
+    "FMBOT_VISION_MODEL=yandex:gemma-3-27b-it/latest (with YANDEX_API_KEY and YANDEX_FOLDER_ID) "
+    "or FMBOT_VISION_MODEL=openai:gpt-4o-mini (with OPENAI_API_KEY), and restart the bot. "
+    "Meanwhile, describe the picture in words."
 )
 IMAGE_PROMPT_TEMPLATE = "image-prompt"
 QUEUED_NOTICE_AFTER = (
@@ -65,6 +75,12 @@ class _Prompt:
     messages: list[Message]
     options: GenerationOptions
     input_tokens: int
+    #: The text model, or the vision model when a message of the prompt carries pictures.
+    model: TextModel
+    #: The user message as stored (a picture's default request when it came without a caption)
+    #: and the pictures it brought.
+    request: str
+    pictures: tuple[Picture, ...] = ()
 
 
 class DialogManager:
@@ -82,6 +98,8 @@ class DialogManager:
         rewrite_image_prompts: bool = True,
         busy_policy: BusyPolicy = BusyPolicy.QUEUE,
         limits: Limits | None = None,
+        vision_model: TextModel | None = None,
+        pictures: Pictures | None = None,
     ) -> None:
         self.store = store
         self.model = model
@@ -94,6 +112,9 @@ class DialogManager:
         self.rewrite_image_prompts = rewrite_image_prompts
         self.busy = BusyGate(busy_policy)
         self.limits = limits
+        self.vision_model = vision_model
+        #: Fetches and normalises the pictures of a turn; a channel registers its own sources.
+        self.pictures = pictures or Pictures()
         self.locks = ChatLocks()
         #: Set by a caller that runs a message again when the store fails (a queue worker: the
         #: job stays queued): a StoreError before the reply began is raised to it instead of
@@ -106,7 +127,8 @@ class DialogManager:
 
     async def handle(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
         """Answer one message. Errors become Notice events; nothing escapes but cancellation."""
-        command = parse_command(incoming.text)
+        # A caption is a question about the picture, never a command.
+        command = None if incoming.pictures else parse_command(incoming.text)
         chat = incoming.chat
         try:
             if command is not None and (command.name in COMMANDS or command.name == "image"):
@@ -200,16 +222,24 @@ class DialogManager:
         """A text turn, as its steps: load the chat, route (a request for a picture becomes an
         image turn), build the prompt, then generate, streamed, and save (:meth:`_reply`). The
         admission (limits) and the busy gate come before, in :meth:`handle`."""
+        if incoming.pictures and self.vision_model is None:
+            yield Notice(VISION_SETUP_HINT, "warning")  # before any download: nothing can see it
+            return
         try:
             state, history = await self._load(incoming.chat)
             template = self._template_for(state)
-            if await self._wants_image(incoming.text, template):
+            if not incoming.pictures and await self._wants_image(incoming.text, template):
                 image = self._image_turn(incoming, incoming.text, rewrite=True, context=context)
                 async with contextlib.aclosing(image) as events:
                     async for event in events:
                         yield event
                 return
-            prompt = await self._build(template, history, incoming.text)
+            pictures = await self._pictures_of(incoming)
+            history = await self._with_earlier_pictures(incoming.chat, history, bool(pictures))
+            prompt = await self._build(template, history, incoming.text, pictures)
+        except PictureError as exc:
+            yield Notice(str(exc), "warning")  # no model call: the chat goes on
+            return
         except (PromptError, ModelError) as exc:
             yield Notice(str(exc), "error")
             return
@@ -225,17 +255,60 @@ class DialogManager:
         # A retention cap can cut a pair in half: history must start with the user.
         while stored and stored[0].role != "user":
             stored.pop(0)
-        return state, [Message(t.role, t.text) for t in stored]
+        return state, [_message(t) for t in stored]
 
-    async def _build(self, template: PromptTemplate, history: list[Message], text: str) -> _Prompt:
-        """Instruction, examples, the history that fits the window, and the message."""
-        options = self._options_for(template)
-        full = build_messages(template, text)
-        prefix, current = full[:-1], full[-1]
-        messages, input_tokens = await fit_to_window(
-            self.model, prefix, history, current, reserve=options.max_tokens or 0
+    async def _pictures_of(self, incoming: Incoming) -> tuple[Picture, ...]:
+        """The message's pictures, fetched and normalised; PictureError says which failed."""
+        return tuple(
+            [await self.pictures.get(incoming.chat, source) for source in incoming.pictures]
         )
-        return _Prompt(template, messages, options, input_tokens)
+
+    async def _with_earlier_pictures(
+        self, chat: str, history: list[Message], new_pictures: bool
+    ) -> list[Message]:
+        """History with the most recent pictures attached to the message that brought them, so
+        follow-up questions can be about them. A new picture replaces them; so does /new."""
+        if self.vision_model is None or new_pictures:
+            return history
+        for index in range(len(history) - 1, -1, -1):
+            refs = history[index].meta.get("pictures")
+            if not isinstance(refs, list) or not refs:
+                continue
+            found = [await self.pictures.again(chat, ref) for ref in refs if isinstance(ref, dict)]
+            pictures = tuple(p for p in found if p is not None)
+            if pictures:
+                history = list(history)
+                history[index] = dataclasses.replace(history[index], pictures=pictures)
+            break
+        return history
+
+    async def _build(
+        self,
+        template: PromptTemplate,
+        history: list[Message],
+        text: str,
+        pictures: tuple[Picture, ...] = (),
+    ) -> _Prompt:
+        """Instruction, examples, the history that fits the window, and the message. A prompt
+        that carries pictures goes to the vision model; pictures trimmed away with old history
+        leave it to the text model."""
+        options = self._options_for(template)
+        request = text or (template.picture_request if pictures else text)
+        full = build_messages(template, request)
+        prefix, current = full[:-1], dataclasses.replace(full[-1], pictures=pictures)
+        model = self.model
+        if self.vision_model is not None and any(m.pictures for m in (*history, current)):
+            model = self.vision_model
+        messages, input_tokens = await fit_to_window(
+            model, prefix, history, current, reserve=options.max_tokens or 0
+        )
+        if model is not self.model and not any(m.pictures for m in messages):
+            plain = [_without_pictures(m) for m in history]
+            model = self.model
+            messages, input_tokens = await fit_to_window(
+                model, prefix, plain, current, reserve=options.max_tokens or 0
+            )
+        return _Prompt(template, messages, options, input_tokens, model, request, pictures)
 
     async def _reply(
         self,
@@ -247,8 +320,8 @@ class DialogManager:
         """Stream the model's reply, then save the turn (also when it was stopped or failed
         part way: the user saw it) and say how it ended."""
         chat = incoming.chat
-        ahead = self.model.waiting()  # replies the model finishes before it starts this one
-        response = self.model.respond(prompt.messages, prompt.options)
+        ahead = prompt.model.waiting()  # replies the model finishes before it starts this one
+        response = prompt.model.respond(prompt.messages, prompt.options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
         saved = True
         try:
@@ -321,8 +394,12 @@ class DialogManager:
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
         }
+        asked: dict[str, object] = {"mode": mode}
+        if prompt.pictures:
+            asked["pictures"] = picture_refs(prompt.pictures)
+            meta["model"] = prompt.model.name
         turns = (
-            Turn("user", incoming.text, meta={"mode": mode}),
+            Turn("user", prompt.request, meta=asked),
             Turn("assistant", response.text, meta=meta),
         )
         counters = {
@@ -393,6 +470,16 @@ class DialogManager:
             return
         async for event in self._image_turn(incoming, arg, rewrite=False):
             yield event
+
+
+def _message(turn: Turn) -> Message:
+    """A stored turn as a model message; a picture turn keeps its references in ``meta``."""
+    refs = turn.meta.get("pictures")
+    return Message(turn.role, turn.text, {"pictures": refs} if refs else {})
+
+
+def _without_pictures(message: Message) -> Message:
+    return dataclasses.replace(message, pictures=()) if message.pictures else message
 
 
 @contextlib.asynccontextmanager

@@ -3,6 +3,7 @@
     FmbotError
     ├── ConfigError          a setting is missing or has a bad value (names the setting and the fix)
     ├── PromptError          a template file is invalid or fails to render (names path:line:col)
+    ├── PictureError         a picture a user sent cannot be read, fetched or used (says why)
     ├── StoreError           the dialog store cannot be reached or answered badly
     │   ├── GivenUpError     a queue worker gave the message up; another worker answers it
     │   └── NotSavedError    a reply was given but its turn could not be stored
@@ -48,6 +49,11 @@ class PromptError(FmbotError):
         self.location = location
         self.detail = message
         super().__init__(f"{location}: {message}" if location else message)
+
+
+class PictureError(FmbotError):
+    """A picture cannot be used: not an image, corrupt, too large, or its file is gone. The
+    message is written for the person chatting."""
 
 
 class StoreError(FmbotError):

@@ -21,6 +21,10 @@ class Incoming:
     user: str | None = None
     #: Admins are exempt from rate limits and token budgets.
     admin: bool = False
+    #: Pictures sent with the message, as sources the manager fetches them from (so a queue
+    #: worker fetches them itself): ``file:/abs/path``, or a scheme a channel registers
+    #: (``telegram:FILE_ID``). See :mod:`bot.pictures`.
+    pictures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Every channel's text passes here: an undecodable byte (read with surrogateescape)
@@ -80,10 +84,27 @@ class Usage:
 ReplyEvent = TextDelta | FinalText | ImageReply | Notice
 
 
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A picture ready for a model: normalised (JPEG or PNG, upright, bounded size) by
+    :mod:`bot.pictures`. ``source`` is where it came from; ``sha256`` is of the source file's
+    bytes (what history records to find it again)."""
+
+    data: bytes = field(repr=False)
+    mime_type: str
+    width: int
+    height: int
+    source: str
+    sha256: str
+
+
 @dataclass(slots=True)
 class Message:
-    """A chat message in the shape models take: instruction (system), user or assistant."""
+    """A chat message in the shape models take: instruction (system), user or assistant.
+
+    ``pictures`` go with a user message to a model that can see (FMBOT_VISION_MODEL)."""
 
     role: Literal["system", "user", "assistant"]
     text: str
     meta: dict[str, object] = field(default_factory=dict)
+    pictures: tuple[Picture, ...] = ()

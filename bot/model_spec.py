@@ -33,6 +33,7 @@ from bot.errors import ConfigError
 
 TEXT_SETTING = "FMBOT_TEXT_MODEL"
 IMAGE_SETTING = "FMBOT_IMAGE_MODEL"
+VISION_SETTING = "FMBOT_VISION_MODEL"
 #: What FMBOT_TEXT_MODEL takes, for a spec of no known kind.
 TEXT_ACCEPTED = (
     "use local:smollm2, yandex:MODEL[/VERSION][?mode=sync|stream|async] "
@@ -46,6 +47,11 @@ REMOTE_TEXT_ACCEPTED = (
 IMAGE_ACCEPTED = (
     "use yandex:yandex-art/latest[?seed=N&aspect=W:H] or openai:MODEL[?size=WxH] "
     "(e.g. openai:dall-e-3)"
+)
+VISION_ACCEPTED = (
+    "use yandex:MODEL[/VERSION] (a multimodal model of AI Studio, e.g. "
+    "yandex:gemma-3-27b-it/latest or yandex:qwen2.5-vl-32b-instruct/latest) or openai:MODEL "
+    "(e.g. openai:gpt-4o-mini)"
 )
 ECHO_ACCEPTED = "use echo: or echo:?delay=SECONDS&chunks=N (benchmarks and tests)"
 
@@ -81,6 +87,26 @@ def check_text_model_spec(spec: str) -> None:
 def check_image_model_spec(spec: str) -> None:
     if not check_image_spec(spec):
         raise ConfigError(IMAGE_SETTING, spec, IMAGE_ACCEPTED)
+
+
+def check_vision_model_spec(spec: str) -> None:
+    """FMBOT_VISION_MODEL: a remote model that takes pictures (OpenAI-compatible chat)."""
+    yandex_vision_uri(spec, "FOLDER")
+
+
+def yandex_vision_uri(spec: str, folder_id: str) -> str:
+    """The ``model`` of a vision spec: ``gpt://FOLDER/NAME/VERSION`` for ``yandex:NAME``, the
+    name itself for ``openai:NAME``; ConfigError when malformed."""
+    kind, _, name = spec.partition(":")
+    if kind == "yandex":
+        if "?" in name:  # no options: the OpenAI-compatible surface has one mode
+            raise ConfigError(VISION_SETTING, spec, VISION_ACCEPTED)
+        return parse_model_spec(
+            name, folder_id=folder_id, schemes=("gpt",), setting=VISION_SETTING
+        ).uri
+    if kind == "openai":
+        return openai_model(name, spec, VISION_SETTING, VISION_ACCEPTED)
+    raise ConfigError(VISION_SETTING, spec, VISION_ACCEPTED)
 
 
 def is_remote_spec(spec: str) -> bool:

@@ -19,6 +19,7 @@ from bot.errors import ConfigError
 from bot.model_spec import (
     check_image_model_spec,
     check_text_model_spec,
+    check_vision_model_spec,
     check_yandex_credentials,
 )
 from bot.redis.connect import check_url
@@ -61,6 +62,10 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, alias="FMBOT_HOME")
     text_model: str = Field(default="local:smollm2", alias="FMBOT_TEXT_MODEL")
     image_model: str | None = Field(default=None, alias="FMBOT_IMAGE_MODEL")
+    #: The model that answers turns carrying pictures (None: pictures get a setup hint).
+    vision_model: str | None = Field(default=None, alias="FMBOT_VISION_MODEL")
+    #: Pictures are downscaled to at most this many pixels on the longest side before sending.
+    vision_max_side: int = Field(default=1568, ge=64, le=8192, alias="FMBOT_VISION_MAX_SIDE")
     image_classifier: str = Field(default="auto", alias="FMBOT_IMAGE_CLASSIFIER")
     rewrite_image_prompts: bool = Field(default=True, alias="FMBOT_REWRITE_IMAGE_PROMPTS")
     store: str | None = Field(default=None, alias="FMBOT_STORE")
@@ -139,6 +144,8 @@ class Settings(BaseSettings):
         check_text_model_spec(self.text_model)
         if self.image_model:
             check_image_model_spec(self.image_model)
+        if self.vision_model:
+            check_vision_model_spec(self.vision_model)
         self.history_ttl_seconds  # noqa: B018 - raises ConfigError when malformed
         if self.image_classifier not in IMAGE_CLASSIFIERS:
             raise ConfigError(
@@ -173,7 +180,7 @@ class Settings(BaseSettings):
 
     @property
     def uses_yandex(self) -> bool:
-        specs = (self.text_model, self.image_model or "")
+        specs = (self.text_model, self.image_model or "", self.vision_model or "")
         return any(spec.startswith("yandex:") for spec in specs)
 
     def public_view(self) -> dict[str, Any]:

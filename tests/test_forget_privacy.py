@@ -151,7 +151,9 @@ async def test_redis_forget_leaves_no_key_or_value_naming_the_chat(
         assert f"{redis_prefix}:{{{CHAT}}}:turns" in before
         reply = await forget(manager)
         assert await redis_dump(client, redis_prefix) == {}
-        assert reply == "Deleted everything stored about this chat: history, template and usage."
+        assert reply == (
+            "Deleted everything stored about this chat: history, pictures, template and usage."
+        )
     finally:
         await manager.aclose()
 

@@ -129,6 +129,9 @@ def history(
                 mark = f" ({status})" if status not in (None, "complete") else ""
                 # Continuation lines are indented so each turn starts on an unindented line.
                 text = terminal_safe(turn.text).replace("\n", "\n  ")
+                if pictures := turn.meta.get("pictures"):
+                    count = len(pictures) if isinstance(pictures, list) else 1
+                    text = ("[picture] " if count == 1 else f"[{count} pictures] ") + text
                 typer.echo(f"{turn.role}{mark}: {text}")
         finally:
             await store.aclose()

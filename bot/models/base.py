@@ -42,6 +42,10 @@ class TextModel(abc.ABC):
 
     #: Spec the model was created from, e.g. ``local:smollm2``; shown to users.
     name: str
+    #: What one picture costs of the context window, for fitting history around it: a fixed
+    #: estimate, as services count pictures by their own rules (Gemma 3: 256 tokens;
+    #: Qwen2.5-VL: ~2,300 at 1568×1176; GPT-4o: ~1,100).
+    picture_tokens: int = 1500
 
     @property
     @abc.abstractmethod

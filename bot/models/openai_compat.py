@@ -60,11 +60,19 @@ class OpenAIConnection:
         *,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        service: Service | None = None,
     ) -> None:
+        """``headers`` go with every request; ``service`` replaces the error messages (a
+        provider with its own settings, like Yandex's OpenAI-compatible surface)."""
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key if api_key and api_key.get_secret_value() else None
         self._retry = retry or RetryPolicy()
         self._http = create_client(timeouts=timeouts)
+        self._headers = dict(headers or {})
+        if service is not None:
+            self.service = service
+            return
         host = urlsplit(self.base_url).netloc or self.base_url
         name = "OpenAI" if host == "api.openai.com" else f"the OpenAI-compatible server at {host}"
         title = name[0].upper() + name[1:]  # for the start of a sentence
@@ -87,7 +95,7 @@ class OpenAIConnection:
         )
 
     def headers(self) -> dict[str, str]:
-        headers = {REQUEST_ID_HEADER: new_request_id()}
+        headers = {**self._headers, REQUEST_ID_HEADER: new_request_id()}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
         return headers
@@ -141,7 +149,7 @@ class OpenAITextModel(TextModel):
     ) -> AsyncIterator[Chunk]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.text} for m in messages],
+            "messages": [_message(m) for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -303,6 +311,19 @@ async def embed(
     if len(vectors) != len(texts):
         raise connection.unreadable("the wrong number of embeddings")
     return vectors
+
+
+def _message(message: Message) -> dict[str, Any]:
+    """A chat message; one with pictures as content parts, each a base64 ``data:`` URL (the
+    server needs no access to where the picture came from)."""
+    if not message.pictures:
+        return {"role": message.role, "content": message.text}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.text}]
+    for picture in message.pictures:
+        encoded = base64.b64encode(picture.data).decode("ascii")
+        url = f"data:{picture.mime_type};base64,{encoded}"
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": message.role, "content": parts}
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:

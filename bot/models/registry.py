@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 _text_models: dict[tuple[str, int], TextModel] = {}
 _image_models: dict[str, ImageModel] = {}
+_vision_models: dict[str, TextModel] = {}
 _lock = asyncio.Lock()
 
 
@@ -57,12 +58,32 @@ async def get_image_model(settings: Settings) -> ImageModel | None:
         return model
 
 
+async def get_vision_model(settings: Settings) -> TextModel | None:
+    """The backend for ``settings.vision_model`` (pictures), or None when none is configured."""
+    spec = settings.vision_model
+    if not spec:
+        return None
+    from bot.models.remote import create_vision_model
+
+    async with _lock:
+        model = _vision_models.get(spec)
+        if model is None:
+            model = create_vision_model(spec, settings)  # ConfigError: a bad spec, credentials
+            _vision_models[spec] = model
+        return model
+
+
 async def close_models() -> None:
     """Close every cached backend (HTTP pools); the next get_* creates fresh ones."""
     async with _lock:
-        models: list[TextModel | ImageModel] = [*_text_models.values(), *_image_models.values()]
+        models: list[TextModel | ImageModel] = [
+            *_text_models.values(),
+            *_image_models.values(),
+            *_vision_models.values(),
+        ]
         _text_models.clear()
         _image_models.clear()
+        _vision_models.clear()
     for model in models:
         await model.aclose()
 

@@ -20,6 +20,7 @@ from bot.model_spec import (
     openai_size,
     yandex_image_options,
     yandex_text_spec,
+    yandex_vision_uri,
 )
 from bot.models.base import ImageModel, TextModel
 
@@ -90,6 +91,41 @@ def create_image_model(spec: str, settings: Settings) -> ImageModel | None:
             owns_connection=True,
         )
     return None
+
+
+def create_vision_model(spec: str, settings: Settings) -> TextModel:
+    """The FMBOT_VISION_MODEL backend: chat completions with pictures as ``image_url`` parts.
+
+    ``yandex:NAME`` is AI Studio's OpenAI-compatible surface (``{YANDEX_FM_URL}/v1``, model
+    ``gpt://FOLDER/NAME``, the text model's credentials); ``openai:NAME`` is OPENAI_BASE_URL.
+    """
+    from bot.models.openai_compat import OpenAIConnection, OpenAITextModel
+
+    model = yandex_vision_uri(spec, "FOLDER")  # ConfigError when malformed, before credentials
+    if spec.startswith("yandex:"):
+        from bot.models.yandex import YandexCredentials
+
+        credentials = YandexCredentials.from_settings(settings)
+        model = yandex_vision_uri(spec, credentials.folder_id)
+        # The OpenAI convention: the key (or IAM token) as a bearer token, the folder as the
+        # project; no logging of our users' messages, as for the native API.
+        secret = credentials.api_key if credentials.uses_api_key else credentials.iam_token
+        connection = OpenAIConnection(
+            f"{settings.yandex_fm_url.rstrip('/')}/v1",
+            secret,
+            headers={
+                "OpenAI-Project": credentials.folder_id,
+                "x-data-logging-enabled": "false",
+            },
+            service=credentials.service(),
+        )
+        window = YANDEX_CONTEXT_WINDOW
+    else:
+        connection = _openai_connection(settings)
+        window = settings.context_tokens
+    return OpenAITextModel(
+        connection, model, name=spec, context_window=window, owns_connection=True
+    )
 
 
 def _openai_connection(settings: Settings) -> OpenAIConnection:

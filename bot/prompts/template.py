@@ -32,6 +32,8 @@ class PromptTemplate(BaseModel):
     variables: dict[str, str | int | float | bool] = Field(default_factory=dict)
     examples: list[Example] = Field(default_factory=list)
     allow_images: bool = True
+    #: The question a picture sent without a caption asks (pictures: FMBOT_VISION_MODEL).
+    picture_request: str = "Describe this picture."
     #: Offered by /mode. False for templates fmbot runs itself (image-prompt): not a chat mode.
     chat_mode: bool = True
     #: Where the template came from; set by the loader, not read from the file.

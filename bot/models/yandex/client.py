@@ -98,7 +98,8 @@ class YandexCredentials:
             permission_message=permission,
             model_message=(
                 "Yandex Cloud does not know this model (404): check the model name in "
-                "FMBOT_TEXT_MODEL / FMBOT_IMAGE_MODEL, e.g. yandex:yandexgpt-lite/latest."
+                "FMBOT_TEXT_MODEL / FMBOT_IMAGE_MODEL / FMBOT_VISION_MODEL, e.g. "
+                "yandex:yandexgpt-lite/latest."
             ),
             secrets=tuple(s for s in (self.api_key, self.iam_token) if s is not None),
         )

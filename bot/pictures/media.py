@@ -1,0 +1,69 @@
+"""Normalised copies of the pictures of local channels, under ``FMBOT_HOME/media``.
+
+A console user's file may be moved or edited after it was sent; the copy keeps follow-up
+questions about it answerable. One folder per chat (named by a digest of the chat key, which may
+hold characters a path cannot), so ``/forget`` removes a chat's pictures at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from bot.events import Picture
+
+_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png"}
+
+
+class MediaDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _folder(self, chat: str) -> Path:
+        return self.root / hashlib.sha256(chat.encode()).hexdigest()[:32]
+
+    async def save(self, chat: str, picture: Picture) -> None:
+        await asyncio.to_thread(self._save, chat, picture)
+
+    def _save(self, chat: str, picture: Picture) -> None:
+        folder = self._folder(chat)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{picture.sha256}{_EXTENSIONS[picture.mime_type]}"
+        if path.exists():
+            return
+        partial = path.with_suffix(".part")
+        partial.write_bytes(picture.data)
+        os.replace(partial, path)  # whole or absent, also if we are killed while writing
+
+    async def load(self, chat: str, sha256: str, source: str) -> Picture | None:
+        """The stored copy of the picture whose source file had ``sha256``; None if absent."""
+        return await asyncio.to_thread(self._load, chat, sha256, source)
+
+    def _load(self, chat: str, sha256: str, source: str) -> Picture | None:
+        from PIL import Image  # only to read the size back
+
+        for mime, extension in _EXTENSIONS.items():
+            path = self._folder(chat) / f"{sha256}{extension}"
+            try:
+                data = path.read_bytes()
+                with Image.open(path) as image:
+                    width, height = image.size
+            except OSError:
+                continue
+            return Picture(data, mime, width, height, source, sha256)
+        return None
+
+    async def forget(self, chat: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._folder(chat), True)
+
+    def count(self, chat: str) -> int:
+        """Pictures stored for ``chat`` (for /forget's report and tests)."""
+        folder = self._folder(chat)
+        return (
+            sum(1 for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
+            if folder.is_dir()
+            else 0
+        )
