@@ -23,13 +23,25 @@ What the fake checks, like the real server:
 
 Tests push updates with :meth:`FakeTelegram.push_text` and friends and read what the bot did from
 :attr:`requests`, :meth:`calls`, :meth:`bot_messages` and :attr:`drafts`.
+
+Pictures people send: :meth:`FakeTelegram.push_photo` (the ``photo`` array of JPEG sizes Telegram
+makes, smallest first), :meth:`~FakeTelegram.push_document` ("send as file"),
+:meth:`~FakeTelegram.push_album` (one ``media_group_id``, the caption on the first item) and
+:meth:`~FakeTelegram.push_sticker`. Their files are served like the cloud Bot API does:
+``getFile`` (400 "invalid file_id"; "file is too big" above :attr:`~FakeTelegram.download_limit`,
+20 MB) hands out a ``file_path``, downloaded from ``GET /file/bot<token>/<file_path>``; every
+download is recorded in :attr:`~FakeTelegram.downloads`. :meth:`~FakeTelegram.add_file` registers
+any bytes (a corrupt picture, a huge file) as a file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import html
+import io
 import itertools
 import json
 import re
@@ -41,6 +53,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tests.fakes.base import FakeServer, Handler, Recorded
 
@@ -76,6 +89,18 @@ ENTITY_TYPES = frozenset(
         "date_time",
     }
 )  # fmt: skip
+#: Longest sides of the sizes Telegram keeps of a photo (its "s", "m", "x" and "y" sizes; HD
+#: photos add 2560): only those smaller than the original, plus the original capped at the last.
+PHOTO_SIDES = (90, 320, 800, 1280)
+#: The cloud Bot API's getFile limit (telegram-bot-api's MAX_DOWNLOAD_FILE_SIZE, 20 << 20).
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+# Prefixes real file ids start with, by kind (they encode the file type).
+FILE_ID_PREFIXES = {
+    "photos": "AgACAgIAAxkBAAI",
+    "documents": "BQACAgIAAxkBAAI",
+    "stickers": "CAACAgIAAxkBAAI",
+    "thumbnails": "AAMCAgADGQEAA",
+}
 CHAT_ACTIONS = frozenset(
     {
         "typing", "upload_photo", "record_video", "upload_video", "record_voice",
@@ -338,6 +363,51 @@ def check_entities(text: str, entities: Any) -> None:
 
 
 @dataclass
+class StoredFile:
+    """A file the fake's Bot API holds: what getFile describes and the download serves."""
+
+    file_id: str
+    file_unique_id: str
+    file_path: str
+    data: bytes
+    file_size: int  # usually len(data); add_file(size=...) claims more
+
+    def photo_size(self, width: int, height: int) -> dict[str, Any]:
+        """This file as a PhotoSize (e.g. a corrupt picture in ``photo=[...]``)."""
+        return {
+            "file_id": self.file_id,
+            "file_unique_id": self.file_unique_id,
+            "file_size": self.file_size,
+            "width": width,
+            "height": height,
+        }
+
+
+def _open_picture(data: bytes) -> Image.Image:
+    """A picture as Telegram's apps upload it: rotated upright, without transparency."""
+    try:
+        picture: Image.Image = Image.open(io.BytesIO(data))
+        picture.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"Telegram would not deliver this as a photo: {exc}") from None
+    picture = ImageOps.exif_transpose(picture)
+    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+        backdrop = Image.new("RGB", picture.size, "white")
+        backdrop.paste(picture.convert("RGBA"), mask=picture.convert("RGBA").getchannel("A"))
+        return backdrop
+    return picture.convert("RGB")
+
+
+def _scaled(picture: Image.Image, side: int, fmt: str = "JPEG") -> tuple[bytes, int, int]:
+    """``picture`` with its longest side at most ``side``, encoded; (bytes, width, height)."""
+    copy = picture.copy()
+    copy.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    copy.save(out, fmt, quality=87)
+    return out.getvalue(), copy.width, copy.height
+
+
+@dataclass
 class _Injected:
     method: str
     status: int
@@ -393,6 +463,19 @@ class FakeTelegram(FakeServer):
     held: list[dict[str, Any]] = field(default_factory=list)
     _hold: dict[str, int] = field(default_factory=dict)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Longest sides of the photo sizes push_photo makes (add 2560 for HD photos).
+    photo_sides: tuple[int, ...] = PHOTO_SIDES
+    #: getFile refuses larger files ("file is too big"), as the cloud Bot API does.
+    download_limit: int = DOWNLOAD_LIMIT
+    #: Files by file_id.
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    #: file_id of every file downloaded from /file/bot<token>/..., in order.
+    downloads: list[str] = field(default_factory=list)
+    _served: dict[str, StoredFile] = field(default_factory=dict)  # file_path -> file, by getFile
+    _file_numbers: itertools.count[int] = field(default_factory=itertools.count)
+    _media_groups: itertools.count[int] = field(
+        default_factory=lambda: itertools.count(13_960_000_000_000_001)
+    )
 
     async def __aenter__(self) -> FakeTelegram:
         await self.start()
@@ -401,6 +484,7 @@ class FakeTelegram(FakeServer):
     async def start(self) -> None:
         app = web.Application(client_max_size=20 * 1024 * 1024)  # photos up to 10 MB
         app.router.add_route("*", "/bot{token}/{method}", self._dispatch)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self.base_url = await self.serve(app)
 
     async def stop(self) -> None:
@@ -506,6 +590,154 @@ class FakeTelegram(FakeServer):
         if thread_id is not None:
             event["message_thread_id"] = thread_id
         self.push_update("stopped_message_generation", event)
+
+    def add_file(
+        self, data: bytes, *, kind: str = "documents", extension: str = "", size: int | None = None
+    ) -> StoredFile:
+        """Register ``data`` as a file (kind: photos, documents, stickers, thumbnails).
+
+        ``size`` claims a size other than ``len(data)``: a 2 GB video without holding 2 GB."""
+        number = next(self._file_numbers)
+        digest = hashlib.sha256(data).digest()
+        unique = base64.urlsafe_b64encode(hashlib.sha256(kind.encode() + digest).digest())
+        numbered = base64.urlsafe_b64encode(hashlib.sha256(b"%d|" % number + digest).digest())
+        stored = StoredFile(
+            file_id=FILE_ID_PREFIXES.get(kind, "BQACAgIAAxkBAAI") + numbered.decode()[:40],
+            # The same bytes keep one file_unique_id, as on Telegram.
+            file_unique_id="AQAD" + unique.decode()[:12],
+            file_path=f"{kind}/file_{number}" + (f".{extension}" if extension else ""),
+            data=data,
+            file_size=len(data) if size is None else size,
+        )
+        self.files[stored.file_id] = stored
+        return stored
+
+    def photo_sizes(self, image: bytes) -> list[dict[str, Any]]:
+        """The PhotoSize array Telegram makes of a picture: JPEGs, smallest first."""
+        picture = _open_picture(image)
+        top = min(max(picture.size), max(self.photo_sides))
+        sizes = []
+        for side in [s for s in self.photo_sides if s < top] + [top]:
+            data, width, height = _scaled(picture, side)
+            sizes.append(
+                self.add_file(data, kind="photos", extension="jpg").photo_size(width, height)
+            )
+        return sizes
+
+    def push_photo(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any] | None,
+        image: bytes,
+        *,
+        caption: str | None = None,
+        media_group_id: str | None = None,
+        thread_id: int | None = None,
+        reply_to: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """A photo as Telegram delivers it (sizes made from ``image``, ValueError if it is not a
+        picture); ``caption`` with the entities Telegram would detect."""
+        return self.push_message(
+            chat, user, thread_id=thread_id, reply_to=reply_to, photo=self.photo_sizes(image),
+            media_group_id=media_group_id, **_caption_fields(caption), **fields,
+        )  # fmt: skip
+
+    def push_album(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any] | None,
+        images: list[bytes],
+        caption: str | None = None,
+        *,
+        thread_id: int | None = None,
+        reply_to: dict[str, Any] | None = None,
+        media_group_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Several photos sent together: one update each, sharing a ``media_group_id``; only the
+        first carries the caption, as Telegram delivers albums."""
+        group = media_group_id or str(next(self._media_groups))
+        sent = []
+        for i, image in enumerate(images):
+            sent.append(
+                self.push_photo(
+                    chat,
+                    user,
+                    image,
+                    caption=caption if i == 0 else None,
+                    media_group_id=group,
+                    thread_id=thread_id,
+                    reply_to=reply_to,
+                )
+            )
+        return sent
+
+    def push_document(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any] | None,
+        data: bytes,
+        *,
+        mime_type: str,
+        file_name: str,
+        caption: str | None = None,
+        media_group_id: str | None = None,
+        thread_id: int | None = None,
+        reply_to: dict[str, Any] | None = None,
+        size: int | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """A file sent "as file": ``document`` as sent (no recompression), with a JPEG
+        ``thumbnail`` when ``data`` is a picture. ``size`` claims a larger file_size."""
+        extension = file_name.rpartition(".")[2] if "." in file_name else ""
+        stored = self.add_file(data, kind="documents", extension=extension, size=size)
+        document: dict[str, Any] = {
+            "file_name": file_name,
+            "mime_type": mime_type,
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": stored.file_size,
+        }
+        with contextlib.suppress(ValueError):
+            thumb, width, height = _scaled(_open_picture(data), 320)
+            document["thumbnail"] = self.add_file(
+                thumb, kind="thumbnails", extension="jpg"
+            ).photo_size(width, height)
+        return self.push_message(
+            chat, user, thread_id=thread_id, reply_to=reply_to, document=document,
+            media_group_id=media_group_id, **_caption_fields(caption), **fields,
+        )  # fmt: skip
+
+    def push_sticker(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any] | None,
+        *,
+        emoji: str = "👍",
+        set_name: str = "FmbotTestStickers",
+        thread_id: int | None = None,
+        reply_to: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """A static sticker: a 512x512 WebP, as regular stickers are."""
+        picture = Image.new("RGB", (512, 512), (250, 200, 40))
+        data, _, _ = _scaled(picture, 512, "WEBP")
+        stored = self.add_file(data, kind="stickers", extension="webp")
+        thumb, width, height = _scaled(picture, 128, "WEBP")
+        sticker = {
+            **stored.photo_size(512, 512),
+            "type": "regular",
+            "is_animated": False,
+            "is_video": False,
+            "emoji": emoji,
+            "set_name": set_name,
+            "thumbnail": self.add_file(thumb, kind="thumbnails", extension="webp").photo_size(
+                width, height
+            ),
+        }
+        return self.push_message(
+            chat, user, thread_id=thread_id, reply_to=reply_to, sticker=sticker, **fields
+        )
 
     def push_update(self, kind: str, payload: dict[str, Any]) -> int:
         update_id = next(self._update_ids)
@@ -906,6 +1138,33 @@ class FakeTelegram(FakeServer):
         entry["answer"] = params
         return True
 
+    async def _m_getfile(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
+        # Messages as telegram-bot-api's Client.cpp words them.
+        file_id = params.get("file_id")
+        if not file_id:
+            raise _bad("file_id not specified")
+        stored = self.files.get(str(file_id))
+        if stored is None:
+            raise _bad("invalid file_id")
+        if stored.file_size > self.download_limit:
+            raise _bad("file is too big")
+        self._served[stored.file_path] = stored  # the file is on the server from now on
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": stored.file_size,
+            "file_path": stored.file_path,
+        }
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        """GET /file/bot<token>/<file_path>: only paths a getFile has handed out."""
+        stored = self._served.get(request.match_info["path"])
+        if request.match_info["token"] != self.token or stored is None:
+            body = {"ok": False, "error_code": 404, "description": "Not Found"}
+            return web.json_response(body, status=404)
+        self.downloads.append(stored.file_id)
+        return web.Response(body=stored.data, content_type="application/octet-stream")
+
     async def _m_deletemessage(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
         chat = self._chat(params)
         if self.messages.get(chat["id"], {}).pop(int(params.get("message_id") or 0), None) is None:
@@ -947,6 +1206,15 @@ def trim(text: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
         if end > start:
             kept.append({**e, "offset": start, "length": end - start})
     return {"text": shown, "entities": kept} if kept else {"text": shown}
+
+
+def _caption_fields(caption: str | None) -> dict[str, Any]:
+    """A user's caption and the entities Telegram detects in it (mentions live here)."""
+    if caption is None:
+        return {}
+    if utf16_len(caption) > CAPTION_LIMIT:
+        raise ValueError("Telegram's apps do not send captions over 1024 characters")
+    return {"caption": caption, "caption_entities": detect_entities(caption)}
 
 
 def _shallow(msg: dict[str, Any]) -> dict[str, Any]:
