@@ -5,13 +5,17 @@ Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``. S
 Server-Sent Events: ``data: {chunk}`` events, a finish chunk, a usage chunk with empty ``choices``
 when ``stream_options.include_usage`` is set, then ``data: [DONE]``. With ``api_key=None`` the
 server needs no key, like llama.cpp's server or Ollama. The "model" echoes the last user message.
+
+Messages may carry pictures (``image_url`` parts with base64 ``data:`` URLs) for the models in
+``vision_models``; other models refuse them with OpenAI's error. Each picture is decoded and kept
+in :attr:`FakeOpenAI.received_images`, and the reply starts with what arrived (``I see 1 picture:
+1568x1176 JPEG.``); see :mod:`tests.fakes.chat_completions`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeServer, words
+from tests.fakes.chat_completions import ChatError, ReceivedImage, chat, openai_image_tokens
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EMBEDDING_DIM = 8
@@ -43,6 +48,20 @@ class BadRequest(Exception):
         self.code = code
 
 
+def openai_error(
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+) -> web.Response:
+    """An error in OpenAI's shape (FakeYandex answers its OpenAI-compatible surface so too)."""
+    kind, default_code = ERROR_TYPES.get(status, ("server_error", None))
+    error = {"message": message, "type": kind, "param": param, "code": code or default_code}
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
 def fake_image(prompt: str) -> bytes:
     return PNG_MAGIC + hashlib.sha256(prompt.encode()).digest()
 
@@ -55,7 +74,14 @@ def fake_embedding(text: str) -> list[float]:
 @dataclass
 class FakeOpenAI(FakeServer):
     api_key: str | None = "sk-test-0123456789abcdefXYZW"
-    models: set[str] = field(default_factory=lambda: {"gpt-test", "dall-e-test", "embed-test"})
+    models: set[str] = field(
+        default_factory=lambda: {"gpt-test", "vision-test", "dall-e-test", "embed-test"}
+    )
+    #: Models that accept ``image_url`` parts; the others answer OpenAI's "only supported by
+    #: certain models" error.
+    vision_models: set[str] = field(default_factory=lambda: {"vision-test"})
+    #: Every picture of every chat request that was answered, in arrival order.
+    received_images: list[ReceivedImage] = field(default_factory=list)
     #: Overrides the echo reply when set.
     reply: str | None = None
     base_url: str = ""  # http://127.0.0.1:PORT/v1
@@ -76,12 +102,9 @@ class FakeOpenAI(FakeServer):
         message: str,
         headers: dict[str, str] | None = None,
         code: str | None = None,
+        param: str | None = None,
     ) -> web.Response:
-        kind, default_code = ERROR_TYPES.get(status, ("server_error", None))
-        body = {
-            "error": {"message": message, "type": kind, "param": None, "code": code or default_code}
-        }
-        return web.json_response(body, status=status, headers=headers)
+        return openai_error(status, message, headers, code=code, param=param)
 
     def _check(self, request: web.Request) -> dict[str, Any]:
         if self.api_key is not None:
@@ -119,6 +142,10 @@ class FakeOpenAI(FakeServer):
             return await handler(request, self._check(request))
         except BadRequest as exc:
             return self.error_response(request, exc.status, exc.message, code=exc.code)
+        except ChatError as exc:
+            return self.error_response(
+                request, exc.status, exc.message, code=exc.code, param=exc.param
+            )
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             return self.error_response(request, 400, f"Invalid request: {exc}")
 
@@ -128,99 +155,16 @@ class FakeOpenAI(FakeServer):
         return await self._guarded(request, self._do_chat)
 
     async def _do_chat(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest(400, "'messages' must contain at least one message")
-        for m in messages:
-            if m.get("role") not in {"system", "user", "assistant", "developer", "tool"}:
-                raise BadRequest(400, f"Invalid role {m.get('role')!r}")
-            if not isinstance(m.get("content"), str):
-                raise BadRequest(400, "'content' must be a string")
-        temperature = body.get("temperature")
-        if temperature is not None and not 0 <= float(temperature) <= 2:
-            raise BadRequest(400, "temperature must be between 0 and 2")
-        limit = body.get("max_tokens")
-        user = [m["content"] for m in messages if m["role"] == "user"]
-        reply = words(self.reply if self.reply is not None else f"Echo: {user[-1] if user else ''}")
-        finish = "stop"
-        if limit is not None and len(reply) > int(limit):
-            reply, finish = reply[: int(limit)], "length"
-        prompt_tokens = sum(4 + len(words(m["content"])) for m in messages)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(reply),
-            "total_tokens": prompt_tokens + len(reply),
-        }
-        created = int(time.time())
-        base = {"id": "chatcmpl-fake", "created": created, "model": body["model"]}
-        fault = self.fault_of(request)
-        if not body.get("stream") or self.ignore_stream:
-            return web.json_response(
-                base
-                | {
-                    "object": "chat.completion",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": " ".join(reply)},
-                            "finish_reason": finish,
-                        }
-                    ],
-                    "usage": usage,
-                }
-            )
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-        def event(choices: list[dict[str, Any]], chunk_usage: Any = None) -> bytes:
-            chunk = base | {"object": "chat.completion.chunk", "choices": choices}
-            if include_usage:
-                chunk["usage"] = chunk_usage
-            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        return await chat(
+            self,
+            request,
+            body,
+            vision=body["model"] in self.vision_models,
+            reply=self.reply,
+            image_cost=openai_image_tokens,
+            received=self.received_images,
+            ignore_stream=self.ignore_stream,
         )
-        await response.prepare(request)
-        pieces = [
-            event(
-                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-            )
-        ]
-        pieces += [
-            event(
-                [
-                    {
-                        "index": 0,
-                        "delta": {"content": w if i == 0 else " " + w},
-                        "finish_reason": None,
-                    }
-                ]
-            )
-            for i, w in enumerate(reply)
-        ]
-        for i, piece in enumerate(pieces):
-            if fault is not None and i > fault.after:
-                if fault.kind == "cut":
-                    await self.cut(request, response, fault)
-                    return response
-                if fault.kind == "content_filter":
-                    piece = event([{"index": 0, "delta": {}, "finish_reason": "content_filter"}])
-                    await self.write_line(request, response, piece)
-                    await self.write_line(request, response, b"data: [DONE]\n\n")
-                    await response.write_eof()
-                    return response
-            if not await self.write_line(request, response, piece):
-                return response
-        tail = [event([{"index": 0, "delta": {}, "finish_reason": finish}])]
-        if include_usage:
-            tail.append(event([], usage))
-        tail.append(b": keep-alive comment, ignored by clients\n\n")
-        tail.append(b"data: [DONE]\n\n")
-        for piece in tail:
-            if not await self.write_line(request, response, piece):
-                return response
-        await response.write_eof()
-        return response
 
     # --- images, embeddings ---
 
