@@ -1,5 +1,5 @@
-"""The fakes' OpenAI-compatible chat with pictures (issue 17): FakeOpenAI, driven over real HTTP
-with httpx. Pictures made with Pillow are decoded back from
+"""The fakes' OpenAI-compatible chat with pictures (issue 17): FakeOpenAI and FakeYandex's AI
+Studio surface, driven over real HTTP with httpx. Pictures made with Pillow are decoded back from
 what each fake recorded, so a test can trust that "the picture that arrived is the one sent"."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.fakes import FakeOpenAI
+from tests.fakes import FakeOpenAI, FakeYandex, Fault
 from tests.fakes.chat_completions import NOT_VISION, UNSUPPORTED_IMAGE, openai_image_tokens
 
 TIMEOUT = 5.0
@@ -23,6 +23,13 @@ TIMEOUT = 5.0
 @pytest.fixture
 async def openai() -> AsyncIterator[FakeOpenAI]:
     server = FakeOpenAI()
+    async with server:
+        yield server
+
+
+@pytest.fixture
+async def yandex() -> AsyncIterator[FakeYandex]:
+    server = FakeYandex()
     async with server:
         yield server
 
@@ -294,3 +301,116 @@ async def test_content_must_be_a_string_or_parts(openai: FakeOpenAI) -> None:
         "Invalid type for 'messages[0].content': expected one of a string or array of objects, "
         "but got an object instead."
     )
+
+
+# --- FakeYandex's OpenAI-compatible surface -------------------------------------------------
+
+
+def gemma(fake: FakeYandex) -> str:
+    return f"gpt://{fake.folder_id}/gemma-3-27b-it/latest"
+
+
+@pytest.mark.parametrize("auth", ["Bearer api-key", "Api-Key api-key", "Bearer iam"])
+async def test_yandex_vision_model_sees_the_picture(yandex: FakeYandex, auth: str) -> None:
+    scheme, _, which = auth.partition(" ")
+    secret = yandex.api_key if which == "api-key" else yandex.iam_token
+    headers = {"Authorization": f"{scheme} {secret}", "OpenAI-Project": yandex.folder_id}
+    sent = picture(896, 672)
+    body = {"model": gemma(yandex), "messages": ask("что это?", data_url(sent))}
+    response = await post(f"{yandex.llm_url}/v1/chat/completions", body, headers)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"] == (
+        "I see 1 picture: 896x672 JPEG. Echo: что это?"
+    )
+    assert answer["usage"]["prompt_tokens"] == (4 + 2) + (4 + 2) + 256
+    (received,) = yandex.received_images
+    assert received.data == sent and received.model == gemma(yandex)
+
+
+async def test_yandex_streams_sse_with_usage(yandex: FakeYandex) -> None:
+    headers = {"Authorization": f"Bearer {yandex.api_key}"}  # OpenAI-Project is optional
+    body = {
+        "model": f"gpt://{yandex.folder_id}/qwen2.5-vl-32b-instruct/latest",
+        "messages": ask("and?", data_url(picture(50, 40, "PNG"), "image/png")),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = await stream(f"{yandex.llm_url}/v1/chat/completions", body, headers)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == "I see 1 picture: 50x40 PNG. Echo: and?"
+    assert events[-1]["usage"]["prompt_tokens"] == (4 + 2) + (4 + 1) + 256
+    assert yandex.received_images[0].format == "PNG"
+
+
+@pytest.mark.parametrize(
+    ("headers", "model", "status", "message"),
+    [
+        ({"Authorization": "Bearer wrong"}, "gemma", 401, "Unknown api key 'wrong'"),
+        ({"Authorization": ""}, "gemma", 401, "The request is missing the Authorization header"),
+        (
+            {"OpenAI-Project": "b1gotherfolder"},
+            "gemma",
+            403,
+            "Permission to [resource-manager.folder b1gotherfolder] denied",
+        ),
+        (
+            {},
+            "gpt://b1gotherfolder/gemma-3-27b-it/latest",
+            403,
+            "Permission to [resource-manager.folder b1gotherfolder] denied",
+        ),
+        ({}, "gemma-3-27b-it", 400, "Invalid model URI gemma-3-27b-it"),
+        ({}, "gpt://{folder}/no-such-model/latest", 404, "not found"),
+        ({}, "gpt://{folder}/yandexgpt/latest", 400, NOT_VISION),
+    ],
+)
+async def test_yandex_refusals_are_openai_shaped(
+    yandex: FakeYandex, headers: dict[str, str], model: str, status: int, message: str
+) -> None:
+    headers = {"Authorization": f"Api-Key {yandex.api_key}"} | headers
+    model = gemma(yandex) if model == "gemma" else model.format(folder=yandex.folder_id)
+    body = {"model": model, "messages": ask("hi", data_url(JPEG))}
+    response = await post(f"{yandex.llm_url}/v1/chat/completions", body, headers)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert message in error["message"]
+    assert yandex.received_images == []
+
+
+async def test_yandex_text_models_answer_text(yandex: FakeYandex) -> None:
+    headers = {"Authorization": f"Api-Key {yandex.api_key}"}
+    body = {
+        "model": f"gpt://{yandex.folder_id}/yandexgpt/latest",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 2,
+    }
+    response = await post(f"{yandex.llm_url}/v1/chat/completions", body, headers)
+    choice = response.json()["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ("Echo: hello", "length")
+
+
+async def test_yandex_faults_answer_in_openais_shape(yandex: FakeYandex) -> None:
+    yandex.inject(Fault("status", status=429, retry_after=2), path="/v1/chat/completions")
+    headers = {"Authorization": f"Api-Key {yandex.api_key}"}
+    body = {"model": gemma(yandex), "messages": ask("hi")}
+    response = await post(f"{yandex.llm_url}/v1/chat/completions", body, headers)
+    assert (response.status_code, response.headers["Retry-After"]) == (429, "2")
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    # The native API keeps its own error shape.
+    native = await post(
+        f"{yandex.llm_url}/foundationModels/v1/completion", {}, {"Authorization": "Bearer x"}
+    )
+    assert native.json()["error"]["grpcCode"] == 16
+
+
+async def test_yandex_stream_faults_apply(yandex: FakeYandex) -> None:
+    yandex.inject(Fault("content_filter", after=1), path="/v1/chat/completions")
+    headers = {"Authorization": f"Api-Key {yandex.api_key}"}
+    body = {"model": gemma(yandex), "messages": ask("hi", data_url(JPEG)), "stream": True}
+    events = await stream(f"{yandex.llm_url}/v1/chat/completions", body, headers)
+    finishes = [e["choices"][0]["finish_reason"] for e in events]
+    assert finishes[-1] == "content_filter" and finishes.count("content_filter") == 1
+    assert "Echo" not in "".join(e["choices"][0]["delta"].get("content") or "" for e in events)

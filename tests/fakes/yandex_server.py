@@ -5,6 +5,13 @@ Two hosts like the real service: ``llm_url`` (models; errors as
 (``GET /operations/{id}``, ``POST /operations/{id}:cancel``; errors as ``{"code", "message",
 "details"}``). Requests are validated like the service does: credentials, folder, model URI,
 required fields, value ranges. The "model" echoes the last user message: ``Echo: <text>``.
+
+The llm host also serves AI Studio's OpenAI-compatible ``POST /v1/chat/completions`` (model
+``gpt://<folder>/<name>/<version>``; ``Authorization: Bearer <API key or IAM token>`` or
+``Api-Key <API key>``; an optional ``OpenAI-Project: <folder>``), whose answers and errors are in
+OpenAI's shape. Its multimodal models (``vision_models``) take ``image_url`` parts with base64
+``data:`` URLs; they are decoded and kept in :attr:`FakeYandex.received_images`, sharing
+:mod:`tests.fakes.chat_completions` with FakeOpenAI.
 """
 
 from __future__ import annotations
@@ -21,10 +28,17 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeServer, words
+from tests.fakes.chat_completions import ChatError, ReceivedImage, chat
+from tests.fakes.openai_server import openai_error
 
 HOST = web.AppKey("host", str)  # which of the two hosts an app is
 HTTP_TO_GRPC = {400: 3, 401: 16, 403: 7, 404: 5, 429: 8, 500: 13, 503: 14, 504: 4}
 TEXT_MODELS = {"yandexgpt-lite", "yandexgpt", "llama-lite", "llama"}
+#: Model Gallery models served only through the OpenAI-compatible API (AI Studio's model list).
+GALLERY_MODELS = {"qwen3-235b-a22b-fp8", "gpt-oss-120b", "gpt-oss-20b"}
+VISION_MODELS = {"gemma-3-27b-it", "qwen2.5-vl-32b-instruct"}
+#: AI Studio documents Gemma 3 27B's cost as 256 context tokens per picture.
+IMAGE_TOKENS = 256
 ROLES = {"system", "user", "assistant"}
 EMBEDDING_DIM = 256
 JPEG_MAGIC = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
@@ -105,6 +119,10 @@ class FakeYandex(FakeServer):
     llm_url: str = ""
     operations_url: str = ""
     operations: dict[str, _Operation] = field(default_factory=dict)
+    #: Models of ``/v1/chat/completions`` that accept pictures.
+    vision_models: set[str] = field(default_factory=lambda: set(VISION_MODELS))
+    #: Every picture of every ``/v1/chat/completions`` request that was answered, in order.
+    received_images: list[ReceivedImage] = field(default_factory=list)
 
     async def start(self) -> None:
         llm = web.Application()
@@ -117,6 +135,7 @@ class FakeYandex(FakeServer):
         llm.router.add_post(f"{v1}/tokenizeCompletion", self._tokenize_completion)
         llm.router.add_post(f"{v1}/textEmbedding", self._embedding)
         llm.router.add_post(f"{v1}/fewShotTextClassification", self._classify)
+        llm.router.add_post("/v1/chat/completions", self._chat_completions)
         ops = web.Application()
         ops[HOST] = "operations"
         ops.router.add_get("/operations/{op_id}", self._get_operation)
@@ -133,6 +152,8 @@ class FakeYandex(FakeServer):
         message: str,
         headers: dict[str, str] | None = None,
     ) -> web.Response:
+        if request.path.startswith("/v1/"):
+            return openai_error(status, message, headers)  # the OpenAI-compatible surface
         grpc = HTTP_TO_GRPC.get(status, 2)
         reason = web.Response(status=status).reason
         if request.app[HOST] == "llm":
@@ -155,16 +176,21 @@ class FakeYandex(FakeServer):
         scheme, _, secret = auth.partition(" ")
         if not auth:
             raise BadRequest(401, "The request is missing the Authorization header")
+        # The OpenAI-compatible surface documents "Bearer <API key>" (what OpenAI's SDKs send).
+        bearer = (
+            {self.iam_token, self.api_key} if request.path.startswith("/v1/") else {self.iam_token}
+        )
         if not (
             (scheme == "Api-Key" and secret == self.api_key)
-            or (scheme == "Bearer" and secret == self.iam_token)
+            or (scheme == "Bearer" and secret in bearer)
         ):
             # The real service names the credential it did not recognise; so do we, which lets
             # tests check that fmbot never passes such text on.
             raise BadRequest(401, f"Unknown api key '{secret}'")
-        folder = request.headers.get("x-folder-id")
-        if folder is not None and folder != self.folder_id:
-            raise BadRequest(403, f"Permission to [resource-manager.folder {folder}] denied")
+        for header in ("x-folder-id", "OpenAI-Project"):
+            folder = request.headers.get(header)
+            if folder is not None and folder != self.folder_id:
+                raise BadRequest(403, f"Permission to [resource-manager.folder {folder}] denied")
         body = self.body_of(request)
         if request.method == "POST" and request.app[HOST] == "llm" and not isinstance(body, dict):
             raise BadRequest(400, "Request body must be a JSON object")
@@ -174,6 +200,9 @@ class FakeYandex(FakeServer):
         uri = body.get("modelUri")
         if not isinstance(uri, str) or not uri:
             raise BadRequest(400, "modelUri is required")
+        return self._model_uri(uri, scheme, known)
+
+    def _model_uri(self, uri: str, scheme: str, known: set[str] | None) -> str:
         prefix = f"{scheme}://"
         if not uri.startswith(prefix):
             raise BadRequest(400, f"Invalid model URI {uri}: expected {prefix}<folder>/<model>")
@@ -184,6 +213,9 @@ class FakeYandex(FakeServer):
         if known is not None and model not in known:
             raise BadRequest(404, f"Model {uri} not found")
         return uri
+
+    def _model_name(self, uri: str) -> str:
+        return uri.split("://", 1)[1].split("/")[1]
 
     def _messages(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         messages = body.get("messages")
@@ -220,6 +252,8 @@ class FakeYandex(FakeServer):
             return await handler(request, body)
         except BadRequest as exc:
             return self.error_response(request, exc.status, exc.message)
+        except ChatError as exc:  # only from /v1/chat/completions: OpenAI's shape
+            return openai_error(exc.status, exc.message, code=exc.code, param=exc.param)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:  # malformed fields
             return self.error_response(request, 400, f"Request validation error: {exc}")
 
@@ -313,6 +347,26 @@ class FakeYandex(FakeServer):
             op.error = {"code": fault.grpc_code, "message": fault.message, "details": []}
         self.operations[op.id] = op
         return web.json_response(op.to_json())
+
+    # --- the OpenAI-compatible surface ---
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._guard(request, self._do_chat)
+
+    async def _do_chat(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest(400, "model is required")
+        self._model_uri(model, "gpt", TEXT_MODELS | GALLERY_MODELS | self.vision_models)
+        return await chat(
+            self,
+            request,
+            body,
+            vision=self._model_name(model) in self.vision_models,
+            reply=self.reply,
+            image_cost=lambda image: IMAGE_TOKENS,
+            received=self.received_images,
+        )
 
     # --- operations host ---
 
