@@ -14,9 +14,11 @@ from bot.batch.yandex import (
     BatchClient,
     DatasetInvalidError,
     TaskState,
+    Usage,
     request_key,
     request_line,
     response_text,
+    response_usage,
 )
 from bot.errors import AuthenticationError, ConfigError, ModelError, RateLimitError
 from bot.events import Message
@@ -84,6 +86,25 @@ def test_request_and_response_forms() -> None:
     assert response_text("plain") == "plain"
     assert response_text({"alternatives": [{"message": {"text": "alt"}}]}) == "alt"
     assert response_text('{"message": {"role": "assistant", "text": "js"}}') == "js"
+    assert response_text({"result": {"alternatives": [{"message": {"text": "rest"}}]}}) == "rest"
+
+
+def test_usage_of_result_records() -> None:
+    nested = {
+        "alternatives": [{"message": {"role": "assistant", "text": "hi"}}],
+        "usage": {"inputTextTokens": 12, "completionTokens": 3, "totalTokens": 15},
+    }
+    as_json = json.dumps(
+        nested | {"usage": {"inputTextTokens": "12", "completionTokens": "3", "totalTokens": "15"}}
+    )
+    for response in (nested, as_json, json.dumps({"result": nested}).encode()):
+        assert response_usage({"request": [], "response": response}) == Usage(12, 3)
+    # A usage column of the record itself (snake_case, as protobuf field names are).
+    column = {"input_text_tokens": "7", "completion_tokens": "2", "total_tokens": "9"}
+    assert response_usage({"response": "text", "usage": column}) == Usage(7, 2)
+    for empty in ("plain reply", None, {"alternatives": []}, '{"usage": "n/a"}'):
+        assert response_usage({"response": empty}) == Usage(None, None)
+    assert response_usage({"response": {"usage": {"inputTextTokens": "many"}}}) == Usage()
 
 
 async def test_dataset_task_and_result(fake: FakeYandexBatch) -> None:
@@ -115,6 +136,9 @@ async def test_dataset_task_and_result(fake: FakeYandexBatch) -> None:
         replies = {request_key(r["request"]): response_text(r["response"]) for r in records}
         one = request_line([Message("system", "Be brief."), Message("user", "one")])
         assert replies[request_key(one)] == "echo: one"
+        usage = {request_key(r["request"]): response_usage(r) for r in records}
+        assert usage[request_key(one)] == Usage(*fake.usage["one"])
+        assert all(u.input_tokens and u.output_tokens for u in usage.values())
         assert len(records) == 2  # the FAIL line has no result
         assert await client.describe(final.task_id) == ("COMPLETED", [])
         await client.delete_dataset(dataset_id)

@@ -75,6 +75,12 @@ async def test_batch_mode_end_to_end_and_resume_of_failed_rows(
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     assert "no result for this row" in str(rows[1]["error"])
     assert rows[0]["latency_ms"] is None
+    # Tokens from each result's usage (a nested completion result here), as the other modes fill.
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        fake.usage["hello there"],
+        (None, None),
+        fake.usage["third one"],
+    ]
     # Both datasets (request and result) were deleted once the output was written.
     assert sorted(fake.deleted) == sorted([task.source, task.result_dataset_id])
     assert not fake.datasets
@@ -157,13 +163,16 @@ async def test_cancel(fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
 async def test_validation_errors_mark_their_rows(
     fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
 ) -> None:
-    fake.request_as_json = True  # the result's request column as JSON text: matched all the same
+    # The result's request and response columns as JSON text: matched and read all the same.
+    fake.request_as_json = fake.response_as_json = True
     cases = write_jsonl(tmp_path / "cases.jsonl", ["fine", "INVALID here", "also fine"])
     out = tmp_path / "out.parquet"
     ran = await fmbot(run_args(cases, out), env)
     assert ran.returncode == 0, ran.stderr
     rows = results(out)
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert [r["reply"] for r in rows] == ["echo: fine", None, "echo: also fine"]
+    assert (rows[2]["input_tokens"], rows[2]["output_tokens"]) == fake.usage["also fine"]
     assert "rejected this row's request" in str(rows[1]["error"])
     [task] = fake.tasks.values()
     assert [last_user(r) for r in task.lines] == ["fine", "also fine"]
@@ -244,3 +253,16 @@ async def test_unknown_mode(env: dict[str, str], tmp_path: Path) -> None:
     ran = await fmbot([*args, "--mode", "turbo"], env)
     assert ran.returncode == 2
     assert "--mode" in ran.stderr and "sync, stream, async, batch" in ran.stderr
+
+
+async def test_plain_text_responses_leave_the_token_columns_empty(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.plain_response = True  # the dataset docs' form: the response is the reply's text
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["one", "two"])
+    out = tmp_path / "out.parquet"
+    ran = await fmbot(run_args(cases, out), env)
+    assert ran.returncode == 0, ran.stderr
+    rows = results(out)
+    assert [r["reply"] for r in rows] == ["echo: one", "echo: two"]
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(None, None)] * 2

@@ -2,8 +2,9 @@
 
 Rows are rendered exactly as in the other modes, written as a request dataset, uploaded,
 validated and processed by the Batch Inference service; the result dataset is matched back to
-rows by request (never by position) and written as the same output table. ``latency_ms`` and
-the token columns stay empty: the service reports neither per row.
+rows by request (never by position) and written as the same output table. The token columns
+come from each result's ``usage`` (empty when the service sends a plain-text response);
+``latency_ms`` stays empty: the service does not time rows.
 
 The progress file records the dataset and task ids as soon as they exist (``TASK_KIND`` lines),
 so an interrupted command re-attaches to its running task instead of submitting a new one. Rows
@@ -43,9 +44,11 @@ from bot.batch.yandex import (
     BatchClient,
     DatasetInvalidError,
     TaskState,
+    Usage,
     request_key,
     request_line,
     response_text,
+    response_usage,
 )
 from bot.errors import ConfigError, FmbotError
 from bot.model_spec import yandex_text_spec
@@ -299,12 +302,15 @@ async def _collect(
     record: Callable[[RowResult], Any],
 ) -> None:
     """Turn a finished task into row results (only for rows whose cells are unchanged)."""
-    replies: dict[str, str | None] = {}
+    replies: dict[str, tuple[str | None, Usage]] = {}
     reason = "the batch task returned no result for this row"
     failure: Failure = "retry"
     if state.status == "COMPLETED" and state.result_dataset_id:
         for record_ in await client.download(state.result_dataset_id):
-            replies[fingerprint(record_.get("request"))] = response_text(record_.get("response"))
+            replies[fingerprint(record_.get("request"))] = (
+                response_text(record_.get("response")),
+                response_usage(record_),
+            )
     else:
         errors: list[str] = []
         try:
@@ -318,9 +324,18 @@ async def _collect(
         case = cases.get(row)
         if case is None or case.key != key:
             continue  # the row changed since it was sent: it goes into the next task
-        reply = replies.get(request)
+        reply, usage = replies.get(request, (None, Usage()))
         if reply is not None:
-            await record(RowResult(row=row, key=key, status="ok", reply=reply))
+            await record(
+                RowResult(
+                    row=row,
+                    key=key,
+                    status="ok",
+                    reply=reply,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                )
+            )
         else:
             await record(_failed(row, key, reason, failure))
 

@@ -148,25 +148,79 @@ def request_key(request: object) -> str:
     return json.dumps(request, sort_keys=True, ensure_ascii=False)
 
 
+def _decoded(value: object) -> object:
+    """A result cell as records: JSON text is parsed, anything else is returned as it is."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and value.strip().startswith(("{", "[")):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def response_text(response: object) -> str | None:
-    """The reply in a result record: plain text, or an alternative/message record (or its JSON)."""
-    if isinstance(response, bytes):
-        response = response.decode("utf-8", "replace")
-    if isinstance(response, str):
-        stripped = response.strip()
-        if stripped.startswith(("{", "[")):
-            try:
-                return response_text(json.loads(stripped))
-            except ValueError:
-                return response
-        return response
-    if isinstance(response, list):
-        return response_text(response[0]) if response else None
-    if isinstance(response, Mapping):
-        for key in ("alternatives", "message", "text", "content"):
-            if key in response:
-                return response_text(response[key])
+    """The reply in a result record: plain text, or a completion result / alternative / message
+    record (nested, or as JSON text)."""
+    decoded = _decoded(response)
+    if isinstance(decoded, str):
+        return decoded
+    if isinstance(decoded, list):
+        return response_text(decoded[0]) if decoded else None
+    if isinstance(decoded, Mapping):
+        for key in ("result", "alternatives", "message", "text", "content"):
+            if key in decoded:
+                return response_text(decoded[key])
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one result record, as the completion result's ``usage`` reports them."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+def _count(value: object) -> int | None:
+    # int64 fields come as JSON strings ("12") in JSON text, as integers in Parquet structs.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _usage_of(value: object) -> Usage | None:
+    decoded = _decoded(value)
+    if not isinstance(decoded, Mapping):
+        return None
+    if "result" in decoded:  # the REST form wraps the completion result
+        return _usage_of(decoded["result"])
+    usage = _decoded(decoded.get("usage"))
+    if not isinstance(usage, Mapping):
+        return None
+
+    def first(*names: str) -> int | None:
+        for name in names:
+            if usage.get(name) is not None:
+                return _count(usage[name])
+        return None
+
+    return Usage(
+        input_tokens=first("inputTextTokens", "input_text_tokens"),
+        output_tokens=first("completionTokens", "completion_tokens"),
+    )
+
+
+def response_usage(record: Mapping[str, object]) -> Usage:
+    """The tokens of a result record: the completion result's ``usage`` in its ``response``
+    (nested or JSON text), or a ``usage`` column of the record itself; empty when neither is
+    there (a plain-text response carries none)."""
+    return _usage_of(record.get("response")) or _usage_of(record) or Usage()
 
 
 class BatchClient:

@@ -8,6 +8,12 @@ over them (reply ``echo: <last user text>``), reports progress over several poll
 operation, and writes the result dataset as Parquet (``request`` and ``response`` columns, in
 reverse order so clients must match by request). Lines whose user text contains ``fail_marker``
 get no result, like lines the service could not process.
+
+A ``response`` is a completion result, as the synchronous API answers: ``alternatives`` (the
+message and its status) and ``usage`` (``inputTextTokens``, ``completionTokens``,
+``totalTokens``), as a nested record (int64 counts) or, with ``response_as_json``, as JSON text
+(counts as strings, as protobuf's JSON mapping writes int64). ``plain_response`` sends the bare
+reply text instead, the form the dataset docs show, which carries no usage.
 """
 
 from __future__ import annotations
@@ -78,6 +84,12 @@ class FakeYandexBatch:
     invalid_marker: str = "INVALID"
     #: Result ``request`` column as JSON text instead of nested records.
     request_as_json: bool = False
+    #: Result ``response`` column as JSON text instead of a nested completion result.
+    response_as_json: bool = False
+    #: Result ``response`` column as the bare reply text (no usage).
+    plain_response: bool = False
+    #: (input, completion) tokens reported, by the line's last user text.
+    usage: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Models (URI substrings) that do not support batch mode.
     unsupported: tuple[str, ...] = ("yandexgpt-lite/rc",)
     #: Fail the next Completion call with RESOURCE_EXHAUSTED.
@@ -201,6 +213,28 @@ class FakeYandexBatch:
             else:
                 self.finish(task)
 
+    def completion(self, request: list[dict[str, str]], reply: str) -> dict[str, Any]:
+        """A completion result for one line, with usage counted like a tokenizer would roughly
+        (a few tokens per message for its role, one per word)."""
+        prompt = sum(3 + len(m["text"].split()) for m in request)
+        completion = 1 + len(reply.split())
+        users = [m["text"] for m in request if m["role"] == "user"]
+        self.usage[users[-1] if users else ""] = (prompt, completion)
+        return {
+            "alternatives": [
+                {
+                    "message": {"role": "assistant", "text": reply},
+                    "status": "ALTERNATIVE_STATUS_FINAL",
+                }
+            ],
+            "usage": {
+                "inputTextTokens": prompt,
+                "completionTokens": completion,
+                "totalTokens": prompt + completion,
+            },
+            "modelVersion": "23.10.2024",
+        }
+
     def finish(self, task: Task) -> None:
         requests, responses = [], []
         for record in reversed(task.lines):
@@ -212,16 +246,37 @@ class FakeYandexBatch:
             requests.append(
                 json.dumps(request, ensure_ascii=False) if self.request_as_json else request
             )
-            responses.append(f"echo: {last}")
+            result = self.completion(request, f"echo: {last}")
+            if self.plain_response:
+                responses.append(result["alternatives"][0]["message"]["text"])
+            elif self.response_as_json:
+                usage = {k: str(v) for k, v in result["usage"].items()}
+                responses.append(json.dumps(result | {"usage": usage}, ensure_ascii=False))
+            else:
+                responses.append(result)
         request_type = (
             pa.string()
             if self.request_as_json
             else pa.list_(pa.struct([("role", pa.string()), ("text", pa.string())]))
         )
+        message = pa.struct([("role", pa.string()), ("text", pa.string())])
+        alternative = pa.struct([("message", message), ("status", pa.string())])
+        counts = ("inputTextTokens", "completionTokens", "totalTokens")
+        response_type = (
+            pa.string()
+            if self.plain_response or self.response_as_json
+            else pa.struct(
+                [
+                    ("alternatives", pa.list_(alternative)),
+                    ("usage", pa.struct([(n, pa.int64()) for n in counts])),
+                    ("modelVersion", pa.string()),
+                ]
+            )
+        )
         result = pa.table(
             {
                 "request": pa.array(requests, type=request_type),
-                "response": pa.array(responses, type=pa.string()),
+                "response": pa.array(responses, type=response_type),
             }
         )
         buffer = io.BytesIO()
