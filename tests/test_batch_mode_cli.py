@@ -185,9 +185,11 @@ async def test_clear_errors(fake: FakeYandexBatch, env: dict[str, str], tmp_path
     assert unsupported.returncode == 1
     assert "not supported in batch mode" in unsupported.stderr
     assert len(unsupported.stderr.strip().splitlines()) == 1
-    bad_key = await fmbot(run_args(cases, out), env | {"YANDEX_API_KEY": "wrong"})
+    bad_key = await fmbot(run_args(cases, out), env | {"YANDEX_API_KEY": "wrong-key-8f3a"})
     assert bad_key.returncode == 1
     assert "rejected the API key" in bad_key.stderr
+    assert len(bad_key.stderr.strip().splitlines()) == 1
+    assert "8f3a" not in bad_key.stderr  # never the secret itself
     fake.quota_exceeded = True
     quota = await fmbot(run_args(cases, out), env)
     assert quota.returncode == 1, quota.stderr
@@ -266,3 +268,37 @@ async def test_plain_text_responses_leave_the_token_columns_empty(
     rows = results(out)
     assert [r["reply"] for r in rows] == ["echo: one", "echo: two"]
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(None, None)] * 2
+
+
+async def test_exit_non_zero_only_when_nothing_could_be_submitted(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    # One row validation rejects, one whose empty message the template cannot use: no task.
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["INVALID one", ""])
+    out = tmp_path / "out.parquet"
+    for extra in ((), ("--no-wait",)):
+        refused = await fmbot(run_args(cases, out, *extra), env)
+        assert refused.returncode == 1, refused.stdout
+        [line] = refused.stderr.strip().splitlines()
+        assert line.startswith("fmbot: Nothing was submitted: all 2 row(s)")
+        assert f"'error' column of {out}" in line and "run the same command again" in line
+        assert not fake.tasks
+        rows = results(out)  # nothing lost: the reasons are in the output
+        assert [r["status"] for r in rows] == ["error", "error"]
+        assert "rejected this row's request" in str(rows[0]["error"])
+        assert "'message' column is empty" in str(rows[1]["error"])
+    assert not fake.datasets  # the rejected request dataset was deleted
+
+    # Once a task runs, the run succeeds even though a row fails.
+    write_jsonl(cases, ["fixed", "FAIL again"])
+    ran = await fmbot(run_args(cases, out), env)
+    assert ran.returncode == 0, ran.stderr
+    assert [r["status"] for r in results(out)] == ["ok", "error"]
+    assert len(fake.tasks) == 1
+
+    # Nothing left to run is not a failure either.
+    write_jsonl(cases, ["fixed"])
+    done = await fmbot(run_args(cases, out), env)
+    assert done.returncode == 0, done.stderr
+    assert "(1 already done, 0 run now)" in done.stdout
+    assert len(fake.tasks) == 1

@@ -399,6 +399,14 @@ def _run_batch_mode(
         )
         for line in summary.first_errors:
             typer.echo(terminal_safe(f"  {line}"))
+        if summary.nothing_submitted:
+            # Exit non-zero (after writing the reasons) so a scheduled run notices no task ran.
+            raise FmbotError(
+                f"Nothing was submitted: all {summary.ran} row(s) left to run were refused "
+                "before a batch task could start (rejected by Yandex Cloud's validation, or not "
+                f"fitting the template; the reasons are in the 'error' column of {output}). "
+                "Fix those rows or the template, then run the same command again."
+            )
         for line in _advice(summary):
             typer.echo(line)
         if keep:

@@ -73,6 +73,9 @@ class BatchSummary(Summary):
     task_id: str = ""
     #: The task still runs (``--no-wait``): results come with the next run.
     pending: bool = False
+    #: Rows were left to run, but every one was refused before a task could start (validation,
+    #: or cells that do not fit the template): no task ran.
+    nothing_submitted: bool = False
     deleted_datasets: list[str] = field(default_factory=list)
 
 
@@ -180,6 +183,7 @@ async def run_batch_mode(
                             datasets.remove(gone)
                     failed_first = fresh and not summary.ran and not datasets
                     raise
+                summary.nothing_submitted = pending is None
             if pending is not None:
                 summary.task_id = pending.task_id
                 if not wait:
