@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.batch.yandex import (
+    MULTIPART_THRESHOLD,
     BatchClient,
     DatasetInvalidError,
     TaskState,
@@ -37,7 +38,9 @@ async def fake() -> AsyncIterator[FakeYandexBatch]:
         yield server
 
 
-def client_for(fake: FakeYandexBatch, key: str = "test-key") -> BatchClient:
+def client_for(
+    fake: FakeYandexBatch, key: str = "test-key", part_size: int = MULTIPART_THRESHOLD
+) -> BatchClient:
     credentials = YandexCredentials(folder_id="b1gfolder", api_key=SecretStr(key))
     return BatchClient(
         credentials,
@@ -46,6 +49,7 @@ def client_for(fake: FakeYandexBatch, key: str = "test-key") -> BatchClient:
         timeout=10,
         poll_initial=0.01,
         poll_max=0.05,
+        part_size=part_size,
     )
 
 
@@ -143,6 +147,24 @@ async def test_dataset_task_and_result(fake: FakeYandexBatch) -> None:
         assert await client.describe(final.task_id) == ("COMPLETED", [])
         await client.delete_dataset(dataset_id)
         assert fake.deleted == [dataset_id]
+
+
+async def test_large_dataset_goes_up_in_parts(fake: FakeYandexBatch) -> None:
+    # The storage's limits scaled down (5 GB single PUT, 5 MB parts), and the threshold with them.
+    fake.max_single_put = fake.min_part_size = part = 4096
+    big = lines(*(f"question number {i}, asked at some length" for i in range(300)))
+    assert len(big) > 3 * part
+    async with client_for(fake, part_size=part) as client:
+        dataset_id = await client.upload_dataset("big", big)
+        assert fake.datasets[dataset_id].data == big  # every byte, in order
+        assert fake.datasets[dataset_id].status == "READY"
+        assert fake.multipart_uploads == [len(big) // part]
+        assert "Dataset.GetUploadDraftUrl" not in fake.calls
+        small = lines("one", "two")
+        small_id = await client.upload_dataset("small", small)
+    assert fake.datasets[small_id].data == small
+    assert fake.calls.count("Dataset.GetUploadDraftUrl") == 1  # one PUT up to the threshold
+    assert fake.multipart_uploads == [len(big) // part]
 
 
 async def test_validation_errors_name_lines(fake: FakeYandexBatch) -> None:

@@ -3,9 +3,10 @@
 The protocol (Yandex AI Studio, "Batch processing"):
 
 1. ``DatasetService.Create`` (task type ``TextToTextGenerationRequest``, format ``jsonlines``),
-   ``GetUploadDraftUrl`` and an HTTP PUT of the JSON lines to that presigned URL, then
-   ``Validate``: an Operation whose response says whether the dataset is valid, with errors by
-   row number.
+   ``GetUploadDraftUrl`` and an HTTP PUT of the JSON lines to that presigned URL (above
+   ``MULTIPART_THRESHOLD``: ``StartMultipartUploadDraft``, a PUT per part, and
+   ``FinishMultipartUploadDraft`` with the parts' ETags), then ``Validate``: an Operation whose
+   response says whether the dataset is valid, with errors by row number.
 2. ``TextGenerationBatchService.Completion`` (model URI, options, source dataset): an Operation
    whose metadata carries the task id, its status and ``completed_batches/total_batches``, and
    whose response names the result dataset.
@@ -56,6 +57,12 @@ TASK_STATUSES = (
     "CANCELED",
 )
 FINISHED = ("COMPLETED", "FAILED", "CANCELED")
+#: Request datasets larger than this go up in parts (``StartMultipartUploadDraft``, a PUT per
+#: part, ``FinishMultipartUploadDraft``) instead of one PUT: the official SDK's default part
+#: size. The service takes parts of 5 MB to 5 GB, and a single PUT only up to 5 GB.
+MULTIPART_THRESHOLD = 100 * 1024**2
+#: Parts uploaded at once (each one is a copy of its slice in memory while it is sent).
+PARTS_IN_FLIGHT = 3
 
 
 class _Stubs:
@@ -236,8 +243,10 @@ class BatchClient:
         timeout: float = 60.0,
         poll_initial: float = 1.0,
         poll_max: float = 30.0,
+        part_size: int = MULTIPART_THRESHOLD,
     ) -> None:
         self.credentials = credentials
+        self.part_size = part_size
         self.service = credentials.service()
         self._stubs = _Stubs()
         self._timeout = timeout
@@ -325,11 +334,7 @@ class BatchClient:
         dataset_id = str(created.dataset_id)
         if on_created is not None:
             await on_created(dataset_id)
-        draft = await self._call(
-            self._datasets.GetUploadDraftUrl,
-            ds.GetUploadDraftUrlRequest(dataset_id=dataset_id, size_bytes=len(data)),
-        )
-        await self._transfer("PUT", str(draft.upload_url), data)
+        await self._upload(dataset_id, data)
         operation = await self._call(
             self._datasets.Validate, ds.ValidateDatasetRequest(dataset_id=dataset_id)
         )
@@ -346,6 +351,61 @@ class BatchClient:
                 )
             )
         return dataset_id
+
+    async def _upload(self, dataset_id: str, data: bytes) -> None:
+        """Put the dataset's bytes in storage: one PUT, or in parts above ``part_size``."""
+        ds = self._stubs.ds
+        if len(data) <= self.part_size:
+            draft = await self._call(
+                self._datasets.GetUploadDraftUrl,
+                ds.GetUploadDraftUrlRequest(dataset_id=dataset_id, size_bytes=len(data)),
+            )
+            await self._transfer("PUT", str(draft.upload_url), data)
+            return
+        # Whole parts of at least part_size each (as the SDK splits), so none is below the
+        # storage's minimum; the service may answer another number of URLs, which rules.
+        started = await self._call(
+            self._datasets.StartMultipartUploadDraft,
+            ds.StartMultipartUploadDraftRequest(
+                dataset_id=dataset_id, size_bytes=len(data), parts=len(data) // self.part_size
+            ),
+        )
+        urls = [str(url) for url in started.multipart_upload_urls]
+        if not urls:
+            raise ModelError(
+                f"{self.service.title} gave no upload URLs for the dataset's parts; try again, "
+                "and report it if it persists."
+            )
+        size = -(-len(data) // len(urls))  # ceiling: the parts cover every byte
+        limit = asyncio.Semaphore(PARTS_IN_FLIGHT)
+
+        async def put(number: int, url: str) -> str:
+            async with limit:
+                offset = (number - 1) * size
+                response = await self._send("PUT", url, data[offset : offset + size])
+            etag = response.headers.get("etag")
+            if not etag:
+                raise ModelUnavailableError(
+                    f"Yandex Cloud storage did not confirm part {number} of the dataset upload "
+                    "(no ETag); run the same command again."
+                )
+            return str(etag)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(put(n, url)) for n, url in enumerate(urls, 1)]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # one clear error, not a group
+        await self._call(
+            self._datasets.FinishMultipartUploadDraft,
+            ds.FinishMultipartUploadDraftRequest(
+                dataset_id=dataset_id,
+                uploaded_parts=[
+                    ds.UploadedPartInfo(part_num=n, etag=task.result())
+                    for n, task in enumerate(tasks, 1)
+                ],
+            ),
+        )
 
     async def download(self, dataset_id: str) -> list[dict[str, object]]:
         """The records of a (result) dataset: its Parquet parts, downloaded and read."""
@@ -372,6 +432,9 @@ class BatchClient:
 
     async def _transfer(self, method: str, url: str, data: bytes | None = None) -> bytes:
         """PUT or GET a presigned storage URL (no credentials: the URL is the permission)."""
+        return (await self._send(method, url, data)).content
+
+    async def _send(self, method: str, url: str, data: bytes | None = None) -> httpx.Response:
         try:
             response = await self._http.request(method, url, content=data)
         except httpx.HTTPError as exc:
@@ -383,7 +446,7 @@ class BatchClient:
                 f"Yandex Cloud storage answered HTTP {response.status_code} to the dataset "
                 f"{'upload' if method == 'PUT' else 'download'}."
             )
-        return response.content
+        return response
 
     # --- tasks ---
 

@@ -19,6 +19,7 @@ reply text instead, the form the dataset docs show, which carries no usage.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import socket
@@ -58,6 +59,10 @@ class Dataset:
     data: bytes | None = None
     parquet: bytes | None = None
     status: str = "DRAFT"
+    #: The size the upload URL(s) were asked for (a presigned URL signs the content length).
+    size: int = 0
+    #: Parts of a multipart upload, by number.
+    parts: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +99,12 @@ class FakeYandexBatch:
     unsupported: tuple[str, ...] = ("yandexgpt-lite/rc",)
     #: Fail the next Completion call with RESOURCE_EXHAUSTED.
     quota_exceeded: bool = False
+    #: Storage limits: GetUploadDraftUrl only up to this size; parts (but the last) at least
+    #: this big. The service's are 5 GB and 5 MB; tests scale them down.
+    max_single_put: int = 5 * 1024**3
+    min_part_size: int = 5 * 1024**2
+    #: Parts of each finished multipart upload.
+    multipart_uploads: list[int] = field(default_factory=list)
     datasets: dict[str, Dataset] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     operations: dict[str, Any] = field(default_factory=dict)
@@ -124,6 +135,7 @@ class FakeYandexBatch:
         self.grpc_url = f"grpc://127.0.0.1:{port}"
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_put("/upload/{id}", self._upload)
+        app.router.add_put("/upload/{id}/part/{number}", self._upload_part)
         app.router.add_get("/download/{id}", self._download)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -154,8 +166,19 @@ class FakeYandexBatch:
         dataset = self.datasets.get(request.match_info["id"])
         if dataset is None:
             return web.Response(status=404)
-        dataset.data = await request.read()
+        data = await request.read()
+        if len(data) != dataset.size:  # the URL was signed for size_bytes
+            return web.Response(status=403, text="SignatureDoesNotMatch")
+        dataset.data = data
         return web.Response(status=200)
+
+    async def _upload_part(self, request: web.Request) -> web.Response:
+        dataset = self.datasets.get(request.match_info["id"])
+        if dataset is None:
+            return web.Response(status=404)
+        data = await request.read()
+        dataset.parts[int(request.match_info["number"])] = data
+        return web.Response(status=200, headers={"ETag": etag(data)})
 
     async def _download(self, request: web.Request) -> web.Response:
         dataset = self.datasets.get(request.match_info["id"])
@@ -313,6 +336,11 @@ class FakeYandexBatch:
         return op
 
 
+def etag(data: bytes) -> str:
+    """An S3-style ETag: the part's MD5, quoted."""
+    return f'"{hashlib.md5(data).hexdigest()}"'
+
+
 class _Abort(Exception):
     def __init__(self, code: Any, message: str) -> None:
         super().__init__(message)
@@ -359,8 +387,45 @@ class _Datasets(dataset_service_pb2_grpc.DatasetServiceServicer):
     @_rpc("Dataset.GetUploadDraftUrl")
     def GetUploadDraftUrl(self, request: Any, context: Any) -> Any:
         dataset = self._get(request.dataset_id)
+        if request.size_bytes > self.fake.max_single_put:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the dataset is too big for a single upload: use a multipart upload",
+            )
+        dataset.size = request.size_bytes
         url = f"{self.fake._http_url}/upload/{dataset.id}"
         return ds.GetUploadDraftUrlResponse(dataset_id=dataset.id, upload_url=url)
+
+    @_rpc("Dataset.StartMultipartUploadDraft")
+    def StartMultipartUploadDraft(self, request: Any, context: Any) -> Any:
+        dataset = self._get(request.dataset_id)
+        parts = request.parts or max(1, request.size_bytes // (100 * 1024**2))
+        dataset.size, dataset.parts = request.size_bytes, {}
+        base = f"{self.fake._http_url}/upload/{dataset.id}/part"
+        urls = [f"{base}/{n}" for n in range(1, parts + 1)]
+        return ds.StartMultipartUploadDraftResponse(
+            dataset_id=dataset.id, multipart_upload_urls=urls
+        )
+
+    @_rpc("Dataset.FinishMultipartUploadDraft")
+    def FinishMultipartUploadDraft(self, request: Any, context: Any) -> Any:
+        """Assemble the parts as S3's CompleteMultipartUpload does: every part named once, in
+        order, with the ETag its upload answered; all but the last at least min_part_size."""
+        dataset = self._get(request.dataset_id)
+        named = [(p.part_num, p.etag) for p in request.uploaded_parts]
+        if [n for n, _ in named] != list(range(1, len(dataset.parts) + 1)):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "InvalidPartOrder")
+        if any(etag(dataset.parts[n]) != tag for n, tag in named):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "InvalidPart: ETag mismatch")
+        sizes = [len(dataset.parts[n]) for n, _ in named]
+        if any(size < self.fake.min_part_size for size in sizes[:-1]):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "EntityTooSmall")
+        data = b"".join(dataset.parts[n] for n, _ in named)
+        if len(data) != dataset.size:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "uploaded size differs from size_bytes")
+        dataset.data = data
+        self.fake.multipart_uploads.append(len(named))
+        return ds.FinishMultipartUploadDraftResponse(dataset_id=dataset.id)
 
     @_rpc("Dataset.Validate")
     def Validate(self, request: Any, context: Any) -> Any:
