@@ -144,7 +144,10 @@ async def test_dataset_task_and_result(fake: FakeYandexBatch) -> None:
         assert usage[request_key(one)] == Usage(*fake.usage["one"])
         assert all(u.input_tokens and u.output_tokens for u in usage.values())
         assert len(records) == 2  # the FAIL line has no result
-        assert await client.describe(final.task_id) == ("COMPLETED", [])
+        described = await client.describe(final.task_id)
+        assert described.status == "COMPLETED"
+        assert described.by_line == {3: fake.fail_reason}  # the FAIL line, 1-based
+        assert described.errors == [f"line 3: {fake.fail_reason}"]
         await client.delete_dataset(dataset_id)
         assert fake.deleted == [dataset_id]
 
@@ -198,7 +201,7 @@ async def test_cancel(fake: FakeYandexBatch) -> None:
         async with asyncio.timeout(10):
             final = await client.wait(started.operation_id)
         assert final.status == "CANCELED"
-        assert (await client.describe(started.task_id))[0] == "CANCELED"
+        assert (await client.describe(started.task_id)).status == "CANCELED"
 
 
 def test_mode_option_sets_the_yandex_mode() -> None:

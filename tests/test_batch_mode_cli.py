@@ -73,7 +73,8 @@ async def test_batch_mode_end_to_end_and_resume_of_failed_rows(
     assert [r["id"] for r in rows] == [0, 1, 2]
     assert [r["reply"] for r in rows] == ["echo: hello there", None, "echo: third one"]
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
-    assert "no result for this row" in str(rows[1]["error"])
+    # The service's reason for the line it could not process, found by the line's number.
+    assert rows[1]["error"] == f"the batch task could not process this row: {fake.fail_reason}"
     assert rows[0]["latency_ms"] is None
     # Tokens from each result's usage (a nested completion result here), as the other modes fill.
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
@@ -86,11 +87,13 @@ async def test_batch_mode_end_to_end_and_resume_of_failed_rows(
     assert not fake.datasets
     assert not progress_path(out).exists()
 
+    fake.report_line_errors = False  # a row left out of the result with no reason given
     again = await fmbot(run_args(cases, out, "--keep-datasets"), env)
     assert again.returncode == 0, again.stderr
     assert "(2 already done, 1 run now)" in again.stdout
     second = list(fake.tasks.values())[1]
     assert [last_user(r) for r in second.lines] == ["FAIL this one"]  # only the failed row
+    assert results(out)[1]["error"] == "the batch task returned no result for this row"
     assert len(fake.datasets) == 2  # kept
 
 
@@ -165,17 +168,22 @@ async def test_validation_errors_mark_their_rows(
 ) -> None:
     # The result's request and response columns as JSON text: matched and read all the same.
     fake.request_as_json = fake.response_as_json = True
-    cases = write_jsonl(tmp_path / "cases.jsonl", ["fine", "INVALID here", "also fine"])
+    messages = ["INVALID here", "fine", "INVALID too", "also fine", "FAIL late"]
+    cases = write_jsonl(tmp_path / "cases.jsonl", messages)
     out = tmp_path / "out.parquet"
     ran = await fmbot(run_args(cases, out), env)
     assert ran.returncode == 0, ran.stderr
     rows = results(out)
-    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
-    assert [r["reply"] for r in rows] == ["echo: fine", None, "echo: also fine"]
-    assert (rows[2]["input_tokens"], rows[2]["output_tokens"]) == fake.usage["also fine"]
-    assert "rejected this row's request" in str(rows[1]["error"])
+    assert [r["status"] for r in rows] == ["error", "ok", "error", "ok", "error"]
+    assert [r["reply"] for r in rows] == [None, "echo: fine", None, "echo: also fine", None]
+    assert (rows[3]["input_tokens"], rows[3]["output_tokens"]) == fake.usage["also fine"]
+    assert "rejected this row's request" in str(rows[0]["error"])
+    assert "rejected this row's request" in str(rows[2]["error"])
     [task] = fake.tasks.values()
-    assert [last_user(r) for r in task.lines] == ["fine", "also fine"]
+    assert [last_user(r) for r in task.lines] == ["fine", "also fine", "FAIL late"]
+    # Row 4 went out as the dataset's line 3: its line error is found by that number.
+    assert task.line_errors == [(3, fake.fail_reason)]
+    assert rows[4]["error"] == f"the batch task could not process this row: {fake.fail_reason}"
 
 
 async def test_clear_errors(fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path) -> None:

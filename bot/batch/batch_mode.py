@@ -307,24 +307,30 @@ async def _collect(
 ) -> None:
     """Turn a finished task into row results (only for rows whose cells are unchanged)."""
     replies: dict[str, tuple[str | None, Usage]] = {}
-    reason = "the batch task returned no result for this row"
-    failure: Failure = "retry"
     if state.status == "COMPLETED" and state.result_dataset_id:
         for record_ in await client.download(state.result_dataset_id):
             replies[fingerprint(record_.get("request"))] = (
                 response_text(record_.get("response")),
                 response_usage(record_),
             )
-    else:
+    failure: Failure = "other" if state.status == "CANCELED" else "retry"
+    reason = "the batch task returned no result for this row"
+    by_line: dict[int, str] = {}
+    answered = {request for request, (reply, _) in replies.items() if reply is not None}
+    if state.status != "COMPLETED" or any(r not in answered for _, r in task.rows.values()):
+        # The service's reasons: the task's error, or the lines it could not process.
         errors: list[str] = []
         try:
-            _, errors = await client.describe(state.task_id)
+            described = await client.describe(state.task_id)
+            errors, by_line = described.errors, described.by_line
         except FmbotError as exc:
             log.warning("describing batch task %s: %s", state.task_id, exc)
-        detail = state.error or "; ".join(errors[:3]) or "no reason given"
-        reason = f"the batch task ended {state.status.lower()}: {detail}"
-        failure = "other" if state.status == "CANCELED" else "retry"
-    for row, (key, request) in sorted(task.rows.items()):
+        if state.status != "COMPLETED":
+            detail = state.error or "; ".join(errors[:3]) or "no reason given"
+            reason = f"the batch task ended {state.status.lower()}: {detail}"
+            by_line = {}  # the task's end is the reason for every row it did not answer
+    # The request dataset's lines are the task's rows in the order they were noted.
+    for line, (row, (key, request)) in enumerate(task.rows.items(), 1):
         case = cases.get(row)
         if case is None or case.key != key:
             continue  # the row changed since it was sent: it goes into the next task
@@ -340,6 +346,9 @@ async def _collect(
                     output_tokens=usage.output_tokens,
                 )
             )
+        elif line in by_line:
+            why = f"the batch task could not process this row: {by_line[line]}"
+            await record(_failed(row, key, why, failure))
         else:
             await record(_failed(row, key, reason, failure))
 

@@ -130,6 +130,22 @@ class TaskState:
     error_code: int | None = None
 
 
+#: Line numbers beyond any dataset we send (bounds a batch error's range of lines).
+MAX_LINE = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDescription:
+    """A task as the Batch Inference service describes it."""
+
+    status: str
+    #: Its errors, one line each ("line 3: ...", "lines 1-100: ...").
+    errors: list[str]
+    #: The reason for each line (1-based, like validation's row numbers) the task could not
+    #: process, from its line and batch errors.
+    by_line: dict[int, str]
+
+
 def request_line(messages: list[Message]) -> str:
     """One line of a request dataset: ``{"request": [{"role": ..., "text": ...}, ...]}``."""
     return json.dumps(
@@ -546,15 +562,20 @@ class BatchClient:
             self._tasks.Cancel, self._stubs.bi.CancelBatchInferenceRequest(task_id=task_id)
         )
 
-    async def describe(self, task_id: str) -> tuple[str, list[str]]:
-        """(status, error lines) of a task, from the Batch Inference service."""
+    async def describe(self, task_id: str) -> TaskDescription:
+        """A task's status and errors, from the Batch Inference service."""
         answer = await self._call(
             self._tasks.Describe, self._stubs.bi.DescribeBatchInferenceRequest(task_id=task_id)
         )
         task = answer.task
-        status = task.Status.Name(task.status)
-        errors = [f"line {e.line_number}: {e.message}" for e in task.errors.line_errors]
-        errors += [
-            f"lines {e.first_line}-{e.last_line}: {e.message}" for e in task.errors.batch_errors
-        ]
-        return status, errors
+        by_line: dict[int, str] = {}
+        errors = []
+        for e in task.errors.line_errors:
+            errors.append(f"line {e.line_number}: {e.message}")
+            by_line.setdefault(int(e.line_number), str(e.message))
+        for b in task.errors.batch_errors:
+            errors.append(f"lines {b.first_line}-{b.last_line}: {b.message}")
+            # A batch's error stands for each of its lines (a line's own error is more precise).
+            for line in range(int(b.first_line), min(int(b.last_line), MAX_LINE) + 1):
+                by_line.setdefault(line, str(b.message))
+        return TaskDescription(task.Status.Name(task.status), errors, by_line)

@@ -76,6 +76,8 @@ class Task:
     polls: int = 0
     result_dataset_id: str = ""
     options: Any = None
+    #: (1-based line, reason) of the lines the "model" could not process.
+    line_errors: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -83,8 +85,11 @@ class FakeYandexBatch:
     api_key: str = "test-key"
     #: Polls of a batch operation before it is done (progress advances one batch per poll).
     total_batches: int = 3
-    #: Lines whose last user text contains this get no result.
+    #: Lines whose last user text contains this get no result, and a line error saying why.
     fail_marker: str = "FAIL"
+    fail_reason: str = "generation failed: the model returned an empty response"
+    #: Whether the task describes those lines (as line errors) or just leaves them out.
+    report_line_errors: bool = True
     #: Lines whose text contains this are rejected by validation.
     invalid_marker: str = "INVALID"
     #: Result ``request`` column as JSON text instead of nested records.
@@ -260,11 +265,13 @@ class FakeYandexBatch:
 
     def finish(self, task: Task) -> None:
         requests, responses = [], []
-        for record in reversed(task.lines):
+        for number, record in reversed(list(enumerate(task.lines, 1))):
             request = record["request"]
             users = [m["text"] for m in request if m["role"] == "user"]
             last = users[-1] if users else ""
             if self.fail_marker in last:
+                if self.report_line_errors:
+                    task.line_errors.append((number, self.fail_reason))
                 continue
             requests.append(
                 json.dumps(request, ensure_ascii=False) if self.request_as_json else request
@@ -536,6 +543,8 @@ class _Tasks(bi_grpc.BatchInferenceServiceServicer):
         )
         if task.status == "FAILED":
             info.errors.line_errors.add(line_number=1, message="model timed out")
+        for number, reason in sorted(task.line_errors):
+            info.errors.line_errors.add(line_number=number, message=reason)
         return bi.DescribeBatchInferenceResponse(task=info)
 
     @_rpc("BatchInference.Cancel")
