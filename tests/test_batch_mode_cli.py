@@ -310,3 +310,33 @@ async def test_exit_non_zero_only_when_nothing_could_be_submitted(
     assert done.returncode == 0, done.stderr
     assert "(1 already done, 0 run now)" in done.stdout
     assert len(fake.tasks) == 1
+
+
+async def test_a_rerun_after_a_failed_start_is_quiet_about_datasets_already_deleted(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["INVALID x", "fine"])
+    out = tmp_path / "out.parquet"
+    fake.quota_exceeded = True  # validation rejects a row (kept), then the start is refused
+    refused = await fmbot(run_args(cases, out), env)
+    assert refused.returncode == 1 and "quota" in refused.stderr
+    assert not fake.datasets and len(fake.deleted) == 2  # both uploads cleaned up at once
+    ran = await fmbot(run_args(cases, out), env)
+    assert ran.returncode == 0, ran.stderr
+    assert "could not delete" not in ran.stderr, ran.stderr
+    assert ran.stderr.count("\n") <= 1 and not fake.datasets  # only the progress bar's line
+    assert [r["status"] for r in results(out)] == ["error", "ok"]
+
+
+async def test_status_of_a_task_the_service_no_longer_has(
+    fake: FakeYandexBatch, env: dict[str, str], tmp_path: Path
+) -> None:
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["a"])
+    out = tmp_path / "out.parquet"
+    assert (await fmbot(run_args(cases, out, "--no-wait"), env)).returncode == 0
+    [task] = fake.tasks.values()
+    fake.operations.clear()  # e.g. expired on the service's side
+    shown = await fmbot(["batch", "status", str(out)], env)
+    assert shown.returncode == 1
+    [line] = shown.stderr.strip().splitlines()
+    assert f"has no operation {task.operation_id}" in line and "model" not in line

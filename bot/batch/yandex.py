@@ -21,6 +21,7 @@ module imports them or gRPC, and only when batch mode is used: the bot never loa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -98,6 +99,10 @@ class ValidationProblem:
     error: str
     description: str
     rows: tuple[int, ...]
+
+
+class NotFoundError(ModelError):
+    """A dataset, task or operation the service does not have (any more)."""
 
 
 class DatasetInvalidError(ModelError):
@@ -308,7 +313,9 @@ class BatchClient:
     def folder_id(self) -> str:
         return self.credentials.folder_id
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(self, method: Any, request: Any, missing: str | None = None) -> Any:
+        """Call a service method. ``missing`` names what the request refers to, for NOT_FOUND
+        (the generic mapping speaks of an unknown model, which is right only for Completion)."""
         metadata = (
             ("authorization", self.credentials.authorization()),
             ("x-folder-id", self.credentials.folder_id),
@@ -321,6 +328,11 @@ class BatchClient:
             if code == 4:  # DEADLINE_EXCEEDED: ours (the timeout) or the server's
                 raise ModelUnavailableError(
                     f"{self.service.title} did not answer within {self._timeout:.0f} s."
+                ) from None
+            if code == 5 and missing is not None:
+                raise NotFoundError(
+                    f"{self.service.title} has no {missing} (deleted, or expired); if the "
+                    "progress file names it, delete that file and run the command again."
                 ) from None
             raise grpc_error(code, str(exc.details() or ""), self.service) from None
 
@@ -428,6 +440,7 @@ class BatchClient:
         answer = await self._call(
             self._datasets.GetDownloadUrls,
             self._stubs.ds.GetDownloadUrlsRequest(dataset_id=dataset_id),
+            f"result dataset {dataset_id}",
         )
         records: list[dict[str, object]] = []
         for part in sorted(answer.download_urls, key=lambda p: str(p.key)):
@@ -442,9 +455,13 @@ class BatchClient:
         return records
 
     async def delete_dataset(self, dataset_id: str) -> None:
-        await self._call(
-            self._datasets.Delete, self._stubs.ds.DeleteDatasetRequest(dataset_id=dataset_id)
-        )
+        """Delete a dataset; one that is already gone counts as deleted."""
+        with contextlib.suppress(NotFoundError):
+            await self._call(
+                self._datasets.Delete,
+                self._stubs.ds.DeleteDatasetRequest(dataset_id=dataset_id),
+                f"dataset {dataset_id}",
+            )
 
     async def _transfer(self, method: str, url: str, data: bytes | None = None) -> bytes:
         """PUT or GET a presigned storage URL (no credentials: the URL is the permission)."""
@@ -498,6 +515,7 @@ class BatchClient:
         operation = await self._call(
             self._operations.Get,
             self._stubs.op_service.GetOperationRequest(operation_id=operation_id),
+            f"operation {operation_id}",
         )
         return self._state(operation)
 
@@ -559,13 +577,17 @@ class BatchClient:
 
     async def cancel(self, task_id: str) -> None:
         await self._call(
-            self._tasks.Cancel, self._stubs.bi.CancelBatchInferenceRequest(task_id=task_id)
+            self._tasks.Cancel,
+            self._stubs.bi.CancelBatchInferenceRequest(task_id=task_id),
+            f"batch task {task_id}",
         )
 
     async def describe(self, task_id: str) -> TaskDescription:
         """A task's status and errors, from the Batch Inference service."""
         answer = await self._call(
-            self._tasks.Describe, self._stubs.bi.DescribeBatchInferenceRequest(task_id=task_id)
+            self._tasks.Describe,
+            self._stubs.bi.DescribeBatchInferenceRequest(task_id=task_id),
+            f"batch task {task_id}",
         )
         task = answer.task
         by_line: dict[int, str] = {}
