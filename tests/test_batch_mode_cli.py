@@ -116,6 +116,12 @@ async def test_no_wait_status_and_reattach(
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"batch task {task.id}: in_progress, 1/4 batches")
 
+    # --no-wait again: the same task, not a second one, and it says so.
+    again = await fmbot(run_args(cases, out, "--no-wait"), env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"Still running (nothing sent again): batch task {task.id}.")
+    assert len(fake.tasks) == 1
+
     collected = await fmbot(run_args(cases, out), env)
     assert collected.returncode == 0, collected.stderr
     assert len(fake.tasks) == 1  # re-attached, nothing submitted twice

@@ -388,8 +388,9 @@ def _run_batch_mode(
             finally:
                 bar.stop()
         if summary.pending:
+            what = "Submitted" if summary.submitted_now else "Still running (nothing sent again):"
             typer.echo(
-                f"Submitted batch task {summary.task_id}. Run the same command again to collect "
+                f"{what} batch task {summary.task_id}. Run the same command again to collect "
                 f"its results; `fmbot batch status {output}` shows where it stands."
             )
             return

@@ -73,6 +73,8 @@ class BatchSummary(Summary):
     task_id: str = ""
     #: The task still runs (``--no-wait``): results come with the next run.
     pending: bool = False
+    #: This run started the task (rather than finding an earlier run's).
+    submitted_now: bool = False
     #: Rows were left to run, but every one was refused before a task could start (validation,
     #: or cells that do not fit the template): no task ran.
     nothing_submitted: bool = False
@@ -184,6 +186,7 @@ async def run_batch_mode(
                     failed_first = fresh and not summary.ran and not datasets
                     raise
                 summary.nothing_submitted = pending is None
+                summary.submitted_now = pending is not None
             if pending is not None:
                 summary.task_id = pending.task_id
                 if not wait:
