@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import pytest
@@ -20,6 +20,7 @@ from bot.models.echo import EchoModel
 from bot.models.registry import close_models, get_text_model
 from bot.queue import Ingress, Job, QueueKeys, current_job, partition_of, scripts
 from bot.queue.batch import Batcher
+from bot.queue.job import Tenure
 from bot.queue.journal import JournaledRedisStore, Replay
 from bot.redis.connect import check_url, connect, parse_sentinel_url
 from bot.settings import Settings
@@ -189,6 +190,76 @@ async def test_a_stored_reply_is_undelivered_until_a_channel_marks_it_delivered(
         assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "12-0"
     finally:
         await store.aclose()
+
+
+async def test_delivered_marks_of_many_chats_share_one_request_beyond_their_appends(
+    redis_server: str, redis_prefix: str
+) -> None:
+    """A delivered turn costs at most one round trip beyond its journaled append: the marks of
+    chats delivered together go out in one request (issue 16), the generic channel's reply and
+    mark with them; every chat's mark still names its own stored job."""
+    sent = RoundTrips()
+    store = JournaledRedisStore(counting_client(redis_server, sent), redis_prefix)
+    chats = [f"c{i}" for i in range(20)]
+
+    async def in_lane(chat: str, job_id: str, work: Callable[[], Awaitable[None]]) -> None:
+        token = current_job.set(Job(job_id, chat, {}, 0, tenure=Tenure()))
+        try:
+            await work()
+        finally:
+            current_job.reset(token)
+
+    def store_turn(chat: str) -> Callable[[], Awaitable[None]]:
+        return lambda: store.append(chat, Turn("user", "q"), Turn("assistant", "a"))
+
+    try:
+        await store.client.ping()
+        sent.count = 0
+        await in_lane("lone", "3-0", store_turn("lone"))
+        assert sent.count == 1  # the journaled append
+        await in_lane("lone", "3-0", lambda: store.delivered("lone"))
+        assert sent.count == 2  # ... and one more for its mark
+        assert await store.replay("lone", "3-0") == Replay(answered=True)
+
+        await asyncio.gather(
+            *(in_lane(c, f"{i + 5}-0", store_turn(c)) for i, c in enumerate(chats))
+        )
+        sent.count = 0
+        marks = [
+            in_lane(c, f"{i + 5}-0", lambda c=c: store.delivered(c)) for i, c in enumerate(chats)
+        ]
+        replies = f"{redis_prefix}:replies"
+        published = store.publish(("RPUSH", replies, "x"), store.mark("lone"))
+        await asyncio.gather(*marks, published)
+        assert sent.count == 1  # was one request per chat
+        delivered = await store.client.mget([f"{redis_prefix}:{{{c}}}:delivered" for c in chats])
+        assert delivered == [f"{i + 5}-0" for i in range(len(chats))]
+        assert await store.client.lrange(replies, 0, -1) == ["x"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_batcher_with_a_window_gathers_callers_of_several_loop_steps(
+    redis_server: str, redis_prefix: str
+) -> None:
+    sent = RoundTrips()
+    client = counting_client(redis_server, sent)
+    batch = Batcher(client, window=1.0)  # long, so the steps below surely fall inside it
+    key = f"{redis_prefix}:window"
+
+    async def later(steps: int) -> list[object]:
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        return await batch.run(("INCR", key))
+
+    try:
+        await client.ping()
+        sent.count = 0
+        replies = await asyncio.gather(*(later(steps) for steps in range(5)))
+        assert sent.count == 1  # five callers, five different steps, one request
+        assert sorted(r for [r] in replies) == [1, 2, 3, 4, 5]
+    finally:
+        await client.aclose()
 
 
 # --- batched requests ---

@@ -292,6 +292,8 @@ async def test_queue_answers_every_message_once_in_order_on_the_cluster(
         replies = [json.loads(r) for r in await store_client.lrange(keys.replies(chat), 0, -1)]
         assert [r["events"][-1]["text"] for r in replies] == texts[1::2]
         assert await answered(store, chat, replies[-1]["job"])
+        # Published with other chats' replies and marks, in other slots: each mark still lands.
+        assert await store_client.get(keys.delivered(chat)) == replies[-1]["job"]
     assert {c.chat for c in await store.chats()} == set(chats)
     assert len({queue_client.get_node_from_key(keys.jobs(p)).name for p in range(4)}) > 1
     await manager.aclose()  # closes the store's client

@@ -5,7 +5,10 @@ append). Sent one by one, every write costs a request, a reply and the system ca
 checkout around them; gathered, the writes of all turns that finished in the same step of the
 event loop share one pipeline (as acknowledgements are batched in :mod:`bot.queue.partition`).
 The first caller of a step starts the flush; callers that arrive before it runs join it, so a
-lone caller waits no longer than one step of the loop.
+lone caller waits no longer than one step of the loop. With a ``window`` (seconds) the flush
+waits that long first, so callers spread over a few steps share it too (the delivered marks,
+which follow the channel's network replies rather than one step of the loop): a lone caller
+then waits the window.
 
 Each caller gets its own replies, an error reply as an exception object in their place (the
 pipeline is not transactional: one caller's error does not touch another's commands); a
@@ -24,8 +27,9 @@ Command = tuple[Any, ...]
 
 
 class Batcher:
-    def __init__(self, client: RedisClient) -> None:
+    def __init__(self, client: RedisClient, *, window: float = 0.0) -> None:
         self.client = client
+        self.window = window
         self._pending: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -40,14 +44,19 @@ class Batcher:
         return await future
 
     async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
+        batch: list[tuple[list[Command], asyncio.Future[list[Any]]]] | None = None
         try:
+            if self.window > 0:
+                await asyncio.sleep(self.window)
+            batch, self._pending = self._pending, []
             async with self.client.pipeline(transaction=False) as pipe:
                 for commands, _ in batch:
                     for command in commands:
                         pipe.execute_command(*command)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
+            if batch is None:  # cancelled while waiting: nothing was sent
+                batch, self._pending = self._pending, []
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)

@@ -14,13 +14,13 @@ from typing import Any
 
 from bot.app import make_limits
 from bot.dialog import DialogManager
-from bot.errors import ConfigError, NotSavedError, StoreError
+from bot.errors import ConfigError, NotSavedError
 from bot.events import FinalText, ImageReply, Incoming, Notice
+from bot.queue.batch import Command
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.keys import QueueKeys
-from bot.redis import REDIS_ERRORS
 from bot.settings import Settings
 from bot.stores.redis import RedisStore
 from bot.urls import mask_url
@@ -72,15 +72,11 @@ class DialogHandler:
     async def _publish(self, job: Job, events: list[dict[str, Any]]) -> None:
         body = json.dumps({"job": job.id, "events": events}, ensure_ascii=False)
         key = self.keys.replies(job.chat)
-        try:
-            async with self.store.client.pipeline(transaction=False) as pipe:
-                pipe.rpush(key, body)
-                pipe.expire(key, REPLIES_TTL)
-                if any(e["kind"] in ("final", "image") for e in events):  # a turn's reply
-                    self.store.queue_delivered(pipe, job.chat)
-                await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"Could not publish the reply to Redis: {exc}") from exc
+        commands: list[Command] = [("RPUSH", key, body), ("EXPIRE", key, REPLIES_TTL)]
+        if any(e["kind"] in ("final", "image") for e in events):  # a turn's reply
+            commands.append(self.store.mark(job.chat))
+        # With the other chats' replies and marks of the moment: one request for all of them.
+        await self.store.publish(*commands)
 
 
 def final_event(text: str, complete: bool) -> dict[str, Any]:

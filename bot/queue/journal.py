@@ -17,7 +17,11 @@ delivered (:meth:`JournaledRedisStore.delivered`, ``P:{chat}:delivered``). If a 
 the turn was stored but before that mark, the redelivered job sends the stored reply
 (:meth:`JournaledRedisStore.replay`) instead of running the turn again: at least once, and
 twice only if it died between the channel's send and the mark. A job that stores no turn (a
-command) is run again (at least once).
+command) is run again (at least once). The marks of all chats issued within
+:data:`DELIVERED_WINDOW` go to Redis in one request (:class:`~bot.queue.batch.Batcher`), so a
+delivered turn costs at most one round trip beyond the journaled append, and under load a share
+of one. The channel's handler returns (and its job is acknowledged) only once its mark is
+written, so the window only widens the gap between send and mark by a few milliseconds.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from redis.exceptions import (
 )
 
 from bot.errors import GivenUpError, StoreError
-from bot.queue.batch import Batcher
+from bot.queue.batch import Batcher, Command
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job, current_job
 from bot.queue.keys import QueueKeys
@@ -61,6 +65,9 @@ OUTAGE_WAIT_MAX = 1.0
 OUTAGE_ERRORS = (ConnectionError, TimeoutError, ReadOnlyError, ClusterDownError, TryAgainError)
 DEAD_PAGE = 500  # dead-stream entries read per request by /forget
 APPEND_SHA = hashlib.sha1(APPEND_TURNS.encode()).hexdigest()
+# How long the first delivered mark of a batch waits for others: marks follow the channel's
+# network replies, which arrive spread over a few steps of the event loop.
+DELIVERED_WINDOW = 0.002
 
 
 _T = TypeVar("_T")
@@ -83,8 +90,8 @@ class JournaledRedisStore(RedisStore):
     ) -> None:
         super().__init__(client, prefix)
         self.cache = cache if cache is not None else ChatCache()
-        self._mark_delivered = client.register_script(MARK_DELIVERED)
         self._batch = Batcher(client)
+        self._marks = Batcher(client, window=DELIVERED_WINDOW)
 
     @classmethod
     def wrap(cls, store: RedisStore) -> JournaledRedisStore:
@@ -312,27 +319,40 @@ class JournaledRedisStore(RedisStore):
     async def delivered(self, chat: str) -> None:
         """Record that a channel delivered the reply of the chat's newest stored turn.
 
-        In its chat's lane the mark waits out a Redis outage like the turn's write: a job whose
-        mark is missing when its partition is replayed has its reply sent again."""
-
-        async def mark() -> None:
-            await self._mark_delivered(
-                keys=[self._marker(chat), self._delivered(chat)], args=[self.marker_ttl]
-            )
-
+        The mark shares one request with the other chats' marks issued within
+        :data:`DELIVERED_WINDOW`. In its chat's lane it waits out a Redis outage like the turn's
+        write: a job whose mark is missing when its partition is replayed has its reply sent
+        again."""
         job = self._lane_job(chat)
         if job is not None:
-            await self._held(job, chat, "record the delivery", mark)
+            await self._held(
+                job, chat, "record the delivery", lambda: self._send_marks(self.mark(chat))
+            )
             return
         try:
-            await mark()
+            await self._send_marks(self.mark(chat))
         except REDIS_ERRORS as exc:
             raise StoreError(f"Could not record the delivery in Redis: {exc}") from exc
 
-    def queue_delivered(self, pipe: Any, chat: str) -> None:
-        """:meth:`delivered` as one more command of ``pipe`` (the channel's write of the reply).
-        EVAL, not a registered script: redis-py would spend a round trip checking it exists."""
-        pipe.eval(MARK_DELIVERED, 2, self._marker(chat), self._delivered(chat), self.marker_ttl)
+    async def publish(self, *commands: Command) -> None:
+        """A channel's own writes of a reply (e.g. a list its reader polls), usually ending
+        with :meth:`mark`, sent with the delivered marks of other chats (one request). Not
+        retried: StoreError when Redis fails them."""
+        try:
+            await self._send_marks(*commands)
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"Could not publish the reply to Redis: {exc}") from exc
+
+    def mark(self, chat: str) -> Command:
+        """:meth:`delivered` as a command for :meth:`publish`. EVAL, not EVALSHA: the script is
+        short, and a server that lost it (a restart) needs no second request."""
+        keys = (self._marker(chat), self._delivered(chat))
+        return ("EVAL", MARK_DELIVERED, len(keys), *keys, self.marker_ttl)
+
+    async def _send_marks(self, *commands: Command) -> None:
+        for reply in await self._marks.run(*commands):
+            if isinstance(reply, Exception):
+                raise reply
 
 
 @dataclass(frozen=True, slots=True)
