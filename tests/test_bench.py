@@ -21,26 +21,96 @@ from adapters.cli import app
 from adapters.cli.bench import BenchError, Producer
 from bot.errors import ConfigError
 from bot.queue import QueueKeys
+from bot.queue.worker import CONCURRENCY
+
+TINY = ["--chats", "20", "--turns", "200", "--many-chats", "60", "--rate", "400"]
+TINY += ["--live-seconds", "0.5"]  # 200 messages sent while the worker runs
 
 
-@pytest.mark.parametrize("mode", ["--queue", "--no-queue"])
-def test_bench_answers_every_turn_and_reports_its_figures(
-    redis_server: str, mode: str, monkeypatch: pytest.MonkeyPatch
+def blocks(out: str) -> dict[str, str]:
+    """The report's runs by label: each starts with "label: ..." and its lines are indented."""
+    found: dict[str, str] = {}
+    for block in re.split(r"\n(?=\S)", out.strip())[1:]:
+        label, _, _ = block.partition(":")
+        found[label] = block
+    return found
+
+
+def latency(block: str) -> dict[str, tuple[float, float, float]]:
+    line = re.search(r"^  latency ms +(.*)$", block, re.M)
+    assert line is not None, block
+    found = re.findall(r"(\w+) p50 ([\d.]+), p95 ([\d.]+), p99 ([\d.]+)", line.group(1))
+    return {name: (float(a), float(b), float(c)) for name, a, b, c in found}
+
+
+def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
+    redis_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FMBOT_STORE", "memory://")  # the bench uses --redis, not the store
-    result = CliRunner().invoke(
-        app, ["bench", "--chats", "20", "--turns", "200", "--redis", redis_server, mode]
-    )
+    result = CliRunner().invoke(app, ["bench", *TINY, "--redis", redis_server])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert re.search(r"^fmbot bench: 20 chats, 200 turns, ", out, re.M)
-    assert re.search(r"^answered +200/200 turns \(out of order: 0, answered twice: 0\)", out, re.M)
-    assert re.search(r"^throughput +\d+ turns/s \(\d+\.\d+ s\)", out, re.M)
-    assert re.search(r"^manager +p50 \d+\.\d+ ms, p99 \d+\.\d+ ms per turn", out, re.M)
-    trips = re.search(r"^round trips +(\d+\.\d+) per turn: history (\d+\.\d+)", out, re.M)
-    assert trips is not None
-    # Every turn writes history; concurrent turns' writes may share a request (bot.queue.batch).
-    assert float(trips.group(2)) > 0
+    assert re.search(r"^fmbot bench: echo model, queue with 16 partitions, Redis ", out, re.M)
+    runs = blocks(out)
+    assert list(runs) == ["best case", "many chats", "real concurrency", "live"], out
+    expected = {  # chats, turns, turns at once, words describing how messages arrive
+        "best case": (20, 200, 8, "queued before the clock starts"),
+        "many chats": (60, 200, 8, "queued before the clock starts"),
+        "real concurrency": (20, 200, CONCURRENCY, "queued before the clock starts"),
+        "live": (20, 200, CONCURRENCY, "sent at 400 messages/s while the worker runs"),
+    }
+    for label, (chats, turns, at_once, how) in expected.items():
+        block = runs[label]
+        assert f"{chats} chats, {turns} turns {how}, {at_once} turns at once" in block
+        assert re.search(
+            rf"^  answered +{turns}/{turns} turns \(out of order: 0, answered twice: 0\)",
+            block,
+            re.M,
+        ), block
+        assert re.search(r"^  throughput +\d+ turns/s \(\d+\.\d+ s\)", block, re.M)
+        split = latency(block)
+        assert set(split) == {"waiting", "service", "total"}, block
+        for name, (p50, p95, p99) in split.items():
+            assert 0 <= p50 <= p95 <= p99, (name, block)
+        assert split["total"][2] >= split["service"][0]  # a turn is never quicker than served
+        mean = re.search(
+            r"^  mean ms +waiting ([\d.]+) \+ service ([\d.]+) = total ([\d.]+) over (\d+) turns",
+            block,
+            re.M,
+        )
+        assert mean is not None, block
+        waiting, service, total = (float(mean.group(i)) for i in (1, 2, 3))
+        assert abs(waiting + service - total) <= 0.02, block  # rounded to 0.01 each
+        assert int(mean.group(4)) == turns  # one measurement per message sent
+        trips = re.search(r"^  round trips +(\d+\.\d+) per turn: history (\d+\.\d+)", block, re.M)
+        assert trips is not None and float(trips.group(2)) > 0, block
+        copy = re.search(r"copy on (\d+) turns, read from Redis on (\d+) \(.*: (\d+)\)", block)
+        assert copy is not None, block
+        hits, misses, first = (int(copy.group(i)) for i in (1, 2, 3))
+        assert (hits + misses, first) == (turns, chats)  # one history load per turn
+        assert misses >= chats  # a chat's first turn reads Redis
+    for label in ("real concurrency", "live"):  # replies published and marked as a channel does
+        assert "replies published and marked delivered" in runs[label]
+        assert re.search(r"^  delivered +marks on 20/20 chats", runs[label], re.M), runs[label]
+    for label in ("best case", "many chats"):
+        assert "replies stored" in runs[label] and "delivered" not in runs[label].split("\n", 1)[1]
+    assert re.search(r"^  ingress +sent while the worker ran, \d+ messages/s", runs["live"], re.M)
+
+
+def test_bench_without_the_queue_calls_the_manager_directly(
+    redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FMBOT_STORE", "memory://")
+    result = CliRunner().invoke(app, ["bench", *TINY, "--redis", redis_server, "--no-queue"])
+    assert result.exit_code == 0, result.output
+    runs = blocks(result.output)
+    assert list(runs) == ["best case"], result.output
+    block = runs["best case"]
+    assert "20 chats, 200 turns the manager called directly, 8 turns at once" in block
+    assert re.search(r"^  answered +200/200 turns", block, re.M)
+    assert re.search(
+        r"^  mean ms +waiting 0\.00 \+ service [\d.]+ = total [\d.]+ over 200", block, re.M
+    )
 
 
 def test_bench_reports_an_ingress_that_cannot_reach_redis(monkeypatch: pytest.MonkeyPatch) -> None:

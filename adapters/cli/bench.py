@@ -1,31 +1,47 @@
 """``fmbot bench``: the dialog manager and the Redis queue under load, with the instant echo model.
 
-Many chats send their messages at once: an ingress in a process of its own (as ``--role
-ingress`` is deployed) enqueues every chat's messages without waiting for replies, so each chat
-has a backlog whose order the queue must keep. A first worker in this process warms up (it
-answers a few jobs, so the Redis connections and the manager are in use) and is stopped: it
-releases its partitions and leaves the membership set. The ingress then enqueues the whole
-backlog with no worker running, and a second worker on the same Redis clients and manager (warm
-connection pools), the only live member, takes every partition at once and answers the backlog
-through the real :class:`~bot.dialog.DialogManager` on the real Redis, running ``concurrency``
-turns at once. ``--no-queue`` drives the manager directly instead (each chat awaits its turns
-one by one).
+One command, several runs, each under its own key prefix, so the best case is printed next to
+what real use looks like:
 
-Printed figures:
+* **best case**: an ingress in a process of its own (as ``--role ingress`` is deployed) queues
+  every chat's messages while no worker runs; then a worker in this process answers the backlog
+  against the clock, ``--concurrency`` turns at once, replies stored only;
+* **many chats** (``--many-chats``, 20,000): the same with that many chats, two or more turns
+  each, so the worker's copy of its chats (``FMBOT_WORKER_CACHE_MB``) is tried at that size;
+* **real concurrency**: the backlog again at the workers' own concurrency (256, the Telegram
+  worker's), each reply published and marked delivered as a channel does
+  (:meth:`~bot.queue.journal.JournaledRedisStore.mark`);
+* **live** (``--rate``): the worker runs first and the ingress sends ``--rate`` messages per
+  second for ``--live-seconds``, at the real concurrency, replies published and marked
+  delivered; throughput is what the worker achieved from the first message sent to the last
+  reply.
 
-* throughput: turns answered per second, from the moment the second worker starts to the last
-  answer: everything the worker does is inside, from taking the partitions to reading the
-  backlog (XREADGROUP), decoding and dispatching it, running the turns and acknowledging them.
-  Enqueueing is timed on its own, before: three busy processes on a small machine would
-  otherwise measure CPU sharing;
-* manager time per turn: wall time of one ``DialogManager.handle`` (the model is instant, so this
-  is the manager's overhead, including its Redis round trips and waiting for the event loop,
-  which grows with the number of turns run at once);
+Before each run a first worker warms up (it answers a few jobs, so the Redis connections and the
+manager are in use); for the backlog runs it is stopped (it releases its partitions and leaves
+the membership set) and a second worker on the same clients, the only live member, takes every
+partition at once. ``--no-queue`` drives the manager directly instead (each chat awaits its
+turns one by one).
+
+Printed figures, per run:
+
+* throughput: turns answered per second. Backlog runs: from the moment the second worker
+  starts to the last answer (taking the partitions, reading the backlog, decoding, running the
+  turns, acknowledging); enqueueing is timed on its own, before: three busy processes on a
+  small machine would otherwise measure CPU sharing. Live: from the first message sent to the
+  last reply;
+* latency per turn, split: waiting (from the message's enqueueing — for a backlog, from the
+  worker's start — until a worker's lane picks it up) and service (from there until the reply
+  is stored, and published and marked delivered where the run does), p50/p95/p99 of each and
+  of their sum; ``mean`` shows that the two add up;
 * Redis round trips per turn, counted by a connection class that counts every write of a
   command batch to a socket: a single command is one round trip, a pipeline or MULTI block is
   one, however many commands it carries (``INFO commandstats`` would count commands instead, and
   would include other clients of a shared Redis). Counted separately for the dialog store
-  (history), the worker (ordering: reads, acks, leases) and the ingress (enqueue).
+  (history, and the replies and delivered marks), the worker (ordering: reads, acks, leases)
+  and the ingress (enqueue);
+* for runs that mark replies delivered: on how many chats the delivered mark names the chat's
+  last stored turn when the run ends (all of them, or a reply would be sent again after a
+  crash).
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ import contextlib
 import cProfile
 import io
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -46,7 +63,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -56,8 +73,10 @@ from bot.errors import FmbotError
 from bot.events import Incoming
 from bot.models.echo import EchoModel
 from bot.queue import Ingress, Job, QueueKeys, Worker
+from bot.queue.cache import ChatCache
 from bot.queue.chat import DialogHandler
 from bot.queue.journal import JournaledRedisStore
+from bot.queue.worker import CONCURRENCY
 from bot.redis import REDIS_ERRORS, connect
 from bot.redis.connect import MAX_CONNECTIONS
 from bot.runtime import loop_name, run_server
@@ -65,6 +84,8 @@ from bot.settings import Settings
 from bot.urls import mask_url
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class BenchError(FmbotError):
@@ -92,68 +113,168 @@ def counting_client(url: str, counter: RoundTrips) -> aioredis.Redis:
     return client
 
 
-@dataclass
-class BenchResult:
+@dataclass(frozen=True)
+class Run:
+    """One run of the benchmark (see the module docstring)."""
+
+    label: str
     chats: int
     turns: int
+    concurrency: int
+    #: Messages per second sent while the worker runs; 0: all queued before the clock starts.
+    rate: float = 0.0
+    #: Replies published and marked delivered, as a channel does; else only stored.
+    publish: bool = False
+
+    def describe(self, queue: bool) -> str:
+        if not queue:
+            how = "the manager called directly"
+        elif self.rate:
+            how = f"sent at {self.rate:g} messages/s while the worker runs"
+        else:
+            how = "queued before the clock starts"
+        replies = "published and marked delivered" if self.publish else "stored"
+        return (
+            f"{self.chats} chats, {self.turns} turns {how}, {self.concurrency} turns at once, "
+            f"replies {replies}"
+        )
+
+
+def plan_runs(
+    *,
+    chats: int,
+    turns: int,
+    concurrency: int,
+    many_chats: int = 20_000,
+    rate: float = 1000.0,
+    live_seconds: float = 10.0,
+) -> list[Run]:
+    """The runs of one ``fmbot bench``: the best case first, then what real use adds."""
+    runs = [Run("best case", chats, turns, concurrency)]
+    if many_chats:
+        # Two turns or more per chat: the second finds (or misses) the chat in the worker's copy.
+        runs.append(Run("many chats", many_chats, max(turns, 2 * many_chats), concurrency))
+    runs.append(Run("real concurrency", chats, turns, CONCURRENCY, publish=True))
+    if rate:
+        live = max(1, round(rate * live_seconds))
+        runs.append(Run("live", chats, live, CONCURRENCY, rate=rate, publish=True))
+    return runs
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    """p50, p95 and p99 (nearest rank) of ``values``; zeros when there are none."""
+    if not values:
+        return 0.0, 0.0, 0.0
+    v = sorted(values)
+
+    def rank(q: float) -> float:
+        return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
+
+    return rank(0.5), rank(0.95), rank(0.99)
+
+
+@dataclass
+class BenchResult:
+    run: Run
     answered: int
     seconds: float
-    manager_ms: list[float]
     history_trips: int
     queue_trips: int
     enqueue_trips: int
+    #: Per answered turn, ms: waiting for a worker, service (the handler), and both.
+    waiting_ms: list[float] = field(default_factory=list)
+    service_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
     out_of_order: int = 0
     duplicates: int = 0
     partitions: int | None = None
     enqueue_seconds: float = 0.0
-    concurrency: int = 0
-    notes: list[str] = field(default_factory=list)
+    #: Chats whose delivered mark names their last stored turn, of the chats (publishing runs).
+    delivered: tuple[int, int] | None = None
+    #: Turns whose history came from the worker's copy of the chat, and those read from Redis.
+    cache: tuple[int, int] | None = None
 
-    def report(self, url: str) -> str:
-        ms = sorted(self.manager_ms) or [0.0]
-        p50 = statistics.median(ms)
-        p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    @property
+    def chats(self) -> int:
+        return self.run.chats
+
+    @property
+    def turns(self) -> int:
+        return self.run.turns
+
+    def report(self) -> str:
         per = max(1, self.answered)
         history, queue = self.history_trips / per, self.queue_trips / per
-        how = f"queue with {self.partitions} partitions" if self.partitions else "no queue"
+
+        def split(name: str, values: list[float]) -> str:
+            p50, p95, p99 = percentiles(values)
+            return f"{name} p50 {p50:.2f}, p95 {p95:.2f}, p99 {p99:.2f}"
+
+        mean = [statistics.fmean(v) if v else 0.0 for v in (self.waiting_ms, self.service_ms)]
+        total = statistics.fmean(self.total_ms) if self.total_ms else 0.0
         lines = [
-            f"fmbot bench: {self.chats} chats, {self.turns} turns, {how}, echo model, "
-            f"Redis {mask_url(url)}",
-            f"setup         {self.concurrency} turns at once, {loop_name()} event loop",
-            f"answered      {self.answered}/{self.turns} turns "
+            f"{self.run.label}: {self.run.describe(self.partitions is not None)}",
+            f"  answered      {self.answered}/{self.turns} turns "
             f"(out of order: {self.out_of_order}, answered twice: {self.duplicates})",
-            f"throughput    {self.answered / self.seconds:.0f} turns/s ({self.seconds:.2f} s)",
-            f"manager       p50 {p50:.2f} ms, p99 {p99:.2f} ms per turn",
-            f"round trips   {history + queue:.2f} per turn: history {history:.2f} (dialog store)"
-            f" + ordering {queue:.2f} (worker: read, ack, leases); "
-            f"enqueue {self.enqueue_trips / per:.2f} (ingress)",
+            f"  throughput    {self.answered / max(self.seconds, 1e-9):.0f} turns/s "
+            f"({self.seconds:.2f} s)",
+            f"  latency ms    {split('waiting', self.waiting_ms)}; "
+            f"{split('service', self.service_ms)}; {split('total', self.total_ms)}",
+            f"  mean ms       waiting {mean[0]:.2f} + service {mean[1]:.2f} = total {total:.2f} "
+            f"over {len(self.total_ms)} turns",
+            f"  round trips   {history + queue:.2f} per turn: history {history:.2f} (dialog store"
+            f"{', replies, delivered marks' if self.run.publish else ''}) + ordering "
+            f"{queue:.2f} (worker: read, ack, leases); enqueue {self.enqueue_trips / per:.2f} "
+            "(ingress)",
         ]
-        if self.partitions and self.enqueue_seconds:
-            lines.insert(
-                2,
-                f"ingress       {self.turns / self.enqueue_seconds:.0f} messages/s enqueued by "
-                f"its own process ({self.enqueue_seconds:.2f} s) with no worker running, "
-                "before the clock starts",
+        if self.cache is not None:
+            hits, misses = self.cache
+            lines.append(
+                f"  chat copy     history from the worker's copy on {hits} turns, read from Redis "
+                f"on {misses} (the chats' first turns: {min(self.chats, self.turns)})"
             )
-        return "\n".join(lines + self.notes)
+        if self.delivered is not None:
+            marked, chats = self.delivered
+            lines.append(f"  delivered     marks on {marked}/{chats} chats name their last turn")
+        if self.partitions and self.enqueue_seconds:
+            what = (
+                f"sent while the worker ran, {self.turns / self.enqueue_seconds:.0f} messages/s "
+                f"({self.enqueue_seconds:.2f} s)"
+                if self.run.rate
+                else f"{self.turns / self.enqueue_seconds:.0f} messages/s enqueued by its own "
+                f"process ({self.enqueue_seconds:.2f} s) with no worker running, before the "
+                "clock starts"
+            )
+            lines.append(f"  ingress       {what}")
+        return "\n".join(lines)
+
+
+def report(results: list[BenchResult], url: str) -> str:
+    first = results[0]
+    how = f"queue with {first.partitions} partitions" if first.partitions else "no queue"
+    head = f"fmbot bench: echo model, {how}, Redis {mask_url(url)}, {loop_name()} event loop"
+    return "\n".join([head, *(r.report() for r in results)])
+
+
+async def run_benches(
+    settings: Settings, url: str, runs: list[Run], *, partitions: int = 16, queue: bool = True
+) -> list[BenchResult]:
+    """``runs`` one after another (each on fresh keys); the first only without the queue."""
+    if not queue:
+        runs = runs[:1]
+    return [await run_bench(settings, url, run, partitions=partitions, queue=queue) for run in runs]
 
 
 async def run_bench(
-    settings: Settings,
-    url: str,
-    *,
-    chats: int,
-    turns: int,
-    partitions: int = 16,
-    concurrency: int = 8,
-    queue: bool = True,
+    settings: Settings, url: str, run: Run, *, partitions: int = 16, queue: bool = True
 ) -> BenchResult:
-    """Run the benchmark under a fresh key prefix, delete its keys afterwards."""
+    """One run under a fresh key prefix; its keys are deleted afterwards."""
     prefix = f"fmbot-bench-{uuid.uuid4().hex[:8]}"
     history, ordering, enqueue = RoundTrips(), RoundTrips(), RoundTrips()
     store_client = counting_client(url, history)
     store = JournaledRedisStore(store_client, prefix)
     store.max_turns = settings.history_messages
+    store.cache = ChatCache(settings.worker_cache_mb * 2**20)  # as a worker's (journal_manager)
     model = EchoModel(context_window=settings.context_tokens)
     manager = DialogManager(
         store,
@@ -162,18 +283,14 @@ async def run_bench(
         default_mode=settings.default_mode,
         history_turns=settings.history_messages,
     )
-    plan = plan_messages(chats, turns)
-    timings: list[float] = []
+    plan = plan_messages(run.chats, run.turns)
     try:
         if queue:
             counters = (history, ordering, enqueue)
-            result = await _through_queue(
-                manager, url, prefix, plan, partitions, concurrency, timings, counters
-            )
+            result = await _through_queue(manager, url, prefix, plan, partitions, run, counters)
         else:
-            result = await _direct(manager, plan, concurrency, timings)
+            result = await _direct(manager, plan, run)
             result.history_trips = history.count
-        result.concurrency = concurrency
         return result
     finally:
         try:
@@ -184,11 +301,10 @@ async def run_bench(
             await manager.aclose()
 
 
-async def _direct(
-    manager: DialogManager, plan: list[list[str]], concurrency: int, timings: list[float]
-) -> BenchResult:
+async def _direct(manager: DialogManager, plan: list[list[str]], run: Run) -> BenchResult:
     answered = 0
-    limit = asyncio.Semaphore(concurrency)  # as a worker's: at most this many turns at once
+    service: list[float] = []
+    limit = asyncio.Semaphore(run.concurrency)  # as a worker's: at most this many turns at once
 
     async def chat(c: int, messages: list[str]) -> None:
         nonlocal answered
@@ -199,14 +315,14 @@ async def _direct(
                 async with contextlib.aclosing(manager.handle(incoming)) as events:
                     async for _ in events:
                         pass
-                timings.append((time.perf_counter() - started) * 1000)
+                service.append((time.perf_counter() - started) * 1000)
             answered += 1
 
     started = time.perf_counter()
     await asyncio.gather(*(chat(c, m) for c, m in enumerate(plan)))
     seconds = time.perf_counter() - started
-    total = sum(len(m) for m in plan)
-    return BenchResult(len(plan), total, answered, seconds, timings, 0, 0, 0)
+    # Called directly, a turn waits for nothing but the concurrency limit (not measured).
+    return BenchResult(run, answered, seconds, 0, 0, 0, [], service, list(service))
 
 
 @dataclass
@@ -218,31 +334,42 @@ class _Phase:
     finished: float = 0.0
 
 
+@dataclass
+class _Turn:
+    """When a turn's message was queued, picked up and answered (epoch seconds, all processes)."""
+
+    queued: float
+    started: float
+    ended: float
+
+
 async def _through_queue(
     manager: DialogManager,
     url: str,
     prefix: str,
     plan: list[list[str]],
     partitions: int,
-    concurrency: int,
-    timings: list[float],
+    run: Run,
     counters: tuple[RoundTrips, RoundTrips, RoundTrips],
 ) -> BenchResult:
     history, ordering, _ = counters
     keys = QueueKeys(prefix, partitions)
+    assert isinstance(manager.store, JournaledRedisStore)
+    cache = manager.store.cache
     total = sum(len(m) for m in plan)
-    handler = DialogHandler(manager, keys, publish=False)
+    handler = DialogHandler(manager, keys, publish=run.publish)
     next_n: dict[str, int] = {}
     seen: set[tuple[int, str]] = set()  # entry ids are unique per stream, not across them
     stats = {"out_of_order": 0, "duplicates": 0}
-    warm_up = [f"bench-warmup-{i}" for i in range(2 * concurrency)]
+    turns: list[_Turn] = []
+    warm_up = [f"bench-warmup-{i}" for i in range(2 * run.concurrency)]
     phase = _Phase(len(warm_up))
 
     async def timed(job: Job) -> None:
-        started = time.perf_counter()
+        started = time.time()  # wall clock: the ingress stamps messages in another process
         await handler(job)
-        finished = time.perf_counter()
-        timings.append((finished - started) * 1000)
+        ended = time.time()
+        turns.append(_Turn(float(job.payload.get("t", started)), started, ended))
         n = int(job.payload["n"])
         if n != next_n.get(job.chat, 0):
             stats["out_of_order"] += 1
@@ -250,12 +377,12 @@ async def _through_queue(
         if (job.partition, job.id) in seen:
             stats["duplicates"] += 1
         seen.add((job.partition, job.id))
-        if len(timings) >= phase.target and not phase.done.is_set():
-            phase.finished = finished
+        if len(turns) >= phase.target and not phase.done.is_set():
+            phase.finished = time.perf_counter()
             phase.done.set()
 
     def new_worker() -> Worker:
-        return Worker(queue_client, timed, keys=keys, concurrency=concurrency)
+        return Worker(queue_client, timed, keys=keys, concurrency=run.concurrency)
 
     queue_client = counting_client(url, ordering)
     worker: Worker | None = None
@@ -273,7 +400,7 @@ async def _through_queue(
         cleanup.push_async_callback(stop_worker)  # runs before queue_client.aclose
         # The ingress runs in a process of its own, as in a deployment (`--role ingress`): this
         # process is the worker, and its figures are the worker's.
-        producer = Producer(url, prefix, partitions, [len(m) for m in plan])
+        producer = Producer(url, prefix, partitions, [len(m) for m in plan], rate=run.rate)
         cleanup.push_async_callback(producer.close)  # runs first: no enqueueing after a failure
         await producer.ready()
 
@@ -284,45 +411,88 @@ async def _through_queue(
         for chat in warm_up:
             await warmup.enqueue(chat, {"n": 0, "text": "warm up"})
         await asyncio.wait_for(phase.done.wait(), 30)
-        # ... then stopped: it releases its partitions and leaves the membership set, so the
-        # worker that answers the backlog takes every partition in its first round.
-        await stop_worker()
-        await _check_released(queue_client, keys)
 
-        # The backlog, every chat's messages, queued with no worker running: enqueuing next to
-        # the worker would measure three processes sharing the CPU (two cores here) rather than
-        # the worker. The ingress times itself.
-        producer.go()
-        enqueue_trips, enqueue_seconds = await producer.result()
+        if run.rate:
+            # Live: the warm worker keeps running and the messages arrive while it does.
+            turns.clear()
+            phase = _Phase(total)
+            history.count = ordering.count = 0
+            cache.hits = cache.misses = 0
+            producer.go()
+            enqueue_trips, enqueue_seconds = await producer.result()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
+            first = min((t.queued for t in turns), default=0.0)
+            seconds = max((t.ended for t in turns), default=first) - first
+            clock = 0.0
+        else:
+            # ... else stopped: it releases its partitions and leaves the membership set, so the
+            # worker that answers the backlog takes every partition in its first round.
+            await stop_worker()
+            await _check_released(queue_client, keys)
 
-        # A new worker on the same clients and manager (warm connection pools) answers the
-        # backlog against the clock: taking the partitions, reading, decoding, running, acking.
-        timings.clear()
+            # The backlog, every chat's messages, queued with no worker running: enqueuing next
+            # to the worker would measure three processes sharing the CPU (two cores here)
+            # rather than the worker. The ingress times itself.
+            producer.go()
+            enqueue_trips, enqueue_seconds = await producer.result()
+
+            # A new worker on the same clients and manager (warm connection pools) answers the
+            # backlog against the clock: taking the partitions, reading, decoding, running, acking.
+            turns.clear()
+            phase = _Phase(total)
+            history.count = ordering.count = 0
+            cache.hits = cache.misses = 0
+            worker = new_worker()
+            clock, started = time.time(), time.perf_counter()
+            running = asyncio.create_task(worker.run())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
+            seconds = (phase.finished or time.perf_counter()) - started
+        trips, history_trips = ordering.count, history.count
+        hits, misses = cache.hits, cache.misses
         seen.clear()
         next_n.clear()
-        phase = _Phase(total)
-        history.count = ordering.count = 0
-        worker = new_worker()
-        started = time.perf_counter()
-        running = asyncio.create_task(worker.run())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
-        seconds = (phase.finished or time.perf_counter()) - started
-        trips, history_trips = ordering.count, history.count
+        answered = list(turns)
+        delivered = None
+        if run.publish:
+            await stop_worker()  # nothing is marked after this
+            talking = sum(1 for m in plan if m)  # chats c0, c1, ... that sent a message
+            marked = await _count_delivered(queue_client, prefix, talking)
+            delivered = (marked, talking)
+    # A backlog's messages wait from the worker's start: before it, no worker could pick them up.
+    waiting = [(t.started - max(t.queued, clock)) * 1000 for t in answered]
+    service = [(t.ended - t.started) * 1000 for t in answered]
+    whole = [(t.ended - max(t.queued, clock)) * 1000 for t in answered]
     return BenchResult(
-        len(plan),
-        total,
-        len(timings),
+        run,
+        len(answered),
         seconds,
-        timings,
         history_trips,
         trips,
         enqueue_trips,
+        waiting,
+        service,
+        whole,
         out_of_order=stats["out_of_order"],
         duplicates=stats["duplicates"],
         partitions=partitions,
         enqueue_seconds=enqueue_seconds,
+        delivered=delivered,
+        cache=(hits, misses),
     )
+
+
+async def _count_delivered(client: aioredis.Redis, prefix: str, chats: int, page: int = 500) -> int:
+    """Chats ``c0`` ... whose delivered mark names the job their last stored turn answered."""
+    keys = QueueKeys(prefix)
+    marked = 0
+    for first in range(0, chats, page):
+        names = [f"c{c}" for c in range(first, min(chats, first + page))]
+        answered = await client.mget([keys.answered(n) for n in names])
+        delivered = await client.mget([keys.delivered(n) for n in names])
+        marked += sum(1 for a, d in zip(answered, delivered, strict=True) if a and a == d)
+    return marked
 
 
 async def _check_released(client: aioredis.Redis, keys: QueueKeys) -> None:
@@ -352,14 +522,26 @@ class Producer:
     process goes away, so it never outlives the benchmark.
     """
 
-    def __init__(self, url: str, prefix: str, partitions: int, counts: list[int]) -> None:
+    def __init__(
+        self, url: str, prefix: str, partitions: int, counts: list[int], *, rate: float = 0.0
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with a running loop
         self._go = ctx.Event()
         self._abort = ctx.Event()
         self._out, child_end = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=_producer_main,
-            args=(url, prefix, partitions, counts, self._go, self._abort, child_end, os.getpid()),
+            args=(
+                url,
+                prefix,
+                partitions,
+                counts,
+                rate,
+                self._go,
+                self._abort,
+                child_end,
+                os.getpid(),
+            ),
             name="fmbot-bench-ingress",
             daemon=True,
         )
@@ -433,6 +615,7 @@ def _producer_main(
     prefix: str,
     partitions: int,
     counts: list[int],
+    rate: float,
     go: Any,
     abort: Any,
     out: Connection,
@@ -461,13 +644,38 @@ def _producer_main(
             # pooled connection than the pool allows ("No connection available").
             limit = asyncio.Semaphore(MAX_CONNECTIONS // 2)
 
+            async def send(c: int, n: int) -> None:
+                # "t": when the message was queued, for the worker's waiting time.
+                payload = {"n": n, "text": f"chat-{c} message {n}", "t": time.time()}
+                await ingress.enqueue(f"c{c}", payload)
+
             async def chat(c: int, count: int) -> None:
                 async with limit:
                     for n in range(count):
-                        text = f"chat-{c} message {n}"
-                        await ingress.enqueue(f"c{c}", {"n": n, "text": text})
+                        await send(c, n)
 
-            await asyncio.gather(*(chat(c, count) for c, count in enumerate(counts)))
+            async def paced(c: int, n: int, before: asyncio.Task[None] | None) -> None:
+                if before is not None:
+                    await before  # the chat's previous message is queued first
+                async with limit:
+                    await send(c, n)
+
+            if not rate:
+                await asyncio.gather(*(chat(c, count) for c, count in enumerate(counts)))
+            else:
+                # Round robin over the chats, message k due at k / rate s after the start.
+                order = [(c, n) for n in range(max(counts)) for c in range(len(counts))]
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                last: dict[int, asyncio.Task[None]] = {}
+                sent: list[asyncio.Task[None]] = []
+                for k, (c, n) in enumerate((c, n) for c, n in order if n < counts[c]):
+                    delay = start + k / rate - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    last[c] = asyncio.create_task(paced(c, n, last.get(c)))
+                    sent.append(last[c])
+                await asyncio.gather(*sent)
             return trips.count, time.perf_counter() - started
         finally:
             await client.aclose()
@@ -494,7 +702,7 @@ async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
         await client.delete(*batch)
 
 
-def profiled(run: Callable[[], Awaitable[BenchResult]], top: int = 25) -> tuple[BenchResult, str]:
+def profiled(run: Callable[[], Awaitable[_T]], top: int = 25) -> tuple[_T, str]:
     """Run under cProfile; the result and the ``top`` functions by own time."""
     profile = cProfile.Profile()
     profile.enable()
@@ -507,5 +715,5 @@ def profiled(run: Callable[[], Awaitable[BenchResult]], top: int = 25) -> tuple[
     return result, out.getvalue()
 
 
-async def _await(run: Callable[[], Awaitable[BenchResult]]) -> BenchResult:
+async def _await(run: Callable[[], Awaitable[_T]]) -> _T:
     return await run()

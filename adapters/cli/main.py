@@ -196,8 +196,22 @@ def bench(
     ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Queue partitions.")] = 16,
     concurrency: Annotated[
-        int, typer.Option(min=1, help="Turns the worker runs at once (the model is instant).")
+        int,
+        typer.Option(
+            min=1, help="Best case: turns the worker runs at once (the model is instant)."
+        ),
     ] = 8,
+    many_chats: Annotated[
+        int,
+        typer.Option(min=0, help="Chats of the many-chats run (two turns or more each); 0: skip."),
+    ] = 20000,
+    rate: Annotated[
+        float,
+        typer.Option(min=0, help="Live run: messages/s sent while the worker runs; 0: skip."),
+    ] = 1000,
+    live_seconds: Annotated[
+        float, typer.Option(min=0.1, help="Live run: how long messages are sent.")
+    ] = 10,
     queue: Annotated[
         bool, typer.Option(help="Through the Redis queue and a worker, or the manager directly.")
     ] = True,
@@ -212,8 +226,9 @@ def bench(
     window: Annotated[int, typer.Option(min=256, help="With --model: context window.")] = 4096,
     words: Annotated[int, typer.Option(min=1, help="With --model: words per message.")] = 100,
 ) -> None:
-    """Benchmark the dialog manager and the Redis queue with the instant echo model."""
-    from adapters.cli.bench import profiled, run_bench
+    """Benchmark the dialog manager and the Redis queue with the instant echo model: the best
+    case, many chats, the real worker concurrency and a live run (see README)."""
+    from adapters.cli.bench import plan_runs, profiled, report, run_benches
     from bot.runtime import run_server
 
     settings = load_settings()
@@ -240,23 +255,24 @@ def bench(
         else "redis://127.0.0.1:6379/0"
     )
 
+    runs = plan_runs(
+        chats=chats,
+        turns=turns,
+        concurrency=concurrency,
+        many_chats=many_chats,
+        rate=rate,
+        live_seconds=live_seconds,
+    )
+
     def go() -> Coroutine[Any, Any, Any]:
-        return run_bench(
-            settings,
-            url,
-            chats=chats,
-            turns=turns,
-            partitions=partitions,
-            concurrency=concurrency,
-            queue=queue,
-        )
+        return run_benches(settings, url, runs, partitions=partitions, queue=queue)
 
     if profile:
-        result, stats = profiled(go)
+        results, stats = profiled(go)
         typer.echo(stats, err=True)
     else:
-        result = run_server(go())
-    typer.echo(result.report(url))
+        results = run_server(go())
+    typer.echo(report(results, url))
 
 
 @app.command()

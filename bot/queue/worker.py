@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 LEASE_MS = 10_000
 HEARTBEAT = 2.0
 RENEW_MARGIN = 0.8  # a lease is trusted for this share of its TTL after the renewal was sent
+# Turns a worker runs at once (the Telegram worker's too): a real model's turn mostly waits for
+# tokens, so many run side by side.
+CONCURRENCY = 256
 
 
 @dataclass(slots=True)
@@ -93,7 +96,7 @@ class Worker:
         name: str | None = None,
         lease_ms: int = LEASE_MS,
         heartbeat: float = HEARTBEAT,
-        concurrency: int = 256,
+        concurrency: int = CONCURRENCY,
         tuning: Tuning | None = None,
     ) -> None:
         self.redis = redis
