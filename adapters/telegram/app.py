@@ -15,6 +15,7 @@ from aiogram.methods.base import TelegramType
 from adapters.telegram.access import AccessPolicy
 from adapters.telegram.handlers import Handlers
 from adapters.telegram.inflight import InFlight
+from adapters.telegram.pictures import SCHEME, TelegramFiles
 from adapters.telegram.replies import Replies
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.throttle import Throttle
@@ -63,6 +64,8 @@ class TelegramApp:
         self.manager = manager
         self.settings = settings
         self.bot = make_bot(settings)
+        # Whichever process runs a turn (this one, or a queue worker) fetches its pictures.
+        manager.pictures.register(SCHEME, TelegramFiles(self.bot))
         self.replies = Replies(self.bot, manager, settings, Throttle())
         self.handlers = Handlers(manager, self.replies, AccessPolicy.from_settings(settings))
         self.inflight = InFlight()

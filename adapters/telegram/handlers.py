@@ -15,6 +15,7 @@ from adapters.telegram.access import ADMINS_ONLY, REFUSAL, AccessPolicy
 from adapters.telegram.addressing import addressed, strip_mention
 from adapters.telegram.commands import SHARED_STATE, with_extras
 from adapters.telegram.modes import chosen, keyboard, listing
+from adapters.telegram.pictures import Found, pictures_of
 from adapters.telegram.replies import Replies
 from adapters.telegram.splitting import TEXT_LIMIT, Part, truncate
 from adapters.telegram.target import Target
@@ -32,7 +33,6 @@ _UNSUPPORTED = (
     ("voice", "I can't listen to voice messages yet. Please type your message instead."),
     ("audio", "I can't listen to audio yet. Please type your message instead."),
     ("video_note", "I can't watch video messages yet. Please type your message instead."),
-    ("photo", "I can't see pictures (there is no vision model here). Please describe it in text."),
     ("document", "I can't open files yet. Please paste the text into a message."),
     ("video", "I can't watch videos yet. Please type your message instead."),
     ("animation", "I can't watch GIFs. Please type your message instead."),
@@ -68,11 +68,17 @@ class Handlers:
         router.stopped_message_generation.register(self.on_generation_stopped)
         return router
 
-    async def on_message(self, message: Message, bot: Bot) -> None:
+    async def on_message(
+        self, message: Message, bot: Bot, album: list[Message] | None = None
+    ) -> None:
+        """``album``: every message of a media group, in order (see :mod:`.albums`)."""
         me = await bot.me()  # cached by aiogram after the first call
+        messages = album or [message]
+        message = messages[0]
         target = Target.of(message)
-        if not target.private and not addressed(message, me):
-            return
+        # An album's caption (and so a mention) is on one of its messages; a reply, on each.
+        if not target.private and not any(addressed(m, me) for m in messages):
+            return  # before any download: a picture not meant for us is never fetched
         if not self.policy.allows(message.from_user):
             if message.from_user is None:
                 # Sent on behalf of a chat: no user to check or to tell the bot is private.
@@ -80,6 +86,10 @@ class Handlers:
                 return
             log.info("refused a message from a user who is not allowed (chat %s)", target.chat_id)
             await self.outbox.send_text(target, REFUSAL)
+            return
+        found = pictures_of(messages)
+        if found is not None:
+            await self._pictures(target, messages, found, me, message.from_user)
             return
         if message.text is None:
             answer = unsupported_reply(message)
@@ -91,6 +101,20 @@ class Handlers:
             await self.outbox.send_text(target, EMPTY_MENTION)
             return
         await self._text(target, text, message.from_user)
+
+    async def _pictures(
+        self, target: Target, messages: list[Message], found: Found, me: User, user: User | None
+    ) -> None:
+        """Photos or image files, with the caption as the question (the template's default
+        request when there is none). The manager fetches them when it runs the turn."""
+        if found.problem is not None:
+            await self.outbox.send_text(target, found.problem)
+            return
+        caption = "\n".join(m.caption for m in messages if m.caption)
+        question = caption.strip() if target.private else strip_mention(caption, me)
+        admin = self.policy.is_admin(user)
+        incoming = Incoming(target.key, question, user_label(user), admin, pictures=found.sources)
+        await self.replies.run(target, incoming)
 
     async def _text(self, target: Target, text: str, user: User | None) -> None:
         command = parse_command(text)
