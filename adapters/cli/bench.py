@@ -146,7 +146,7 @@ def plan_runs(
     turns: int,
     concurrency: int,
     many_chats: int = 20_000,
-    rate: float = 1000.0,
+    rate: float = 500.0,
     live_seconds: float = 10.0,
 ) -> list[Run]:
     """The runs of one ``fmbot bench``: the best case first, then what real use adds."""

@@ -208,7 +208,7 @@ def bench(
     rate: Annotated[
         float,
         typer.Option(min=0, help="Live run: messages/s sent while the worker runs; 0: skip."),
-    ] = 1000,
+    ] = 500,
     live_seconds: Annotated[
         float, typer.Option(min=0.1, help="Live run: how long messages are sent.")
     ] = 10,
