@@ -1,7 +1,11 @@
 """Pictures in Telegram (issue 17) end to end: aiogram's real Bot and session polling the fake Bot
 API (photos, image files, albums, getFile and downloads), a manager assembled by build_manager
 with FMBOT_VISION_MODEL=openai:vision-test on the fake OpenAI server, which decodes every picture
-it receives (received_images) and says what it saw ("I see 1 picture: 1280x960 JPEG.")."""
+it receives (received_images) and says what it saw ("I see 1 picture: 1280x960 JPEG.").
+
+Then ``--role ingress`` + ``--role worker`` over the real Redis queue: the ingress queues updates
+only (no model, no download); the worker fetches each picture itself by file_id, and answers an
+album, queued as one job per item, once."""
 
 from __future__ import annotations
 
@@ -9,25 +13,37 @@ import asyncio
 import contextlib
 import io
 import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiogram.types import Update
 from PIL import Image
 
 from adapters.telegram import TelegramApp, TelegramSettings
 from adapters.telegram.access import REFUSAL
+from adapters.telegram.app import make_bot
+from adapters.telegram.ingress import PollingIngress, chat_key, payload
 from adapters.telegram.pictures import GONE, TOO_BIG, UNSUPPORTED_IMAGE
 from adapters.telegram.runner import Runner
+from adapters.telegram.worker import TelegramWorker
 from bot.app import build_manager
 from bot.dialog import VISION_SETUP_HINT, DialogManager
+from bot.models.echo import EchoModel
 from bot.models.registry import close_models
+from bot.models.remote import create_vision_model
+from bot.prompts.library import PromptLibrary
+from bot.queue import Ingress, QueueKeys
+from bot.queue.journal import JournaledRedisStore
+from bot.redis.connect import connect
 from bot.settings import Settings
 from tests.fakes import FakeOpenAI
 from tests.fakes.chat_completions import ReceivedImage
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
+from tests.test_telegram_roles import base_env, exited, fmbot
 
 MENTION = f"@{BOT_USERNAME}"
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
@@ -307,7 +323,58 @@ async def test_a_topic_picture_is_answered_in_its_topic(
     assert history[0].text == "what plant?"
 
 
-# --- follow-ups ------------------------------------------------------------------
+# --- albums and follow-ups ------------------------------------------------------------------
+
+
+async def test_an_album_is_one_turn_with_all_its_pictures_answered_once(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    alice = fake.user(3021, "Alice")
+    chat = fake.private_chat(alice)
+    images = [picture(800, 600, RED), picture(600, 800, GREEN), picture(500, 500, BLUE)]
+    async with running(fake, openai, tmp_path) as bot:
+        fake.push_album(chat, alice, images, caption="which one is best?")
+        [answer] = await replies(fake, chat["id"], 1)
+        await asyncio.sleep(1.5)  # more answers would come now
+        [asked, _] = await bot.manager.store.read(f"tg:{alice['id']}")
+    assert len(fake.bot_messages(chat["id"])) == 1 and chat_requests(openai) == 1
+    seen = openai.received_images
+    assert [(i.width, i.height) for i in seen] == [(800, 600), (600, 800), (500, 500)]
+    assert all(near(colour_of(i), c) for i, c in zip(seen, (RED, GREEN, BLUE), strict=True))
+    assert len({i.message for i in seen}) == 1  # one user message with three pictures
+    assert answer.startswith("I see 3 pictures") and "which one is best?" in answer
+    assert asked.text == "which one is best?" and len(asked.meta["pictures"]) == 3
+
+
+async def test_a_group_album_without_a_mention_is_not_downloaded_and_with_one_is_answered(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    bob = fake.user(3022, "Bob")
+    group = fake.group(-302200)
+    images = [picture(640, 480, RED), picture(640, 480, BLUE)]
+    async with running(fake, openai, tmp_path):
+        fake.push_album(group, bob, images, caption="holiday pics")
+        fake.push_album(group, bob, images, caption=f"{MENTION} which is sharper?")
+        answer = await answered(fake, group["id"], "which is sharper?")
+        await asyncio.sleep(1.5)
+    assert len(fake.bot_messages(group["id"])) == 1
+    assert answer.startswith("I see 2 pictures") and "which is sharper?" in answer
+    assert len(fake.downloads) == 2  # the mentioned album's two
+
+
+async def test_a_message_sent_right_after_an_album_is_answered_after_it(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    alice = fake.user(3024, "Alice")
+    chat = fake.private_chat(alice)
+    async with running(fake, openai, tmp_path) as bot:
+        fake.push_album(chat, alice, [picture(640, 480), picture(640, 480, BLUE)], caption="which?")
+        fake.push_text(chat, alice, "thanks!")  # while the album is still being collected
+        answers = await replies(fake, chat["id"], 2)
+        history = await bot.manager.store.read(f"tg:{alice['id']}")
+    assert answers[0].startswith("I see 2 pictures") and answers[0].endswith("Echo: which?")
+    assert answers[1].endswith("Echo: thanks!")  # about the album: its pictures are the latest
+    assert [t.text for t in history if t.role == "user"] == ["which?", "thanks!"]
 
 
 async def test_a_follow_up_question_sees_the_picture_again_fetched_by_its_file_id(
@@ -328,3 +395,174 @@ async def test_a_follow_up_question_sees_the_picture_again_fetched_by_its_file_i
     assert "and what colour is it?" in answers[1]
     assert near(colour_of(openai.received_images[-1]), GREEN)
     assert not (tmp_path / "media").exists()  # Telegram keeps the file: no local copy
+
+
+# --- ingress + workers over Redis: the worker fetches the pictures itself -------------------
+
+PARTITIONS = 4
+LEASE_MS = 3000
+
+
+@dataclass
+class Worker:
+    worker: TelegramWorker
+    store: JournaledRedisStore
+
+
+@contextlib.asynccontextmanager
+async def worker(
+    fake: FakeTelegram, openai: FakeOpenAI, prompts_dir: Path, url: str, prefix: str
+) -> AsyncIterator[Worker]:
+    """A queue worker whose manager sees pictures with openai:vision-test."""
+    settings = Settings(
+        _env_file=None,
+        OPENAI_BASE_URL=openai.base_url,
+        OPENAI_API_KEY=openai.api_key,
+        FMBOT_CONTEXT_TOKENS=16_000,  # three pictures fit (1,500 tokens each)
+    )
+    vision = create_vision_model("openai:vision-test", settings)
+    queue = connect(url, socket_timeout=2)
+    store = JournaledRedisStore(queue, prefix)
+    manager = DialogManager(store, EchoModel(), PromptLibrary(prompts_dir), vision_model=vision)
+    app = TelegramApp(manager, tg_settings(fake))
+    running = TelegramWorker(app, queue, QueueKeys(prefix, PARTITIONS), lease_ms=LEASE_MS)
+    task = asyncio.create_task(running.run())
+    try:
+        yield Worker(running, store)
+        assert not task.done(), task
+    finally:
+        await running.stop(5)
+        await asyncio.wait_for(task, 15)
+        await app.bot.session.close()
+        await vision.aclose()
+        await queue.aclose()
+
+
+@contextlib.asynccontextmanager
+async def ingress(fake: FakeTelegram, url: str, prefix: str) -> AsyncIterator[PollingIngress]:
+    queue = connect(url, socket_timeout=2)
+    bot = make_bot(tg_settings(fake))
+    poller = PollingIngress(bot, Ingress(queue, QueueKeys(prefix, PARTITIONS)), timeout=1)
+    task = asyncio.create_task(poller.run())
+    try:
+        yield poller
+    finally:
+        poller.request_stop()
+        await asyncio.wait_for(task, 15)
+        await bot.session.close()
+        await queue.aclose()
+
+
+async def test_the_worker_fetches_pictures_answers_an_album_once_and_follow_ups_see_it(
+    fake: FakeTelegram,
+    openai: FakeOpenAI,
+    prompts_dir: Path,
+    redis_server: str,
+    redis_prefix: str,
+) -> None:
+    alice = fake.user(4001, "Alice")
+    chat = fake.private_chat(alice)
+    async with (
+        ingress(fake, redis_server, redis_prefix) as poller,
+        worker(fake, openai, prompts_dir, redis_server, redis_prefix) as running,
+    ):
+        sent = fake.push_photo(chat, alice, picture(1000, 750, RED), caption="what is it?")
+        await fake.wait_for(lambda: len(fake.bot_messages(chat["id"])) >= 1, 20)
+        images = [picture(800, 600, RED), picture(600, 800, GREEN), picture(500, 500, BLUE)]
+        album = fake.push_album(chat, alice, images, caption="and these?")
+        await fake.wait_for(lambda: len(fake.bot_messages(chat["id"])) >= 2, 20)
+        fake.push_text(chat, alice, "which is the green one?")
+        await fake.wait_for(lambda: len(fake.bot_messages(chat["id"])) >= 3, 20)
+        await fake.wait_for(lambda: running.worker.worker.handled == 5, 10)
+        await asyncio.sleep(1.0)  # a second answer to the album would come now
+        history = await running.store.read(f"tg:{alice['id']}")
+        assert poller.queued == 5  # one job per update: the ingress does not wait for albums
+    answers = texts(fake, chat["id"])
+    assert len(answers) == 3 and chat_requests(openai) == 3
+    assert answers[0].startswith("I see 1 picture: 1000x750 JPEG.")
+    assert answers[1].startswith("I see 3 pictures") and "and these?" in answers[1]
+    # The follow-up sees the album again (the latest pictures).
+    assert answers[2].startswith("I see 3 pictures") and "which is the green one?" in answers[2]
+    seen = openai.received_images
+    assert [(i.width, i.height) for i in seen[1:4]] == [(800, 600), (600, 800), (500, 500)]
+    assert all(near(colour_of(i), c) for i, c in zip(seen[1:4], (RED, GREEN, BLUE), strict=True))
+    largest = [sent["photo"][-1]["file_id"], *(m["photo"][-1]["file_id"] for m in album)]
+    assert sorted(fake.downloads) == sorted(largest)  # each once: the worker keeps them
+    assert [t.text for t in history if t.role == "user"] == [
+        "what is it?",
+        "and these?",
+        "which is the green one?",
+    ]
+
+
+async def test_an_album_turn_is_journaled_under_its_last_item(
+    fake: FakeTelegram,
+    openai: FakeOpenAI,
+    prompts_dir: Path,
+    redis_server: str,
+    redis_prefix: str,
+) -> None:
+    """A worker that takes the album's jobs over after a crash finds every item answered."""
+    alice = fake.user(4002, "Alice")
+    chat = fake.private_chat(alice)
+    fake.push_album(chat, alice, [picture(640, 480), picture(640, 480, BLUE)], caption="two?")
+    updates = [Update.model_validate(u) for u in fake.pending]
+    fake.pending.clear()
+    client = connect(redis_server)
+    queue = Ingress(client, QueueKeys(redis_prefix, PARTITIONS))
+    try:
+        ids = [
+            await queue.enqueue(chat_key(u), payload(u), dedupe=str(u.update_id)) for u in updates
+        ]
+        async with worker(fake, openai, prompts_dir, redis_server, redis_prefix) as running:
+            await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 20)
+            await fake.wait_for(lambda: running.worker.worker.handled == 2, 10)
+            key = f"tg:{alice['id']}"
+            assert [(await running.store.replay(key, i)).answered for i in ids] == [True, True]
+    finally:
+        await client.aclose()
+    assert len(fake.bot_messages(chat["id"])) == 1 and chat_requests(openai) == 1
+
+
+async def test_fmbot_ingress_and_worker_processes_answer_a_photo_and_an_album(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path, redis_server: str, redis_prefix: str
+) -> None:
+    env = base_env(
+        fake,
+        tmp_path,
+        FMBOT_STORE=redis_server,
+        FMBOT_REDIS_PREFIX=redis_prefix,
+        FMBOT_QUEUE_PARTITIONS=str(PARTITIONS),
+        FMBOT_QUEUE_LEASE_MS=str(LEASE_MS),
+        FMBOT_VISION_MODEL="openai:vision-test",
+        FMBOT_CONTEXT_TOKENS="16000",
+        OPENAI_BASE_URL=openai.base_url,
+        OPENAI_API_KEY=openai.api_key or "",
+    )
+    alice = fake.user(4003, "Alice")
+    chat = fake.private_chat(alice)
+    procs = [fmbot("--role", role, env=env, cwd=tmp_path) for role in ("ingress", "worker")]
+    try:
+        fake.push_photo(chat, alice, picture(900, 600, GREEN), caption="what is it?")
+        fake.push_album(chat, alice, [picture(640, 480), picture(480, 640, BLUE)], caption="and?")
+        try:
+            await fake.wait_for(lambda: len(fake.bot_messages(chat["id"])) >= 2, 60)
+        except TimeoutError:
+            for p in procs:
+                p.terminate()
+            output = [(p.stderr.read() if p.stderr else b"").decode()[-2000:] for p in procs]
+            pytest.fail(f"no replies; output: {output}")
+        await asyncio.sleep(1.5)  # a second answer to the album would come now
+        answers = texts(fake, chat["id"])
+        assert len(answers) == 2 and chat_requests(openai) == 2
+        assert answers[0].startswith("I see 1 picture: 900x600 JPEG.")
+        assert answers[1].startswith("I see 2 pictures: 640x480 JPEG, 480x640 JPEG.")
+        assert len(fake.downloads) == 3
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        assert [await exited(p, 20) for p in procs] == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

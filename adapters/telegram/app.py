@@ -13,6 +13,7 @@ from aiogram.methods import Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 
 from adapters.telegram.access import AccessPolicy
+from adapters.telegram.albums import AlbumCollector
 from adapters.telegram.handlers import Handlers
 from adapters.telegram.inflight import InFlight
 from adapters.telegram.pictures import SCHEME, TelegramFiles
@@ -72,6 +73,8 @@ class TelegramApp:
         self.dispatcher = Dispatcher()
         self.dispatcher.update.outer_middleware(self.inflight)
         self.dispatcher.update.outer_middleware(SkipUnknownUpdates())
+        self.albums = AlbumCollector()
+        self.dispatcher.update.outer_middleware(self.albums)
         self.dispatcher.include_router(self.handlers.router())
 
     @property

@@ -13,20 +13,25 @@ while the turn runs, as with ``--role all``). Two things keep that from changing
   worker had stored the reply but stopped before Telegram confirmed sending it (the job was not
   marked delivered), the stored reply is sent instead: the user gets it, at worst twice, never
   not at all.
+* An album arrives as one job per item: the first item's job answers them all and the others are
+  skipped (:mod:`adapters.telegram.albums`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
-from aiogram.types import Update
+from aiogram.types import Message, Update
 
+from adapters.telegram.albums import QueuedAlbums, sorted_items
 from adapters.telegram.app import TelegramApp
 from adapters.telegram.target import Target
 from bot.commands import parse_command
 from bot.errors import StoreError
 from bot.queue import Job, QueueKeys, Worker
+from bot.queue.job import current_job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
 from bot.queue.worker import LEASE_MS
@@ -75,6 +80,7 @@ class TelegramWorker:
         # answered "send it again": see Worker.
         app.manager.raise_store_errors = True
         self.skipped = 0  # redelivered jobs whose turn was already stored
+        self.albums = QueuedAlbums(redis, keys)
         self.worker = Worker(
             redis,
             self.handle,
@@ -101,10 +107,30 @@ class TelegramWorker:
             else:
                 log.info("job %s was answered before a worker restart; skipped", job.id)
             return
+        group = update.message.media_group_id if update.message is not None else None
         # Exceptions propagate: the queue retries the job, or buries it after repeated failures.
-        await self.app.dispatcher.feed_update(bot, update)
+        if group is not None and job.ordered:
+            await self._album(job, update, group)
+        else:
+            await self.app.dispatcher.feed_update(bot, update)
         if job.ordered:  # its reply (if any) has been sent
             await self._delivered(job)
+
+    async def _album(self, job: Job, update: Update, group: str) -> None:
+        """An album's item: the first one answers the album (see :mod:`.albums`), the others
+        were answered with it. One whose album was journaled by another worker is skipped."""
+        if self.albums.absorbed(job) or (await self.store.replay(job.chat, job.id)).answered:
+            log.info("job %s: an album item answered with the album", job.id)
+            return
+        album = await self.albums.collect(job, group)
+        bot = self.app.bot
+        messages = [Message.model_validate(m, context={"bot": bot}) for m in album.messages]
+        # Journaled under the last item: a takeover after a crash skips every item.
+        token = current_job.set(dataclasses.replace(job, id=album.last_job))
+        try:
+            await self.app.dispatcher.feed_update(bot, update, album=sorted_items(messages))
+        finally:
+            current_job.reset(token)
 
     async def _delivered(self, job: Job) -> None:
         try:

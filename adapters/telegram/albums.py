@@ -1,0 +1,211 @@
+"""Albums: several photos sent together are one question, answered once.
+
+Telegram delivers an album as one update per item, sharing a ``media_group_id`` (the caption on
+one of them), and nothing marks the last item: an album is complete once no item has come for
+:data:`ALBUM_QUIET` seconds. The first item to arrive is handled with ``data["album"]`` (every
+item, in message order); the others are absorbed into it.
+
+* ``--role all``: :class:`AlbumCollector`, an outer middleware on the dispatcher's updates.
+  Every update runs in its own task, so the first item can wait while the others arrive.
+* ``--role worker``: the ingress queues every item as its own job, as any update (so a
+  confirmed update is always a queued one, and the webhook's one-at-a-time deliveries are
+  answered at once). A chat's jobs run in order, so the first item's job cannot wait for the
+  others to be *handled*; it reads them from its partition's stream instead
+  (:class:`QueuedAlbums`), where they wait behind it, and the worker skips them when their turn
+  comes. The album's turn is journaled under its last item, so a worker that takes the jobs over
+  after a crash finds every item answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiogram import BaseMiddleware
+from aiogram.dispatcher.event.bases import UNHANDLED
+from aiogram.types import Message, TelegramObject, Update
+
+from adapters.telegram.inflight import Handler
+from bot.busy import arrival_hook
+from bot.queue import Job, QueueKeys
+from bot.redis import RedisClient
+
+#: Seconds without a new item after which an album is complete. Telegram delivers an album's
+#: items within a fraction of a second of each other.
+ALBUM_QUIET = 1.0
+#: An album still growing after this long is answered with what has come (an album has at most
+#: 10 items; this only bounds the wait).
+ALBUM_MAX_WAIT = 10.0
+#: Queued jobs after the first item read to find the others (other chats' jobs are among them).
+LOOKAHEAD = 200
+_POLL = 0.1  # seconds between two looks at the stream while an album is collected
+
+
+def sorted_items(messages: list[Message]) -> list[Message]:
+    return sorted(messages, key=lambda m: m.message_id)
+
+
+class _Album:
+    def __init__(self, first: Message) -> None:
+        self.items = [first]
+        self._grew = asyncio.Event()
+        #: Set once the album's turn has taken its place in the dialog manager (or ended).
+        self.arrived = asyncio.Event()
+
+    def add(self, message: Message) -> None:
+        self.items.append(message)
+        self._grew.set()
+
+    async def complete(self, quiet: float, max_wait: float) -> None:
+        """Return once no item came for ``quiet`` seconds (or ``max_wait`` passed)."""
+        deadline = time.monotonic() + max_wait
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._grew.clear()
+            try:
+                async with asyncio.timeout(min(quiet, remaining)):
+                    await self._grew.wait()
+            except TimeoutError:
+                return
+
+
+class AlbumCollector(BaseMiddleware):
+    """``--role all``: the first item of an album waits for the rest and is handled with them
+    all as ``data["album"]``; the others end here. A chat's messages sent after an album wait
+    until the album's turn has reached the dialog manager, so they are answered after it, as
+    they were sent. An update already given its album (by a queue worker, :class:`QueuedAlbums`)
+    passes through."""
+
+    def __init__(self, quiet: float = ALBUM_QUIET, max_wait: float = ALBUM_MAX_WAIT) -> None:
+        self.quiet = quiet
+        self.max_wait = max_wait
+        self._open: dict[tuple[int, str], _Album] = {}
+        self._pending: dict[int, list[_Album]] = {}  # by chat: albums not yet in the manager
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        message = event.message if isinstance(event, Update) else None
+        if message is None or "album" in data:
+            return await handler(event, data)
+        chat = message.chat.id
+        earlier = list(self._pending.get(chat, ()))
+        if message.media_group_id is None:
+            await self._arrived(earlier)
+            return await handler(event, data)
+        key = (chat, message.media_group_id)
+        album = self._open.get(key)
+        if album is not None:
+            album.add(message)  # answered with the first item
+            return UNHANDLED
+        album = self._open[key] = _Album(message)
+        self._pending.setdefault(chat, []).append(album)
+        try:
+            try:
+                await album.complete(self.quiet, self.max_wait)
+            finally:
+                del self._open[key]
+            await self._arrived(earlier)
+            data["album"] = sorted_items(album.items)
+            outer = arrival_hook.get()
+
+            def arrived() -> None:
+                album.arrived.set()
+                if outer is not None:
+                    outer()
+
+            token = arrival_hook.set(arrived)
+            try:
+                return await handler(event, data)
+            finally:
+                arrival_hook.reset(token)
+        finally:
+            album.arrived.set()
+            pending = self._pending[chat]
+            pending.remove(album)
+            if not pending:
+                del self._pending[chat]
+
+    async def _arrived(self, albums: list[_Album]) -> None:
+        """Wait for ``albums`` to reach the manager; bounded, should one never get there."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.max_wait + self.quiet):
+                for album in albums:
+                    await album.arrived.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedAlbum:
+    messages: list[dict[str, Any]]  # every item's message as queued, the first item's first
+    last_job: str  # entry id of the last item: the album's turn is journaled under it
+
+
+class QueuedAlbums:
+    """``--role worker``: the rest of an album, read from the stream behind its first item."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: QueueKeys,
+        *,
+        quiet: float = ALBUM_QUIET,
+        max_wait: float = ALBUM_MAX_WAIT,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.quiet = quiet
+        self.max_wait = max_wait
+        self._absorbed: set[tuple[str, str]] = set()  # (chat, entry id) of items answered
+
+    def absorbed(self, job: Job) -> bool:
+        """Whether ``job`` is an item an earlier one was answered with (asked once per job)."""
+        key = (job.chat, job.id)
+        if key in self._absorbed:
+            self._absorbed.discard(key)
+            return True
+        return False
+
+    async def collect(self, job: Job, group: str) -> QueuedAlbum:
+        """Wait until no item of album ``group`` has been queued for ``quiet`` seconds; the
+        items so far. Only the chat's jobs right after ``job`` count: a message the chat sent
+        after the album ends it (its turn must come after the album's)."""
+        deadline = time.monotonic() + self.max_wait
+        items: list[tuple[str, dict[str, Any]]] = []
+        changed = time.monotonic()
+        while True:
+            found = await self._items(job, group)
+            now = time.monotonic()
+            if len(found) != len(items):
+                items, changed = found, now
+            if now - changed >= self.quiet or now >= deadline:
+                break
+            await asyncio.sleep(_POLL)
+        self._absorbed.update((job.chat, entry) for entry, _ in items)
+        messages = [job.payload["message"], *(message for _, message in items)]
+        return QueuedAlbum(messages, items[-1][0] if items else job.id)
+
+    async def _items(self, job: Job, group: str) -> list[tuple[str, dict[str, Any]]]:
+        stream = self.keys.jobs(job.partition)
+        entries = cast(
+            "list[tuple[Any, Mapping[Any, Any]]]",  # str or bytes, by client
+            await self.redis.xrange(stream, min=f"({job.id}", max="+", count=LOOKAHEAD),
+        )
+        items = []
+        for raw_id, fields in entries or []:
+            values = {_text(k): _text(v) for k, v in fields.items()}
+            if values.get("chat") != job.chat:
+                continue  # another chat of the partition
+            try:
+                message = json.loads(values.get("payload", "")).get("message")
+            except (ValueError, AttributeError):
+                break
+            if not isinstance(message, dict) or message.get("media_group_id") != group:
+                break
+            items.append((_text(raw_id), message))
+        return items
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
