@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from adapters.telegram import TelegramApp, TelegramSettings
 from adapters.telegram.access import REFUSAL
 from adapters.telegram.app import make_bot
 from adapters.telegram.ingress import PollingIngress, chat_key, payload
-from adapters.telegram.pictures import GONE, TOO_BIG, UNSUPPORTED_IMAGE
+from adapters.telegram.pictures import GONE, NOT_DOWNLOADED, TOO_BIG, UNSUPPORTED_IMAGE
 from adapters.telegram.runner import Runner
 from adapters.telegram.worker import TelegramWorker
 from bot.app import build_manager
@@ -259,6 +260,29 @@ async def test_telegrams_refusals_of_a_file_become_clear_replies(
         answers = await replies(fake, chat["id"], 2)
     assert sorted(answers) == sorted(["⚠️ " + TOO_BIG, "⚠️ " + GONE])
     assert fake.downloads == [] and chat_requests(openai) == 0
+
+
+async def test_a_failed_download_asks_to_send_it_again_and_logs_no_token(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    alice = fake.user(3008, "Alice")
+    chat = fake.private_chat(alice)
+    async with running(fake, openai, tmp_path):
+        fake.fail_next("getFile", 500, "Internal Server Error")
+        fake.push_photo(chat, alice, picture(800, 600), caption="first")
+        await replies(fake, chat["id"], 1)
+        # A file the server does not serve at its path (as when a file_path has expired):
+        # 404 at the download, whose URL holds the token, as aiohttp's error quotes it.
+        stored = fake.add_file(picture(700, 500), extension="jpg?gone")
+        document = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id}
+        fake.push_message(chat, alice, document={**document, "mime_type": "image/jpeg"})
+        answers = await replies(fake, chat["id"], 2)
+    assert answers == ["⚠️ " + NOT_DOWNLOADED] * 2
+    assert fake.downloads == [] and chat_requests(openai) == 0
+    assert len(fake.calls("getFile")) == 2  # the second failed at the download
+    assert fake.token not in caplog.text and "file_" not in caplog.text
+    assert "could not be downloaded" in caplog.text
 
 
 async def test_stickers_keep_their_reply_and_strangers_pictures_are_refused_unread(
