@@ -179,7 +179,7 @@ async def test_a_photo_with_a_caption_is_answered_by_the_vision_model_from_its_l
     assert [p["source"] for p in asked.meta["pictures"]] == [f"telegram:{largest['file_id']}"]
 
 
-async def test_an_image_file_is_sent_as_is_and_a_large_one_downscaled(
+async def test_image_files_jpeg_png_webp_and_gif_are_read_and_a_large_one_downscaled(
     fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     alice = fake.user(3002, "Alice")
@@ -192,7 +192,12 @@ async def test_an_image_file_is_sent_as_is_and_a_large_one_downscaled(
         big = picture(4000, 3000, RED)
         fake.push_document(chat, alice, big, mime_type="image/jpeg", file_name="IMG_1.jpg")
         answers = await replies(fake, chat["id"], 2)
-    small, large = openai.received_images[0], openai.received_images[-1]
+        for fmt, mime in (("WEBP", "image/webp"), ("GIF", "image/gif")):
+            data = picture(300, 200, BLUE, fmt)
+            fake.push_document(chat, alice, data, mime_type=mime, file_name=f"a.{fmt.lower()}")
+            await replies(fake, chat["id"], len(answers) + 1)
+            answers = texts(fake, chat["id"])
+    small, large = openai.received_images[0], openai.received_images[1]
     assert (small.width, small.height) == (600, 400) and near(colour_of(small), GREEN)
     assert (large.width, large.height, large.format) == (1568, 1176, "JPEG")
     assert near(colour_of(large), RED)
@@ -200,7 +205,9 @@ async def test_an_image_file_is_sent_as_is_and_a_large_one_downscaled(
     # Without a caption the template's request is the question.
     assert "Describe this picture." in answers[0]
     assert answers[1].startswith("I see 1 picture: 1568x1176 JPEG.")
-    assert len(fake.downloads) == 2
+    assert answers[2:] == ["I see 1 picture: 300x200 JPEG. Echo: Describe this picture."] * 2
+    assert all(near(colour_of(i), BLUE) for i in openai.received_images[2:])
+    assert len(fake.downloads) == 4
 
 
 async def test_without_a_vision_model_a_photo_gets_the_setup_hint_and_nothing_is_downloaded(
