@@ -29,6 +29,7 @@ from adapters.telegram.access import REFUSAL
 from adapters.telegram.app import make_bot
 from adapters.telegram.ingress import PollingIngress, chat_key, payload
 from adapters.telegram.pictures import GONE, NOT_DOWNLOADED, TOO_BIG, UNSUPPORTED_IMAGE
+from adapters.telegram.roles import run_ingress
 from adapters.telegram.runner import Runner
 from adapters.telegram.worker import TelegramWorker
 from bot.app import build_manager
@@ -41,6 +42,7 @@ from bot.queue import Ingress, QueueKeys
 from bot.queue.journal import JournaledRedisStore
 from bot.redis.connect import connect
 from bot.settings import Settings
+from tests.conftest import free_port
 from tests.fakes import FakeOpenAI
 from tests.fakes.chat_completions import ReceivedImage
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
@@ -210,6 +212,21 @@ async def test_image_files_jpeg_png_webp_and_gif_are_read_and_a_large_one_downsc
     assert len(fake.downloads) == 4
 
 
+async def test_a_photo_is_read_from_its_largest_size_a_bot_may_download(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    alice = fake.user(3009, "Alice")
+    chat = fake.private_chat(alice)
+    small = fake.add_file(picture(320, 240, GREEN), kind="photos", extension="jpg")
+    huge = fake.add_file(b"x", kind="photos", extension="jpg", size=25 * 2**20)
+    async with running(fake, openai, tmp_path):
+        sizes = [small.photo_size(320, 240), huge.photo_size(6400, 4800)]
+        fake.push_message(chat, alice, photo=sizes, caption="what is it?")
+        [answer] = await replies(fake, chat["id"], 1)
+    assert answer.startswith("I see 1 picture: 320x240 JPEG.")
+    assert fake.downloads == [small.file_id]
+
+
 async def test_without_a_vision_model_a_photo_gets_the_setup_hint_and_nothing_is_downloaded(
     fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -240,13 +257,15 @@ async def test_corrupt_unsupported_and_too_large_files_get_a_clear_reply_and_no_
         fake.push_document(
             chat, alice, b"x", mime_type="image/jpeg", file_name="huge.jpg", size=25 * 2**20
         )
+        huge = fake.add_file(b"x", kind="photos", extension="jpg", size=25 * 2**20)
+        fake.push_message(chat, alice, photo=[huge.photo_size(9000, 6000)])
         fake.push_document(chat, alice, b"%PDF-1.4", mime_type="application/pdf", file_name="a.pdf")
-        answers = await replies(fake, chat["id"], 5)  # in any order: each runs on its own
+        answers = await replies(fake, chat["id"], 6)  # in any order: each runs on its own
     [damaged] = [a for a in answers if "damaged" in a]
     assert "send it again" in damaged
     assert sum("not a picture I can read" in a for a in answers) == 1
-    assert UNSUPPORTED_IMAGE.format(kind="image/heic") in answers
-    assert TOO_BIG in answers and "20 MB" in TOO_BIG
+    assert "⚠️ " + UNSUPPORTED_IMAGE.format(kind="image/heic") in answers
+    assert answers.count("⚠️ " + TOO_BIG) == 2 and "20 MB" in TOO_BIG
     assert sum("can't open files" in a for a in answers) == 1  # not an image: today's reply
     assert chat_requests(openai) == 0 and openai.received_images == []
     assert len(fake.downloads) == 2  # the corrupt two; neither the HEIC nor the huge one
@@ -524,6 +543,40 @@ async def test_the_worker_fetches_pictures_answers_an_album_once_and_follow_ups_
         "and these?",
         "which is the green one?",
     ]
+
+
+async def test_an_album_through_the_webhook_ingress_is_answered_once(
+    fake: FakeTelegram,
+    openai: FakeOpenAI,
+    prompts_dir: Path,
+    redis_server: str,
+    redis_prefix: str,
+) -> None:
+    """Telegram delivers to a webhook one update at a time and waits for each answer: the
+    ingress answers each album photo as soon as it is queued, so the next one comes at once."""
+    alice = fake.user(4004, "Alice")
+    chat = fake.private_chat(alice)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/tg"  # the fake delivers over plain HTTP
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    receiving = asyncio.create_task(
+        run_ingress(tg_settings(fake), redis_server, keys, webhook=url, host="127.0.0.1", port=port)
+    )
+    try:
+        await fake.wait_for(lambda: fake.webhook is not None, 10)
+        async with worker(fake, openai, prompts_dir, redis_server, redis_prefix) as running:
+            images = [picture(640, 480), picture(480, 640, GREEN), picture(500, 500, BLUE)]
+            fake.push_album(chat, alice, images, caption="all three?")
+            await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 20)
+            await fake.wait_for(lambda: running.worker.worker.handled == 3, 10)
+            await asyncio.sleep(1.0)  # a second answer would come now
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)  # the ingress's handler stops it
+        await asyncio.wait_for(receiving, 10)
+    assert [status for _, status in fake.webhook_deliveries] == [200, 200, 200]
+    [answer] = texts(fake, chat["id"])
+    assert answer.startswith("I see 3 pictures: 640x480 JPEG, 480x640 JPEG, 500x500 JPEG.")
+    assert chat_requests(openai) == 1
 
 
 async def test_an_album_turn_is_journaled_under_its_last_item(

@@ -107,8 +107,8 @@ class Handlers:
     ) -> None:
         """Photos or image files, with the caption as the question (the template's default
         request when there is none). The manager fetches them when it runs the turn."""
-        if found.problem is not None:
-            await self.outbox.send_text(target, found.problem)
+        if found.problem is not None:  # worded as the manager's picture warnings are
+            await self.outbox.send_text(target, "⚠️ " + found.problem)
             return
         caption = "\n".join(m.caption for m in messages if m.caption)
         question = caption.strip() if target.private else strip_mention(caption, me)
