@@ -2,6 +2,8 @@
 
 Everything the user types goes to the dialog manager (commands included), except what only
 the channel can do: /stop, the /mode keyboard, access checks and the group addressing rule.
+Photos and image files (an album's all together) go to it as pictures, by ``file_id``
+(:mod:`adapters.telegram.pictures`).
 """
 
 from __future__ import annotations

@@ -30,8 +30,7 @@ from adapters.telegram.app import TelegramApp
 from adapters.telegram.target import Target
 from bot.commands import parse_command
 from bot.errors import StoreError
-from bot.queue import Job, QueueKeys, Worker
-from bot.queue.job import current_job
+from bot.queue import Job, QueueKeys, Worker, current_job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
 from bot.queue.worker import LEASE_MS
