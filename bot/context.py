@@ -45,7 +45,7 @@ async def fit_to_window(
         return [*prefix, *history, current], whole
     minimal = await size(len(history))
     if minimal > budget:
-        raise ContextOverflowError(minimal, max(budget, 0))
+        raise ContextOverflowError(minimal, max(budget, 0), len(current.pictures))
     # Binary search over pair boundaries for the smallest drop that fits: size() is monotone.
     starts = list(range(0, len(history) + 1, 2))
     if starts[-1] != len(history):

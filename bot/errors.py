@@ -77,13 +77,22 @@ class ModelError(FmbotError):
 
 
 class ContextOverflowError(ModelError):
-    def __init__(self, needed: int, available: int) -> None:
+    def __init__(self, needed: int, available: int, pictures: int = 0) -> None:
         self.needed = needed
         self.available = available
-        super().__init__(
-            f"Your message is about {needed} tokens, but this model can take only {available} "
-            "tokens of input. Please shorten it or split it into parts."
-        )
+        if pictures:
+            what = "this picture" if pictures == 1 else f"these {pictures} pictures"
+            message = (
+                f"{what[0].upper()}{what[1:]} and your message need about {needed} tokens, but "
+                f"this model can take only {available} tokens of input. Please send fewer "
+                "pictures at once."
+            )
+        else:
+            message = (
+                f"Your message is about {needed} tokens, but this model can take only "
+                f"{available} tokens of input. Please shorten it or split it into parts."
+            )
+        super().__init__(message)
 
 
 class ModelUnavailableError(ModelError):

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     #: The model that answers turns carrying pictures (None: pictures get a setup hint).
     vision_model: str | None = Field(default=None, alias="FMBOT_VISION_MODEL")
     #: Pictures are downscaled to at most this many pixels on the longest side before sending.
+    #: The vision model's context window (tokens): services do not report it; vision models
+    #: take 32k and more, and each picture counts as 1,500 (bot.models.base.picture_tokens).
+    vision_context_tokens: int = Field(default=32768, ge=2048, alias="FMBOT_VISION_CONTEXT_TOKENS")
     vision_max_side: int = Field(default=1568, ge=64, le=8192, alias="FMBOT_VISION_MAX_SIDE")
     image_classifier: str = Field(default="auto", alias="FMBOT_IMAGE_CLASSIFIER")
     rewrite_image_prompts: bool = Field(default=True, alias="FMBOT_REWRITE_IMAGE_PROMPTS")

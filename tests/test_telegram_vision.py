@@ -98,8 +98,6 @@ def vision_settings(openai: FakeOpenAI, home: Path, *, vision: bool = True) -> S
         "FMBOT_HOME": str(home),
         "OPENAI_BASE_URL": openai.base_url,
         "OPENAI_API_KEY": openai.api_key,
-        # A picture counts 1,500 tokens: the 4,096 default would refuse an album of three.
-        "FMBOT_CONTEXT_TOKENS": 16_000,
     }
     if vision:
         values["FMBOT_VISION_MODEL"] = "openai:vision-test"
@@ -468,7 +466,6 @@ async def worker(
         _env_file=None,
         OPENAI_BASE_URL=openai.base_url,
         OPENAI_API_KEY=openai.api_key,
-        FMBOT_CONTEXT_TOKENS=16_000,  # three pictures fit (1,500 tokens each)
     )
     vision = create_vision_model("openai:vision-test", settings)
     queue = connect(url, socket_timeout=2)
@@ -619,7 +616,6 @@ async def test_fmbot_ingress_and_worker_processes_answer_a_photo_and_an_album(
         FMBOT_QUEUE_PARTITIONS=str(PARTITIONS),
         FMBOT_QUEUE_LEASE_MS=str(LEASE_MS),
         FMBOT_VISION_MODEL="openai:vision-test",
-        FMBOT_CONTEXT_TOKENS="16000",
         OPENAI_BASE_URL=openai.base_url,
         OPENAI_API_KEY=openai.api_key or "",
     )

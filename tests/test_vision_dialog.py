@@ -181,3 +181,15 @@ async def test_a_caption_is_a_question_not_a_command(
     assert seeing is not None
     await turn(manager, "/forget this background", photo(tmp_path / "a.jpg", (100, 100)))
     assert len(seeing.requests) == 1 and len(await store.read(CHAT)) == 2
+
+
+async def test_more_pictures_than_the_window_takes_ask_for_fewer(
+    store: DialogStore, prompts_dir: Path, tmp_path: Path
+) -> None:
+    manager, _, seeing = build(store, prompts_dir, tmp_path, window=4096)
+    assert seeing is not None
+    pictures = [photo(tmp_path / f"{i}.jpg", (40, 40)) for i in range(3)]
+    [said] = notices(await turn(manager, "compare", *pictures))
+    assert said.startswith("These 3 pictures and your message need about ")
+    assert said.endswith("Please send fewer pictures at once.")
+    assert seeing.requests == []

@@ -119,12 +119,14 @@ def create_vision_model(spec: str, settings: Settings) -> TextModel:
             },
             service=credentials.service(),
         )
-        window = YANDEX_CONTEXT_WINDOW
     else:
         connection = _openai_connection(settings)
-        window = settings.context_tokens
     return OpenAITextModel(
-        connection, model, name=spec, context_window=window, owns_connection=True
+        connection,
+        model,
+        name=spec,
+        context_window=settings.vision_context_tokens,
+        owns_connection=True,
     )
 
 
