@@ -185,6 +185,21 @@ def telegram(
 
 
 @app.command()
+def web(
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT to serve on; beyond loopback it needs FMBOT_WEB_TOKEN.")
+    ] = "127.0.0.1:8000",
+) -> None:
+    """Serve the chat page, the prompt playground and the JSON API (see README "Web")."""
+    from adapters.web.server import run_web
+    from adapters.web.settings import load_web_settings, parse_listen
+
+    host, port = parse_listen(listen)
+    web_settings = load_web_settings(host)  # a missing token is reported before anything starts
+    _serve(lambda settings: run_web(settings, web_settings, host, port))
+
+
+@app.command()
 def bench(
     chats: Annotated[int, typer.Option(min=1, help="Chats sending at once.")] = 1000,
     turns: Annotated[

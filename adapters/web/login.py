@@ -1,0 +1,46 @@
+"""Logging in once with FMBOT_WEB_TOKEN: the page gets an HttpOnly, SameSite=Strict cookie."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from adapters.web.pages import pages
+from adapters.web.security import COOKIE, session_value, token_matches
+
+SESSION_DAYS = 30
+
+
+class Login:
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+
+    async def page(self, request: Request) -> Response:
+        if self.token is None:
+            return RedirectResponse("/", status_code=303)  # loopback: nothing to log in to
+        form: Response = pages.TemplateResponse(request, "login.html", {"failed": False})
+        return form
+
+    async def submit(self, request: Request) -> Response:
+        if self.token is None:
+            return RedirectResponse("/", status_code=303)
+        # A urlencoded form, parsed here: one field does not need python-multipart.
+        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+        given = (form.get("token") or [""])[0]
+        if not token_matches(given, self.token):
+            refused: Response = pages.TemplateResponse(
+                request, "login.html", {"failed": True}, status_code=401
+            )
+            return refused
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            COOKIE,
+            session_value(self.token),
+            max_age=SESSION_DAYS * 86400,
+            httponly=True,  # page scripts cannot read it
+            samesite="strict",  # other sites' pages cannot send it
+            secure=request.url.scheme == "https",
+        )
+        return response

@@ -1,0 +1,88 @@
+"""``fmbot web``: the dialog manager and the app on uvicorn, and a shutdown that closes both.
+
+SIGINT or SIGTERM stops accepting, lets replies in progress finish for a few seconds, then
+cancels them (each is stored as stopped); a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from adapters.web.app import create_app
+from adapters.web.settings import WebSettings
+from bot.errors import ConfigError
+from bot.settings import Settings
+
+GRACE = 5  # s replies in progress get to finish after a stop signal
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Ours, not uvicorn's: uvicorn re-raises the signal once it has stopped, which for
+        SIGTERM would end the process before the store is closed."""
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop)
+                installed.append(sig)
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+
+async def run_web(settings: Settings, web: WebSettings, host: str, port: int) -> None:
+    from bot.app import build_manager
+    from bot.models.registry import close_models
+
+    manager = await build_manager(settings)
+    try:
+        token = web.token.get_secret_value() if web.token is not None else None
+        config = uvicorn.Config(
+            create_app(manager, token),
+            host=host,
+            port=port,
+            access_log=False,  # request lines are not worth a line each; errors still are
+            log_config=None,  # fmbot's own logging (adapters/cli/main.py)
+            lifespan="off",
+            timeout_graceful_shutdown=GRACE,
+        )
+        sock = listening_socket(host, port)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"fmbot web on http://{shown}:{port} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        await _Server(config).serve(sockets=[sock])
+    finally:
+        await manager.aclose()
+        await close_models()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound here, not by uvicorn, whose bind failure exits the process from inside the loop."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            "--listen",
+            f"{host}:{port}",
+            f"cannot listen there ({exc.strerror}): pick a free port or an address of this machine",
+        ) from None
+    return sock

@@ -1,0 +1,66 @@
+"""Where ``fmbot web`` listens and who may use it, checked before anything starts.
+
+Loopback needs no token: whoever can reach it is on this machine, like the console's user. Any
+other address needs FMBOT_WEB_TOKEN; the token is never part of a message or a log line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:8000"
+MIN_TOKEN = 16  # characters: a token someone could guess protects nothing
+_LISTEN_ACCEPTED = "give HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000"
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+class WebSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    token: SecretStr | None = Field(default=None, alias="FMBOT_WEB_TOKEN")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); ConfigError names --listen."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("--listen", listen, _LISTEN_ACCEPTED)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
+
+
+def load_web_settings(host: str) -> WebSettings:
+    """The settings for listening on ``host``; ConfigError when it needs a token it lacks."""
+    web = WebSettings()
+    token = web.token.get_secret_value() if web.token is not None else ""
+    if web.token is not None and len(token) < MIN_TOKEN:
+        # The value itself is never shown: it is a secret even when it is a bad one.
+        raise ConfigError(
+            "FMBOT_WEB_TOKEN",
+            "(hidden)",
+            f"use at least {MIN_TOKEN} random characters, e.g. from `openssl rand -hex 24`",
+        )
+    if not token and not is_loopback(host):
+        raise ConfigError(
+            "FMBOT_WEB_TOKEN",
+            None,
+            f"listening on {host} lets other machines in: set FMBOT_WEB_TOKEN to a long random "
+            "secret (`openssl rand -hex 24`), or listen on 127.0.0.1",
+        )
+    return web
