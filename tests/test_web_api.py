@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -191,6 +192,24 @@ async def test_other_sites_and_hosts_are_refused(web: WebServer) -> None:
         assert r.status_code == 403
         csp = r.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+async def test_pages_load_only_their_own_scripts(web: WebServer) -> None:
+    async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        tags = re.findall(r"<(?:script|link)\b[^>]*>", page.text)
+        assert tags and all(re.search(r'(?:src|href)="/static/', tag) for tag in tags), tags
+        assert "<script>" not in page.text and " on" not in "".join(tags)  # nothing inline
+        for tag in tags:
+            url = re.search(r'(?:src|href)="([^"]+)"', tag)
+            assert url is not None
+            asset = await client.get(url[1])
+            assert asset.status_code == 200, url[1]
+            if url[1].endswith(".js"):
+                # Modules import each other by relative path only: no third-party requests.
+                imports = re.findall(r'from "([^"]+)"', asset.text)
+                assert all(i.startswith("./") for i in imports), imports
 
 
 def test_beyond_loopback_needs_a_token(tmp_path: Path) -> None:

@@ -11,13 +11,18 @@ from starlette.routing import Mount, Route
 
 from adapters.web.chats import ChatRoutes
 from adapters.web.login import Login
-from adapters.web.pages import static
+from adapters.web.pages import pages, static
 from adapters.web.security import Guard, error
 from bot.dialog import DialogManager
 
 
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
+
+
+async def chat_page(request: Request) -> Response:
+    page: Response = pages.TemplateResponse(request, "chat.html")
+    return page
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -33,6 +38,7 @@ def create_app(manager: DialogManager, token: str | None) -> Starlette:
     login = Login(token)
     routes = [
         Route("/healthz", healthz),
+        Route("/", chat_page),
         Route("/login", login.page, methods=["GET"]),
         Route("/login", login.submit, methods=["POST"]),
         Route("/api/chats", chats.list, methods=["GET"]),

@@ -1,0 +1,151 @@
+// The chat page: conversations, the message box, streamed replies, stop and the /mode switch.
+import { getJSON, sendJSON, streamEvents } from "./api.js";
+import { renderMarkdown } from "./markdown.js";
+
+const $ = (id) => document.getElementById(id);
+let chat = decodeURIComponent(location.hash.slice(1)) || "";
+let running = null; // the AbortController of the reply streaming now
+
+function bubble(kind, text = "") {
+  const node = document.createElement("div");
+  node.className = `msg ${kind}`;
+  if (kind === "bot") node.append(renderMarkdown(text));
+  else node.textContent = text; // a user's words are shown as typed, never as markup
+  $("messages").append(node);
+  node.scrollIntoView({ block: "end" });
+  return node;
+}
+
+function notice(text, level = "info") {
+  const node = bubble(`notice ${level}`, text);
+  node.classList.add("pre");
+}
+
+function image(data) {
+  const node = bubble("bot image");
+  const picture = document.createElement("img");
+  picture.src = data.src; // a data: URL made by the server (the CSP allows no other images)
+  picture.alt = data.prompt;
+  node.append(picture);
+}
+
+async function loadChats() {
+  const { body } = await getJSON("/api/chats");
+  const list = $("chats");
+  list.replaceChildren();
+  const names = body.chats.map((c) => c.chat);
+  if (chat && !names.includes(chat)) names.unshift(chat);
+  for (const name of names) {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = `#${encodeURIComponent(name)}`;
+    link.textContent = name;
+    if (name === chat) item.className = "current";
+    item.append(link);
+    list.append(item);
+  }
+}
+
+async function loadModes(current) {
+  const { body } = await getJSON("/api/templates");
+  const select = $("mode");
+  select.replaceChildren();
+  for (const t of body.templates.filter((t) => t.chat_mode)) {
+    const option = new Option(t.name, t.name, false, t.name === current);
+    option.title = t.description;
+    select.append(option);
+  }
+}
+
+async function openChat(name) {
+  chat = name;
+  $("chat-name").textContent = name;
+  $("messages").replaceChildren();
+  const { body } = await getJSON(`/api/chats/${encodeURIComponent(name)}`);
+  for (const turn of body.turns) {
+    const node = bubble(turn.role === "user" ? "user" : "bot", turn.text);
+    if (turn.status === "stopped") node.classList.add("stopped");
+  }
+  await Promise.all([loadChats(), loadModes(body.mode)]);
+}
+
+function newName() {
+  const now = new Date();
+  const pad = (n) => String(n).padStart(2, "0");
+  return `chat-${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-`
+    + `${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
+}
+
+function busy(on) {
+  $("send").disabled = on;
+  $("stop").disabled = !on;
+}
+
+async function send(text) {
+  if (!text.trim() || running) return;
+  bubble("user", text);
+  let reply = null;
+  let said = "";
+  running = new AbortController();
+  busy(true);
+  try {
+    await streamEvents(`/api/chats/${encodeURIComponent(chat)}/messages`, { text }, running.signal, {
+      delta(data) {
+        reply = reply || bubble("bot streaming");
+        said += data.text;
+        reply.replaceChildren(renderMarkdown(said));
+        reply.scrollIntoView({ block: "end" });
+      },
+      notice: (data) => notice(data.text, data.kind),
+      image,
+      final(data) {
+        if (data.text) {
+          reply = reply || bubble("bot");
+          reply.replaceChildren(renderMarkdown(data.text));
+        }
+        if (reply) reply.classList.remove("streaming");
+      },
+    });
+  } catch (error) {
+    if (error.name === "AbortError") {
+      if (reply) reply.classList.add("stopped");
+      notice("Stopped.", "info");
+    } else {
+      notice(`${error.message}`, "error");
+    }
+  } finally {
+    if (reply) reply.classList.remove("streaming");
+    running = null;
+    busy(false);
+  }
+  const { body } = await getJSON(`/api/chats/${encodeURIComponent(chat)}`);
+  await Promise.all([loadChats(), loadModes(body.mode)]);
+}
+
+function start() {
+  const box = $("message");
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault(); // Enter sends; Shift+Enter adds a line as usual
+      $("composer").requestSubmit();
+    }
+  });
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = box.value;
+    box.value = "";
+    send(text);
+  });
+  $("stop").addEventListener("click", () => running && running.abort());
+  $("mode").addEventListener("change", (event) => send(`/mode ${event.target.value}`));
+  $("new-chat").addEventListener("click", () => {
+    location.hash = encodeURIComponent(newName());
+  });
+  window.addEventListener("hashchange", () => {
+    if (!running) openChat(decodeURIComponent(location.hash.slice(1)) || newName());
+  });
+  openChat(chat || newName()).catch((error) => notice(error.message, "error"));
+  box.focus();
+}
+
+start();

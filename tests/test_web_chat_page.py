@@ -1,0 +1,168 @@
+"""The chat page in headless Chromium against ``fmbot web`` on the fake OpenAI server, whose
+reply streams a word at a time (stream_delay), so a test sees it arrive."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select
+
+from tests.browser import WAIT, chromium, keep, screenshot, threaded_fake_openai, wait
+from tests.fakes.openai_server import fake_image
+from tests.web_server import WebServer, serving, web_env
+
+WORD_DELAY = 0.15  # s between the fake model's words
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    tmp_path = tmp_path_factory.mktemp("web")
+    with threaded_fake_openai(stream_delay=WORD_DELAY) as openai:
+        env = web_env(
+            tmp_path,
+            FMBOT_TEXT_MODEL="openai:gpt-test",
+            FMBOT_IMAGE_MODEL="openai:dall-e-test",
+            OPENAI_API_KEY=openai.api_key or "",
+            OPENAI_BASE_URL=openai.base_url,
+        )
+        with serving(env, tmp_path) as server:
+            yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_chat(browser: webdriver.Chrome, web: WebServer, chat: str) -> None:
+    browser.get(f"{web.url}/#{chat}")
+    wait(browser).until(lambda d: d.find_element(By.ID, "chat-name").text == chat)
+    wait(browser).until(lambda d: Select(d.find_element(By.ID, "mode")).options)
+
+
+def type_message(browser: webdriver.Chrome, text: str) -> None:
+    box = browser.find_element(By.ID, "message")
+    box.send_keys(text, Keys.ENTER)
+
+
+def bot_replies(browser: webdriver.Chrome) -> list[WebElement]:
+    return browser.find_elements(By.CSS_SELECTOR, "#messages .msg.bot")
+
+
+def streaming_text(browser: webdriver.Chrome) -> str | None:
+    found = browser.find_elements(By.CSS_SELECTOR, "#messages .msg.bot.streaming")
+    return found[0].text if found and found[0].text else None
+
+
+def stored_turns(web: WebServer, chat: str) -> list[dict[str, object]]:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        turns: list[dict[str, object]] = httpx.get(f"{web.url}/api/chats/{chat}", timeout=5).json()[
+            "turns"
+        ]
+        if turns:
+            return turns
+        time.sleep(0.1)
+    raise AssertionError(f"chat {chat} stored nothing within {WAIT} s")
+
+
+def test_a_reply_streams_into_the_page(
+    web: WebServer, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    open_chat(browser, web, "stream")
+    question = "Tell me how a reply streams into a page, a few words at a time"
+    type_message(browser, question)
+    partial = wait(browser).until(streaming_text)
+    final = f"Echo: {question}"
+    assert final.startswith(partial) and len(partial) < len(final)  # seen while under way
+    wait(browser).until(lambda d: not streaming_text(d) and bot_replies(d)[-1].text == final)
+    user = browser.find_elements(By.CSS_SELECTOR, "#messages .msg.user")
+    assert [u.text for u in user] == [question]
+    assert browser.find_element(By.CSS_SELECTOR, "#chats li.current").text == "stream"
+    keep(screenshot(browser, tmp_path / "web-chat.png"), os.environ.get("FMBOT_SCREENSHOTS"))
+
+
+def test_stop_ends_the_reply_and_it_is_stored_as_stopped(
+    web: WebServer, browser: webdriver.Chrome
+) -> None:
+    open_chat(browser, web, "stop")
+    words = " ".join(f"w{i}" for i in range(60))  # 60 × 0.15 s: long enough to stop
+    type_message(browser, words)
+    wait(browser).until(streaming_text)
+    assert browser.find_element(By.ID, "send").get_attribute("disabled") is not None
+    browser.find_element(By.ID, "stop").click()
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot.stopped"))
+    wait(browser).until(lambda d: d.find_element(By.ID, "send").is_enabled())
+    shown = browser.find_element(By.CSS_SELECTOR, ".msg.bot.stopped").text
+    [_, bot] = stored_turns(web, "stop")
+    assert bot["status"] == "stopped"
+    assert str(bot["text"]).split()[-1] in shown and len(str(bot["text"])) < len(words)
+    open_chat(browser, web, "stop")  # reloaded from the store: still marked
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot.stopped"))
+
+
+def test_mode_switch_and_new_conversation(web: WebServer, browser: webdriver.Chrome) -> None:
+    open_chat(browser, web, "modes")
+    mode = Select(browser.find_element(By.ID, "mode"))
+    assert mode.first_selected_option.text == "default"
+    mode.select_by_value("translator")
+    wait(browser).until(
+        lambda d: "Switched to 'translator'" in d.find_element(By.ID, "messages").text
+    )
+    open_chat(browser, web, "modes")
+    wait(browser).until(
+        lambda d: Select(d.find_element(By.ID, "mode")).first_selected_option.text == "translator"
+    )
+    browser.find_element(By.ID, "new-chat").click()
+    wait(browser).until(lambda d: d.find_element(By.ID, "chat-name").text.startswith("chat-"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#messages .msg") == []
+    wait(browser).until(
+        lambda d: Select(d.find_element(By.ID, "mode")).first_selected_option.text == "default"
+    )
+
+
+def test_enter_sends_shift_enter_adds_a_line_and_markdown_is_safe(
+    web: WebServer, browser: webdriver.Chrome
+) -> None:
+    open_chat(browser, web, "markdown")
+    box = browser.find_element(By.ID, "message")
+    box.send_keys("**bold** <img src=x id=injected> [x](javascript:alert(1))")
+    box.send_keys(Keys.SHIFT, Keys.ENTER, Keys.SHIFT, "`code`")
+    assert browser.find_elements(By.CSS_SELECTOR, "#messages .msg.user") == []  # not sent yet
+    box.send_keys(Keys.ENTER)
+    wait(browser).until(lambda d: bot_replies(d) and not streaming_text(d))
+    [user] = browser.find_elements(By.CSS_SELECTOR, "#messages .msg.user")
+    assert user.text == "**bold** <img src=x id=injected> [x](javascript:alert(1))\n`code`"
+    [reply] = bot_replies(browser)
+    wait(browser).until(lambda d: reply.find_elements(By.TAG_NAME, "code"))
+    assert [s.text for s in reply.find_elements(By.TAG_NAME, "strong")] == ["bold"]
+    assert [c.text for c in reply.find_elements(By.TAG_NAME, "code")] == ["code"]
+    assert browser.find_elements(By.ID, "injected") == []  # shown as text, never as markup
+    assert "<img src=x id=injected>" in reply.text
+    assert reply.find_elements(By.TAG_NAME, "a") == []  # only http(s) links become links
+
+
+def test_a_picture_is_shown_inline(web: WebServer, browser: webdriver.Chrome) -> None:
+    open_chat(browser, web, "pictures")
+    type_message(browser, "/image a red lighthouse")
+    picture = wait(browser).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .msg.image img")
+    )[0]
+    head, _, data = (picture.get_attribute("src") or "").partition(",")
+    assert head == "data:image/png;base64"
+    assert base64.b64decode(data) == fake_image("a red lighthouse")  # the model's very bytes
+    assert picture.get_attribute("alt") == "a red lighthouse"
