@@ -201,8 +201,9 @@ class DialogManager:
             )
         return template
 
-    def _options_for(self, template: PromptTemplate) -> GenerationOptions:
-        """The template's options over the defaults; the configured max_tokens is a ceiling."""
+    def options_for(self, template: PromptTemplate) -> GenerationOptions:
+        """The template's options over the defaults; the configured max_tokens is a ceiling.
+        Public for the web playground, which runs a template on a model as a turn would."""
         options = self.options.merged(template.options)
         ceiling = self.options.max_tokens
         if ceiling and options.max_tokens and options.max_tokens > ceiling:
@@ -292,7 +293,7 @@ class DialogManager:
         """Instruction, examples, the history that fits the window, and the message. A prompt
         that carries pictures goes to the vision model; pictures trimmed away with old history
         leave it to the text model."""
-        options = self._options_for(template)
+        options = self.options_for(template)
         request = text or (template.picture_request if pictures else text)
         full = build_messages(template, request)
         prefix, current = full[:-1], dataclasses.replace(full[-1], pictures=pictures)
@@ -445,7 +446,7 @@ class DialogManager:
         if writer is not None and self.rewrite_image_prompts:
             try:
                 messages = build_messages(writer, request)
-                rewritten = (await self.model.respond(messages, self._options_for(writer))).strip()
+                rewritten = (await self.model.respond(messages, self.options_for(writer))).strip()
                 prompt = rewritten or request
             except (ModelError, PromptError) as exc:
                 log.warning("image prompt rewrite failed, using the request as is: %s", exc)

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -277,3 +278,15 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         procs.start(master)
         sentinel = start_sentinel(procs, master)
         yield f"redis+sentinel://127.0.0.1:{sentinel}/{SENTINEL_SERVICE}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium for a module's page tests (tests/browser.py), quit after them."""
+    from tests.browser import chromium
+
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -246,3 +246,58 @@ async def test_with_a_token_the_api_wants_it_and_pages_log_in(tmp_path: Path) ->
             got = await send(client, "t", "with a cookie")  # client keeps the cookie
             assert got[-1][1]["status"] == "complete"
     assert TOKEN not in web.output()
+
+
+async def test_drafts_are_checked_rendered_and_run_without_saving(tmp_path: Path) -> None:
+    slow = "echo:?chunks=2&delay=0.2"
+    with serving(web_env(tmp_path, FMBOT_WEB_MODELS=slow), tmp_path) as web:
+        path = tmp_path / "prompts" / "translator.yaml"
+        original = path.read_bytes()
+        async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+            source = (await client.get("/api/templates/translator")).json()["source"]
+            draft = source.replace("instruction: |", "instruction: |\n  A draft line.", 1)
+            assert draft != source
+            check = "/api/templates/translator/check"
+            r = await client.post(check, json={"source": draft})
+            assert r.status_code == 200 and r.json()["errors"] == []
+            listed = (await client.get("/api/templates")).json()["templates"]
+            declared = next(t["variables"] for t in listed if t["name"] == "translator")
+            assert r.json()["variables"] == declared
+            broken = draft.replace("A draft line.", "A draft {% if %} line.")
+            r = await client.post(check, json={"source": broken})
+            [error] = r.json()["errors"]
+            assert broken.splitlines()[error["line"] - 1].strip() == "A draft {% if %} line."
+            assert r.json()["variables"] is None
+
+            body = {"template": "translator", "source": draft, "message": "bonjour"}
+            rendered = (await client.post("/api/render", json=body)).json()["messages"]
+            assert rendered[0]["text"].startswith("A draft line.")
+            r = await client.post("/api/render", json=body | {"source": broken})
+            assert r.status_code == 422 and r.json()["errors"][0]["line"] == error["line"]
+
+            offered = (await client.get("/api/models")).json()["models"]
+            assert offered == ["echo:?chunks=4", slow]
+            async with client.stream("POST", "/api/run", json=body | {"model": slow}) as r:
+                assert r.status_code == 200
+                got = [event async for event in events(r)]
+            deltas = [str(data["text"]) for name, data in got if name == "delta"]
+            name, final = got[-1]
+            assert name == "final" and final["status"] == "complete"
+            assert "".join(deltas) == final["text"] == f"echo: {rendered[-1]['text']}"
+            assert len(deltas) == 2
+            assert isinstance(final["input_tokens"], int) and final["input_tokens"] > 0
+            assert isinstance(final["output_tokens"], int) and final["output_tokens"] > 0
+            assert isinstance(final["latency_ms"], int) and final["latency_ms"] >= 200
+            assert isinstance(final["first_token_ms"], int) and final["first_token_ms"] >= 200
+
+            r = await client.post("/api/run", json=body | {"model": "echo:?delay=9"})
+            assert r.status_code == 400 and "FMBOT_WEB_MODELS" in r.json()["error"]
+        assert path.read_bytes() == original  # nothing was saved
+        assert await stored_chats(web) == []
+
+
+async def stored_chats(web: WebServer) -> list[object]:
+    """Runs are not turns of a chat: nothing is stored."""
+    async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+        chats: list[object] = (await client.get("/api/chats")).json()["chats"]
+        return chats

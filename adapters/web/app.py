@@ -12,8 +12,12 @@ from starlette.routing import Mount, Route
 from adapters.web.chats import ChatRoutes
 from adapters.web.login import Login
 from adapters.web.pages import pages, static
+from adapters.web.runs import RunRoutes
 from adapters.web.security import Guard, error
+from adapters.web.settings import WebSettings
+from adapters.web.templates import TemplateRoutes
 from bot.dialog import DialogManager
+from bot.settings import Settings
 
 
 async def healthz(request: Request) -> Response:
@@ -25,30 +29,39 @@ async def chat_page(request: Request) -> Response:
     return page
 
 
+async def playground_page(request: Request) -> Response:
+    page: Response = pages.TemplateResponse(request, "playground.html")
+    return page
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return error(exc.status_code, exc.detail)
 
 
-def create_app(manager: DialogManager, token: str | None) -> Starlette:
-    from adapters.web.templates import TemplateRoutes
-
+def create_app(manager: DialogManager, settings: Settings, web: WebSettings) -> Starlette:
+    token = web.token.get_secret_value() if web.token is not None else None
     chats = ChatRoutes(manager)
     templates = TemplateRoutes(manager.prompts)
+    runs = RunRoutes(manager, templates, settings, web.models)
     login = Login(token)
     routes = [
         Route("/healthz", healthz),
         Route("/", chat_page),
+        Route("/playground", playground_page),
         Route("/login", login.page, methods=["GET"]),
         Route("/login", login.submit, methods=["POST"]),
-        Route("/api/chats", chats.list, methods=["GET"]),
+        Route("/api/chats", chats.index, methods=["GET"]),
         Route("/api/chats/{chat}", chats.read, methods=["GET"]),
         Route("/api/chats/{chat}", chats.forget, methods=["DELETE"]),
         Route("/api/chats/{chat}/messages", chats.send, methods=["POST"]),
-        Route("/api/templates", templates.list, methods=["GET"]),
+        Route("/api/templates", templates.index, methods=["GET"]),
         Route("/api/templates/{name}", templates.read, methods=["GET"]),
         Route("/api/templates/{name}", templates.write, methods=["PUT"]),
+        Route("/api/templates/{name}/check", templates.check, methods=["POST"]),
         Route("/api/render", templates.render, methods=["POST"]),
+        Route("/api/models", runs.models, methods=["GET"]),
+        Route("/api/run", runs.run, methods=["POST"]),
         Mount("/static", static, name="static"),
     ]
     return Starlette(

@@ -60,7 +60,7 @@ class ChatRoutes:
 
         return EventSourceResponse(events(), ping=PING)
 
-    async def list(self, request: Request) -> JSONResponse:
+    async def index(self, request: Request) -> JSONResponse:
         chats = [
             {
                 "chat": info.chat.removeprefix(PREFIX),

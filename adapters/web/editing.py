@@ -17,6 +17,7 @@ from bot.errors import PromptError
 from bot.prompts.library import PromptLibrary
 from bot.prompts.loader import file_problems
 from bot.prompts.source import TEMPLATE_SUFFIXES, parse_file
+from bot.prompts.template import PromptTemplate
 
 #: A template name (PromptTemplate.name), never a path: no slash, no leading dot.
 NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
@@ -55,25 +56,26 @@ def file_of(library: PromptLibrary, name: str) -> Path:
     return library.directory / f"{name}.yaml"
 
 
-def check_source(source: str, path: Path, name: str) -> list[Problem]:
-    """Every problem of ``source`` were it saved as ``path``, plus a name other than ``name``."""
+def draft(source: str, path: Path, name: str) -> tuple[PromptTemplate | None, list[Problem]]:
+    """``source`` checked as if saved as ``path``: the template (None when it has problems) and
+    every problem, with a name other than ``name`` among them."""
     with tempfile.TemporaryDirectory(prefix="fmbot-draft-") as folder:
-        draft = Path(folder) / path.name  # same suffix: YAML or Markdown front matter
-        draft.write_text(source, encoding="utf-8")
-        template, problems = file_problems(draft)
+        copy = Path(folder) / path.name  # same suffix: YAML or Markdown front matter
+        copy.write_text(source, encoding="utf-8")
+        template, problems = file_problems(copy)
         found = [problem(p) for p in problems]
         if template is not None and template.name != name:
-            _, smap = parse_file(draft)
-            where = PromptError("", smap.field(("name",)))
+            _, smap = parse_file(copy)
+            at = problem(PromptError("", smap.field(("name",))))
             found.append(
                 Problem(
-                    problem(where).line,
-                    problem(where).column,
+                    at.line,
+                    at.column,
                     f"name: this is template {name!r}; keep `name: {name}` "
                     f"(save it under {template.name!r} to make a new one)",
                 )
             )
-    return found
+    return (None if found else template), found
 
 
 def save(path: Path, source: str) -> None:

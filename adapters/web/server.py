@@ -53,9 +53,8 @@ async def run_web(settings: Settings, web: WebSettings, host: str, port: int) ->
 
     manager = await build_manager(settings)
     try:
-        token = web.token.get_secret_value() if web.token is not None else None
         config = uvicorn.Config(
-            create_app(manager, token),
+            create_app(manager, settings, web),
             host=host,
             port=port,
             access_log=False,  # request lines are not worth a line each; errors still are

@@ -7,11 +7,13 @@ other address needs FMBOT_WEB_TOKEN; the token is never part of a message or a l
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
+from bot.model_spec import check_text_model_spec
 
 DEFAULT_LISTEN = "127.0.0.1:8000"
 MIN_TOKEN = 16  # characters: a token someone could guess protects nothing
@@ -25,6 +27,20 @@ class WebSettings(BaseSettings):
     )
 
     token: SecretStr | None = Field(default=None, alias="FMBOT_WEB_TOKEN")
+    #: Text models the playground offers besides FMBOT_TEXT_MODEL (and FMBOT_VISION_MODEL):
+    #: comma-separated specs. NoDecode: a plain list in the environment, not JSON.
+    models: Annotated[tuple[str, ...], NoDecode] = Field(default=(), alias="FMBOT_WEB_MODELS")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            items = value.split(",")
+        elif isinstance(value, list | tuple):
+            items = [str(v) for v in value]
+        else:
+            items = []
+        return tuple(i.strip() for i in items if i.strip())
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -63,4 +79,9 @@ def load_web_settings(host: str) -> WebSettings:
             f"listening on {host} lets other machines in: set FMBOT_WEB_TOKEN to a long random "
             "secret (`openssl rand -hex 24`), or listen on 127.0.0.1",
         )
+    for spec in web.models:
+        try:
+            check_text_model_spec(spec)
+        except ConfigError as exc:
+            raise ConfigError("FMBOT_WEB_MODELS", spec, exc.accepted) from None
     return web

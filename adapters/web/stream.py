@@ -19,7 +19,7 @@ from bot.events import FinalText, ImageReply, Notice, ReplyEvent, TextDelta
 Status = Literal["complete", "incomplete", "error", "none"]
 
 
-def _event(name: str, data: dict[str, object]) -> ServerSentEvent:
+def event(name: str, data: dict[str, object]) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(data, ensure_ascii=False), event=name)
 
 
@@ -32,17 +32,17 @@ def image_data(image: ImageReply) -> dict[str, object]:
 async def sse(events: AsyncIterator[ReplyEvent]) -> AsyncGenerator[ServerSentEvent, None]:
     text = ""
     status: Status = "none"
-    async for event in events:
-        if isinstance(event, TextDelta):
-            yield _event("delta", {"text": event.text})
-        elif isinstance(event, Notice):
-            if event.kind == "error" and status == "none":
+    async for reply in events:
+        if isinstance(reply, TextDelta):
+            yield event("delta", {"text": reply.text})
+        elif isinstance(reply, Notice):
+            if reply.kind == "error" and status == "none":
                 status = "error"
-            yield _event("notice", {"text": event.text, "kind": event.kind})
-        elif isinstance(event, ImageReply):
+            yield event("notice", {"text": reply.text, "kind": reply.kind})
+        elif isinstance(reply, ImageReply):
             status = "complete"
-            yield _event("image", image_data(event))
-        elif isinstance(event, FinalText):
-            text = event.text
-            status = "complete" if event.complete else "incomplete"
-    yield _event("final", {"text": text, "status": status})
+            yield event("image", image_data(reply))
+        elif isinstance(reply, FinalText):
+            text = reply.text
+            status = "complete" if reply.complete else "incomplete"
+    yield event("final", {"text": text, "status": status})
