@@ -43,10 +43,17 @@ def chromium() -> webdriver.Chrome:
         "--no-first-run",
     ):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # for console_errors()
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(PAGE_LOAD)
     driver.set_script_timeout(WAIT)
     return driver
+
+
+def console_errors(driver: webdriver.Chrome) -> list[str]:
+    """The page's console errors since the last call: a script that failed, or anything the
+    Content Security Policy blocked (an inline script or style would be)."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def wait(driver: webdriver.Chrome, seconds: float = WAIT) -> WebDriverWait[webdriver.Chrome]:
