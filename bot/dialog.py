@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from bot.busy import BusyGate, BusyPolicy
 from bot.commands import COMMANDS, parse_command
@@ -48,6 +49,7 @@ from bot.routing import ImageIntentClassifier, RuleClassifier
 from bot.stores.base import DialogStore, Turn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_SETUP_HINT = (
     "No image model is configured, so I cannot draw. Set FMBOT_IMAGE_MODEL, e.g. "
@@ -327,11 +329,11 @@ class DialogManager:
         saved = True
         try:
             async with contextlib.AsyncExitStack() as stack:
-                # Closed in reverse: _until (which waits for its pending step), then the stream.
+                # Closed in reverse: until (which waits for its pending step), then the stream.
                 stream = await stack.enter_async_context(contextlib.aclosing(aiter(response)))
                 if self.busy.policy is BusyPolicy.INTERRUPT:  # also while no token came yet
                     stream = await stack.enter_async_context(
-                        contextlib.aclosing(_until(interrupted, stream))
+                        contextlib.aclosing(until(interrupted, stream))
                     )
                 if ahead:
                     # The first word can be a while: say why rather than look stuck.
@@ -504,11 +506,12 @@ def _queued_text(ahead: int) -> str:
     return f"Your message is in line: the model is finishing {ahead} other {replies} first."
 
 
-async def _until(stop: asyncio.Event, deltas: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+async def until(stop: asyncio.Event, deltas: AsyncIterator[T]) -> AsyncGenerator[T, None]:
     """``deltas`` until ``stop`` is set, also while waiting for the next one (a model that
-    takes long to start, or a non-streaming one, is stopped at once, not at its first word)."""
+    takes long to start, or a non-streaming one, is stopped at once, not at its first word).
+    Public for channels that stop a turn themselves (the web channel, at shutdown)."""
     stopped = asyncio.ensure_future(stop.wait())
-    step: asyncio.Future[str] | None = None
+    step: asyncio.Future[T] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(deltas))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from tests.fakes import FakeOpenAI
-from tests.web_server import WebServer, run_fmbot, serving, web_env
+from tests.web_server import WebServer, openai_env, run_fmbot, serving, web_env
 
 TIMEOUT = httpx.Timeout(30.0)
 TOKEN = "a-long-random-test-token-0123456789"
@@ -85,18 +86,15 @@ async def test_bad_requests_say_what_to_send(web: WebServer) -> None:
         assert r.status_code == 400 and "empty" in r.json()["error"]
         r = await client.post("/api/chats/x/messages", json={"text": 5})
         assert r.status_code == 400 and "'text' must be a str" in r.json()["error"]
+        r = await client.put("/api/templates/default", json={"source": "x" * 1_000_001})
+        assert r.status_code == 413 and "send less" in r.json()["error"]
         r = await client.get("/api/chats/%1B%5B2J")  # ESC [2J: a name no one could type back
         assert r.status_code == 400
 
 
 async def test_closing_the_stream_stops_the_turn_stored_as_stopped(tmp_path: Path) -> None:
     async with FakeOpenAI(stream_delay=0.3) as openai:
-        env = web_env(
-            tmp_path,
-            FMBOT_TEXT_MODEL="openai:gpt-test",
-            OPENAI_API_KEY=openai.api_key or "",
-            OPENAI_BASE_URL=openai.base_url,
-        )
+        env = openai_env(tmp_path, openai)
         with serving(env, tmp_path) as web:
             async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
                 words = " ".join(f"word{i}" for i in range(40))  # 40 × 0.3 s: far from done
@@ -301,3 +299,30 @@ async def stored_chats(web: WebServer) -> list[object]:
     async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
         chats: list[object] = (await client.get("/api/chats")).json()["chats"]
         return chats
+
+
+async def test_sigterm_ends_a_streaming_reply_stored_as_stopped(tmp_path: Path) -> None:
+    async with FakeOpenAI(stream_delay=0.3) as openai:
+        env = openai_env(tmp_path, openai)
+        with serving(env, tmp_path) as web:
+            async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+                words = " ".join(f"word{i}" for i in range(100))  # 30 s: beyond the grace
+                url = "/api/chats/term/messages"
+                async with client.stream("POST", url, json={"text": words}) as r:
+                    got = []
+                    async with asyncio.timeout(10):  # well before the reply's 30 s
+                        async for name, data in events(r):
+                            got.append((name, data))
+                            if len(got) == 1:
+                                web.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(web.proc.wait, 15)
+        assert code == 0, web.output()
+    # The stream ended properly: a notice, then the final event with what was said.
+    assert got[0][0] == "delta"
+    (notice, said), (final, end) = got[-2:]
+    assert notice == "notice" and "shutting down" in str(said["text"])
+    shown = "".join(str(data["text"]) for name, data in got if name == "delta")
+    assert final == "final" and end == {"text": shown, "status": "incomplete"}
+    history = run_fmbot(env, "history", "web:term")
+    assert history.returncode == 0, history.stderr
+    assert history.stdout.startswith(f"user: {words}\nassistant (stopped): {shown}")

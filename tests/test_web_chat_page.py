@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import Select
 
 from tests.browser import WAIT, keep, screenshot, threaded_fake_openai, wait
 from tests.fakes.openai_server import fake_image
-from tests.web_server import WebServer, serving, web_env
+from tests.web_server import WebServer, openai_env, serving
 
 WORD_DELAY = 0.15  # s between the fake model's words
 
@@ -28,13 +28,7 @@ WORD_DELAY = 0.15  # s between the fake model's words
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     tmp_path = tmp_path_factory.mktemp("web")
     with threaded_fake_openai(stream_delay=WORD_DELAY) as openai:
-        env = web_env(
-            tmp_path,
-            FMBOT_TEXT_MODEL="openai:gpt-test",
-            FMBOT_IMAGE_MODEL="openai:dall-e-test",
-            OPENAI_API_KEY=openai.api_key or "",
-            OPENAI_BASE_URL=openai.base_url,
-        )
+        env = openai_env(tmp_path, openai, FMBOT_IMAGE_MODEL="openai:dall-e-test")
         with serving(env, tmp_path) as server:
             yield server
 

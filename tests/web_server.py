@@ -20,6 +20,7 @@ import httpx
 
 from bot.settings import shipped_prompts_dir
 from tests.conftest import free_port
+from tests.fakes import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 FMBOT = str(Path(sys.executable).parent / "fmbot")
@@ -54,6 +55,17 @@ def web_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "FMBOT_TEXT_MODEL": "echo:?chunks=4",
         **extra,
     }
+
+
+def openai_env(tmp_path: Path, openai: FakeOpenAI, **extra: str) -> dict[str, str]:
+    """web_env on the fake OpenAI server's text model."""
+    return web_env(
+        tmp_path,
+        FMBOT_TEXT_MODEL="openai:gpt-test",
+        OPENAI_API_KEY=openai.api_key or "",
+        OPENAI_BASE_URL=openai.base_url,
+        **extra,
+    )
 
 
 def run_fmbot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

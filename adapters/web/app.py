@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -39,9 +41,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error(exc.status_code, exc.detail)
 
 
-def create_app(manager: DialogManager, settings: Settings, web: WebSettings) -> Starlette:
+def create_app(
+    manager: DialogManager, settings: Settings, web: WebSettings, closing: asyncio.Event
+) -> Starlette:
+    """The app; setting ``closing`` stops the replies under way (the server is stopping)."""
     token = web.token.get_secret_value() if web.token is not None else None
-    chats = ChatRoutes(manager)
+    chats = ChatRoutes(manager, closing)
     templates = TemplateRoutes(manager.prompts)
     runs = RunRoutes(manager, templates, settings, web.models)
     login = Login(token)

@@ -6,6 +6,7 @@ Telegram's: the API lists and deletes only its own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 
@@ -42,8 +43,10 @@ def incoming(key: str, text: str) -> Incoming:
 
 
 class ChatRoutes:
-    def __init__(self, manager: DialogManager) -> None:
+    def __init__(self, manager: DialogManager, closing: asyncio.Event) -> None:
         self.manager = manager
+        #: Set when the server shuts down: replies under way stop and their streams end.
+        self.closing = closing
 
     async def send(self, request: Request) -> EventSourceResponse:
         """The reply as it is generated. The client closing the stream cancels this generator:
@@ -55,7 +58,7 @@ class ChatRoutes:
 
         async def events() -> AsyncGenerator[ServerSentEvent, None]:
             async with contextlib.aclosing(self.manager.handle(incoming(key, text))) as replies:
-                async for event in sse(replies):
+                async for event in sse(replies, self.closing):
                     yield event
 
         return EventSourceResponse(events(), ping=PING)

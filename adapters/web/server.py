@@ -1,7 +1,8 @@
 """``fmbot web``: the dialog manager and the app on uvicorn, and a shutdown that closes both.
 
-SIGINT or SIGTERM stops accepting, lets replies in progress finish for a few seconds, then
-cancels them (each is stored as stopped); a second signal exits at once.
+SIGINT or SIGTERM stops accepting and stops the chat replies under way: each is stored as stopped
+and its stream ends with a notice and ``final``. Other requests (playground runs) get a few
+seconds, then are cancelled. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from adapters.web.settings import WebSettings
 from bot.errors import ConfigError
 from bot.settings import Settings
 
-GRACE = 5  # s replies in progress get to finish after a stop signal
+GRACE = 5  # s other requests in progress get to finish after a stop signal
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, closing: asyncio.Event) -> None:
+        super().__init__(config)
+        self.closing = closing
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         """Ours, not uvicorn's: uvicorn re-raises the signal once it has stopped, which for
@@ -34,6 +39,7 @@ class _Server(uvicorn.Server):
             if self.should_exit:
                 self.force_exit = True
             self.should_exit = True
+            self.closing.set()  # replies under way stop, so their connections can close
 
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,8 +59,9 @@ async def run_web(settings: Settings, web: WebSettings, host: str, port: int) ->
 
     manager = await build_manager(settings)
     try:
+        closing = asyncio.Event()
         config = uvicorn.Config(
-            create_app(manager, settings, web),
+            create_app(manager, settings, web, closing),
             host=host,
             port=port,
             access_log=False,  # request lines are not worth a line each; errors still are
@@ -65,7 +72,7 @@ async def run_web(settings: Settings, web: WebSettings, host: str, port: int) ->
         sock = listening_socket(host, port)
         shown = f"[{host}]" if ":" in host else host
         print(f"fmbot web on http://{shown}:{port} (Ctrl-C stops)", file=sys.stderr, flush=True)
-        await _Server(config).serve(sockets=[sock])
+        await _Server(config, closing).serve(sockets=[sock])
     finally:
         await manager.aclose()
         await close_models()

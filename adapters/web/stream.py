@@ -7,15 +7,19 @@ turn ended — ``complete``, ``incomplete`` (cut short: a model error or a newer
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Literal
 
 from sse_starlette import ServerSentEvent
 
+from bot.dialog import until
 from bot.events import FinalText, ImageReply, Notice, ReplyEvent, TextDelta
 
+SHUTDOWN = "The server is shutting down, so this reply was stopped here. Send it again shortly."
 Status = Literal["complete", "incomplete", "error", "none"]
 
 
@@ -29,20 +33,37 @@ def image_data(image: ImageReply) -> dict[str, object]:
     return {"src": f"data:{image.mime_type};base64,{encoded}", "prompt": image.prompt}
 
 
-async def sse(events: AsyncIterator[ReplyEvent]) -> AsyncGenerator[ServerSentEvent, None]:
+async def sse(
+    events: AsyncIterator[ReplyEvent], stopped: asyncio.Event
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """``events`` as server-sent events, until ``stopped`` is set (the server shuts down): then
+    the turn is stopped like Ctrl-C (stored as stopped) and the stream still ends properly."""
     text = ""
     status: Status = "none"
-    async for reply in events:
-        if isinstance(reply, TextDelta):
-            yield event("delta", {"text": reply.text})
-        elif isinstance(reply, Notice):
-            if reply.kind == "error" and status == "none":
-                status = "error"
-            yield event("notice", {"text": reply.text, "kind": reply.kind})
-        elif isinstance(reply, ImageReply):
-            status = "complete"
-            yield event("image", image_data(reply))
-        elif isinstance(reply, FinalText):
-            text = reply.text
-            status = "complete" if reply.complete else "incomplete"
+    ended = False
+
+    async def to_the_end() -> AsyncGenerator[ReplyEvent, None]:
+        nonlocal ended
+        async for reply in events:  # closed by the caller, who opened it
+            yield reply
+        ended = True
+
+    async with contextlib.aclosing(until(stopped, to_the_end())) as replies:
+        async for reply in replies:
+            if isinstance(reply, TextDelta):
+                text += reply.text  # what the final event says if the turn is stopped
+                yield event("delta", {"text": reply.text})
+            elif isinstance(reply, Notice):
+                if reply.kind == "error" and status == "none":
+                    status = "error"
+                yield event("notice", {"text": reply.text, "kind": reply.kind})
+            elif isinstance(reply, ImageReply):
+                status = "complete"
+                yield event("image", image_data(reply))
+            elif isinstance(reply, FinalText):
+                text = reply.text
+                status = "complete" if reply.complete else "incomplete"
+    if not ended:
+        status = "incomplete"
+        yield event("notice", {"text": SHUTDOWN, "kind": "warning"})
     yield event("final", {"text": text, "status": status})
