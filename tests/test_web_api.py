@@ -88,6 +88,10 @@ async def test_bad_requests_say_what_to_send(web: WebServer) -> None:
         assert r.status_code == 400 and "'text' must be a str" in r.json()["error"]
         r = await client.put("/api/templates/default", json={"source": "x" * 1_000_001})
         assert r.status_code == 413 and "send less" in r.json()["error"]
+        r = await client.get("/api/nothing")
+        assert r.status_code == 404 and 'README "Web"' in r.json()["error"]
+        r = await client.put("/api/chats/x")
+        assert r.status_code == 405 and 'README "Web"' in r.json()["error"]
         r = await client.get("/api/chats/%1B%5B2J")  # ESC [2J: a name no one could type back
         assert r.status_code == 400
 

@@ -36,9 +36,19 @@ async def playground_page(request: Request) -> Response:
     return page
 
 
+#: Starlette's own answers, said with what to do instead.
+ROUTING_ERRORS = {
+    404: 'no such page or API route: / is the chat, /playground the playground; README "Web" '
+    "lists the API",
+    405: 'this route does not take that method: README "Web" lists what each route takes',
+}
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error(exc.status_code, exc.detail)
+    generic = exc.detail in ("Not Found", "Method Not Allowed")
+    detail = ROUTING_ERRORS.get(exc.status_code, exc.detail) if generic else exc.detail
+    return error(exc.status_code, detail)
 
 
 def create_app(
