@@ -4,6 +4,7 @@
 
 const INLINE = /(`[^`\n]+`)|(\*\*[^*\n]+\*\*)|(\*[^*\s][^*\n]*\*)|\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/;
 const LIST_ITEM = /^\s*([-*+]|\d+[.)])\s+(.*)$/;
+const ORDERED = /^\s*\d/;
 const HEADING = /^(#{1,6})\s+(.*)$/;
 
 function element(tag, ...children) {
@@ -72,9 +73,11 @@ export function renderMarkdown(text) {
       continue;
     }
     if (LIST_ITEM.test(row)) {
-      const ordered = /^\s*\d/.test(row);
+      const ordered = ORDERED.test(row);
       const list = element(ordered ? "ol" : "ul");
-      for (; i < rows.length && LIST_ITEM.test(rows[i]); i += 1) {
+      // A list goes on while its items are of its kind: "1." after "-" starts a new one.
+      const sameList = (text) => LIST_ITEM.test(text) && ORDERED.test(text) === ordered;
+      for (; i < rows.length && sameList(rows[i]); i += 1) {
         const item = element("li");
         inline(LIST_ITEM.exec(rows[i])[2], item);
         list.append(item);
