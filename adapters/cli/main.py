@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from adapters.cli import batch, prompts
+from adapters.cli import batch, evals, prompts
 from bot.errors import ConfigError, FmbotError
 from bot.settings import Settings, load_settings
 from bot.text import terminal_safe
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(batch.app, name="batch")
+app.add_typer(evals.app, name="eval")
 
 T = TypeVar("T")
 MAX_CHAT_NAME = 200

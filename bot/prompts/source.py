@@ -133,6 +133,23 @@ def _split_front_matter(source: str, path: Path) -> tuple[str, str, int]:
     )
 
 
+def _yaml_mapping(source: str, path: Path, what: str) -> tuple[dict[str, Any], SourceMap]:
+    data, root = _parse_yaml(source, path, 0)
+    if not isinstance(data, dict):
+        raise PromptError(f"{what} must be a YAML mapping of fields", f"{path}:1:1")
+    return data, SourceMap(path, root)
+
+
+def parse_yaml_file(path: Path, what: str) -> tuple[dict[str, Any], SourceMap]:
+    """A YAML file that holds a mapping (``what`` names it in errors: "an eval suite"), with
+    its source map; PromptError locates unreadable files and syntax errors."""
+    try:
+        source = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptError(f"cannot read the file: {exc}", f"{path}:1:1") from exc
+    return _yaml_mapping(source, path, what)
+
+
 def parse_file(path: Path) -> tuple[dict[str, Any], SourceMap]:
     """The file's fields (Markdown body as ``instruction``) and its source map.
 
@@ -144,10 +161,7 @@ def parse_file(path: Path) -> tuple[dict[str, Any], SourceMap]:
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptError(f"cannot read the file: {exc}", f"{path}:1:1") from exc
     if path.suffix not in MARKDOWN_SUFFIXES:
-        data, root = _parse_yaml(source, path, 0)
-        if not isinstance(data, dict):
-            raise PromptError("a template must be a YAML mapping of fields", f"{path}:1:1")
-        return data, SourceMap(path, root)
+        return _yaml_mapping(source, path, "a template")
 
     front, body, body_line = _split_front_matter(source, path)
     data, root = _parse_yaml(front, path, 1)
