@@ -32,12 +32,13 @@ app = typer.Typer(
 )
 
 
-class _Bar:
+class RowsBar:
     """A rich progress bar on stderr (stdout stays for results)."""
 
-    def __init__(self, progress: RichProgress) -> None:
+    def __init__(self, progress: RichProgress, what: str = "rows") -> None:
         self._progress = progress
-        self._task = progress.add_task("rows", total=None)
+        self._what = what
+        self._task = progress.add_task(what, total=None)
         self.errors = 0
 
     def start(self, total: int, done: int) -> None:
@@ -49,7 +50,8 @@ class _Bar:
     def advance(self, result: RowResult) -> None:
         if result.status != "ok":
             self.errors += 1
-            self._progress.update(self._task, description=f"rows ({self.errors} failed)")
+            description = f"{self._what} ({self.errors} failed)"
+            self._progress.update(self._task, description=description)
         self._progress.advance(self._task)
 
 
@@ -163,7 +165,7 @@ def run(
             bar = Progress(*columns, console=stderr)
             try:
                 summary = await run_job(
-                    runner, input_path, output, concurrency=concurrency, progress=_Bar(bar)
+                    runner, input_path, output, concurrency=concurrency, progress=RowsBar(bar)
                 )
             finally:
                 bar.stop()

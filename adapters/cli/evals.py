@@ -3,14 +3,20 @@ replies (a CI gate: exit 1 below the suite's threshold, 2 for a suite or configu
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from adapters.cli.batch import RowsBar
+from bot.errors import ConfigError
 from bot.text import terminal_safe
 
 if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
+
+    from bot.eval.run import EvalResult
     from bot.eval.suite import LoadedSuite
     from bot.settings import Settings
 
@@ -69,3 +75,195 @@ def check(
         f"OK: {len(loaded.cases)} case(s) × {len(loaded.versions)} template version(s) × "
         f"{len(loaded.models)} model(s) = {cells} cell(s)."
     )
+
+
+class _Bar(RowsBar):
+    """One bar over every cell of the run: each batch job adds its part."""
+
+    def __init__(self, progress: RichProgress, total: int) -> None:
+        super().__init__(progress, "cells")
+        progress.update(self._task, total=total)
+
+    def start(self, total: int, done: int) -> None:
+        # A job resumed from an earlier run: its finished rows count as done.
+        self._progress.advance(self._task, done)
+        self._progress.start()
+
+
+def _clip(text: str | None, limit: int) -> str:
+    # Replies and reasons come from models and suites: shown, never obeyed by the terminal.
+    text = terminal_safe(text or "").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.0f}%"
+
+
+def _print_report(result: EvalResult, failed_limit: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from bot.eval.report import matrix, metrics
+
+    console = Console(highlight=False)
+    table = Table(title="pass rate per template × model")
+    columns = ["template", "model", "pass rate", "passed"]
+    if result.repeats > 1:
+        columns.append(f"pass^{result.repeats}")
+    columns += ["score", "tokens in/out", "latency ms (mean)"]
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    for line in matrix(result):
+        cells = [
+            _clip(line.template, 60),
+            _clip(line.model, 60),
+            _percent(line.pass_rate),
+            f"{line.passed}/{line.cells}",
+        ]
+        if result.repeats > 1:
+            cells.append(f"{_percent(line.pass_every_time)} ({line.every_time}/{line.cases})")
+        cells += [
+            f"{line.score:.2f}",
+            f"{line.input_tokens}/{line.output_tokens}",
+            "-" if line.latency_ms is None else f"{line.latency_ms:.0f}",
+        ]
+        style = "red" if line.pass_rate < result.threshold else ""
+        table.add_row(*(Text(c, style=style) for c in cells))
+    console.print(table)
+    metric_lines = metrics(result)
+    if metric_lines:
+        by_metric = Table(title="pass rate per metric")
+        for name in ("template", "model", "metric", "pass rate", "passed"):
+            by_metric.add_column(name, overflow="fold")
+        for m in metric_lines:
+            by_metric.add_row(
+                *(
+                    Text(c)
+                    for c in (
+                        _clip(m.template, 60),
+                        _clip(m.model, 60),
+                        _clip(m.metric, 40),
+                        _percent(m.pass_rate),
+                        f"{m.passed}/{m.checked}",
+                    )
+                )
+            )
+        console.print(by_metric)
+    failed = [c for c in result.cells if not c.passed]
+    if failed:
+        console.print(Text(f"Failed cells ({len(failed)}):"))
+    for c in failed[:failed_limit]:
+        repeat = f" repeat {c.key.repeat + 1}" if result.repeats > 1 else ""
+        head = f"- case {c.key.case} ({_clip(c.message, 60)}) × {c.key.template} × {c.key.model}"
+        console.print(Text(_clip(head + repeat, 200)))
+        console.print(Text(f"    reply: {_clip(c.reply or '', 160)}"))
+        for reason in c.failures():
+            console.print(Text(f"    {_clip(reason, 200)}"))
+    if len(failed) > failed_limit:
+        console.print(Text(f"({len(failed) - failed_limit} more failed cell(s) in the results)"))
+
+
+@app.command()
+def run(
+    suite: Annotated[Path, typer.Argument(help="The suite file (YAML).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Results directory (default: SUITE's name + .eval)."),
+    ] = None,
+    repeat: Annotated[
+        int, typer.Option("--repeat", min=1, max=100, help="Run each cell N times (pass^N).")
+    ] = 1,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Send every request, reuse no cached reply.")
+    ] = False,
+    filter_failing: Annotated[
+        Path | None,
+        typer.Option("--filter-failing", help="Run only the cells that failed in that run."),
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="Also write JUnit XML here (for CI).")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=256, help="Requests in flight.")
+    ] = 4,
+    show_failed: Annotated[
+        int, typer.Option("--show-failed", min=0, help="Failed cells to print.")
+    ] = 20,
+) -> None:
+    """Run every case × template × model, grade the replies, print the matrix.
+
+    Exit status: 0 when every template × model pass rate reaches the suite's threshold, 1 when
+    any is below it, 2 for a suite or configuration error. Results go to DIR/results.parquet
+    and the suite as run (with every template's source) to DIR/suite.yaml; running again into
+    the same DIR resumes.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from bot.eval.report import below_threshold, junit_xml
+    from bot.eval.run import failing_cells, run_eval, write_results
+    from bot.models.registry import close_models
+    from bot.settings import load_settings
+
+    settings = load_settings()
+    loaded = _load(suite, settings)
+    target = output or suite.with_name(suite.stem + ".eval")
+    only = failing_cells(filter_failing) if filter_failing is not None else None
+    cells = repeat * sum(
+        only is None or (i, v.ref, m) in only
+        for i in range(len(loaded.cases))
+        for v in loaded.versions
+        for m in loaded.models
+    )
+    del no_cache  # the cache comes with its own slice; every request is sent for now
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+    )
+
+    async def go() -> EvalResult:
+        try:
+            result = await run_eval(
+                loaded,
+                target,
+                repeat=repeat,
+                concurrency=concurrency,
+                progress=_Bar(bar, cells),
+                only=only,
+            )
+        finally:
+            bar.stop()
+            await close_models()
+        await write_results(result, target)
+        return result
+
+    try:
+        result = asyncio.run(go())
+    except KeyboardInterrupt:
+        typer.echo(
+            f"Interrupted. Finished cells are saved under {target}; run the same command again "
+            "to resume.",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    _print_report(result, show_failed)
+    if junit is not None:
+        try:
+            junit.write_bytes(junit_xml(result, loaded.suite.description or str(suite)))
+        except OSError as exc:
+            raise ConfigError("--junit", str(junit), f"cannot write it ({exc.strerror})") from None
+    low = below_threshold(result)
+    typer.echo(f"Results: {target / 'results.parquet'}")
+    if not result.cells:
+        typer.echo("No cells were run (--filter-failing found no failed cell).")
+    if low:
+        typer.echo(
+            f"FAILED: {len(low)} template × model pass rate(s) below the threshold "
+            f"{_percent(result.threshold)}."
+        )
+        raise typer.Exit(1)
+    typer.echo(f"PASSED: every pass rate is at least the threshold {_percent(result.threshold)}.")

@@ -131,7 +131,18 @@ def write_parquet(
     leaves the previous file, never a truncated one."""
     schema = pa.schema([*input_schema, *(pa.field(n, t) for n, t in RESULT_FIELDS)])
     schema = schema.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-    table = pa.Table.from_pylist(rows, schema=schema)
+    _write_atomic(path, pa.Table.from_pylist(rows, schema=schema))
+
+
+def write_records(path: Path, rows: list[dict[str, object]], metadata: dict[str, str]) -> None:
+    """Write rows whose column types Arrow infers from the values (``fmbot eval`` results:
+    lists of assertion outcomes), atomically like :func:`write_parquet`."""
+    table = pa.Table.from_pylist(rows)
+    meta = {k.encode(): v.encode() for k, v in metadata.items()}
+    _write_atomic(path, table.replace_schema_metadata(meta))
+
+
+def _write_atomic(path: Path, table: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
