@@ -203,7 +203,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from bot.eval.report import below_threshold, junit_xml
-    from bot.eval.run import failing_cells, run_eval, write_results
+    from bot.eval.run import cached, failing_cells, run_eval, write_results
     from bot.models.registry import close_models
     from bot.settings import load_settings
 
@@ -217,7 +217,6 @@ def run(
         for v in loaded.versions
         for m in loaded.models
     )
-    del no_cache  # the cache comes with its own slice; every request is sent for now
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -233,6 +232,7 @@ def run(
                 repeat=repeat,
                 concurrency=concurrency,
                 progress=_Bar(bar, cells),
+                wrap=None if no_cache else cached(settings.home),
                 only=only,
             )
         finally:

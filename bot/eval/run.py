@@ -31,6 +31,7 @@ SUITE_AS_RUN = "suite.yaml"
 Judge = Callable[[Assertion, str, str], Awaitable[Outcome]]
 #: Wraps a model (the cache) for one repeat: (model, repeat) -> model.
 Wrap = Callable[[TextModel, int], TextModel]
+CACHE_DIR = ("cache", "eval")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -86,6 +87,15 @@ class EvalResult:
     cells: list[Cell] = field(default_factory=list)
     threshold: float = 1.0
     repeats: int = 1
+
+
+def cached(home: Path) -> Wrap:
+    """Models behind the reply cache under ``home`` (FMBOT_HOME)."""
+    from bot.eval.cache import CachedModel
+
+    directory = home.joinpath(*CACHE_DIR)
+    # The first repeat shares its replies with runs without --repeat; later ones are new samples.
+    return lambda model, repeat: CachedModel(model, directory, f"repeat {repeat}" if repeat else "")
 
 
 def _slug(text: str) -> str:
