@@ -152,7 +152,6 @@ async def run_eval(
     concurrency: int = 4,
     progress: Progress | None = None,
     wrap: Wrap | None = None,
-    judge: Judge | None = None,
     only: set[tuple[int, str, str]] | None = None,
 ) -> EvalResult:
     """Run and grade the suite into ``output`` (a directory). ``only``: the (case, template,
@@ -166,6 +165,8 @@ async def run_eval(
     except OSError as exc:
         raise unwritable(output, exc) from exc
     fixed = {k: str(_cell_value(v)) for k, v in loaded.suite.vars.items()}
+    judge = await _judge(loaded, wrap)
+    grading = asyncio.Semaphore(max(1, concurrency))
     result = EvalResult(threshold=loaded.suite.threshold, repeats=repeat)
     for index, version in enumerate(loaded.versions):
         for spec in loaded.models:
@@ -193,10 +194,30 @@ async def run_eval(
                 out = runs / f"{name}.parquet"
                 await run_job(runner, cases_path, out, concurrency=concurrency, progress=progress)
                 rows = (await asyncio.to_thread(table.read_parquet, out)).rows
-                for i, row in zip(chosen, rows, strict=True):
-                    key = CellKey(i, version.ref, spec, r)
-                    result.cells.append(await _cell(loaded, key, row, judge))
+
+                async def grade(i: int, row: dict[str, object], key: tuple[str, str, int]) -> Cell:
+                    async with grading:  # judge calls in flight, like the cells' requests
+                        return await _cell(loaded, CellKey(i, *key), row, judge)
+
+                result.cells += await asyncio.gather(
+                    *(
+                        grade(i, row, (version.ref, spec, r))
+                        for i, row in zip(chosen, rows, strict=True)
+                    )
+                )
     return result
+
+
+async def _judge(loaded: LoadedSuite, wrap: Wrap | None) -> Judge | None:
+    """The suite's judge (its model behind the cache too), when an assertion needs one."""
+    from bot.eval.judge import RubricJudge
+
+    if loaded.judge is None or loaded.judge_template is None:
+        return None
+    settings = batch_settings(loaded.judge, False)
+    model = await get_text_model(settings)
+    template = loaded.judge_template.template
+    return RubricJudge(template, wrap(model, 0) if wrap else model, options_for(settings, template))
 
 
 async def _cell(

@@ -243,8 +243,15 @@ def load_suite(path: Path, settings: Settings) -> LoadedSuite:
                     smap.at(1),
                 )
             )
-        judge_version, found = _version(JUDGE_TEMPLATE, base, library, smap.field(("judge",)))
-        problems += found
+        where = smap.field(("judge",))
+        judge_version, found = _version(JUDGE_TEMPLATE, base, library, where)
+        if found:
+            message = (
+                f"judge: the judge's prompt, template {JUDGE_TEMPLATE!r}, is not valid or not in "
+                f"{settings.prompts_dir}; copy the shipped prompts/{JUDGE_TEMPLATE}.yaml there "
+                "(`fmbot prompts check` shows what is wrong with it)"
+            )
+            problems.append(PromptError(message, where))
     problems.sort(key=_position)
     return LoadedSuite(path, suite, versions, models, cases, suite.judge, judge_version, problems)
 
