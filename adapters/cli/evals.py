@@ -267,3 +267,40 @@ def run(
         )
         raise typer.Exit(1)
     typer.echo(f"PASSED: every pass rate is at least the threshold {_percent(result.threshold)}.")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Results directory of run A.")],
+    run_b: Annotated[Path, typer.Argument(help="Results directory of run B.")],
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write a static HTML page here.")
+    ] = None,
+) -> None:
+    """Two runs side by side: pass-rate change per template × model, cells that flipped."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from bot.eval.compare import compare_dirs, to_html
+
+    comparison = compare_dirs(run_a, run_b)
+    console = Console(highlight=False)
+    for line in comparison.summary():
+        console.print(Text(_clip(line, 300)))
+    for flip in comparison.flips:
+        before = "-" if flip.before is None else ("pass" if flip.before else "fail")
+        after = "-" if flip.after is None else ("pass" if flip.after else "fail")
+        repeat = f" repeat {flip.repeat + 1}" if flip.repeat else ""
+        head = (
+            f"{before} → {after}: case {flip.case} ({_clip(flip.message, 60)}) × "
+            f"{flip.template} × {flip.model}{repeat}"
+        )
+        console.print(Text(_clip(head, 300)))
+        if flip.reasons:
+            console.print(Text(f"    {_clip(flip.reasons, 300)}"))
+    if html is not None:
+        try:
+            html.write_text(to_html(comparison), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("--html", str(html), f"cannot write it ({exc.strerror})") from None
+        typer.echo(f"Wrote {html}")

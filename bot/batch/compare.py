@@ -166,7 +166,7 @@ tr.changed td { background: #fff8e1; }
 """
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
     """Everything from the files is data: escape it, quotes included (it may sit in attributes)."""
     return html.escape("" if value is None else str(value), quote=True)
 
@@ -175,12 +175,12 @@ def _cell_reply(r: RunRow | None) -> str:
     if r is None:
         return '<td class="text">(no row)</td>'
     if r.status != "ok":
-        return f'<td class="text error">{_e(r.error or r.status)}</td>'
-    return f'<td class="text">{_e(r.reply)}</td>'
+        return f'<td class="text error">{escape(r.error or r.status)}</td>'
+    return f'<td class="text">{escape(r.reply)}</td>'
 
 
 def _pair_of(a: object, b: object) -> str:
-    return f"{_e('-' if a is None else a)} / {_e('-' if b is None else b)}"
+    return f"{escape('-' if a is None else a)} / {escape('-' if b is None else b)}"
 
 
 def to_html(c: Comparison) -> str:
@@ -190,22 +190,32 @@ def to_html(c: Comparison) -> str:
         a, b = p.a, p.b
         rows.append(
             f'<tr class="{"changed" if p.changed else "same"}">'
-            f'<td class="num">{p.row}</td><td class="text">{_e(p.message)}</td>'
+            f'<td class="num">{p.row}</td><td class="text">{escape(p.message)}</td>'
             f"{_cell_reply(a)}{_cell_reply(b)}"
             f"<td>{_pair_of(a and a.status, b and b.status)}</td>"
             f'<td class="num">{_pair_of(a and a.tokens, b and b.tokens)}</td>'
             f'<td class="num">{_pair_of(a and a.latency_ms, b and b.latency_ms)}</td></tr>'
         )
-    summary = "".join(f"<li>{_e(line)}</li>" for line in summary_lines(c))
-    title = f"fmbot batch: {c.name_a} vs {c.name_b}"
-    return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f"<style>{_STYLE}</style></head><body>\n"
-        f"<h1>{_e(title)}</h1>\n"
-        f"<p>A: <code>{_e(c.name_a)}</code><br>B: <code>{_e(c.name_b)}</code></p>\n"
-        f"<ul>{summary}</ul>\n"
+    return page(
+        f"fmbot batch: {c.name_a} vs {c.name_b}",
+        c.name_a,
+        c.name_b,
+        summary_lines(c),
         "<table><thead><tr><th>row</th><th>message</th><th>reply A</th><th>reply B</th>"
         "<th>status A / B</th><th>tokens A / B</th><th>latency ms A / B</th></tr></thead>\n"
-        f"<tbody>\n{chr(10).join(rows)}\n</tbody></table>\n</body></html>\n"
+        f"<tbody>\n{chr(10).join(rows)}\n</tbody></table>\n",
+    )
+
+
+def page(title: str, name_a: str, name_b: str, summary: list[str], body: str) -> str:
+    """A self-contained page comparing runs A and B: ``body`` is HTML already escaped; the
+    title, names and summary lines are escaped here."""
+    items = "".join(f"<li>{escape(line)}</li>" for line in summary)
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>\n"
+        f"<h1>{escape(title)}</h1>\n"
+        f"<p>A: <code>{escape(name_a)}</code><br>B: <code>{escape(name_b)}</code></p>\n"
+        f"<ul>{items}</ul>\n{body}</body></html>\n"
     )
