@@ -304,3 +304,81 @@ def compare(
         except OSError as exc:
             raise ConfigError("--html", str(html), f"cannot write it ({exc.strerror})") from None
         typer.echo(f"Wrote {html}")
+
+
+@app.command()
+def replay(
+    chat: Annotated[str, typer.Argument(help="The conversation (see `fmbot history`).")],
+    template: Annotated[
+        str, typer.Option("--template", "-t", help="Template name or file to run the turn with.")
+    ],
+    turn: Annotated[
+        int | None, typer.Option("--turn", min=1, help="Which user turn, from 1 (default: last).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model spec (default: FMBOT_TEXT_MODEL).")
+    ] = None,
+    add_to: Annotated[
+        Path | None, typer.Option("--add-to", help="Append the turn to this suite as a case.")
+    ] = None,
+) -> None:
+    """Run one stored turn again with another template version; show both replies."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from bot.app import open_configured_store
+    from bot.batch.model import batch_settings, options_for
+    from bot.eval.replay import append_case, replay, stored_turn
+    from bot.eval.suite import resolve_version
+    from bot.models.registry import close_models, get_text_model
+    from bot.prompts.library import PromptLibrary
+    from bot.prompts.variables import coerce_variables
+
+    settings = batch_settings(model, False)
+    library = PromptLibrary(settings.prompts_dir) if settings.prompts_dir.is_dir() else None
+    version, problems = resolve_version(template, Path.cwd(), library, "--template")
+    if version is None:
+        for problem in problems:
+            typer.echo(terminal_safe(str(problem)), err=True)
+        raise typer.Exit(SUITE_ERROR)
+    chosen = version.template
+
+    async def go() -> None:
+        store = await open_configured_store(settings)
+        try:
+            stored = await stored_turn(store, chat, turn, settings.history_messages)
+        finally:
+            await store.aclose()
+        try:
+            text_model = await get_text_model(settings)
+            defaults = coerce_variables(chosen, {}, known_only=True)
+            done = await replay(stored, chosen, text_model, options_for(settings, chosen), defaults)
+        finally:
+            await close_models()
+        table = Table(
+            title=terminal_safe(
+                f"chat {chat}, turn {stored.number} ({len(stored.history)} message(s) of "
+                "history, not trimmed to the context window)"
+            ),
+            show_lines=True,
+        )
+        table.add_column("message", overflow="fold")
+        table.add_column(f"stored reply ({stored.stored_template or 'template unknown'})")
+        table.add_column(f"new reply ({version.ref} × {settings.text_model})", overflow="fold")
+        new = (
+            Text(terminal_safe(done.reply or ""))
+            if done.error is None
+            else Text(terminal_safe(f"error: {done.error}"), style="red")
+        )
+        table.add_row(
+            Text(terminal_safe(stored.message)),
+            Text(terminal_safe(stored.stored_reply or "(none stored)")),
+            new,
+        )
+        Console(highlight=False).print(table)
+        if add_to is not None:
+            append_case(add_to, stored.message)
+            typer.echo(f"Added the turn to {add_to} as a case; `fmbot eval check {add_to}`.")
+
+    asyncio.run(go())

@@ -117,7 +117,7 @@ def _is_file_ref(ref: str) -> bool:
     return "/" in ref or "\\" in ref or is_template_file(Path(ref))
 
 
-def _version(
+def resolve_version(
     ref: str, base: Path, library: PromptLibrary | None, where: str
 ) -> tuple[Version | None, list[PromptError]]:
     if _is_file_ref(ref):
@@ -205,7 +205,7 @@ def load_suite(path: Path, settings: Settings) -> LoadedSuite:
     library = PromptLibrary(settings.prompts_dir) if settings.prompts_dir.is_dir() else None
     versions = []
     for i, ref in enumerate(suite.templates):
-        version, found = _version(ref, base, library, smap.field(("templates", i)))
+        version, found = resolve_version(ref, base, library, smap.field(("templates", i)))
         problems += found
         if version is not None:
             versions.append(version)
@@ -244,7 +244,7 @@ def load_suite(path: Path, settings: Settings) -> LoadedSuite:
                 )
             )
         where = smap.field(("judge",))
-        judge_version, found = _version(JUDGE_TEMPLATE, base, library, where)
+        judge_version, found = resolve_version(JUDGE_TEMPLATE, base, library, where)
         if found:
             message = (
                 f"judge: the judge's prompt, template {JUDGE_TEMPLATE!r}, is not valid or not in "
