@@ -6,9 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from tests.fakes import FakeOpenAI
 
 FMBOT = str(Path(sys.executable).parent / "fmbot")
 #: The console script imports whichever tree the venv was installed from: point it at ours.
@@ -26,6 +29,19 @@ def env(tmp_path: Path) -> dict[str, str]:
         "PYTHONPATH": TREE,
         "COLUMNS": "200",
     }
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def openai_env(env: dict[str, str], fake: FakeOpenAI) -> dict[str, str]:
+    """``env`` with the fake OpenAI server's address and key (models ``openai:gpt-test``)."""
+    assert fake.api_key is not None
+    return env | {"OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url}
 
 
 async def fmbot(

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
-from tests.eval_helpers import env, fmbot
+from tests.eval_helpers import env, fake, fmbot, openai_env
 from tests.fakes import FakeOpenAI, Fault
 
-__all__ = ["env"]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def openai_env(env: dict[str, str], fake: FakeOpenAI) -> dict[str, str]:
-    assert fake.api_key is not None
-    return env | {"OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url}
+__all__ = ["env", "fake", "openai_env"]
 
 
 def write_suite(tmp_path: Path, template_task: str = "{{ message }}") -> Path:

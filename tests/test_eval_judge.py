@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from bot.eval.judge import parse_verdict
-from tests.eval_helpers import env, fmbot
+from tests.eval_helpers import env, fake, fmbot, openai_env
 from tests.fakes import FakeOpenAI
 
-__all__ = ["env"]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def judge_env(env: dict[str, str], fake: FakeOpenAI) -> dict[str, str]:
-    assert fake.api_key is not None
-    return env | {"OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url}
+__all__ = ["env", "fake", "openai_env"]
 
 
 def write_suite(tmp_path: Path) -> Path:
@@ -52,11 +39,11 @@ def rubric(row: dict[str, object]) -> dict[str, object]:
 
 
 async def test_the_judge_passes_a_reply(
-    tmp_path: Path, fake: FakeOpenAI, judge_env: dict[str, str]
+    tmp_path: Path, fake: FakeOpenAI, openai_env: dict[str, str]
 ) -> None:
     fake.reply = '```json\n{"pass": true, "score": 0.9, "reason": "names wool"}\n```'
     suite = write_suite(tmp_path)
-    result = await fmbot(["eval", "run", str(suite), "-o", str(tmp_path / "a")], judge_env)
+    result = await fmbot(["eval", "run", str(suite), "-o", str(tmp_path / "a")], openai_env)
     assert result.returncode == 0, result.stdout + result.stderr
     row = only_row(tmp_path / "a")
     assert row["pass"] is True and row["score"] == pytest.approx((0.9 + 1) / 2)
@@ -78,16 +65,16 @@ async def test_the_judge_passes_a_reply(
     assert request.body["temperature"] == 0
 
     # Judge calls are cached like the cells' replies.
-    again = await fmbot(["eval", "run", str(suite), "-o", str(tmp_path / "b")], judge_env)
+    again = await fmbot(["eval", "run", str(suite), "-o", str(tmp_path / "b")], openai_env)
     assert again.returncode == 0 and len(fake.requests_to("/chat/completions")) == 1
 
 
 async def test_the_judge_fails_a_reply(
-    tmp_path: Path, fake: FakeOpenAI, judge_env: dict[str, str]
+    tmp_path: Path, fake: FakeOpenAI, openai_env: dict[str, str]
 ) -> None:
     fake.reply = json.dumps({"pass": False, "score": 0.2, "reason": "no material named"})
     result = await fmbot(
-        ["eval", "run", str(write_suite(tmp_path)), "-o", str(tmp_path / "a")], judge_env
+        ["eval", "run", str(write_suite(tmp_path)), "-o", str(tmp_path / "a")], openai_env
     )
     assert result.returncode == 1
     row = only_row(tmp_path / "a")
@@ -97,11 +84,11 @@ async def test_the_judge_fails_a_reply(
 
 
 async def test_an_unparsable_verdict_is_an_error_never_a_pass(
-    tmp_path: Path, fake: FakeOpenAI, judge_env: dict[str, str]
+    tmp_path: Path, fake: FakeOpenAI, openai_env: dict[str, str]
 ) -> None:
     fake.reply = "Sure! The reply looks great to me."
     result = await fmbot(
-        ["eval", "run", str(write_suite(tmp_path)), "-o", str(tmp_path / "a")], judge_env
+        ["eval", "run", str(write_suite(tmp_path)), "-o", str(tmp_path / "a")], openai_env
     )
     assert result.returncode == 1
     row = only_row(tmp_path / "a")
@@ -130,13 +117,13 @@ def test_verdicts(text: str, threshold: float | None, passed: bool, error: bool)
 
 
 async def test_a_missing_judge_prompt_is_a_suite_error(
-    tmp_path: Path, judge_env: dict[str, str]
+    tmp_path: Path, openai_env: dict[str, str]
 ) -> None:
     own = tmp_path / "prompts"
     own.mkdir()
     (own / "default.yaml").write_text("name: default\ninstruction: Be brief.\n")
     result = await fmbot(
-        ["eval", "check", str(write_suite(tmp_path))], judge_env | {"FMBOT_PROMPTS_DIR": str(own)}
+        ["eval", "check", str(write_suite(tmp_path))], openai_env | {"FMBOT_PROMPTS_DIR": str(own)}
     )
     assert result.returncode == 2
     assert "copy the shipped prompts/llm-rubric.yaml there" in result.stderr

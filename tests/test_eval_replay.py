@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
-from tests.eval_helpers import FMBOT, env, fmbot
+from tests.eval_helpers import FMBOT, env, fake, fmbot, openai_env
 from tests.fakes import FakeOpenAI
 
-__all__ = ["env"]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+__all__ = ["env", "fake", "openai_env"]
 
 
 async def chat_in_console(env: dict[str, str], chat: str, lines: list[str]) -> None:
@@ -44,7 +35,7 @@ async def chat_in_console(env: dict[str, str], chat: str, lines: list[str]) -> N
 
 
 async def test_replay_a_stored_turn_with_another_template(
-    tmp_path: Path, env: dict[str, str], fake: FakeOpenAI
+    tmp_path: Path, env: dict[str, str], fake: FakeOpenAI, openai_env: dict[str, str]
 ) -> None:
     await chat_in_console(env, "shop", ["hello there", "second question", "third"])
     assert (Path(env["FMBOT_HOME"]) / "fmbot.db").is_file()
@@ -56,14 +47,12 @@ async def test_replay_a_stored_turn_with_another_template(
         "templates: [default]  # versions\ncases:\n  - message: first\n"
         "    assert: [{type: contains, value: first}]\n# a trailing comment\nthreshold: 1\n"
     )
-    assert fake.api_key is not None
-    remote = env | {"OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url}
     result = await fmbot(
         [
             "eval", "replay", "shop", "--turn", "2", "--template", "draft.yaml",
             "--model", "openai:gpt-test", "--add-to", str(suite),
         ],
-        remote,
+        openai_env,
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
