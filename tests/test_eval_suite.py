@@ -62,7 +62,7 @@ async def test_every_problem_is_reported_with_its_location(
 ) -> None:
     suite = tmp_path / "bad.yaml"
     suite.write_text(
-        "templates: [default]\n"
+        "templates: [default, nope]\n"
         "cases:\n"
         "  - message: hi\n"
         "    assert:\n"
@@ -78,6 +78,8 @@ async def test_every_problem_is_reported_with_its_location(
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     expected = [
+        # Field errors do not hide the rest: the unknown template is reported too.
+        f"{suite}:1:22: templates: no valid template named 'nope'",
         f"{suite}:5:16: cases.0.assert.0.type: Input should be 'equals'",
         f"{suite}:6:30: cases.0.assert.1.value: not a valid regular expression",
         f"{suite}:7:5: cases.1.message: Field required",
@@ -90,7 +92,7 @@ async def test_every_problem_is_reported_with_its_location(
     assert len(lines) == len(expected) + 1, result.stderr
     for line, start in zip(lines, expected, strict=False):
         assert line.startswith(start), (line, start)
-    assert lines[-1].startswith("8 problem(s) in the suite")
+    assert lines[-1].startswith("9 problem(s) in the suite")
 
 
 async def test_unknown_templates_models_and_missing_files(

@@ -185,6 +185,14 @@ def _position(problem: PromptError) -> tuple[str, int, int]:
         return path, 0, 0
 
 
+def _strings(value: Any) -> list[tuple[int, str]]:
+    """(index, text) of the text items of a list as written (fields that failed validation
+    are still checked this far, so one typo does not hide the next problem)."""
+    if not isinstance(value, list):
+        return []
+    return [(i, item) for i, item in enumerate(map(_spec, value)) if isinstance(item, str)]
+
+
 def load_suite(path: Path, settings: Settings) -> LoadedSuite:
     """The suite in ``path`` with its templates, models and cases; ``problems`` lists what is
     wrong (when any, the rest may be partial and must not be run)."""
@@ -193,67 +201,90 @@ def load_suite(path: Path, settings: Settings) -> LoadedSuite:
         data, smap = parse_yaml_file(path, "an eval suite")
     except PromptError as exc:
         return LoadedSuite(path, empty, [], [], [], None, problems=[exc])
+    suite: Suite | None
     try:
         suite = Suite.model_validate(data)
+        problems: list[PromptError] = []
     except ValidationError as exc:
-        return LoadedSuite(
-            path, empty, [], [], [], None, problems=_validation_problems(exc, smap, data)
-        )
+        suite, problems = None, _validation_problems(exc, smap, data)
 
-    problems: list[PromptError] = []
     base = path.parent
     library = PromptLibrary(settings.prompts_dir) if settings.prompts_dir.is_dir() else None
     versions = []
-    for i, ref in enumerate(suite.templates):
+    for i, ref in _strings(data.get("templates")):
         version, found = resolve_version(ref, base, library, smap.field(("templates", i)))
         problems += found
         if version is not None:
             versions.append(version)
 
-    models = suite.models or [settings.text_model]
-    for i, spec in enumerate(suite.models):
+    models = [spec for _, spec in _strings(data.get("models"))] or [settings.text_model]
+    for i, spec in _strings(data.get("models")):
         try:
             batch_settings(spec, False)  # the spec and its credentials
         except ConfigError as exc:
             problems.append(PromptError(f"models: {exc.accepted}", smap.field(("models", i))))
 
-    if isinstance(suite.cases, str):
-        cases, found = _table_cases(base / suite.cases, smap.field(("cases",)))
+    judge = _spec(data.get("judge"))
+    if isinstance(judge, str):
+        try:
+            batch_settings(judge, False)
+        except ConfigError as exc:
+            problems.append(PromptError(f"judge: {exc.accepted}", smap.field(("judge",))))
+
+    cases: list[CaseRow] = []
+    if isinstance(data.get("cases"), str):
+        cases, found = _table_cases(base / data["cases"], smap.field(("cases",)))
         problems += found
-    else:
+    elif suite is not None and isinstance(suite.cases, list):
         cases = _inline_cases(suite.cases)
         if not cases:
             problems.append(PromptError("cases: give at least one case", smap.field(("cases",))))
 
+    judge_version = None
+    if suite is not None:
+        judge_version = _judge_problems(suite, cases, base, library, settings, smap, problems)
+    problems.sort(key=_position)
+    if suite is None:
+        return LoadedSuite(path, empty, versions, models, cases, None, problems=problems)
+    return LoadedSuite(path, suite, versions, models, cases, suite.judge, judge_version, problems)
+
+
+def _judge_problems(
+    suite: Suite,
+    cases: list[CaseRow],
+    base: Path,
+    library: PromptLibrary | None,
+    settings: Settings,
+    smap: SourceMap,
+    problems: list[PromptError],
+) -> Version | None:
+    """The judge's template when llm-rubric assertions need it; its problems go to
+    ``problems``."""
     rubric = any(a.type == "llm-rubric" for a in suite.assertions) or any(
         a.type == "llm-rubric" for c in cases for a in c.assertions
     )
-    judge_version = None
-    if suite.judge is not None:
-        try:
-            batch_settings(suite.judge, False)
-        except ConfigError as exc:
-            problems.append(PromptError(f"judge: {exc.accepted}", smap.field(("judge",))))
-    if rubric:
-        if suite.judge is None:
-            problems.append(
-                PromptError(
-                    "judge: llm-rubric assertions need a judge model; add e.g. "
-                    "`judge: openai:gpt-4o-mini`",
-                    smap.at(1),
-                )
+    if not rubric:
+        return None
+    if suite.judge is None:
+        problems.append(
+            PromptError(
+                "judge: llm-rubric assertions need a judge model; add e.g. "
+                "`judge: openai:gpt-4o-mini`",
+                smap.at(1),
             )
-        where = smap.field(("judge",))
-        judge_version, found = resolve_version(JUDGE_TEMPLATE, base, library, where)
-        if found:
-            message = (
+        )
+    where = smap.field(("judge",))
+    version, found = resolve_version(JUDGE_TEMPLATE, base, library, where)
+    if found:
+        problems.append(
+            PromptError(
                 f"judge: the judge's prompt, template {JUDGE_TEMPLATE!r}, is not valid or not in "
                 f"{settings.prompts_dir}; copy the shipped prompts/{JUDGE_TEMPLATE}.yaml there "
-                "(`fmbot prompts check` shows what is wrong with it)"
+                "(`fmbot prompts check` shows what is wrong with it)",
+                where,
             )
-            problems.append(PromptError(message, where))
-    problems.sort(key=_position)
-    return LoadedSuite(path, suite, versions, models, cases, suite.judge, judge_version, problems)
+        )
+    return version
 
 
 def as_run(loaded: LoadedSuite) -> str:
