@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,41 @@ def test_llm_rubric_needs_a_judge(tmp_path: Path, judge: str | None) -> None:
     problems = [p.detail for p in load_suite(suite, _settings(tmp_path)).problems]
     needs = [p for p in problems if p.startswith("judge: llm-rubric assertions need a judge")]
     assert bool(needs) == (judge is None)
+
+
+def test_a_table_row_may_carry_its_own_assertions(tmp_path: Path) -> None:
+    # JSON text in the 'assert' cell: Parquet columns keep one type, assertion values do not.
+    rows = [
+        {"message": "mug", "assert": json.dumps([{"type": "contains", "value": "mug"}])},
+        {"message": "socks", "assert": json.dumps([{"type": "max-length", "value": 9}])},
+        {"message": "hat"},
+    ]
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("templates: [default]\ncases: cases.jsonl\n")
+    loaded = load_suite(suite, _settings(tmp_path))
+    assert loaded.problems == []
+    assert [[(a.type, a.value) for a in c.assertions] for c in loaded.cases] == [
+        [("contains", "mug")],
+        [("max-length", 9)],
+        [],
+    ]
+    assert [c.values for c in loaded.cases] == [
+        {"message": "mug"},
+        {"message": "socks"},
+        {"message": "hat"},
+    ]
+
+    # In a CSV table the cell holds the JSON as text: one assertion or a list.
+    (tmp_path / "cases.csv").write_text(
+        'message,assert\nmug,"{""type"": ""icontains"", ""value"": ""MUG""}"\n'
+        'cup,"[{""type"": ""containz""}]"\nsocks,not json\nhat,\n'
+    )
+    suite.write_text("templates: [default]\ncases: cases.csv\n")
+    loaded = load_suite(suite, _settings(tmp_path))
+    assert [(a.type, a.value) for a in loaded.cases[0].assertions] == [("icontains", "MUG")]
+    problems = [str(p) for p in loaded.problems]
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{suite}:2:8: cases: row 1 of cases.csv: its 'assert' cell")
+    assert "containz" in problems[0]
+    assert problems[1].startswith(f"{suite}:2:8: cases: row 2 of cases.csv")

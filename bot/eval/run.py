@@ -9,6 +9,7 @@ so an edited template runs again instead of resuming from its old replies.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -103,7 +104,11 @@ def _slug(text: str) -> str:
 
 
 def _job_name(index: int, version: Version, model: str, repeat: int) -> str:
-    return f"{index}-{_slug(version.ref)}-{_slug(model)}-{version.digest}-r{repeat}"
+    # The digests keep names apart that slug alike (yandex:m/latest, yandex:m?latest) and make
+    # an edited template a new job rather than a resumed one.
+    model_digest = hashlib.sha256(model.encode()).hexdigest()[:6]
+    slug = f"{_slug(version.ref)}-{_slug(model)}"
+    return f"{index}-{slug}-{version.digest}-{model_digest}-r{repeat}"
 
 
 def _cell_value(value: object) -> object:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from bot.batch import table
 from bot.batch.job import check_columns
@@ -30,6 +30,8 @@ from bot.settings import Settings
 Scalar = str | int | float | bool
 #: The judge's prompt: a shipped template authors can edit (FMBOT_PROMPTS_DIR).
 JUDGE_TEMPLATE = "llm-rubric"
+#: A cases table's optional column of each row's own assertions (JSON), like inline `assert`.
+ASSERT_COLUMN = "assert"
 
 
 class Case(BaseModel):
@@ -78,6 +80,9 @@ def _spec(item: Any) -> Any:
         if isinstance(key, str) and value is None:
             return f"{key}:"
     return item
+
+
+_ASSERTIONS = TypeAdapter(list[Assertion])
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +174,32 @@ def _table_cases(path: Path, where: str) -> tuple[list[CaseRow], list[PromptErro
         check_columns(data.columns, path)
     except ConfigError as exc:
         return [], [PromptError(f"cases: {exc.accepted}", where)]
-    return [CaseRow(dict(row), ()) for row in data.rows], []
+    rows, problems = [], []
+    for number, row in enumerate(data.rows):
+        values = {k: v for k, v in row.items() if k != ASSERT_COLUMN}
+        try:
+            own = _row_assertions(row.get(ASSERT_COLUMN))
+        except (ValueError, ValidationError) as exc:
+            detail = str(exc).replace("\n", " ")
+            problems.append(
+                PromptError(
+                    f"cases: row {number} of {path.name}: its {ASSERT_COLUMN!r} cell is not a "
+                    f"JSON list of assertions ({detail[:300]})",
+                    where,
+                )
+            )
+            own = ()
+        rows.append(CaseRow(values, own))
+    return rows, problems
+
+
+def _row_assertions(cell: object) -> tuple[Assertion, ...]:
+    """A table row's own assertions: its ``assert`` cell, JSON (a list of assertions or one)."""
+    if cell is None or (isinstance(cell, str) and not cell.strip()):
+        return ()
+    found = json.loads(cell) if isinstance(cell, str) else cell
+    items = found if isinstance(found, list) else [found]
+    return tuple(_ASSERTIONS.validate_python(items))
 
 
 def _inline_cases(cases: list[Case]) -> list[CaseRow]:
