@@ -36,7 +36,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 def test_help_lists_every_command(env: dict[str, str]) -> None:
     result = run(["--help"], env)
     assert result.returncode == 0
-    for command in ("console", "history", "config"):
+    for command in ("console", "history", "config", "prompts", "batch", "eval"):
         assert command in result.stdout
 
 

@@ -323,6 +323,10 @@ METAVARS = {
     "var": "NAME=VALUE",
     "message": "TEXT",
     "history": "FILE",
+    "suite": "SUITE",
+    "add_to": "SUITE",
+    "filter_failing": "DIR",
+    "junit": "FILE",
 }
 
 
