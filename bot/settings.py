@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.busy import BusyPolicy
 from bot.errors import ConfigError
 from bot.model_spec import (
+    check_embed_model_spec,
     check_image_model_spec,
     check_text_model_spec,
     check_vision_model_spec,
@@ -70,6 +71,10 @@ class Settings(BaseSettings):
     vision_context_tokens: int = Field(default=32768, ge=2048, alias="FMBOT_VISION_CONTEXT_TOKENS")
     vision_max_side: int = Field(default=1568, ge=64, le=8192, alias="FMBOT_VISION_MAX_SIDE")
     image_classifier: str = Field(default="auto", alias="FMBOT_IMAGE_CLASSIFIER")
+    #: The embedder of knowledge bases (bot/kb/embedders.py); an index refuses another one.
+    embed_model: str = Field(default="local:e5", alias="FMBOT_EMBED_MODEL")
+    #: One SQLite file per knowledge base; default FMBOT_HOME/kb.
+    kb_dir: Path | None = Field(default=None, alias="FMBOT_KB_DIR")
     rewrite_image_prompts: bool = Field(default=True, alias="FMBOT_REWRITE_IMAGE_PROMPTS")
     store: str | None = Field(default=None, alias="FMBOT_STORE")
     prompts_dir: Path = Field(default_factory=shipped_prompts_dir, alias="FMBOT_PROMPTS_DIR")
@@ -121,7 +126,14 @@ class Settings(BaseSettings):
     def _default_store(self) -> Settings:
         if not self.store:
             self.store = f"sqlite:///{self.home / 'fmbot.db'}"
+        if self.kb_dir is None or not str(self.kb_dir).strip():
+            self.kb_dir = self.home / "kb"
         return self
+
+    @property
+    def knowledge_dir(self) -> Path:
+        assert self.kb_dir is not None  # set by _default_store
+        return self.kb_dir
 
     @property
     def history_messages(self) -> int:
@@ -149,6 +161,7 @@ class Settings(BaseSettings):
             check_image_model_spec(self.image_model)
         if self.vision_model:
             check_vision_model_spec(self.vision_model)
+        check_embed_model_spec(self.embed_model)
         self.history_ttl_seconds  # noqa: B018 - raises ConfigError when malformed
         if self.image_classifier not in IMAGE_CLASSIFIERS:
             raise ConfigError(
@@ -158,7 +171,7 @@ class Settings(BaseSettings):
             )
         grpc_target(self.yandex_grpc_url, "YANDEX_GRPC_URL")
         grpc_target(self.yandex_operations_grpc_url, "YANDEX_OPERATIONS_GRPC_URL")
-        if self.uses_yandex:
+        if self.uses_yandex or self.embed_model.startswith("yandex:"):
             check_yandex_credentials(  # fail fast, before any request
                 (self.yandex_folder_id or "").strip(),
                 has_key=bool(self.yandex_api_key and self.yandex_api_key.get_secret_value()),

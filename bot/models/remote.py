@@ -56,7 +56,7 @@ def create_text_model(spec: str, settings: Settings) -> TextModel | None:
 
         model = openai_model(name, spec, TEXT_SETTING, REMOTE_TEXT_ACCEPTED)
         return OpenAITextModel(
-            _openai_connection(settings),
+            openai_connection(settings),
             model,
             name=spec,
             # The API does not report context sizes; use the configured budget.
@@ -84,7 +84,7 @@ def create_image_model(spec: str, settings: Settings) -> ImageModel | None:
         check_image_spec(spec)
         base, _, _ = name.partition("?")
         return OpenAIImageModel(
-            _openai_connection(settings),
+            openai_connection(settings),
             base,
             name=spec,
             size=openai_size(name, spec) or "1024x1024",
@@ -120,7 +120,7 @@ def create_vision_model(spec: str, settings: Settings) -> TextModel:
             service=credentials.service(),
         )
     else:
-        connection = _openai_connection(settings)
+        connection = openai_connection(settings)
     return OpenAITextModel(
         connection,
         model,
@@ -130,7 +130,7 @@ def create_vision_model(spec: str, settings: Settings) -> TextModel:
     )
 
 
-def _openai_connection(settings: Settings) -> OpenAIConnection:
+def openai_connection(settings: Settings) -> OpenAIConnection:
     from bot.models.openai_compat import OpenAIConnection
 
     url = settings.openai_base_url.strip()
