@@ -56,6 +56,11 @@ class PictureError(FmbotError):
     message is written for the person chatting."""
 
 
+class KnowledgeError(FmbotError):
+    """A knowledge base cannot be used: unknown, built with another embedder, unreadable. The
+    message is one line that says what to do."""
+
+
 class StoreError(FmbotError):
     """The dialog store failed (unreachable server, locked database, corrupt row)."""
 

@@ -1,0 +1,460 @@
+"""A knowledge base: one SQLite file under FMBOT_KB_DIR with a ``sqlite-vec`` index.
+
+Tables: ``meta`` (the embedder's name and dimension: another embedder is refused, naming both),
+``files`` (path, content hash: unchanged files are skipped), ``chunks`` (source, heading path,
+text) and ``vectors``, a ``vec0`` table of cosine distance whose rowids are the chunks'. Queries
+use the ``k = N`` form of a KNN match: the ``LIMIT`` form needs SQLite 3.41, Debian 12 has 3.40.
+
+The file is in WAL mode: bots read it (read-only) while ``fmbot kb add`` writes, and see each
+file's chunks once its transaction commits. A knowledge base removed and built again is a new
+file; a reader notices (another inode) and reopens it, so bots need no restart.
+
+SQLite is blocking: every call runs in a worker thread, one at a time per knowledge base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import time
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from bot.errors import KnowledgeError
+from bot.kb.documents import SUFFIXES, Chunk, chunk_blocks, read_blocks
+from bot.kb.embedders import Embedder, check_vectors
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SUFFIX = ".sqlite"
+SCHEMA_VERSION = "1"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_ACCEPTED = "give a name of letters, digits, '_', '.' and '-' (at most 64), e.g. shop"
+#: How long a writer waits for another writer of the same file before giving up.
+BUSY_TIMEOUT_S = 30.0
+
+Progress = Callable[[int, int, str], None]  # (files done, files in all, the file now)
+
+
+def _sqlite_module() -> Any:
+    """The stdlib ``sqlite3`` when it can load extensions; else ``sqlean`` (the same API on a
+    bundled SQLite), for Pythons built without loadable extensions (pyenv's default)."""
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3
+    import sqlean
+
+    return sqlean
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    source: str
+    heading: str
+    text: str
+    score: float  # cosine similarity: 1 is the same direction
+    chunk_id: int
+    kb: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kb": self.kb,
+            "source": self.source,
+            "heading": self.heading,
+            "text": self.text,
+            "score": round(self.score, 4),
+        }
+
+
+@dataclass(slots=True)
+class AddSummary:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    chunks: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{len(self.skipped)} skipped"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KbInfo:
+    name: str
+    embedder: str
+    dimension: int
+    files: int
+    chunks: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    path: Path  # absolute: the key of the file
+    source: str  # as shown in sources lines: relative to the folder given
+
+
+def kb_file(directory: Path, name: str) -> Path:
+    if not NAME_RE.match(name):
+        raise KnowledgeError(f"{name!r} is not a knowledge base name: {NAME_ACCEPTED}.")
+    return directory / f"{name}{SUFFIX}"
+
+
+def list_names(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    return sorted(p.name.removesuffix(SUFFIX) for p in directory.glob(f"*{SUFFIX}"))
+
+
+def delete(directory: Path, name: str) -> bool:
+    """Remove knowledge base ``name`` (its file and SQLite's WAL files); False if there was
+    none. A bot reading it answers without it from its next turn."""
+    path = kb_file(directory, name)
+    existed = path.is_file()
+    for extra in ("", "-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    return existed
+
+
+class KnowledgeBase:
+    def __init__(self, name: str, path: Path, *, readonly: bool) -> None:
+        self.name = name
+        self.path = path
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls, directory: Path, name: str, *, create: bool = False, readonly: bool = False
+    ) -> KnowledgeBase:
+        """Open knowledge base ``name``; KnowledgeError when it does not exist (unless
+        ``create``), naming the command that builds it."""
+        path = kb_file(directory, name)
+        if not path.is_file() and not create:
+            known = ", ".join(list_names(directory)) or "none yet"
+            raise KnowledgeError(
+                f"There is no knowledge base {name!r} in {directory} (known: {known}); "
+                f"build it with: fmbot kb add {name} PATH..."
+            )
+        kb = cls(name, path, readonly=readonly)
+        await kb._call(kb._connect)
+        return kb
+
+    # --- threads and connections ---
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(fn)
+
+    def _connect(self) -> None:
+        module = _sqlite_module()
+        if self.readonly:
+            target, uri = f"file:{self.path}?mode=ro", True
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            target, uri = str(self.path), False
+        try:
+            conn = cast(
+                sqlite3.Connection,
+                module.connect(target, uri=uri, timeout=BUSY_TIMEOUT_S, check_same_thread=False),
+            )
+            conn.enable_load_extension(True)
+            import sqlite_vec
+
+            sqlite_vec.load(conn)
+            conn.enable_load_extension(False)
+            if not self.readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+                _create_tables(conn)
+            self._identity = _identity(self.path)
+        except module.Error as exc:
+            raise KnowledgeError(
+                f"Knowledge base {self.name!r} ({self.path}) cannot be opened: {exc}. "
+                "Check the file, or remove it and build it again with fmbot kb add."
+            ) from exc
+        self._conn = conn
+
+    def _db(self) -> sqlite3.Connection:
+        """The connection; a reader reopens it when the file was replaced (built again)."""
+        if self.readonly and _identity(self.path) != self._identity:
+            if not self.path.is_file():
+                raise KnowledgeError(
+                    f"Knowledge base {self.name!r} is gone ({self.path}); "
+                    f"build it again with: fmbot kb add {self.name} PATH..."
+                )
+            self._close()
+            self._connect()
+        assert self._conn is not None
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def aclose(self) -> None:
+        await self._call(self._close)
+
+    # --- the embedder ---
+
+    def _meta(self) -> dict[str, str]:
+        try:
+            rows = self._db().execute("SELECT key, value FROM meta").fetchall()
+        except sqlite3.Error:  # an empty file opened read-only: no tables yet
+            return {}
+        return {str(k): str(v) for k, v in rows}
+
+    async def embedder_info(self) -> tuple[str, int] | None:
+        """(name, dimension) the index was built with, None before its first file."""
+        meta = await self._call(self._meta)
+        if "embedder" not in meta:
+            return None
+        return meta["embedder"], int(meta["dimension"])
+
+    async def check_embedder(self, embedder: Embedder, dimension: int | None = None) -> None:
+        """KnowledgeError unless the index was built by ``embedder`` (or is empty)."""
+        built = await self.embedder_info()
+        if built is None:
+            return
+        name, dim = built
+        if embedder.name != name or (dimension is not None and dimension != dim):
+            theirs = f"{embedder.name}" + (f" ({dimension} dimensions)" if dimension else "")
+            raise KnowledgeError(
+                f"Knowledge base {self.name!r} was built with {name} ({dim} dimensions), "
+                f"but FMBOT_EMBED_MODEL is {theirs}: set FMBOT_EMBED_MODEL={name}, or build it "
+                f"again (fmbot kb remove {self.name}, then fmbot kb add {self.name} PATH...)."
+            )
+
+    # --- writing ---
+
+    async def add(
+        self, paths: Sequence[Path], embedder: Embedder, progress: Progress | None = None
+    ) -> AddSummary:
+        """Index files and folders (recursively). Unchanged files (same content hash) are
+        skipped; a changed file's old chunks are replaced; an unreadable one is reported."""
+        assert not self.readonly
+        started = time.perf_counter()
+        await self.check_embedder(embedder)
+        summary = AddSummary()
+        sources = list(_expand(paths, summary))
+        dimension: int | None = None
+        for done, item in enumerate(sources):
+            if progress:
+                progress(done, len(sources), item.source)
+            try:
+                data = await asyncio.to_thread(item.path.read_bytes)
+            except OSError as exc:
+                summary.skipped.append((str(item.path), f"cannot be read ({exc.strerror})"))
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            known = await self._call(partial(self._hash_of, item.path))
+            if known == digest:
+                summary.unchanged += 1
+                continue
+            try:
+                chunks = await asyncio.to_thread(_chunks_of, item.path)
+            except KnowledgeError as exc:
+                summary.skipped.append((str(item.path), str(exc)))
+                continue
+            if not chunks:
+                scanned = item.path.suffix.lower() == ".pdf"
+                reason = "has no text" + (" (a scanned PDF needs OCR first)" if scanned else "")
+                summary.skipped.append((str(item.path), reason))
+                continue
+            vectors = await embedder.embed_documents([c.embedded_text for c in chunks])
+            if dimension is None:
+                dimension = await embedder.dimension()
+                await self.check_embedder(embedder, dimension)
+            check_vectors(vectors, dimension, embedder.name)
+            await self._call(
+                partial(self._store, item, chunks, vectors, digest, embedder.name, dimension)
+            )
+            summary.chunks += len(chunks)
+            if known is None:
+                summary.added += 1
+            else:
+                summary.updated += 1
+        if progress:
+            progress(len(sources), len(sources), "")
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _hash_of(self, path: Path) -> str | None:
+        row = self._db().execute("SELECT hash FROM files WHERE path = ?", (str(path),)).fetchone()
+        return str(row[0]) if row else None
+
+    def _store(
+        self,
+        item: _Source,
+        chunks: list[Chunk],
+        vectors: list[list[float]],
+        digest: str,
+        embedder: str,
+        dimension: int,
+    ) -> None:
+        db = self._db()
+        with db:  # one transaction: a reader sees the old chunks or the new, never a mix
+            if not self._meta():
+                db.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [("embedder", embedder), ("dimension", str(dimension)),
+                     ("schema", SCHEMA_VERSION)],
+                )  # fmt: skip
+                db.execute(
+                    f"CREATE VIRTUAL TABLE vectors USING vec0("
+                    f"embedding float[{dimension}] distance_metric=cosine)"
+                )
+            self._delete_file(db, str(item.path))
+            for chunk, vector in zip(chunks, vectors, strict=True):
+                cursor = db.execute(
+                    "INSERT INTO chunks(path, source, heading, text) VALUES (?, ?, ?, ?)",
+                    (str(item.path), item.source, chunk.heading, chunk.text),
+                )
+                db.execute(
+                    "INSERT INTO vectors(rowid, embedding) VALUES (?, ?)",
+                    (cursor.lastrowid, _blob(vector)),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO files(path, source, hash, indexed_at) VALUES (?, ?, ?, ?)",
+                (str(item.path), item.source, digest, time.time()),
+            )
+
+    def _delete_file(self, db: sqlite3.Connection, path: str) -> None:
+        ids = [row[0] for row in db.execute("SELECT id FROM chunks WHERE path = ?", (path,))]
+        if ids and self._meta():
+            db.executemany("DELETE FROM vectors WHERE rowid = ?", [(i,) for i in ids])
+        db.execute("DELETE FROM chunks WHERE path = ?", (path,))
+        db.execute("DELETE FROM files WHERE path = ?", (path,))
+
+    async def remove(self, paths: Sequence[Path]) -> list[str]:
+        """Forget files (a folder: every file under it); returns the paths forgotten."""
+
+        def go() -> list[str]:
+            db = self._db()
+            gone: list[str] = []
+            with db:
+                for given in paths:
+                    target = str(given.resolve())
+                    rows = db.execute(
+                        "SELECT path FROM files WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+                        (target, _like_prefix(target.rstrip(os.sep) + os.sep)),
+                    ).fetchall()
+                    for (path,) in rows:
+                        self._delete_file(db, path)
+                        gone.append(path)
+            return gone
+
+        return await self._call(go)
+
+    # --- reading ---
+
+    async def search(self, vector: Sequence[float], k: int) -> list[Hit]:
+        """The ``k`` chunks nearest to ``vector``, best first."""
+
+        def go() -> list[Hit]:
+            db = self._db()
+            if not self._meta():
+                return []
+            rows = db.execute(
+                "SELECT c.id, c.source, c.heading, c.text, v.distance FROM "
+                "(SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?) v "
+                "JOIN chunks c ON c.id = v.rowid ORDER BY v.distance",
+                (_blob(vector), k),
+            ).fetchall()
+            return [
+                Hit(
+                    source=str(source),
+                    heading=str(heading),
+                    text=str(text),
+                    score=1.0 - float(distance),
+                    chunk_id=int(chunk_id),
+                    kb=self.name,
+                )
+                for chunk_id, source, heading, text, distance in rows
+            ]
+
+        return await self._call(go)
+
+    async def info(self) -> KbInfo:
+        def go() -> KbInfo:
+            db = self._db()
+            meta = self._meta()
+            files = db.execute("SELECT count(*) FROM files").fetchone()[0]
+            chunks = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            return KbInfo(
+                name=self.name,
+                embedder=meta.get("embedder", "-"),
+                dimension=int(meta.get("dimension", 0)),
+                files=int(files),
+                chunks=int(chunks),
+                bytes=self.path.stat().st_size,
+            )
+
+        return await self._call(go)
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS files (
+            path TEXT PRIMARY KEY, source TEXT NOT NULL, hash TEXT NOT NULL,
+            indexed_at REAL NOT NULL);
+        CREATE TABLE IF NOT EXISTS chunks (
+            id INTEGER PRIMARY KEY, path TEXT NOT NULL, source TEXT NOT NULL,
+            heading TEXT NOT NULL, text TEXT NOT NULL);
+        CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
+        """
+    )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _blob(vector: Sequence[float]) -> bytes:
+    return array("f", vector).tobytes()
+
+
+def _like_prefix(prefix: str) -> str:
+    return re.sub(r"([\\%_])", r"\\\1", prefix) + "%"
+
+
+def _chunks_of(path: Path) -> list[Chunk]:
+    return chunk_blocks(read_blocks(path))
+
+
+def _expand(paths: Sequence[Path], summary: AddSummary) -> Iterator[_Source]:
+    """Files to index: a file as given (its name as the source), a folder's supported files
+    (hidden ones left out) with sources relative to it. A missing path is reported."""
+    for given in paths:
+        if given.is_dir():
+            root = given.resolve()
+            for path in sorted(root.rglob("*")):
+                relative = path.relative_to(root)
+                if any(part.startswith(".") for part in relative.parts):
+                    continue
+                if path.is_file() and path.suffix.lower() in SUFFIXES:
+                    yield _Source(path, relative.as_posix())
+        elif given.is_file():
+            yield _Source(given.resolve(), given.name)
+        else:
+            summary.skipped.append((str(given), "no such file or folder"))
