@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from adapters.cli import batch, evals, prompts
+from adapters.cli import batch, evals, kb, prompts
 from bot.errors import ConfigError, FmbotError
 from bot.settings import Settings, load_settings
 from bot.text import terminal_safe
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(batch.app, name="batch")
 app.add_typer(evals.app, name="eval")
+app.add_typer(kb.app, name="kb")
 
 T = TypeVar("T")
 MAX_CHAT_NAME = 200

@@ -146,7 +146,7 @@ def render(
         for note in notes:
             typer.echo(f"note: {note}", err=True)
         rows = [{"role": m.role, "text": m.text} for m in messages]
-        typer.echo(_json_safe(json.dumps(rows, ensure_ascii=False, indent=2)))
+        typer.echo(json_safe(json.dumps(rows, ensure_ascii=False, indent=2)))
         return
     blocks = [f"# {note}" for note in notes]
     blocks += [f"[{i}] {m.role}\n{m.text}" for i, m in enumerate(messages, 1)]
@@ -154,7 +154,7 @@ def render(
     typer.echo(terminal_safe("\n\n".join(blocks)))
 
 
-def _json_safe(text: str) -> str:
+def json_safe(text: str) -> str:
     """JSON escapes C0 controls itself; DEL and C1 (0x9B is a one-byte CSI) get ``\\u``
     escapes too, so the output stays the exact data and is still safe on a terminal."""
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)

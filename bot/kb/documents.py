@@ -8,6 +8,7 @@ more often than the paragraph does.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -328,13 +329,16 @@ def _pdf_blocks(path: Path) -> list[Block]:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    # pypdf logs each flaw it works around; a file it cannot read is reported once, by us.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+
     try:
         reader = PdfReader(path)
         pages = [page.extract_text() or "" for page in reader.pages]
     except OSError as exc:
         raise KnowledgeError(f"cannot be read ({exc.strerror or exc})") from exc
     except (PyPdfError, ValueError, KeyError, TypeError) as exc:
-        raise KnowledgeError(f"is not a PDF pypdf can read ({type(exc).__name__})") from exc
+        raise KnowledgeError("is not a PDF pypdf can read (damaged or encrypted?)") from exc
     blocks: list[Block] = []
     for number, page in enumerate(pages, 1):
         blocks.extend(_paragraph_blocks((f"page {number}",), page))

@@ -389,6 +389,18 @@ class KnowledgeBase:
 
         return await self._call(go)
 
+    async def files(self) -> list[tuple[str, str, int]]:
+        """(source, path, chunks) of every file, by source."""
+
+        def go() -> list[tuple[str, str, int]]:
+            rows = self._db().execute(
+                "SELECT f.source, f.path, count(c.id) FROM files f "
+                "LEFT JOIN chunks c ON c.path = f.path GROUP BY f.path ORDER BY f.source"
+            )
+            return [(str(s), str(p), int(n)) for s, p, n in rows]
+
+        return await self._call(go)
+
     async def info(self) -> KbInfo:
         def go() -> KbInfo:
             db = self._db()

@@ -1,0 +1,131 @@
+"""``fmbot kb`` through the real command line: real files, real SQLite + sqlite-vec, real e5."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kb_files import write_russian_docs, write_shop_docs
+
+FMBOT = str(Path(sys.executable).parent / "fmbot")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fmbot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "OPENAI_"))}
+    # PYTHONPATH: the entry point runs this tree's code, not the installed checkout's.
+    full = base | {"FMBOT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)} | env
+    return subprocess.run(
+        [FMBOT, "kb", *args], env=full, capture_output=True, text=True, timeout=120
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *parts: str) -> None:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+def test_add_list_search_remove_on_real_files(tmp_path: Path) -> None:
+    docs = write_shop_docs(tmp_path / "docs")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+
+    done = fmbot(tmp_path, "add", "shop", str(docs))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("3 added, 0 updated, 0 unchanged, 1 skipped (")
+    assert done.stderr.strip() == (
+        f"skipped {docs / 'broken.pdf'}: is not a PDF pypdf can read (damaged or encrypted?)"
+    )
+    assert (tmp_path / "home" / "kb" / "shop.sqlite").is_file()  # FMBOT_HOME/kb by default
+
+    again = fmbot(tmp_path, "add", "shop", str(docs / "warranty.md"), str(docs / "care.pdf"))
+    assert again.stdout.startswith("0 added, 0 updated, 2 unchanged, 0 skipped")
+
+    listed = fmbot(tmp_path, "list")
+    assert listed.stdout.split("\t")[:3] == ["shop", "3 files", "6 chunks"]
+    assert "local:e5 (384 dimensions)" in listed.stdout
+    files = fmbot(tmp_path, "list", "shop").stdout.splitlines()
+    assert [line.split("\t")[0] for line in files] == ["care.pdf", "returns.html", "warranty.md"]
+
+    # A Russian question finds the English passage.
+    found = fmbot(tmp_path, "search", "shop", "Как вернуть товар и получить деньги?", "-k", "2")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines()[0].startswith("[1] 0.")
+    assert found.stdout.splitlines()[0].endswith("returns.html — Returns")
+    assert "thirty days" in found.stdout.splitlines()[1]
+    assert found.stdout.count("\n[") == 1  # two hits
+
+    as_json = fmbot(tmp_path, "search", "shop", "Куда отправить фото поломки?", "--json")
+    hits = json.loads(as_json.stdout)
+    assert len(hits) == 4
+    assert {"source", "heading", "text", "score"} <= set(hits[0])
+    assert (hits[0]["source"], hits[0]["heading"]) == ("warranty.md", "Warranty > Claims")
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+    gone = fmbot(tmp_path, "remove", "shop", str(docs / "care.pdf"))
+    assert gone.stdout.strip() == "Removed 1 file(s) from shop."
+    assert "care.pdf" not in fmbot(tmp_path, "list", "shop").stdout
+    assert fmbot(tmp_path, "remove", "shop").stdout.strip() == "Removed knowledge base shop."
+    assert list((tmp_path / "home" / "kb").iterdir()) == []
+
+
+def test_english_question_finds_a_russian_passage_in_a_shared_folder(tmp_path: Path) -> None:
+    docs = write_russian_docs(tmp_path / "ru")
+    kb_dir = tmp_path / "volume"
+    done = fmbot(tmp_path, "add", "ru", str(docs), FMBOT_KB_DIR=str(kb_dir))
+    assert done.returncode == 0, done.stderr
+    assert (kb_dir / "ru.sqlite").is_file()
+    found = fmbot(
+        tmp_path, "search", "ru", "When will the courier bring my order?", "--json",
+        FMBOT_KB_DIR=str(kb_dir),
+    )  # fmt: skip
+    assert json.loads(found.stdout)[0]["source"] == "delivery.md"
+
+
+@pytest.mark.parametrize(
+    ("args", "parts"),
+    [
+        (("search", "nope", "warranty"), ("no knowledge base 'nope'", "fmbot kb add nope")),
+        (("search", "shop", "  "), ("query is empty",)),
+        (("remove", "nope"), ("no knowledge base 'nope'",)),
+        (("list", "nope"), ("no knowledge base 'nope'",)),
+        (("add", "bad/name", "."), ("not a knowledge base name",)),
+    ],
+)
+def test_mistakes_are_one_clear_line(
+    tmp_path: Path, args: tuple[str, ...], parts: tuple[str]
+) -> None:
+    one_line_error(fmbot(tmp_path, *args), *parts)
+
+
+def test_nothing_indexable_exits_non_zero_and_leaves_no_base(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_bytes(b"\xff\xfe not utf-8")
+    done = fmbot(tmp_path, "add", "empty", str(tmp_path / "notes.txt"), str(tmp_path / "gone"))
+    assert done.returncode == 1
+    assert done.stdout.startswith("0 added, 0 updated, 0 unchanged, 2 skipped")
+    assert "notes.txt: is not UTF-8 text" in done.stderr and "gone: no such file" in done.stderr
+    assert not (tmp_path / "home" / "kb" / "empty.sqlite").exists()
+
+
+def test_another_embedder_is_refused_naming_both(tmp_path: Path) -> None:
+    docs = write_shop_docs(tmp_path / "docs")
+    assert fmbot(tmp_path, "add", "shop", str(docs / "warranty.md")).returncode == 0
+    refused = fmbot(
+        tmp_path, "search", "shop", "warranty", FMBOT_EMBED_MODEL="openai:text-embedding-3-small"
+    )
+    one_line_error(refused, "local:e5 (384 dimensions)", "openai:text-embedding-3-small")
+    refused = fmbot(
+        tmp_path, "add", "shop", str(docs), FMBOT_EMBED_MODEL="openai:text-embedding-3-small"
+    )
+    one_line_error(refused, "local:e5 (384 dimensions)", "FMBOT_EMBED_MODEL=local:e5")
+    bad = fmbot(tmp_path, "search", "shop", "warranty", FMBOT_EMBED_MODEL="word2vec")
+    assert bad.returncode == 2
+    one_line_error(bad, "FMBOT_EMBED_MODEL", "local:e5")
