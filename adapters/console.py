@@ -70,7 +70,7 @@ class ConsoleChannel:
         if isinstance(event, TextDelta):
             out.write(terminal_safe(event.text))
         elif isinstance(event, FinalText):
-            out.write("\n")
+            out.write("\n" + (terminal_safe(event.sources) + "\n" if event.sources else ""))
         elif isinstance(event, Notice):
             (err if event.kind == "error" else out).write(terminal_safe(event.text) + "\n")
         elif isinstance(event, ImageReply):
@@ -121,6 +121,8 @@ class ConsoleChannel:
                     console.print(terminal_safe(event.text), end="", markup=False)
                 elif isinstance(event, FinalText):
                     console.print()
+                    if event.sources:
+                        console.print(terminal_safe(event.sources), style="dim", markup=False)
                     started = False
                 elif isinstance(event, Notice):
                     style = {"info": "cyan", "warning": "yellow", "error": "bold red"}[event.kind]

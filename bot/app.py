@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from bot.dialog import DialogManager
 from bot.errors import ConfigError
+from bot.kb.embedders import create_embedder
+from bot.kb.retrieval import Retriever
 from bot.limits import Limits, MemoryLimits, RedisLimits
 from bot.models.base import GenerationOptions, TextModel
 from bot.models.registry import get_image_model, get_text_model, get_vision_model
@@ -55,6 +57,8 @@ async def build_manager(settings: Settings) -> DialogManager:
         limits=make_limits(settings, store),
         vision_model=vision_model,
         pictures=Pictures(MediaDir(settings.home / "media"), max_side=settings.vision_max_side),
+        # Loads the embedder and opens a knowledge base only when a template asks for one.
+        retriever=Retriever(settings.knowledge_dir, create_embedder(settings)),
     )
 
 

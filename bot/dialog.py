@@ -11,7 +11,8 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,6 +22,7 @@ from bot.context import fit_to_window
 from bot.errors import (
     FmbotError,
     GivenUpError,
+    KnowledgeError,
     ModelError,
     NotSavedError,
     PictureError,
@@ -38,12 +40,14 @@ from bot.events import (
     TextDelta,
     Usage,
 )
+from bot.kb.index import Hit
+from bot.kb.retrieval import Retriever
 from bot.limits import Limits
 from bot.locks import ChatLocks
 from bot.models.base import GenerationOptions, ImageModel, Response, TextModel
 from bot.pictures import Pictures, picture_refs
 from bot.prompts.library import PromptLibrary
-from bot.prompts.render import build_messages
+from bot.prompts.render import Passage, build_messages
 from bot.prompts.template import PromptTemplate
 from bot.routing import ImageIntentClassifier, RuleClassifier
 from bot.stores.base import DialogStore, Turn
@@ -67,6 +71,9 @@ QUEUED_NOTICE_AFTER = (
     3.0  # s without a first word, while the model answers others, before saying so
 )
 IMAGE_PROMPT_LIMIT = 500  # YandexART's limit; a sane bound for other services too
+#: A message of at most this many words is a follow-up ("and in Russia?"): the previous
+#: question is searched with it, as it names what the follow-up is about.
+FOLLOW_UP_WORDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +90,8 @@ class _Prompt:
     #: and the pictures it brought.
     request: str
     pictures: tuple[Picture, ...] = ()
+    #: Passages retrieved from the template's knowledge bases, numbered as the prompt shows.
+    hits: tuple[Hit, ...] = ()
 
 
 class DialogManager:
@@ -102,6 +111,7 @@ class DialogManager:
         limits: Limits | None = None,
         vision_model: TextModel | None = None,
         pictures: Pictures | None = None,
+        retriever: Retriever | None = None,
     ) -> None:
         self.store = store
         self.model = model
@@ -117,6 +127,8 @@ class DialogManager:
         self.vision_model = vision_model
         #: Fetches and normalises the pictures of a turn; a channel registers its own sources.
         self.pictures = pictures or Pictures()
+        #: Finds the passages of templates with ``knowledge:``; None: such templates fail.
+        self.retriever = retriever
         self.locks = ChatLocks()
         #: Set by a caller that runs a message again when the store fails (a queue worker: the
         #: job stays queued): a StoreError before the reply began is raised to it instead of
@@ -187,6 +199,8 @@ class DialogManager:
     async def aclose(self) -> None:
         """Close the store and the classifier. Models are shared per process: see registry."""
         await self.classifier.aclose()
+        if self.retriever is not None:
+            await self.retriever.aclose()
         await self.store.aclose()
 
     async def mode_of(self, chat: str) -> PromptTemplate:
@@ -238,12 +252,13 @@ class DialogManager:
                         yield event
                 return
             pictures = await self._pictures_of(incoming)
+            hits = await self._knowledge(template, incoming.text, history)
             history = await self._with_earlier_pictures(incoming.chat, history, bool(pictures))
-            prompt = await self._build(template, history, incoming.text, pictures)
+            prompt = await self._build(template, history, incoming.text, pictures, hits)
         except PictureError as exc:
             yield Notice(str(exc), "warning")  # no model call: the chat goes on
             return
-        except (PromptError, ModelError) as exc:
+        except (PromptError, ModelError, KnowledgeError) as exc:
             yield Notice(str(exc), "error")
             return
         async with contextlib.aclosing(
@@ -259,6 +274,26 @@ class DialogManager:
         while stored and stored[0].role != "user":
             stored.pop(0)
         return state, [_message(t) for t in stored]
+
+    async def _knowledge(
+        self, template: PromptTemplate, text: str, history: Sequence[Message]
+    ) -> tuple[Hit, ...]:
+        """Passages for ``text`` from the template's knowledge bases (none without them: a turn
+        of a template without ``knowledge`` pays nothing)."""
+        if not template.knowledge or not text.strip():
+            return ()
+        if self.retriever is None:
+            raise KnowledgeError(
+                f"Template {template.name!r} uses knowledge bases, but this bot has none set up."
+            )
+        query = text
+        if len(text.split()) <= FOLLOW_UP_WORDS:
+            previous = next((m.text for m in reversed(history) if m.role == "user"), "")
+            query = f"{previous}\n{text}".strip()
+        hits = await self.retriever.search(
+            template.knowledge, query, template.knowledge_top_k, template.knowledge_min_score
+        )
+        return tuple(hits)
 
     async def _pictures_of(self, incoming: Incoming) -> tuple[Picture, ...]:
         """The message's pictures, fetched and normalised; PictureError says which failed."""
@@ -291,13 +326,19 @@ class DialogManager:
         history: list[Message],
         text: str,
         pictures: tuple[Picture, ...] = (),
+        hits: tuple[Hit, ...] = (),
     ) -> _Prompt:
-        """Instruction, examples, the history that fits the window, and the message. A prompt
-        that carries pictures goes to the vision model; pictures trimmed away with old history
-        leave it to the text model."""
+        """Instruction, examples, the history that fits the window, and the message (with the
+        retrieved passages). A prompt that carries pictures goes to the vision model; pictures
+        trimmed away with old history leave it to the text model."""
         options = self.options_for(template)
         request = text or (template.picture_request if pictures else text)
-        full = build_messages(template, request)
+        full = build_messages(
+            template,
+            request,
+            knowledge=passages_of(hits),
+            stable_prefix=self.model.reuses_prompt_prefix,
+        )
         prefix, current = full[:-1], dataclasses.replace(full[-1], pictures=pictures)
         model = self.model
         if self.vision_model is not None and any(m.pictures for m in (*history, current)):
@@ -311,7 +352,7 @@ class DialogManager:
             messages, input_tokens = await fit_to_window(
                 model, prefix, plain, current, reserve=options.max_tokens or 0
             )
-        return _Prompt(template, messages, options, input_tokens, model, request, pictures)
+        return _Prompt(template, messages, options, input_tokens, model, request, pictures, hits)
 
     async def _reply(
         self,
@@ -369,7 +410,7 @@ class DialogManager:
                 task = asyncio.get_running_loop().create_task(save, context=context)
                 saved = await asyncio.shield(task)
         if status == "complete":
-            yield FinalText(response.text)
+            yield FinalText(response.text, sources=sources_line(prompt.hits, response.text))
             if not saved:
                 yield Notice(
                     "This reply was not saved (the conversation store is unavailable), so the "
@@ -401,6 +442,12 @@ class DialogManager:
         if prompt.pictures:
             asked["pictures"] = picture_refs(prompt.pictures)
             meta["model"] = prompt.model.name
+        if prompt.hits:  # which passages the reply was given, by their numbers
+            meta["knowledge"] = [
+                {"n": n, "kb": h.kb, "source": h.source, "heading": h.heading,
+                 "chunk": h.chunk_id, "score": round(h.score, 4)}
+                for n, h in enumerate(prompt.hits, 1)
+            ]  # fmt: skip
         turns = (
             Turn("user", prompt.request, meta=asked),
             Turn("assistant", response.text, meta=meta),
@@ -479,6 +526,22 @@ def _message(turn: Turn) -> Message:
     """A stored turn as a model message; a picture turn keeps its references in ``meta``."""
     refs = turn.meta.get("pictures")
     return Message(turn.role, turn.text, {"pictures": refs} if refs else {})
+
+
+def passages_of(hits: Sequence[Hit]) -> list[Passage]:
+    return [Passage(n, h.text, h.source, h.heading) for n, h in enumerate(hits, 1)]
+
+
+_CITATION = re.compile(r"\[(\d{1,2})\]")
+
+
+def sources_line(hits: Sequence[Hit], reply: str) -> str:
+    """``Sources: [1] warranty.md — Warranty; [2] ...``: the passages the reply cites as [n],
+    or all it was given when it cites none (small models rarely do)."""
+    passages = passages_of(hits)
+    cited = {int(n) for n in _CITATION.findall(reply)}
+    shown = [p for p in passages if p.n in cited] or passages
+    return "Sources: " + "; ".join(f"[{p.n}] {p.label}" for p in shown) if shown else ""
 
 
 def _without_pictures(message: Message) -> Message:

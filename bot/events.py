@@ -45,6 +45,9 @@ class FinalText:
 
     text: str
     complete: bool = True
+    #: ``Sources: [1] warranty.md — Warranty; [2] ...`` for a reply grounded in a knowledge
+    #: base: channels show it after the text (not part of ``text``, nor of the stored turn).
+    sources: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ class Recording(TextModel):
     def __init__(self, inner: TextModel) -> None:
         self.inner = inner
         self.name = inner.name
+        self.reuses_prompt_prefix = inner.reuses_prompt_prefix
         self.requests: list[list[Message]] = []
 
     @property

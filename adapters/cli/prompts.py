@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,10 @@ from bot.errors import ConfigError
 from bot.events import Message
 from bot.settings import Settings, load_settings
 from bot.text import terminal_safe
+
+if TYPE_CHECKING:
+    from bot.kb.index import Hit
+    from bot.prompts.template import PromptTemplate
 
 _JSON_UNSAFE = re.compile("[\x7f-\x9f]")
 
@@ -102,6 +106,23 @@ async def _history(settings: Settings, chat: str) -> list[Message]:
     return [Message(t.role, t.text) for t in turns]
 
 
+async def _retrieve(settings: Settings, template: PromptTemplate, message: str) -> list[Hit]:
+    """The passages a turn would get (FMBOT_EMBED_MODEL, FMBOT_KB_DIR)."""
+    from bot.kb.embedders import create_embedder
+    from bot.kb.retrieval import Retriever
+
+    retriever = Retriever(settings.knowledge_dir, create_embedder(settings))
+    try:
+        return await retriever.search(
+            template.knowledge,
+            message,
+            template.knowledge_top_k,
+            template.knowledge_min_score,
+        )
+    finally:
+        await retriever.aclose()
+
+
 @app.command()
 def render(
     name: Annotated[str, typer.Argument(help="Template name (see `fmbot prompts list`).")],
@@ -119,8 +140,9 @@ def render(
     ] = False,
 ) -> None:
     """Print the exact messages a model would be sent for MESSAGE, in order."""
+    from bot.dialog import passages_of
     from bot.prompts.library import PromptLibrary
-    from bot.prompts.render import build_messages
+    from bot.prompts.render import Passage, build_messages, knowledge_placement
     from bot.prompts.variables import coerce_variables, parse_assignments
 
     settings = prompt_settings()
@@ -141,7 +163,23 @@ def render(
             f"{settings.history_messages} at most), NOT trimmed to the model's context window; "
             "a running bot drops the oldest pairs that do not fit"
         )
-    messages = build_messages(template, message, past, variables)
+    passages: list[Passage] = []
+    # Where passages go depends on the model a bot would use (prompt_settings replaced it).
+    stable = Settings().text_model.startswith("local:")
+    if template.knowledge:
+        passages = passages_of(asyncio.run(_retrieve(settings, template, message)))
+        notes.append(
+            f"knowledge: {len(passages)} passage(s) from {', '.join(template.knowledge)} for "
+            f"this message, {knowledge_placement(template, stable)}"
+            + (
+                " (not in the instruction: the local model keeps its cached prompt prefix)"
+                if knowledge_placement(template, False) != knowledge_placement(template, stable)
+                else ""
+            )
+        )
+    messages = build_messages(
+        template, message, past, variables, knowledge=passages, stable_prefix=stable
+    )
     if as_json:
         for note in notes:
             typer.echo(f"note: {note}", err=True)

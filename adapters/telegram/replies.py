@@ -159,7 +159,9 @@ class Replies:
                 elif isinstance(event, FinalText):
                     await waiting.stop()
                     reply.stoppable = False
-                    await preview.finish(event.text)
+                    # The sources as a short last line of the same message.
+                    sources = f"\n\n{event.sources}" if event.sources else ""
+                    await preview.finish(event.text + sources)
                     finished = True
                 elif isinstance(event, Notice):
                     await waiting.stop()

@@ -46,6 +46,9 @@ class TextModel(abc.ABC):
     #: estimate, as services count pictures by their own rules (Gemma 3: 256 tokens;
     #: Qwen2.5-VL: ~2,300 at 1568×1176; GPT-4o: ~1,100).
     picture_tokens: int = 1500
+    #: The model keeps the previous prompt's computed state and reuses its common prefix (the
+    #: local one): what changes every turn (retrieved passages) belongs after that prefix.
+    reuses_prompt_prefix: bool = False
 
     @property
     @abc.abstractmethod

@@ -97,6 +97,8 @@ class _Prompt:
 class LocalModel(TextModel):
     """A GGUF chat model run in-process by llama-cpp-python."""
 
+    reuses_prompt_prefix = True  # llama.cpp keeps the KV cache of the previous prompt
+
     def __init__(
         self,
         path: Path,

@@ -16,12 +16,13 @@ from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
 
 from bot.errors import PromptError
-from bot.prompts.render import RenderError, environment, render_text
+from bot.prompts.render import Passage, RenderError, environment, render_text
 from bot.prompts.source import TEMPLATE_SUFFIXES, SourceMap, is_template_file, parse_file
 from bot.prompts.template import PromptTemplate
 
 _TEXT_FIELDS = ("instruction", "task")
 _SAMPLE_MESSAGE = "sample message"
+_SAMPLE_PASSAGE = Passage(1, "sample passage", "sample.md", "Sample")
 _MISSING = "no such file or directory; give a template file or a directory of them"
 #: Stand-ins for required fields that are invalid or missing (already reported), so the
 #: other fields can still be checked; an empty text renders without problems.
@@ -89,6 +90,8 @@ def _render_problems(
 
     Fields in ``skip`` (syntax errors, already reported) are not rendered."""
     values: dict[str, object] = dict(template.variables)
+    if template.knowledge:
+        values["knowledge"] = [_SAMPLE_PASSAGE]  # what a turn passes: see build_messages
     fields = (
         ("instruction", template.instruction, values),
         ("task", template.task, {**values, "message": _SAMPLE_MESSAGE}),

@@ -57,7 +57,7 @@ class DialogHandler:
             async with contextlib.aclosing(self.manager.handle(incoming)) as stream:
                 async for event in stream:
                     if isinstance(event, FinalText):
-                        events.append(final_event(event.text, event.complete))
+                        events.append(final_event(event.text, event.complete, event.sources))
                     elif isinstance(event, Notice):
                         events.append({"kind": "notice", "text": event.text, "level": event.kind})
                     elif isinstance(event, ImageReply):
@@ -79,8 +79,11 @@ class DialogHandler:
         await self.store.publish(*commands)
 
 
-def final_event(text: str, complete: bool) -> dict[str, Any]:
-    return {"kind": "final", "text": text, "complete": complete}
+def final_event(text: str, complete: bool, sources: str = "") -> dict[str, Any]:
+    event: dict[str, Any] = {"kind": "final", "text": text, "complete": complete}
+    if sources:
+        event["sources"] = sources
+    return event
 
 
 def journal_manager(manager: DialogManager, settings: Settings, prefix: str) -> None:
