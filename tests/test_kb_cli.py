@@ -129,3 +129,47 @@ def test_another_embedder_is_refused_naming_both(tmp_path: Path) -> None:
     bad = fmbot(tmp_path, "search", "shop", "warranty", FMBOT_EMBED_MODEL="word2vec")
     assert bad.returncode == 2
     one_line_error(bad, "FMBOT_EMBED_MODEL", "local:e5")
+
+
+def test_prompts_render_shows_the_passages_and_where_they_go(tmp_path: Path) -> None:
+    docs = write_shop_docs(tmp_path / "docs")
+    assert fmbot(tmp_path, "add", "support", str(docs)).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "OPENAI_"))}
+    env |= {"FMBOT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [FMBOT, "prompts", "render", "support", "-m", "Как вернуть товар и получить деньги?"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    first, *_ = done.stdout.splitlines()
+    assert first == (
+        "# knowledge: 4 passage(s) from support for this message, in the user message, "
+        "where the task places {{ knowledge }}"
+    )
+    user = done.stdout.split("[2] user\n", 1)[1]
+    assert user.startswith("Passages:\n\n[1] returns.html — Returns\nYou can return an item")
+    assert user.rstrip().endswith("Question: Как вернуть товар и получить деньги?")
+
+
+def test_bench_prints_every_figure(tmp_path: Path) -> None:
+    done = fmbot(tmp_path, "bench", "--sizes", "300,600", "--queries", "10", "--paragraphs", "5")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("retrieval: k=4, 384 dimensions, synthetic unit vectors")
+    figures = [line.split(":", 1)[0].strip() for line in lines[1:]]
+    assert figures == [
+        "300 chunks",
+        "600 chunks",
+        "query embedding (local",
+        "indexing (local",
+    ]
+    for line in lines[1:3]:
+        p50, p99 = (float(x.split()[-2]) for x in line.split(":", 1)[1].split(","))
+        assert 0 < p50 <= p99
+    assert lines[-1].endswith(" chunks)") and "chunks/s" in lines[-1]
+    assert not list((tmp_path / "home").glob("kb/*"))  # nothing left behind
+    bad = fmbot(tmp_path, "bench", "--sizes", "ten")
+    one_line_error(bad, "--sizes", "10000,100000")

@@ -199,3 +199,53 @@ def remove(
         _echo(f"Removed {len(gone)} file(s) from {name}.")
 
     asyncio.run(go())
+
+
+@app.command()
+def bench(
+    sizes: Annotated[
+        str, typer.Option("--sizes", help="Knowledge base sizes to search, in chunks.")
+    ] = "10000,100000",
+    queries: Annotated[
+        int, typer.Option("--queries", min=10, max=100_000, help="Searches per size.")
+    ] = 200,
+    paragraphs: Annotated[
+        int, typer.Option("--paragraphs", min=1, help="Paragraphs indexed for throughput.")
+    ] = 100,
+) -> None:
+    """Retrieval latency (p50/p99, synthetic 384-dimension vectors, query embedding excluded),
+    query embedding time and indexing throughput of FMBOT_EMBED_MODEL."""
+    from bot.errors import ConfigError
+    from bot.kb import bench as kb_bench
+    from bot.kb.embedders import create_embedder
+
+    try:
+        chunk_counts = kb_bench.parse_sizes(sizes)
+    except ValueError:
+        raise ConfigError("--sizes", sizes, "give chunk counts, e.g. 10000,100000") from None
+    settings = kb_settings()
+
+    async def go() -> None:
+        _echo(
+            f"retrieval: k={kb_bench.TOP_K}, {kb_bench.DIMENSION} dimensions, synthetic unit "
+            f"vectors, {queries} searches each, query embedding excluded"
+        )
+        for count in chunk_counts:
+            latency = await kb_bench.retrieval(count, queries)
+            _echo(f"  {count:>9,} chunks: p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms")
+        embedder = create_embedder(settings)
+        try:
+            latency = await kb_bench.query_embedding(embedder, queries)
+            _echo(
+                f"query embedding ({embedder.name}): p50 {latency.p50_ms:.1f} ms, "
+                f"p99 {latency.p99_ms:.1f} ms"
+            )
+            chunks, rate = await kb_bench.indexing(embedder, paragraphs)
+            _echo(
+                f"indexing ({embedder.name}; read, chunk, embed, store): {rate:.0f} chunks/s "
+                f"({chunks} chunks)"
+            )
+        finally:
+            await embedder.aclose()
+
+    asyncio.run(go())
