@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from bot.errors import ConfigError
 from bot.kb.embedders import (
     OPENAI_BATCH,
+    YANDEX_CONCURRENCY,
     Embedder,
     LocalE5Embedder,
     OpenAIEmbedder,
@@ -18,7 +24,7 @@ from bot.kb.embedders import (
     create_embedder,
 )
 from bot.settings import Settings, load_settings
-from tests.fakes import FakeOpenAI, FakeYandex
+from tests.fakes import FakeOpenAI, FakeYandex, Fault
 from tests.fakes.openai_server import EMBEDDING_DIM as OPENAI_DIM
 from tests.fakes.openai_server import fake_embedding as openai_embedding
 from tests.fakes.yandex_server import EMBEDDING_DIM as YANDEX_DIM
@@ -162,3 +168,42 @@ async def test_openai_embeds_in_batches_on_the_configured_server(openai: FakeOpe
     sizes = sorted(len(r.body["input"]) for r in openai.requests)
     assert sizes == [1, 6, OPENAI_BATCH]
     assert {r.body["model"] for r in openai.requests} == {"embed-test"}
+
+
+@dataclass
+class CountingYandex(FakeYandex):
+    """Answers embeddings slowly and counts how many are in progress at once."""
+
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    async def _do_embedding(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            return await super()._do_embedding(request, body)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_yandex_requests_are_bounded_and_a_rate_limit_is_waited_out() -> None:
+    async with CountingYandex() as fake:
+        fake.inject(Fault("status", status=429, retry_after=0.3), path=EMBEDDING, times=1)
+        settings = Settings(
+            FMBOT_EMBED_MODEL="yandex:text-search-doc/latest",
+            YANDEX_API_KEY=fake.api_key,
+            YANDEX_FOLDER_ID=fake.folder_id,
+            YANDEX_FM_URL=fake.llm_url,
+        )
+        texts = [f"passage {i}" for i in range(3 * YANDEX_CONCURRENCY)]
+        started = time.monotonic()
+        async with asyncio.timeout(30):
+            docs, _, _ = await embed_all(settings, YandexEmbedder, texts, "q")
+        elapsed = time.monotonic() - started
+    doc_uri = f"emb://{fake.folder_id}/text-search-doc/latest"
+    assert docs == [yandex_embedding(t, doc_uri) for t in texts]  # the 429'd one too
+    # Concurrent, but never more than the bound (the rate-limited request keeps its slot while
+    # it waits, so the others ran 3 at a time).
+    assert 1 < fake.most_in_flight <= YANDEX_CONCURRENCY
+    assert elapsed >= 0.3  # the Retry-After was honoured
