@@ -4,6 +4,7 @@ Real SQLite + sqlite-vec, the real e5 model; the echo model shows what the model
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from adapters.telegram import TelegramApp, TelegramSettings
+from adapters.telegram.runner import Runner
 from bot.dialog import DialogManager
 from bot.errors import PromptError
 from bot.events import FinalText, Incoming, Message, Notice, ReplyEvent
@@ -26,7 +29,8 @@ from bot.prompts.loader import check_template, load_template
 from bot.prompts.render import Passage, build_messages
 from bot.stores import open_store
 from bot.stores.base import DialogStore
-from tests.doubles import Recording
+from tests.doubles import Recording, Scripted
+from tests.fakes.telegram_server import FakeTelegram
 from tests.kb_files import write_shop_docs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,3 +284,28 @@ def test_console_shows_the_sources_line(tmp_path: Path) -> None:
     assert lines[0] == "echo: Passages:"  # the shipped support template, with its passages
     assert "[1] warranty.md — Warranty > Claims" in done.stdout
     assert lines[-1].startswith("Sources: [1] warranty.md — Warranty > Claims; [2] ")
+
+
+async def test_telegram_ends_the_reply_with_a_sources_line(
+    tmp_path: Path, kb_dir: Path, store: DialogStore
+) -> None:
+    template(tmp_path, "instruction: x\nknowledge_top_k: 2\n")
+    reply = Scripted(["The warranty lasts **two years** [1]."])
+    manager = grounded(tmp_path, store, reply, Retriever(kb_dir, LocalE5Embedder()))
+    async with FakeTelegram() as fake:
+        settings = TelegramSettings(
+            _env_file=None, TELEGRAM_BOT_TOKEN=fake.token, TELEGRAM_API_URL=fake.base_url
+        )
+        runner = Runner(TelegramApp(manager, settings), polling_timeout=1)
+        task = asyncio.create_task(runner.run_polling(handle_signals=False))
+        try:
+            alice = fake.user(1002, "Alice")
+            chat = fake.private_chat(alice)
+            fake.push_text(chat, alice, "How long is the warranty?")
+            await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 30)
+        finally:
+            runner.request_stop()
+            await asyncio.wait_for(task, 15)
+    text = fake.bot_messages(chat["id"])[0]["text"]
+    assert text.startswith("The warranty lasts two years [1].\n\nSources: [1] warranty.md — ")
+    assert "[2]" not in text.split("Sources:")[1]  # only the cited passage
