@@ -16,13 +16,16 @@ FMBOT = str(Path(sys.executable).parent / "fmbot")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fmbot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_fmbot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "OPENAI_"))}
     # PYTHONPATH: the entry point runs this tree's code, not the installed checkout's.
     full = base | {"FMBOT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)} | env
-    return subprocess.run(
-        [FMBOT, "kb", *args], env=full, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([FMBOT, *args], env=full, capture_output=True, text=True, timeout=120)
+
+
+def fmbot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``fmbot kb ARGS``."""
+    return run_fmbot(tmp_path, "kb", *args, **env)
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], *parts: str) -> None:
@@ -134,14 +137,8 @@ def test_another_embedder_is_refused_naming_both(tmp_path: Path) -> None:
 def test_prompts_render_shows_the_passages_and_where_they_go(tmp_path: Path) -> None:
     docs = write_shop_docs(tmp_path / "docs")
     assert fmbot(tmp_path, "add", "support", str(docs)).returncode == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "OPENAI_"))}
-    env |= {"FMBOT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [FMBOT, "prompts", "render", "support", "-m", "Как вернуть товар и получить деньги?"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run_fmbot(
+        tmp_path, "prompts", "render", "support", "-m", "Как вернуть товар и получить деньги?"
     )
     assert done.returncode == 0, done.stderr
     first, *_ = done.stdout.splitlines()
@@ -173,3 +170,22 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     assert not list((tmp_path / "home").glob("kb/*"))  # nothing left behind
     bad = fmbot(tmp_path, "bench", "--sizes", "ten")
     one_line_error(bad, "--sizes", "10000,100000")
+
+
+def test_prompts_check_notes_knowledge_bases_not_built_yet(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "faq.yaml").write_text(
+        "name: faq\ninstruction: x\nknowledge: [shop, faq]\n", encoding="utf-8"
+    )
+    docs = write_shop_docs(tmp_path / "docs")
+    assert fmbot(tmp_path, "add", "shop", str(docs / "warranty.md")).returncode == 0
+    done = run_fmbot(tmp_path, "prompts", "check", str(prompts))
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.splitlines()[1:] == [
+        f"note: {prompts / 'faq.yaml'} uses knowledge base 'faq', not built in "
+        f"{tmp_path / 'home' / 'kb'}; build it with: fmbot kb add faq PATH..."
+    ]
+    (prompts / "bad.yaml").write_text("name: bad\ninstruction: x\nknowledge: a/b\n")
+    bad = run_fmbot(tmp_path, "prompts", "check", str(prompts))
+    assert bad.returncode == 1 and "not a knowledge base name" in bad.stdout

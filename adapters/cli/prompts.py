@@ -92,6 +92,24 @@ def check(
         )
         raise typer.Exit(1)
     typer.echo(f"OK: {len(report.templates)} template(s) in {where}.")
+    _knowledge_notes(report.templates)
+
+
+def _knowledge_notes(templates: list[PromptTemplate]) -> None:
+    """Knowledge bases the templates name that are not built (yet): a note, not a problem, as
+    templates are often checked where no knowledge base is (CI)."""
+    from bot.kb.index import kb_file
+
+    directory = prompt_settings().knowledge_dir
+    for template in templates:
+        for name in template.knowledge:
+            if not kb_file(directory, name).is_file():
+                typer.echo(
+                    terminal_safe(
+                        f"note: {template.source or template.name} uses knowledge base {name!r}, "
+                        f"not built in {directory}; build it with: fmbot kb add {name} PATH..."
+                    )
+                )
 
 
 async def _history(settings: Settings, chat: str) -> list[Message]:
