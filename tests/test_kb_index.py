@@ -275,3 +275,24 @@ async def test_searches_run_concurrently_with_indexing(tmp_path: Path, e5: Embed
     finally:
         await writer.aclose()
         await reader.aclose()
+
+
+def test_docx_headings_and_paragraphs(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Handbook", level=1)
+    document.add_paragraph("Welcome to the shop.")
+    document.add_heading("Returns", level=2)
+    document.add_paragraph("Thirty days, with the receipt.")
+    document.add_heading("Payment", level=1)
+    document.add_paragraph("Cards and cash.")
+    document.save(str(tmp_path / "handbook.docx"))
+    assert read_blocks(tmp_path / "handbook.docx") == [
+        Block(("Handbook",), "Welcome to the shop."),
+        Block(("Handbook", "Returns"), "Thirty days, with the receipt."),
+        Block(("Payment",), "Cards and cash."),
+    ]
+    (tmp_path / "fake.docx").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(KnowledgeError, match="not a Word document"):
+        read_blocks(tmp_path / "fake.docx")

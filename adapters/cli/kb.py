@@ -46,7 +46,7 @@ def add(
     name: Annotated[str, typer.Argument(help=KB_HELP)],
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (read recursively).")],
 ) -> None:
-    """Index .md, .txt, .rst, .html/.htm and .pdf files into knowledge base NAME.
+    """Index .md, .txt, .rst, .html/.htm, .pdf and .docx files into knowledge base NAME.
 
     Unchanged files are skipped, changed ones indexed again. Exits 1 when nothing could be
     indexed.

@@ -1,4 +1,5 @@
-"""Documents to passages: text from ``.md``, ``.txt``, ``.rst``, ``.html``/``.htm`` and ``.pdf``,
+"""Documents to passages: text from ``.md``, ``.txt``, ``.rst``, ``.html``/``.htm``, ``.pdf`` and
+``.docx``,
 split along their structure (headings, paragraphs) into chunks of a token budget with overlap.
 
 A chunk never crosses a heading: it keeps the path of headings above it (``Returns > Refunds``)
@@ -18,7 +19,7 @@ from pathlib import Path
 from bot.errors import KnowledgeError
 
 #: Suffixes ``fmbot kb add`` reads.
-SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".html", ".htm", ".pdf")
+SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".html", ".htm", ".pdf", ".docx")
 #: Tokens per chunk and carried over between neighbours. e5 reads at most 512 tokens; shorter
 #: chunks make sharper vectors and shorter prompts.
 CHUNK_TOKENS = 220
@@ -60,6 +61,8 @@ def read_blocks(path: Path) -> list[Block]:
         raise KnowledgeError(f"not a supported type (use {', '.join(SUFFIXES)})")
     if suffix == ".pdf":
         return _pdf_blocks(path)
+    if suffix == ".docx":
+        return _docx_blocks(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -342,4 +345,38 @@ def _pdf_blocks(path: Path) -> list[Block]:
     blocks: list[Block] = []
     for number, page in enumerate(pages, 1):
         blocks.extend(_paragraph_blocks((f"page {number}",), page))
+    return blocks
+
+
+_DOCX_HEADING = re.compile(r"^(?:Heading|Заголовок)\s*(\d)$|^Title$")
+
+
+def _docx_blocks(path: Path) -> list[Block]:
+    """Paragraphs of a Word document; its heading styles (``Heading 1``..) are the headings."""
+    import zipfile
+
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(str(path))
+    except OSError as exc:
+        raise KnowledgeError(f"cannot be read ({exc.strerror or exc})") from exc
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise KnowledgeError("is not a Word document python-docx can read") from exc
+    blocks: list[Block] = []
+    stack: list[tuple[int, str]] = []
+    for paragraph in document.paragraphs:
+        text = " ".join(paragraph.text.split())
+        if not text:
+            continue
+        style = paragraph.style.name if paragraph.style is not None else ""
+        match = _DOCX_HEADING.match(style or "")
+        if match:
+            level = int(match[1]) if match[1] else 0
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, text))
+        else:
+            blocks.append(Block(tuple(t for _, t in stack), text))
     return blocks
