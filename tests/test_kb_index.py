@@ -296,3 +296,20 @@ def test_docx_headings_and_paragraphs(tmp_path: Path) -> None:
     (tmp_path / "fake.docx").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(KnowledgeError, match="not a Word document"):
         read_blocks(tmp_path / "fake.docx")
+
+
+async def test_a_damaged_index_is_one_clear_error(tmp_path: Path, e5: Embedder) -> None:
+    docs = write_shop_docs(tmp_path / "docs")
+    kb = await KnowledgeBase.open(tmp_path, "shop", create=True)
+    await kb.add([docs / "warranty.md"], e5)
+    await kb.aclose()
+    path = tmp_path / "shop.sqlite"
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\x00garbage" * ((len(data) - 4096) // 8) + b"\x00" * ((len(data) - 4096) % 8)
+    path.write_bytes(bytes(data))
+    with pytest.raises(KnowledgeError, match=r"'shop'.*fmbot kb remove shop"):
+        reader = await KnowledgeBase.open(tmp_path, "shop", readonly=True)
+        try:
+            await reader.search(await e5.embed_query("warranty"), 2)
+        finally:
+            await reader.aclose()

@@ -159,7 +159,16 @@ class KnowledgeBase:
 
     async def _call(self, fn: Callable[[], T]) -> T:
         async with self._lock:
-            return await asyncio.to_thread(fn)
+            try:
+                return await asyncio.to_thread(fn)
+            except _sqlite_module().Error as exc:
+                # A damaged file, a full disk, a lock held too long: one line that says what to
+                # do, never a traceback in a chat or a terminal.
+                raise KnowledgeError(
+                    f"Knowledge base {self.name!r} ({self.path}) failed: {exc}. If it persists, "
+                    f"build it again: fmbot kb remove {self.name}, then fmbot kb add "
+                    f"{self.name} PATH..."
+                ) from exc
 
     def _connect(self) -> None:
         module = _sqlite_module()
@@ -218,10 +227,8 @@ class KnowledgeBase:
     # --- the embedder ---
 
     def _meta(self) -> dict[str, str]:
-        try:
-            rows = self._db().execute("SELECT key, value FROM meta").fetchall()
-        except sqlite3.Error:  # an empty file opened read-only: no tables yet
-            return {}
+        # The writer creates the tables as it opens the file: an error here is a damaged file.
+        rows = self._db().execute("SELECT key, value FROM meta").fetchall()
         return {str(k): str(v) for k, v in rows}
 
     async def embedder_info(self) -> tuple[str, int] | None:
