@@ -160,11 +160,19 @@ async def test_add_search_and_incremental_updates(tmp_path: Path, e5: Embedder) 
         )
         changed = await kb.add([docs], e5)
         assert (changed.added, changed.updated, changed.unchanged) == (0, 1, 2)
-        hits = await kb.search(await e5.embed_query("parcel delivery days"), 10)
+        query_vector = await e5.embed_query("parcel delivery days")
+        hits = await kb.search(query_vector, 10)
         texts = " ".join(h.text for h in hits if h.source == "warranty.md")
         assert texts == "The warranty now lasts five years."  # the old chunks are gone
         info = await kb.info()
         assert (info.embedder, info.dimension, info.files) == ("local:e5", 384, 3)
+
+        (docs / "returns.html").unlink()  # a folder added again is mirrored
+        pruned = await kb.add([docs], e5)
+        assert pruned.line() == "0 added, 0 updated, 2 unchanged, 1 skipped, 1 removed"
+        assert "returns.html" not in {h.source for h in await kb.search(query_vector, 10)}
+        (docs / "returns.html").write_text(RETURNS_HTML, encoding="utf-8")
+        assert (await kb.add([docs], e5)).added == 1
 
         assert await kb.remove([docs / "care.pdf"]) == [str((docs / "care.pdf").resolve())]
         assert (await kb.info()).files == 2

@@ -92,7 +92,7 @@ def add(
         if not indexed and new:
             delete(directory, name)  # leave no empty knowledge base behind
         _echo(f"{summary.line()} ({summary.chunks} chunks in {summary.seconds:.1f} s) -> {name}")
-        if not indexed:
+        if not indexed and not summary.removed:
             raise typer.Exit(1)
 
     asyncio.run(go())

@@ -81,14 +81,16 @@ class AddSummary:
     updated: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    removed: int = 0  # indexed files gone from a folder given again
     chunks: int = 0
     seconds: float = 0.0
 
     def line(self) -> str:
-        return (
+        line = (
             f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
             f"{len(self.skipped)} skipped"
         )
+        return line + (f", {self.removed} removed" if self.removed else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +303,8 @@ class KnowledgeBase:
                 summary.added += 1
             else:
                 summary.updated += 1
+        folders = [p for p in paths if p.is_dir()]
+        summary.removed = len(await self._call(partial(self._prune, folders)))
         if progress:
             progress(len(sources), len(sources), "")
         summary.seconds = time.perf_counter() - started
@@ -368,22 +372,39 @@ class KnowledgeBase:
         db.execute("DELETE FROM chunks WHERE path = ?", (path,))
         db.execute("DELETE FROM files WHERE path = ?", (path,))
 
+    def _indexed_under(self, db: sqlite3.Connection, given: Path) -> list[str]:
+        """Indexed files that are ``given`` or under it."""
+        target = str(given.resolve())
+        rows = db.execute(
+            "SELECT path FROM files WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+            (target, _like_prefix(target.rstrip(os.sep) + os.sep)),
+        ).fetchall()
+        return [str(path) for (path,) in rows]
+
+    def _prune(self, folders: Sequence[Path]) -> list[str]:
+        """Forget the files of ``folders`` deleted since they were indexed: a folder added
+        again is mirrored."""
+        db = self._db()
+        with db:
+            gone = [
+                path
+                for folder in folders
+                for path in self._indexed_under(db, folder)
+                if not Path(path).exists()
+            ]
+            for path in gone:
+                self._delete_file(db, path)
+        return gone
+
     async def remove(self, paths: Sequence[Path]) -> list[str]:
         """Forget files (a folder: every file under it); returns the paths forgotten."""
 
         def go() -> list[str]:
             db = self._db()
-            gone: list[str] = []
             with db:
-                for given in paths:
-                    target = str(given.resolve())
-                    rows = db.execute(
-                        "SELECT path FROM files WHERE path = ? OR path LIKE ? ESCAPE '\\'",
-                        (target, _like_prefix(target.rstrip(os.sep) + os.sep)),
-                    ).fetchall()
-                    for (path,) in rows:
-                        self._delete_file(db, path)
-                        gone.append(path)
+                gone = [path for given in paths for path in self._indexed_under(db, given)]
+                for path in gone:
+                    self._delete_file(db, path)
             return gone
 
         return await self._call(go)
