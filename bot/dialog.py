@@ -284,7 +284,8 @@ class DialogManager:
             return ()
         if self.retriever is None:
             raise KnowledgeError(
-                f"Template {template.name!r} uses knowledge bases, but this bot has none set up."
+                f"Template {template.name!r} answers from knowledge bases, which this bot was "
+                "started without; choose another template with /mode."
             )
         query = text
         if len(text.split()) <= FOLLOW_UP_WORDS:

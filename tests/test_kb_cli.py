@@ -101,12 +101,14 @@ def test_english_question_finds_a_russian_passage_in_a_shared_folder(tmp_path: P
         (("remove", "nope"), ("no knowledge base 'nope'",)),
         (("list", "nope"), ("no knowledge base 'nope'",)),
         (("add", "bad/name", "."), ("not a knowledge base name",)),
+        (("add", "shop", "."), ("FMBOT_KB_DIR to a writable folder",)),
     ],
 )
 def test_mistakes_are_one_clear_line(
     tmp_path: Path, args: tuple[str, ...], parts: tuple[str]
 ) -> None:
-    one_line_error(fmbot(tmp_path, *args), *parts)
+    (tmp_path / "file").write_text("not a folder")  # FMBOT_KB_DIR cannot be created under it
+    one_line_error(fmbot(tmp_path, *args, FMBOT_KB_DIR=str(tmp_path / "file" / "kb")), *parts)
 
 
 def test_nothing_indexable_exits_non_zero_and_leaves_no_base(tmp_path: Path) -> None:

@@ -177,7 +177,13 @@ class KnowledgeBase:
         if self.readonly:
             target, uri = f"file:{self.path}?mode=ro", True
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KnowledgeError(
+                    f"Cannot create {self.path.parent} for knowledge bases ({exc.strerror}): "
+                    "set FMBOT_KB_DIR to a writable folder."
+                ) from exc
             target, uri = str(self.path), False
         try:
             conn = cast(
