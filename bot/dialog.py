@@ -539,10 +539,26 @@ _CITATION = re.compile(r"\[(\d{1,2})\]")
 def sources_line(hits: Sequence[Hit], reply: str) -> str:
     """``Sources: [1] warranty.md — Warranty; [2] ...``: the passages the reply cites as [n],
     or all it was given when it cites none (small models rarely do)."""
-    passages = passages_of(hits)
+    return _sources([(p.n, p.label) for p in passages_of(hits)], reply)
+
+
+def stored_sources(turn: Turn) -> str:
+    """The sources line of a stored reply (its ``knowledge`` meta), for a reply sent again."""
+    used = turn.meta.get("knowledge")
+    if not isinstance(used, list):
+        return ""
+    labels = []
+    for item in used:
+        if isinstance(item, dict) and isinstance(item.get("n"), int):
+            passage = Passage(item["n"], "", str(item.get("source")), str(item.get("heading")))
+            labels.append((passage.n, passage.label))
+    return _sources(labels, turn.text)
+
+
+def _sources(labels: Sequence[tuple[int, str]], reply: str) -> str:
     cited = {int(n) for n in _CITATION.findall(reply)}
-    shown = [p for p in passages if p.n in cited] or passages
-    return "Sources: " + "; ".join(f"[{p.n}] {p.label}" for p in shown) if shown else ""
+    shown = [(n, label) for n, label in labels if n in cited] or labels
+    return "Sources: " + "; ".join(f"[{n}] {label}" for n, label in shown) if shown else ""
 
 
 def _without_pictures(message: Message) -> Message:

@@ -15,7 +15,7 @@ import pytest
 
 from adapters.telegram import TelegramApp, TelegramSettings
 from adapters.telegram.runner import Runner
-from bot.dialog import DialogManager
+from bot.dialog import DialogManager, stored_sources
 from bot.errors import PromptError
 from bot.events import FinalText, Incoming, Message, Notice, ReplyEvent
 from bot.kb.embedders import Embedder, LocalE5Embedder, Vector
@@ -28,7 +28,7 @@ from bot.prompts.library import PromptLibrary
 from bot.prompts.loader import check_template, load_template
 from bot.prompts.render import Passage, build_messages
 from bot.stores import open_store
-from bot.stores.base import DialogStore
+from bot.stores.base import DialogStore, Turn
 from tests.doubles import Recording, Scripted
 from tests.fakes.telegram_server import FakeTelegram
 from tests.kb_files import write_shop_docs
@@ -309,3 +309,19 @@ async def test_telegram_ends_the_reply_with_a_sources_line(
     text = fake.bot_messages(chat["id"])[0]["text"]
     assert text.startswith("The warranty lasts two years [1].\n\nSources: [1] warranty.md — ")
     assert "[2]" not in text.split("Sources:")[1]  # only the cited passage
+
+
+def test_a_stored_reply_sent_again_gets_the_same_sources_line() -> None:
+    meta = {
+        "knowledge": [
+            {"n": 1, "kb": "shop", "source": "warranty.md", "heading": "Warranty"},
+            {"n": 2, "kb": "shop", "source": "returns.html", "heading": ""},
+        ]
+    }
+    assert stored_sources(Turn("assistant", "Two years.", meta=meta)) == (
+        "Sources: [1] warranty.md — Warranty; [2] returns.html"
+    )
+    assert stored_sources(Turn("assistant", "Thirty days [2].", meta=meta)) == (
+        "Sources: [2] returns.html"
+    )
+    assert stored_sources(Turn("assistant", "Hello.")) == ""  # no knowledge: no line

@@ -29,6 +29,7 @@ from adapters.telegram.albums import QueuedAlbums, sorted_items
 from adapters.telegram.app import TelegramApp
 from adapters.telegram.target import Target
 from bot.commands import parse_command
+from bot.dialog import stored_sources
 from bot.errors import StoreError
 from bot.queue import Job, QueueKeys, Worker, current_job
 from bot.queue.journal import JournaledRedisStore
@@ -101,6 +102,8 @@ class TelegramWorker:
                 log.info("job %s: sending the reply a stopped worker had stored", job.id)
                 target = Target.of(update.message)
                 text, complete = replay.reply.text, replay.complete
+                if sources := stored_sources(replay.reply):  # as the first delivery ended
+                    text = f"{text}\n\n{sources}"
                 await self.app.replies.redeliver(target, text, complete=complete)
                 await self._delivered(job)
             else:

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from bot.app import make_limits
-from bot.dialog import DialogManager
+from bot.dialog import DialogManager, stored_sources
 from bot.errors import ConfigError, NotSavedError
 from bot.events import FinalText, ImageReply, Incoming, Notice
 from bot.queue.batch import Command
@@ -46,7 +46,9 @@ class DialogHandler:
             self.skipped += 1
             # Stored, but the worker stopped before publishing it: publish the stored reply.
             if replay.reply is not None and self.publish:
-                await self._publish(job, [final_event(replay.reply.text, replay.complete)])
+                reply = replay.reply
+                sources = stored_sources(reply)
+                await self._publish(job, [final_event(reply.text, replay.complete, sources)])
             return
         p = job.payload
         incoming = Incoming(
