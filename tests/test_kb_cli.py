@@ -131,6 +131,14 @@ def test_another_embedder_is_refused_naming_both(tmp_path: Path) -> None:
         tmp_path, "add", "shop", str(docs), FMBOT_EMBED_MODEL="openai:text-embedding-3-small"
     )
     one_line_error(refused, "local:e5 (384 dimensions)", "FMBOT_EMBED_MODEL=local:e5")
+    # A new base whose embedder fails (no server here) is not left behind empty.
+    failed = fmbot(
+        tmp_path, "add", "other", str(docs), FMBOT_EMBED_MODEL="openai:m",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("fmbot: Could not reach")  # after retries
+    assert not (tmp_path / "home" / "kb" / "other.sqlite").exists()
     bad = fmbot(tmp_path, "search", "shop", "warranty", FMBOT_EMBED_MODEL="word2vec")
     assert bad.returncode == 2
     one_line_error(bad, "FMBOT_EMBED_MODEL", "local:e5")

@@ -77,20 +77,22 @@ def add(
 
     async def go() -> None:
         embedder = create_embedder(settings)
+        files = 0
         try:
             kb = await KnowledgeBase.open(directory, name, create=True)
             try:
                 with bar:
                     summary = await kb.add(paths, embedder, progress)
             finally:
+                files = (await kb.info()).files
                 await kb.aclose()
         finally:
             await embedder.aclose()
+            if new and not files:
+                delete(directory, name)  # leave no empty knowledge base behind, even on errors
         for path, reason in summary.skipped:
             _echo(f"skipped {path}: {reason}", err=True)
         indexed = summary.added + summary.updated + summary.unchanged
-        if not indexed and new:
-            delete(directory, name)  # leave no empty knowledge base behind
         _echo(f"{summary.line()} ({summary.chunks} chunks in {summary.seconds:.1f} s) -> {name}")
         if not indexed and not summary.removed:
             raise typer.Exit(1)
