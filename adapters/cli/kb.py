@@ -77,7 +77,7 @@ def add(
 
     async def go() -> None:
         embedder = create_embedder(settings)
-        files = 0
+        files: int | None = None  # known once the base is open
         try:
             kb = await KnowledgeBase.open(directory, name, create=True)
             try:
@@ -88,7 +88,7 @@ def add(
                 await kb.aclose()
         finally:
             await embedder.aclose()
-            if new and not files:
+            if new and files == 0:
                 delete(directory, name)  # leave no empty knowledge base behind, even on errors
         for path, reason in summary.skipped:
             _echo(f"skipped {path}: {reason}", err=True)
