@@ -37,6 +37,7 @@ SEE_USAGE = "Give a picture file: /see PATH [QUESTION], e.g. /see ~/photos/plant
 class ConsoleChannel:
     def __init__(self, manager: DialogManager, chat: str, home: Path) -> None:
         self.manager = manager
+        manager.channel = "console"
         self.chat = chat
         self.home = home
 

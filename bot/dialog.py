@@ -12,6 +12,7 @@ import contextvars
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -45,6 +46,7 @@ from bot.kb.retrieval import Retriever
 from bot.limits import Limits
 from bot.locks import ChatLocks
 from bot.models.base import GenerationOptions, ImageModel, Response, TextModel
+from bot.observe import metrics
 from bot.pictures import Pictures, picture_refs
 from bot.prompts.library import PromptLibrary
 from bot.prompts.render import Passage, build_messages
@@ -138,6 +140,8 @@ class DialogManager:
         #: Seconds without a first word, while the model finishes other replies, before the
         #: user is told the message is in line.
         self.queued_notice_after = QUEUED_NOTICE_AFTER
+        #: The channel label of this manager's turns in metrics and logs (set by the channel).
+        self.channel = "other"
 
     async def handle(self, incoming: Incoming) -> AsyncGenerator[ReplyEvent, None]:
         """Answer one message. Errors become Notice events; nothing escapes but cancellation."""
@@ -150,12 +154,13 @@ class DialogManager:
                     if command.name in COMMANDS:
                         yield await COMMANDS[command.name](self, incoming, command.arg)
                         return
-                    if refusal := await self._refusal(incoming):
-                        yield refusal
-                        return
-                    async with contextlib.aclosing(self._image(incoming, command.arg)) as evs:
-                        async for event in evs:
-                            yield event
+                    with metrics.Metered(chat, self.channel):
+                        if refusal := await self._refusal(incoming):
+                            yield refusal
+                            return
+                        async with contextlib.aclosing(self._image(incoming, command.arg)) as evs:
+                            async for event in evs:
+                                yield event
                 return
             ticket = self.busy.arrive(incoming)
             try:
@@ -163,15 +168,16 @@ class DialogManager:
                     turn = self.busy.take(ticket)
                     if turn is None:
                         return  # answered together with an earlier message (busy policy)
-                    if refusal := await self._refusal(turn):
-                        yield refusal
-                        return
-                    # aclosing: if our caller stops early, the turn (and the model) stop too.
-                    with self.busy.running(chat) as interrupted:
-                        run = self._turn(turn, interrupted, ticket.context)
-                        async with contextlib.aclosing(run) as events:
-                            async for event in events:
-                                yield event
+                    with metrics.Metered(chat, self.channel):
+                        if refusal := await self._refusal(turn):
+                            yield refusal
+                            return
+                        # aclosing: if our caller stops early, the turn (and the model) stop too.
+                        with self.busy.running(chat) as interrupted:
+                            run = self._turn(turn, interrupted, ticket.context)
+                            async with contextlib.aclosing(run) as events:
+                                async for event in events:
+                                    yield event
             finally:
                 self.busy.leave(ticket)
         except StoreError as exc:
@@ -194,7 +200,10 @@ class DialogManager:
         if self.limits is None or not self.limits.active or incoming.admin:
             return None
         refusal = await self.limits.admit(incoming.user or incoming.chat)
-        return Notice(refusal, "warning") if refusal else None
+        if not refusal:
+            return None
+        metrics.turn_status("limited")
+        return Notice(refusal, "warning")
 
     async def aclose(self) -> None:
         """Close the store and the classifier. Models are shared per process: see registry."""
@@ -240,6 +249,7 @@ class DialogManager:
         image turn), build the prompt, then generate, streamed, and save (:meth:`_reply`). The
         admission (limits) and the busy gate come before, in :meth:`handle`."""
         if incoming.pictures and self.vision_model is None:
+            metrics.turn_status("refused")
             yield Notice(VISION_SETUP_HINT, "warning")  # before any download: nothing can see it
             return
         try:
@@ -256,6 +266,7 @@ class DialogManager:
             history = await self._with_earlier_pictures(incoming.chat, history, bool(pictures))
             prompt = await self._build(template, history, incoming.text, pictures, hits)
         except PictureError as exc:
+            metrics.turn_status("refused")
             yield Notice(str(exc), "warning")  # no model call: the chat goes on
             return
         except (PromptError, ModelError, KnowledgeError) as exc:
@@ -366,8 +377,10 @@ class DialogManager:
         part way: the user saw it) and say how it ended."""
         chat = incoming.chat
         ahead = prompt.model.waiting()  # replies the model finishes before it starts this one
+        started = time.perf_counter()
         response = prompt.model.respond(prompt.messages, prompt.options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
+        failure: ModelError | None = None
         saved = True
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -395,7 +408,7 @@ class DialogManager:
                         break
             status = "stopped" if interrupted.is_set() else "complete"
         except ModelError as exc:
-            status = "interrupted"
+            status, failure = "interrupted", exc
             log.warning("model failed in chat %s: %s", chat, exc)
             if response.text:
                 yield FinalText(response.text, complete=False)
@@ -403,6 +416,14 @@ class DialogManager:
                 f"{exc} The answer was interrupted." if response.text else f"{exc}", "error"
             )
         finally:
+            metrics.reply_ended(
+                prompt.model.name,
+                status,
+                partial=bool(response.text),
+                started=started,
+                first_at=response.first_at,
+                error=failure,
+            )
             # An interrupted turn is stored even if no word came yet: the message was read.
             if status == "complete" or response.text or interrupted.is_set():
                 # Shielded: a cancelled turn still records what the user saw. Run in the context
@@ -464,6 +485,7 @@ class DialogManager:
         except StoreError as exc:
             log.error("could not save a turn of chat %s: %s", incoming.chat, exc)
             return False
+        metrics.tokens(prompt.model.name, usage.input_tokens, usage.output_tokens)
         await self._account(incoming, usage.total_tokens)
         return True
 
@@ -489,6 +511,7 @@ class DialogManager:
         The turn is stored in ``context`` (the newest message's, for a merged turn), with the
         image counted in the same write."""
         if self.image_model is None:
+            metrics.turn_status("refused")
             yield Notice(IMAGE_SETUP_HINT, "warning")
             return
         prompt = request
@@ -505,12 +528,14 @@ class DialogManager:
         try:
             image = await self.image_model.generate_image(prompt)
         except ModelError as exc:
+            metrics.image(self.image_model.name, exc)
             yield Notice(f"The image could not be generated: {exc}", "error")
             return
         meta: dict[str, object] = {"kind": "image", "prompt": prompt, "status": "complete"}
         turns = (Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta))
         save = self.store.append(incoming.chat, *turns, counters={"usage_images": 1})
         await asyncio.get_running_loop().create_task(save, context=context)
+        metrics.image(self.image_model.name)
         yield ImageReply(image.data, image.mime_type, prompt)
 
     # --- /image (the other commands are in bot.commands) ---------------------------------

@@ -23,6 +23,7 @@ from bot.model_spec import (
     check_vision_model_spec,
     check_yandex_credentials,
 )
+from bot.observe.server import parse_metrics_listen
 from bot.redis.connect import check_url
 from bot.urls import grpc_target, mask_url
 
@@ -101,6 +102,8 @@ class Settings(BaseSettings):
     daily_tokens: int = Field(default=0, ge=0, alias="FMBOT_DAILY_TOKENS")
     #: Key of the HMAC that names users in the Redis limit keys (bot.limits.pseudonym).
     pseudonym_key: SecretStr | None = Field(default=None, alias="FMBOT_PSEUDONYM_KEY")
+    #: HOST:PORT serving Prometheus metrics at /metrics; empty: no metrics (bot/observe).
+    metrics_listen: str = Field(default="", alias="FMBOT_METRICS_LISTEN")
 
     # Remote backends (issue 3). Secrets are SecretStr so they never print by accident.
     yandex_api_key: SecretStr | None = Field(default=None, alias="YANDEX_API_KEY")
@@ -156,6 +159,8 @@ class Settings(BaseSettings):
             check_url(self.store_url, "FMBOT_STORE")
         if queue := (self.queue_url or "").strip():
             check_url(queue, "FMBOT_QUEUE_URL")
+        if self.metrics_listen.strip():
+            parse_metrics_listen(self.metrics_listen)
         check_text_model_spec(self.text_model)
         if self.image_model:
             check_image_model_spec(self.image_model)

@@ -51,3 +51,12 @@ def grpc_target(url: str, setting: str) -> tuple[str, bool]:
         raise ConfigError(setting, url, GRPC_ACCEPTED)
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{host}:{port}", parts.scheme == "grpcs"
+
+
+def parse_listen(value: str, setting: str, example: str) -> tuple[str, int]:
+    """``HOST:PORT`` to listen on (``[::1]:PORT``; an empty host is every interface), or a
+    ConfigError naming ``setting``."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(setting, value, f"use HOST:PORT, e.g. {example}")
+    return host.strip("[]") or "0.0.0.0", int(port)

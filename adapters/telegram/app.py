@@ -63,6 +63,7 @@ class TelegramApp:
 
     def __init__(self, manager: DialogManager, settings: TelegramSettings) -> None:
         self.manager = manager
+        manager.channel = "telegram"
         self.settings = settings
         self.bot = make_bot(settings)
         # Whichever process runs a turn (this one, or a queue worker) fetches its pictures.

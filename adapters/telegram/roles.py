@@ -24,6 +24,7 @@ from adapters.telegram.runner import parse_listen, start_bot, stop_on_signals
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.worker import TelegramWorker
 from bot.errors import ConfigError
+from bot.observe.server import serving as metrics_served
 from bot.queue import Ingress, QueueKeys
 from bot.redis.connect import REDIS_SCHEMES, connect
 from bot.settings import REDIS_STORE_SCHEMES, Settings
@@ -65,14 +66,14 @@ async def run_role(
     host, port = parse_listen(listen)
     if webhook is not None and not webhook.startswith("https://"):
         raise ConfigError("--webhook", webhook, "Telegram only delivers to https:// URLs")
-    if role == "ingress":
-        await run_ingress(
-            tg, queue_url(settings), queue_keys(settings), webhook=webhook, host=host, port=port
-        )
-    else:
-        if webhook is not None:
-            raise ConfigError("--webhook", webhook, "only --role ingress or all receive updates")
-        await run_worker(settings, tg, queue_url(settings))
+    if role == "worker" and webhook is not None:
+        raise ConfigError("--webhook", webhook, "only --role ingress or all receive updates")
+    url = queue_url(settings)
+    async with metrics_served(settings.metrics_listen, role):
+        if role == "ingress":
+            await run_ingress(tg, url, queue_keys(settings), webhook=webhook, host=host, port=port)
+        else:
+            await run_worker(settings, tg, url)
 
 
 async def run_ingress(

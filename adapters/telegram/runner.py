@@ -26,7 +26,9 @@ from adapters.telegram.commands import MENU
 from adapters.telegram.redact import redact, secrets_redacted
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.webhook import WebhookHandler
+from bot import urls
 from bot.errors import ConfigError, FmbotError
+from bot.observe.server import serving as metrics_served
 from bot.settings import Settings
 from bot.urls import mask_url
 
@@ -207,10 +209,7 @@ def stop_on_signals(request_stop: Callable[[], None], enabled: bool = True) -> I
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("--listen", value, "use HOST:PORT, e.g. 0.0.0.0:8080")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return urls.parse_listen(value, "--listen", "0.0.0.0:8080")
 
 
 async def run_telegram(
@@ -223,13 +222,14 @@ async def run_telegram(
     host, port = parse_listen(listen)
     if webhook is not None and not webhook.startswith("https://"):
         raise ConfigError("--webhook", webhook, "Telegram only delivers to https:// URLs")
-    manager = await build_manager(settings)
-    try:
-        runner = Runner(TelegramApp(manager, tg))
-        if webhook is None:
-            await runner.run_polling()
-        else:
-            await runner.run_webhook(webhook, host, port)
-    finally:
-        await manager.aclose()
-        await close_models()
+    async with metrics_served(settings.metrics_listen, "all"):
+        manager = await build_manager(settings)
+        try:
+            runner = Runner(TelegramApp(manager, tg))
+            if webhook is None:
+                await runner.run_polling()
+            else:
+                await runner.run_webhook(webhook, host, port)
+        finally:
+            await manager.aclose()
+            await close_models()

@@ -9,6 +9,7 @@ the whole text, like ``llm``'s response objects.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,8 @@ class Response:
         self._parts: list[str] = []
         self._done = False
         self.usage: Usage | None = None
+        #: ``time.perf_counter()`` when the first text arrived (metrics: time to first token).
+        self.first_at: float | None = None
 
     @property
     def text(self) -> str:
@@ -108,6 +111,8 @@ class Response:
                     self.usage = chunk
                 elif chunk:
                     chunk = clean(chunk)  # a JSON "\ud800" escape decodes to a lone surrogate
+                    if not self._parts:
+                        self.first_at = time.perf_counter()
                     self._parts.append(chunk)
                     yield chunk
             self._done = True

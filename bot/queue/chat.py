@@ -35,6 +35,7 @@ class DialogHandler:
         if not isinstance(manager.store, JournaledRedisStore):
             raise TypeError("DialogHandler needs a manager on a JournaledRedisStore")
         self.manager = manager
+        manager.channel = "queue"  # the generic channel: replies published to Redis
         self.store: JournaledRedisStore = manager.store
         manager.raise_store_errors = True  # the job stays queued and is run again (see Worker)
         self.keys = keys

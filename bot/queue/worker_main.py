@@ -23,19 +23,25 @@ import sys
 from bot.app import build_manager
 from bot.errors import ConfigError
 from bot.models.registry import close_models
+from bot.observe.server import serving as metrics_served
 from bot.queue.chat import DialogHandler, journal_manager
 from bot.queue.keys import QueueKeys
 from bot.queue.partition import Tuning
 from bot.queue.worker import Worker
 from bot.redis import connect
 from bot.runtime import run_server
-from bot.settings import load_settings
+from bot.settings import Settings, load_settings
 
 log = logging.getLogger("bot.queue")
 
 
 async def serve() -> None:
     settings = load_settings()
+    async with metrics_served(settings.metrics_listen, "worker"):
+        await _serve(settings)
+
+
+async def _serve(settings: Settings) -> None:
     keys = QueueKeys.from_settings(settings)
     lease_ms = settings.queue_lease_ms
     manager = await build_manager(settings)

@@ -1,0 +1,380 @@
+"""Prometheus metrics (issue 20): ``FMBOT_METRICS_LISTEN`` serves ``GET /metrics`` from every
+process role; the families count turns, model calls, failures and tokens with low-cardinality
+labels. Every test scrapes over HTTP and parses with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from bot.dialog import DialogManager
+from bot.errors import ConfigError
+from bot.events import Incoming
+from bot.models.http import RetryPolicy, Timeouts
+from bot.models.openai_compat import OpenAIConnection, OpenAITextModel
+from bot.observe import metrics
+from bot.observe.server import serving
+from bot.prompts.library import PromptLibrary
+from bot.queue import QueueKeys
+from bot.settings import load_settings
+from bot.stores.memory import MemoryStore
+from tests.conftest import free_port
+from tests.fakes import FakeOpenAI, Fault
+from tests.fakes.telegram_server import FakeTelegram
+from tests.test_telegram_roles import base_env, exited, fmbot
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = ROOT / "prompts"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int) -> Samples:
+    """Every sample of ``GET /metrics``, keyed by name and labels."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample's value; 0 when the series does not exist (yet)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape_until(
+    port: int, name: str, at_least: float, within: float, **labels: str
+) -> Samples:
+    """Scrape until the series reaches ``at_least`` (a process counts after it replies)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            samples = await scrape(port)
+        except aiohttp.ClientConnectionError:
+            samples = {}  # not listening yet
+        if value(samples, name, **labels) >= at_least:
+            return samples
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{name}{labels} stayed below {at_least}: {value(samples, name, **labels)}")
+        await asyncio.sleep(0.1)
+
+
+def no_user_ids(samples: Samples, *ids: str) -> None:
+    """Labels never carry a chat or user id."""
+    for _, labels in samples:
+        for _, label in labels:
+            assert not any(i in label for i in ids), label
+
+
+@pytest.fixture
+async def fake_tg() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("TELEGRAM_", "FMBOT_", "OPENAI_", "YANDEX_")):
+            monkeypatch.delenv(name)
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["9100", "host:", "host:70000", "localhost:http"])
+def test_a_bad_listen_address_is_a_config_error_naming_the_setting(
+    bad: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None, FMBOT_HOME=str(tmp_path), FMBOT_METRICS_LISTEN=bad)
+    assert "FMBOT_METRICS_LISTEN" in str(caught.value)
+    assert "HOST:PORT" in str(caught.value)
+
+
+async def test_a_port_in_use_is_a_config_error_and_metrics_stay_off() -> None:
+    port = free_port()
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)
+    try:
+        with pytest.raises(ConfigError, match="FMBOT_METRICS_LISTEN"):
+            async with serving(f"127.0.0.1:{port}", "worker"):
+                pass
+        assert not metrics.enabled()
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
+
+
+async def test_only_get_metrics_is_served() -> None:
+    port = free_port()
+    async with serving(f"127.0.0.1:{port}", "all"):
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                assert response.status == 404
+            async with session.post(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 405
+        # A client that never finishes its request does not hold the server up.
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metr")
+        assert "fmbot_turns_total" not in str(await scrape(port))  # no turn yet: no series
+        writer.close()
+
+
+# --- in-process: what the dialog manager counts ----------------------------------------------
+
+
+FAST_RETRY = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.02, jitter=0.01)
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[int]:
+    port = free_port()
+    async with serving(f"127.0.0.1:{port}", "console"):
+        yield port
+
+
+async def run_turn(manager: DialogManager, chat: str, text: str) -> None:
+    async for _ in manager.handle(Incoming(chat, text, user="secret-user-7")):
+        pass
+
+
+async def openai_manager(openai: FakeOpenAI, **kwargs: object) -> DialogManager:
+    connection = OpenAIConnection(
+        openai.base_url,
+        SecretStr(openai.api_key),
+        timeouts=Timeouts(connect=2.0, read=0.5),
+        retry=FAST_RETRY,
+    )
+    manager = DialogManager(
+        MemoryStore(), OpenAITextModel(connection, "gpt-test"), PromptLibrary(PROMPTS)
+    )
+    manager.channel = "console"
+    return manager
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "status"),
+    [
+        (Fault("status", status=500), "5xx", "error"),
+        (Fault("status", status=429), "429", "error"),
+        (Fault("status", status=401), "auth", "error"),
+        (Fault("hang", seconds=5), "timeout", "error"),
+        (Fault("cut", after=2), "cut_stream", "interrupted"),
+        (Fault("content_filter", after=0), "content_filter", "refused"),
+    ],
+)
+async def test_model_failures_are_counted_by_kind_and_the_turn_by_how_it_ended(
+    openai: FakeOpenAI, served: int, fault: Fault, kind: str, status: str
+) -> None:
+    manager = await openai_manager(openai)
+    before = await scrape(served)
+    openai.inject(fault, times=10)
+    await run_turn(manager, "chat-secret-1", "hello there")
+    after = await scrape(served)
+    role = {"role": "console"}
+    name = "fmbot_model_errors_total"
+    assert value(after, name, model="openai:gpt-test", kind=kind, **role) == (
+        value(before, name, model="openai:gpt-test", kind=kind, **role) + 1
+    )
+    turns = "fmbot_turns_total"
+    assert value(after, turns, channel="console", status=status, **role) == (
+        value(before, turns, channel="console", status=status, **role) + 1
+    )
+    no_user_ids(after, "chat-secret-1", "secret-user-7")
+
+
+async def test_a_good_turn_counts_request_tokens_and_first_token(
+    openai: FakeOpenAI, served: int
+) -> None:
+    manager = await openai_manager(openai)
+    openai.reply = "one two three"
+    before = await scrape(served)
+    await run_turn(manager, "chat-secret-2", "hello there")
+    after = await scrape(served)
+
+    def grew(name: str, **labels: str) -> float:
+        labels["role"] = "console"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("fmbot_turns_total", channel="console", status="ok") == 1
+    assert grew("fmbot_turn_duration_seconds_count", channel="console") == 1
+    assert grew("fmbot_model_requests_total", model="openai:gpt-test", outcome="ok") == 1
+    assert grew("fmbot_first_token_seconds_count", channel="console", model="openai:gpt-test") == 1
+    # The fake's usage: 3 completion tokens; the prompt's depends on the template.
+    assert grew("fmbot_model_tokens_total", model="openai:gpt-test", direction="output") == 3
+    assert grew("fmbot_model_tokens_total", model="openai:gpt-test", direction="input") > 10
+
+
+async def test_nothing_is_counted_while_metrics_are_off(openai: FakeOpenAI) -> None:
+    manager = await openai_manager(openai)
+    labels = {"channel": "console", "status": "ok"}
+    before = REGISTRY.get_sample_value("fmbot_turns_total", labels)
+    assert not metrics.enabled()
+    await run_turn(manager, "chat-3", "hello")
+    assert REGISTRY.get_sample_value("fmbot_turns_total", labels) == before
+
+
+# --- real processes --------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def stopped_at_end(*procs: subprocess.Popen[bytes]) -> AsyncIterator[None]:
+    """SIGTERM after the block, and each must exit 0; a failed block kills what is left."""
+    try:
+        yield
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        assert [await exited(p, 30) for p in procs] == [0] * len(procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def of_role(samples: Samples, role: str) -> Callable[..., float]:
+    return lambda name, **labels: value(samples, name, role=role, **labels)
+
+
+async def test_fmbot_telegram_serves_metrics_labelled_with_its_role(
+    fake_tg: FakeTelegram, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = base_env(fake_tg, tmp_path, FMBOT_METRICS_LISTEN=f"127.0.0.1:{port}")
+    alice = fake_tg.user(4242, "Alice")
+    chat = fake_tg.private_chat(alice)
+    proc = fmbot(env=env, cwd=tmp_path)
+    async with stopped_at_end(proc):
+        for n in range(2):
+            fake_tg.push_text(chat, alice, f"message {n}")
+        samples = await scrape_until(
+            port, "fmbot_turns_total", 2, 60, channel="telegram", status="ok", role="all"
+        )
+        get = of_role(samples, "all")
+        assert get("fmbot_model_requests_total", model="echo:", outcome="ok") == 2
+        assert get("fmbot_first_token_seconds_count", channel="telegram", model="echo:") == 2
+        assert get("fmbot_turn_duration_seconds_count", channel="telegram") == 2
+        assert get("fmbot_model_tokens_total", model="echo:", direction="output") > 0
+        no_user_ids(samples, "4242", "Alice")
+
+
+async def test_ingress_and_worker_each_export_their_own(
+    fake_tg: FakeTelegram, tmp_path: Path, redis_server: str, redis_prefix: str
+) -> None:
+    ports = {"ingress": free_port(), "worker": free_port()}
+    alice = fake_tg.user(4243, "Alice")
+    chat = fake_tg.private_chat(alice)
+    procs = []
+    for role, port in ports.items():
+        env = base_env(
+            fake_tg,
+            tmp_path,
+            FMBOT_STORE=redis_server,
+            FMBOT_REDIS_PREFIX=redis_prefix,
+            FMBOT_QUEUE_PARTITIONS="4",
+            FMBOT_METRICS_LISTEN=f"127.0.0.1:{port}",
+        )
+        procs.append(fmbot("--role", role, env=env, cwd=tmp_path))
+    async with stopped_at_end(*procs):
+        fake_tg.push_text(chat, alice, "hello")
+        worker = await scrape_until(
+            ports["worker"],
+            "fmbot_turns_total",
+            1,
+            60,
+            channel="telegram",
+            status="ok",
+            role="worker",
+        )
+        assert (
+            of_role(worker, "worker")("fmbot_model_requests_total", model="echo:", outcome="ok")
+            == 1
+        )
+        ingress = await scrape(ports["ingress"])
+        assert {dict(labels)["role"] for _, labels in ingress} == {"ingress"}
+        assert (
+            of_role(ingress, "ingress")("fmbot_turns_total", channel="telegram", status="ok") == 0
+        )
+
+
+def worker_main(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot.queue.worker_main"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def test_the_queue_worker_process_serves_metrics(
+    tmp_path: Path, redis_server: str, redis_prefix: str
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "TELEGRAM_"))} | {
+        "PYTHONPATH": str(ROOT),  # this tree, not whichever fmbot is installed
+        "FMBOT_STORE": redis_server,
+        "FMBOT_REDIS_PREFIX": redis_prefix,
+        "FMBOT_QUEUE_PARTITIONS": "4",
+        "FMBOT_HOME": str(tmp_path / "home"),
+        "FMBOT_TEXT_MODEL": "echo:",
+        "FMBOT_METRICS_LISTEN": f"127.0.0.1:{port}",
+    }
+    proc = worker_main(env, tmp_path)
+    async with stopped_at_end(proc):
+        keys = QueueKeys(redis_prefix, 4)
+        r = redis.Redis.from_url(redis_server, socket_timeout=5)
+        r.set(keys.config, keys.partitions, nx=True)
+        job = {"chat": "c1", "payload": json.dumps({"text": "hi"})}
+        r.xadd(keys.jobs(keys.partition("c1")), job)  # type: ignore[arg-type]
+        r.close()
+        samples = await scrape_until(
+            port, "fmbot_turns_total", 1, 60, channel="queue", status="ok", role="worker"
+        )
+        assert (
+            of_role(samples, "worker")("fmbot_model_requests_total", model="echo:", outcome="ok")
+            == 1
+        )
+
+
+async def test_the_queue_worker_refuses_a_bad_listen_address_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMBOT_")} | {
+        "PYTHONPATH": str(ROOT),
+        "FMBOT_HOME": str(tmp_path / "home"),
+        "FMBOT_METRICS_LISTEN": "everywhere",
+    }
+    proc = worker_main(env, tmp_path)
+    assert await exited(proc, 30) == 2
+    assert proc.stderr is not None
+    [line] = proc.stderr.read().decode().strip().splitlines()
+    assert "FMBOT_METRICS_LISTEN" in line
