@@ -273,6 +273,7 @@ async def test_fmbot_telegram_serves_metrics_labelled_with_its_role(
     env = base_env(fake_tg, tmp_path, FMBOT_METRICS_LISTEN=f"127.0.0.1:{port}")
     alice = fake_tg.user(4242, "Alice")
     chat = fake_tg.private_chat(alice)
+    fake_tg.too_many_requests("sendMessage", retry_after=1)
     proc = fmbot(env=env, cwd=tmp_path)
     async with stopped_at_end(proc):
         for n in range(2):
@@ -285,6 +286,11 @@ async def test_fmbot_telegram_serves_metrics_labelled_with_its_role(
         assert get("fmbot_first_token_seconds_count", channel="telegram", model="echo:") == 2
         assert get("fmbot_turn_duration_seconds_count", channel="telegram") == 2
         assert get("fmbot_model_tokens_total", model="echo:", direction="output") > 0
+        # Every Bot API call is counted by method and outcome; the 429 with its wait.
+        assert get("fmbot_telegram_requests_total", method="getMe", outcome="ok") == 1
+        assert get("fmbot_telegram_requests_total", method="sendMessage", outcome="429") == 1
+        assert get("fmbot_telegram_requests_total", method="sendMessage", outcome="ok") >= 2
+        assert get("fmbot_telegram_retry_after_seconds_total", method="sendMessage") == 1
         no_user_ids(samples, "4242", "Alice")
 
 
@@ -322,6 +328,12 @@ async def test_ingress_and_worker_each_export_their_own(
         )
         ingress = await scrape(ports["ingress"])
         assert {dict(labels)["role"] for _, labels in ingress} == {"ingress"}
+        polled = of_role(ingress, "ingress")(
+            "fmbot_telegram_requests_total", method="getUpdates", outcome="ok"
+        )
+        assert polled >= 1
+        assert of_role(ingress, "ingress")("fmbot_ingress_updates_total", outcome="queued") == 1
+        assert of_role(ingress, "ingress")("fmbot_queue_enqueued_total") == 1
         assert (
             of_role(ingress, "ingress")("fmbot_turns_total", channel="telegram", status="ok") == 0
         )

@@ -16,6 +16,7 @@ from adapters.telegram.access import AccessPolicy
 from adapters.telegram.albums import AlbumCollector
 from adapters.telegram.handlers import Handlers
 from adapters.telegram.inflight import InFlight
+from adapters.telegram.metrics import RequestMetrics
 from adapters.telegram.pictures import SCHEME, TelegramFiles
 from adapters.telegram.replies import Replies
 from adapters.telegram.settings import TelegramSettings
@@ -54,6 +55,7 @@ class Session(AiohttpSession):
 def make_bot(settings: TelegramSettings) -> Bot:
     """A Bot talking to ``TELEGRAM_API_URL`` (Telegram, a self-hosted server, or a fake)."""
     session = Session(api=TelegramAPIServer.from_base(settings.api_url))
+    session.middleware(RequestMetrics())
     # No default parse_mode: replies carry explicit entities, previews are plain text.
     return Bot(settings.token, session=session, default=DefaultBotProperties())
 

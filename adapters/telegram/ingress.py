@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from adapters.telegram.target import Target
 from adapters.telegram.webhook import SECRET_HEADER, problem
 from bot.errors import ConfigError, StoreError
+from bot.observe import metrics
 from bot.queue import Ingress
 from bot.queue.backoff import Backoff
 from bot.text import clean
@@ -146,6 +147,7 @@ class PollingIngress:
         """Queue in order, moving the offset past each queued update; False on a Redis error."""
         for update in updates:
             if self.offset is not None and update.update_id < self.offset:
+                metrics.count(metrics.INGRESS_UPDATES, 1, "duplicate")
                 continue  # already queued (and not yet confirmed) in an earlier batch
             try:
                 await enqueue(self.ingress, update)

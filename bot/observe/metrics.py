@@ -10,6 +10,7 @@ site stays one ``labels().inc()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import time
@@ -17,9 +18,11 @@ import uuid
 from collections.abc import Iterable, Iterator
 
 import httpx
+import redis.exceptions as redis_errors
 from prometheus_client import (
     REGISTRY,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -76,7 +79,66 @@ IMAGES = Counter(
     "fmbot_images", "Pictures generated, by outcome.", ["model", "outcome"], registry=None
 )
 
-FAMILIES: tuple[Counter | Histogram, ...] = (
+# --- the queue, the ingress, Telegram, Redis (slice 2) ---
+QUEUE_ENQUEUED = Counter("fmbot_queue_enqueued", "Jobs added to the queue.", registry=None)
+QUEUE_ACKED = Counter(
+    "fmbot_queue_acknowledged", "Jobs acknowledged (finished or buried).", registry=None
+)
+QUEUE_REDELIVERED = Counter(
+    "fmbot_queue_redelivered",
+    "Jobs run again: taken over from another worker's pending entries, or retried in place.",
+    registry=None,
+)
+QUEUE_DEAD = Counter(
+    "fmbot_queue_dead_lettered", "Jobs moved to a dead stream after failing.", registry=None
+)
+QUEUE_OWNED = Gauge(
+    "fmbot_queue_partitions_owned", "Partitions this worker processes.", registry=None
+)
+QUEUE_LEASE_LOSSES = Counter(
+    "fmbot_queue_lease_losses",
+    "Partition leases lost: taken by another worker, lapsed, or not renewed in time.",
+    ["reason"],
+    registry=None,
+)
+QUEUE_PENDING = Gauge(
+    "fmbot_queue_pending",
+    "Jobs of an owned partition not yet acknowledged (sampled every heartbeat).",
+    ["partition"],
+    registry=None,
+)
+QUEUE_OLDEST = Gauge(
+    "fmbot_queue_oldest_pending_seconds",
+    "Age of an owned partition's oldest unacknowledged job, by Redis's clock (sampled).",
+    ["partition"],
+    registry=None,
+)
+INGRESS_UPDATES = Counter(
+    "fmbot_ingress_updates",
+    "Updates the ingress received: queued, or duplicate (already queued, dropped).",
+    ["outcome"],
+    registry=None,
+)
+TELEGRAM_REQUESTS = Counter(
+    "fmbot_telegram_requests",
+    "Bot API requests by method and outcome (ok, 429, 4xx, 5xx, network).",
+    ["method", "outcome"],
+    registry=None,
+)
+TELEGRAM_RETRY_AFTER = Counter(
+    "fmbot_telegram_retry_after_seconds",
+    "Seconds Telegram asked to wait (429 retry_after), by method.",
+    ["method"],
+    registry=None,
+)
+REDIS_ERRORS = Counter(
+    "fmbot_redis_errors",
+    "Redis errors the queue waited out, by kind (connection, timeout, readonly, OOM...).",
+    ["kind"],
+    registry=None,
+)
+
+FAMILIES: tuple[Counter | Gauge | Histogram, ...] = (
     TURNS,
     TURN_SECONDS,
     FIRST_TOKEN,
@@ -84,6 +146,18 @@ FAMILIES: tuple[Counter | Histogram, ...] = (
     MODEL_ERRORS,
     MODEL_TOKENS,
     IMAGES,
+    QUEUE_ENQUEUED,
+    QUEUE_ACKED,
+    QUEUE_REDELIVERED,
+    QUEUE_DEAD,
+    QUEUE_OWNED,
+    QUEUE_LEASE_LOSSES,
+    QUEUE_PENDING,
+    QUEUE_OLDEST,
+    INGRESS_UPDATES,
+    TELEGRAM_REQUESTS,
+    TELEGRAM_RETRY_AFTER,
+    REDIS_ERRORS,
 )
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: a timestamp per series
 for _family in FAMILIES:
@@ -241,6 +315,60 @@ def image(model: str, error: ModelError | None = None) -> None:
     MODEL_REQUESTS.labels(model, "error" if error else "ok").inc()
     if error is not None:
         MODEL_ERRORS.labels(model, error_kind(error)).inc()
+
+
+# --- the queue, the ingress, Telegram, Redis -------------------------------------------------
+
+
+def count(counter: Counter, amount: float = 1, *labels: str) -> None:
+    """``counter.labels(*labels).inc(amount)`` while metrics are on."""
+    if _on:
+        (counter.labels(*labels) if labels else counter).inc(amount)
+
+
+def owned_partitions(n: int) -> None:
+    if _on:
+        QUEUE_OWNED.set(n)
+
+
+def backlog(partition: int, pending: int, oldest_seconds: float) -> None:
+    if _on:
+        QUEUE_PENDING.labels(str(partition)).set(pending)
+        QUEUE_OLDEST.labels(str(partition)).set(oldest_seconds)
+
+
+def forget_partition(partition: int) -> None:
+    """A partition no longer ours: its gauges go, rather than freeze at their last value."""
+    for gauge in (QUEUE_PENDING, QUEUE_OLDEST):
+        with contextlib.suppress(KeyError):
+            gauge.remove(str(partition))
+
+
+_REDIS_REPLIES = ("OOM", "MISCONF", "NOPERM", "WRONGTYPE", "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT")
+
+
+def redis_error_kind(exc: BaseException) -> str:
+    """connection, timeout, readonly, loading, an error reply's code (OOM, MISCONF, NOPERM,
+    WRONGTYPE, CLUSTERDOWN, TRYAGAIN), response (another reply) or other."""
+    if isinstance(exc.__cause__, redis_errors.RedisError | OSError):
+        exc = exc.__cause__  # a StoreError wrapping the client's error
+    if isinstance(exc, redis_errors.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, redis_errors.ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, redis_errors.BusyLoadingError):
+        return "loading"
+    if isinstance(exc, redis_errors.ConnectionError | OSError):
+        return "connection"
+    if isinstance(exc, redis_errors.ResponseError):
+        code = str(exc).split(" ", 1)[0].upper()
+        return code.lower() if code in _REDIS_REPLIES else "response"
+    return "other"
+
+
+def redis_error(exc: BaseException) -> None:
+    if _on:
+        REDIS_ERRORS.labels(redis_error_kind(exc)).inc()
 
 
 # --- exposition -----------------------------------------------------------------------------

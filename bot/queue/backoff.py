@@ -12,6 +12,7 @@ import random
 from redis.exceptions import ResponseError
 
 from bot.errors import StoreError
+from bot.observe import metrics
 from bot.redis import REDIS_ERRORS
 
 #: Errors after which a queue loop waits and tries again instead of failing: every error of the
@@ -26,6 +27,7 @@ def trouble(exc: BaseException) -> str:
     """How a log line names a :data:`TRANSIENT` error. An error reply is told apart from an
     unreachable server: it may be a setup problem that waiting will not fix (WRONGTYPE: another
     program's key under fmbot's prefix; NOPERM: the user's ACL), so the operator must look."""
+    metrics.redis_error(exc)  # every error a queue loop waits out is named here first
     cause = exc.__cause__ if isinstance(exc, StoreError) else exc
     if isinstance(cause, ResponseError):
         return "Redis refused a command"

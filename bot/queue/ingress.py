@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from bot.errors import ConfigError, StoreError
+from bot.observe import metrics
 from bot.queue import scripts
 from bot.queue.keys import QueueKeys
 from bot.redis import REDIS_ERRORS, RedisClient
@@ -57,8 +58,14 @@ class Ingress:
             else:
                 keys = [self.keys.jobs(p), self.keys.seen(p, dedupe)]
                 entry = await self._enqueue_once(keys, [chat, body, self.dedupe_ttl_ms])
+                if isinstance(entry, list):  # queued before: ENQUEUE_ONCE's known id
+                    metrics.count(metrics.INGRESS_UPDATES, 1, "duplicate")
+                    return str(entry[0])
+                metrics.count(metrics.INGRESS_UPDATES, 1, "queued")
         except REDIS_ERRORS as exc:
+            metrics.redis_error(exc)
             raise StoreError(f"Could not queue the message in Redis: {exc}") from exc
+        metrics.count(metrics.QUEUE_ENQUEUED)
         return str(entry)
 
 

@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from bot.busy import arrival_hook
 from bot.errors import GivenUpError, NotSavedError
+from bot.observe import metrics
 from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.job import Job, Tenure, current_job
 from bot.queue.keys import GROUP, QueueKeys
@@ -182,6 +183,7 @@ class PartitionRunner:
                 for entry_id, fields in entries:
                     if fields:  # deleted entries come back empty
                         self._dispatch(self._job(entry_id, fields, times.get(entry_id, 2)))
+                        metrics.count(metrics.QUEUE_REDELIVERED)
                 log.info("partition %s: took over %d pending jobs", self.index, len(entries))
             if cursor == "0-0":
                 return
@@ -341,8 +343,10 @@ class PartitionRunner:
             # The failed attempt may have stored its turn before failing (or, with overlapping
             # jobs, a later job may have stored one since): run it as the redelivery it is.
             job = dataclasses.replace(job, attempt=job.attempt + 1)
+            metrics.count(metrics.QUEUE_REDELIVERED)
 
     async def _bury(self, job: Job) -> None:
+        metrics.count(metrics.QUEUE_DEAD)
         fields: dict[Any, Any] = {
             "id": job.id,
             "chat": job.chat,
@@ -377,6 +381,7 @@ class PartitionRunner:
                         pipe.xack(self.stream, GROUP, *ids)
                         pipe.xdel(self.stream, *ids)
                         await pipe.execute()
+                    metrics.count(metrics.QUEUE_ACKED, len(ids))
                     backoff.reset()
                     break
                 except TRANSIENT as exc:

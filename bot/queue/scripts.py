@@ -8,10 +8,11 @@ Redis Cluster.
 from __future__ import annotations
 
 #: KEYS: jobs stream, seen key. ARGV: chat, payload JSON, seen TTL (ms).
-#: Enqueue once per idempotency key: a repeated update returns the entry id it got the first time.
+#: Enqueue once per idempotency key: a repeated update returns the entry id it got the first time,
+#: as a one-element list (so the caller can count duplicates).
 ENQUEUE_ONCE = """
 local known = redis.call('GET', KEYS[2])
-if known then return known end
+if known then return {known} end
 local id = redis.call('XADD', KEYS[1], '*', 'chat', ARGV[1], 'payload', ARGV[2])
 redis.call('SET', KEYS[2], id, 'PX', ARGV[3])
 return id

@@ -60,6 +60,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 
+from bot.observe import metrics
 from bot.queue import scripts
 from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.ingress import check_partitions
@@ -149,6 +150,8 @@ class Worker:
                         checked = True
                     # Bounded: a stalled connection must not keep us from dropping old leases.
                     await asyncio.wait_for(self._round(), timeout=self.lease_ms / 2000)
+                    if metrics.enabled():
+                        await asyncio.wait_for(self._sample(), timeout=self.lease_ms / 2000)
                     backoff.reset()
                 except TRANSIENT as exc:
                     delay = backoff.next()
@@ -206,11 +209,13 @@ class Worker:
                 # Our lease lapsed or Redis lost it, and we took it again: another worker may
                 # have run its chats meanwhile, or Redis lost their data. Start a new tenure.
                 log.warning("worker %s: lease of partition %s had lapsed; restarting", self.name, p)
+                metrics.count(metrics.QUEUE_LEASE_LOSSES, 1, "lapsed")
                 await self._forget(p, abort=True)
                 owned = None
             if not held:
                 if owned is not None:
                     log.warning("worker %s: lost the lease of partition %s", self.name, p)
+                    metrics.count(metrics.QUEUE_LEASE_LOSSES, 1, "taken")
                     await self._forget(p, abort=True)
             elif owned is not None:
                 owned.deadline = sent + RENEW_MARGIN * self.lease_ms / 1000
@@ -226,12 +231,28 @@ class Worker:
                         await self._release(keys=lease, args=[self.name], client=pipe)  # type: ignore[arg-type]
                     await pipe.execute()
 
+    async def _sample(self) -> None:
+        """The backlog gauges of the partitions we own: one pipelined round trip."""
+        owned = sorted(self._owned)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for p in owned:
+                pipe.xlen(self.keys.jobs(p))
+                pipe.xrange(self.keys.jobs(p), count=1)  # acknowledged jobs are deleted
+            now, *replies = await pipe.execute()
+        now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+        for i, p in enumerate(owned):
+            pending, first = replies[2 * i], replies[2 * i + 1]
+            oldest = _ms_of(first[0][0]) if first else now_ms
+            metrics.backlog(p, int(pending), max(0, now_ms - oldest) / 1000)
+
     def _take(self, p: int, sent: float) -> None:
         runner = PartitionRunner(
             self.redis, self.keys, p, self.name, self.handler, self.tuning, self._limit
         )
         self._owned[p] = _Owned(runner, sent + RENEW_MARGIN * self.lease_ms / 1000)
         runner.start()
+        metrics.owned_partitions(len(self._owned))
         log.info("worker %s: took partition %s", self.name, p)
 
     async def _hand_over(self, p: int) -> None:
@@ -259,6 +280,8 @@ class Worker:
         owned = self._owned.pop(p, None)
         if owned is not None:
             self._handled_before += owned.runner.handled
+            metrics.owned_partitions(len(self._owned))
+            metrics.forget_partition(p)
 
     def _drop_untrusted(self, now: float) -> None:
         # Also partitions being handed over: their running jobs must stop before the lease can
@@ -268,6 +291,7 @@ class Worker:
                 log.warning(
                     "worker %s: could not renew partition %s in time; stopping it", self.name, p
                 )
+                metrics.count(metrics.QUEUE_LEASE_LOSSES, 1, "not_renewed")
                 if owned.releasing is not None:
                     owned.releasing.cancel()
                 owned.runner.tenure.ended = True  # now, before any of its jobs writes again
@@ -306,3 +330,9 @@ class Worker:
         if self._aborting:
             await asyncio.wait(set(self._aborting))
         log.info("worker %s: stopped", self.name)
+
+
+def _ms_of(entry_id: bytes | str) -> int:
+    """The Redis clock time (ms) in a stream entry id ``MS-SEQ``."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
