@@ -377,6 +377,7 @@ class DialogManager:
         part way: the user saw it) and say how it ended."""
         chat = incoming.chat
         ahead = prompt.model.waiting()  # replies the model finishes before it starts this one
+        metrics.turn_model(prompt.model.name)  # for the log lines from here on
         started = time.perf_counter()
         response = prompt.model.respond(prompt.messages, prompt.options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
@@ -429,6 +430,8 @@ class DialogManager:
                 # Shielded: a cancelled turn still records what the user saw. Run in the context
                 # of the turn's newest message (see bot.busy).
                 save = self._save_turn(incoming, prompt, response, status)
+                with contextlib.suppress(RuntimeError):  # the save's logs and meta: this turn
+                    context.run(metrics.current_turn.set, metrics.current_turn.get())
                 task = asyncio.get_running_loop().create_task(save, context=context)
                 saved = await asyncio.shield(task)
         if status == "complete":
@@ -460,6 +463,8 @@ class DialogManager:
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
         }
+        if (turn := metrics.current_turn.get()) is not None:
+            meta["turn"] = turn.id  # what this turn's log lines say (bot/observe/logs.py)
         asked: dict[str, object] = {"mode": mode}
         if prompt.pictures:
             asked["pictures"] = picture_refs(prompt.pictures)
@@ -532,6 +537,8 @@ class DialogManager:
             yield Notice(f"The image could not be generated: {exc}", "error")
             return
         meta: dict[str, object] = {"kind": "image", "prompt": prompt, "status": "complete"}
+        if (turn := metrics.current_turn.get()) is not None:
+            meta["turn"] = turn.id
         turns = (Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta))
         save = self.store.append(incoming.chat, *turns, counters={"usage_images": 1})
         await asyncio.get_running_loop().create_task(save, context=context)

@@ -23,6 +23,7 @@ from bot.model_spec import (
     check_vision_model_spec,
     check_yandex_credentials,
 )
+from bot.observe import logs
 from bot.observe.server import parse_metrics_listen
 from bot.redis.connect import check_url
 from bot.urls import grpc_target, mask_url
@@ -104,6 +105,10 @@ class Settings(BaseSettings):
     pseudonym_key: SecretStr | None = Field(default=None, alias="FMBOT_PSEUDONYM_KEY")
     #: HOST:PORT serving Prometheus metrics at /metrics; empty: no metrics (bot/observe).
     metrics_listen: str = Field(default="", alias="FMBOT_METRICS_LISTEN")
+    #: Log lines as ``text`` or ``json`` (one object a line), at FMBOT_LOG_LEVEL (empty: the
+    #: command's default, WARNING; INFO for workers).
+    log_format: str = Field(default="text", alias="FMBOT_LOG_FORMAT")
+    log_level: str = Field(default="", alias="FMBOT_LOG_LEVEL")
 
     # Remote backends (issue 3). Secrets are SecretStr so they never print by accident.
     yandex_api_key: SecretStr | None = Field(default=None, alias="YANDEX_API_KEY")
@@ -161,6 +166,12 @@ class Settings(BaseSettings):
             check_url(queue, "FMBOT_QUEUE_URL")
         if self.metrics_listen.strip():
             parse_metrics_listen(self.metrics_listen)
+        if self.log_format not in logs.FORMATS:
+            raise ConfigError("FMBOT_LOG_FORMAT", self.log_format, "use text or json")
+        if self.log_level.strip() and self.log_level.strip().upper() not in logs.LEVELS:
+            raise ConfigError(
+                "FMBOT_LOG_LEVEL", self.log_level, f"use {', '.join(logs.LEVELS)} (or empty)"
+            )
         check_text_model_spec(self.text_model)
         if self.image_model:
             check_image_model_spec(self.image_model)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from enum import StrEnum
 from importlib import metadata
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from adapters.cli import batch, evals, kb, prompts
 from bot.errors import ConfigError, FmbotError
+from bot.observe import logs
 from bot.settings import Settings, load_settings
 from bot.text import terminal_safe
 
@@ -73,7 +76,8 @@ def console(
         # What goes wrong in a turn is told in the chat (a notice); the log line about it would
         # repeat it on the terminal, so the console logs to a file.
         settings.home.mkdir(parents=True, exist_ok=True)
-        _log_to(logging.FileHandler(settings.home / "console.log", encoding="utf-8"))
+        handler = logging.FileHandler(settings.home / "console.log", encoding="utf-8")
+        logs.log_to(handler, settings.log_format, logs.secret_values(settings))
         manager = await build_manager(settings)
         try:
             if mode:
@@ -178,12 +182,12 @@ def telegram(
 
     tg = load_telegram_settings()  # a missing token is reported before anything starts
     if role is Role.ALL:
-        _serve(lambda settings: run_telegram(settings, tg, webhook=webhook, listen=listen))
+        _serve(lambda settings: run_telegram(settings, tg, webhook=webhook, listen=listen), tg)
         return
     from adapters.telegram.roles import run_role
 
     split: Literal["ingress", "worker"] = "ingress" if role is Role.INGRESS else "worker"
-    _serve(lambda settings: run_role(split, settings, tg, webhook=webhook, listen=listen))
+    _serve(lambda settings: run_role(split, settings, tg, webhook=webhook, listen=listen), tg)
 
 
 @app.command()
@@ -303,11 +307,16 @@ def _run(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(make(settings))
 
 
-def _serve(make: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
-    """As _run, on uvloop when installed: for the long-running server roles."""
+def _serve(make: Callable[[Settings], Coroutine[Any, Any, T]], *more: BaseModel) -> T:
+    """As _run, on uvloop when installed: for the long-running server roles. Logging follows
+    the settings (FMBOT_LOG_FORMAT, FMBOT_LOG_LEVEL), masking the secrets of these and ``more``
+    (the channel's settings)."""
     from bot.runtime import run_server
 
     settings = load_settings()
+    logs.configure(
+        settings.log_format, settings.log_level, secrets=logs.secret_values(settings, *more)
+    )
     return run_server(make(settings))
 
 
@@ -358,37 +367,25 @@ def _readable_metavars(command: Any) -> None:
         _readable_metavars(sub)
 
 
-class _SafeFormatter(logging.Formatter):
-    """Log lines quote users and models: shown, never obeyed by the terminal (``^[[2J``)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return terminal_safe(super().format(record))
-
-
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
-
-
-def _log_to(handler: logging.Handler) -> None:
-    handler.setFormatter(_SafeFormatter(LOG_FORMAT))
-    root = logging.getLogger()
-    for old in root.handlers[:]:
-        root.removeHandler(old)
-        old.close()
-    root.addHandler(handler)
+def _fail(message: str, code: int) -> NoReturn:
+    """One line on stderr and exit ``code``; with FMBOT_LOG_FORMAT=json, a JSON log line."""
+    if logs.current_format() == "json":
+        logging.getLogger("fmbot").error(message)
+    else:
+        typer.echo(f"fmbot: {terminal_safe(message)}", err=True)
+    sys.exit(code)
 
 
 def main() -> None:
-    logging.getLogger().setLevel(logging.WARNING)
-    _log_to(logging.StreamHandler())
+    # From the environment until the settings (which may come from .env) are read.
+    logs.configure(os.environ.get("FMBOT_LOG_FORMAT"), os.environ.get("FMBOT_LOG_LEVEL"))
     command = typer.main.get_command(app)
     _readable_metavars(command)
     try:
         command()
     except ConfigError as exc:
-        typer.echo(f"fmbot: configuration error: {terminal_safe(str(exc))}", err=True)
-        sys.exit(2)
+        _fail(f"configuration error: {exc}", 2)
     except FmbotError as exc:
-        typer.echo(f"fmbot: {terminal_safe(str(exc))}", err=True)
-        sys.exit(1)
+        _fail(str(exc), 1)
     except KeyboardInterrupt:
         sys.exit(130)

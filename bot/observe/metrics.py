@@ -238,6 +238,12 @@ def turn_status(status: str, model: str | None = None) -> None:
             turn.model = model
 
 
+def turn_model(model: str) -> None:
+    turn = current_turn.get()
+    if turn is not None:
+        turn.model = model
+
+
 # --- models ---------------------------------------------------------------------------------
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
 from bot.app import build_manager
 from bot.errors import ConfigError
 from bot.models.registry import close_models
+from bot.observe import logs
 from bot.observe.server import serving as metrics_served
 from bot.queue.chat import DialogHandler, journal_manager
 from bot.queue.keys import QueueKeys
@@ -37,6 +39,12 @@ log = logging.getLogger("bot.queue")
 
 async def serve() -> None:
     settings = load_settings()
+    logs.configure(
+        settings.log_format,
+        settings.log_level,
+        default_level="INFO",
+        secrets=logs.secret_values(settings),
+    )
     async with metrics_served(settings.metrics_listen, "worker"):
         await _serve(settings)
 
@@ -72,11 +80,16 @@ async def _serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # From the environment until the settings (which may come from .env) are read.
+    env = os.environ.get
+    logs.configure(env("FMBOT_LOG_FORMAT"), env("FMBOT_LOG_LEVEL"), default_level="INFO")
     try:
         run_server(serve())
     except ConfigError as exc:
-        print(f"fmbot worker: configuration error: {exc}", file=sys.stderr)
+        if logs.current_format() == "json":
+            log.error("configuration error: %s", exc)
+        else:
+            print(f"fmbot worker: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     with contextlib.suppress(Exception):
         sys.stdout.flush()

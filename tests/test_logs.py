@@ -1,0 +1,190 @@
+"""Log lines (issue 20): ``FMBOT_LOG_FORMAT=json`` writes one JSON object per line, with the turn's
+chat, id, channel and model inside a turn and exceptions as fields; third-party loggers and
+warnings go through the same formatter; no secret reaches a line at any level, and user text
+none at info."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from bot.dialog import DialogManager
+from bot.errors import ConfigError
+from bot.events import Incoming
+from bot.observe import logs
+from bot.settings import load_settings
+from tests.fakes import FakeOpenAI, Fault
+from tests.fakes.telegram_server import FakeTelegram
+from tests.test_metrics import openai_manager, stopped_at_end
+from tests.test_queue_outage import PrivateRedis
+from tests.test_telegram_roles import base_env, exited, fmbot
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("TELEGRAM_", "FMBOT_", "OPENAI_", "YANDEX_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def json_lines() -> Iterator[io.StringIO]:
+    """The root logger also writes JSON lines (as configure() sets up) to a buffer."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.formatter("json", ["sk-secret-key-1234567"]))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield out
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def parsed(text: str) -> list[dict[str, Any]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]  # fails on any line that is not JSON
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+async def test_a_turns_lines_carry_its_chat_id_channel_and_model_and_the_id_is_stored(
+    openai: FakeOpenAI, json_lines: io.StringIO
+) -> None:
+    manager: DialogManager = await openai_manager(openai)
+    openai.reply = "one two three four"
+    openai.inject(Fault("cut", after=2))
+    async for _ in manager.handle(Incoming("chat-9", "tell me")):
+        pass
+    [line] = [x for x in parsed(json_lines.getvalue()) if x["logger"] == "bot.dialog"]
+    assert set(line) >= {"ts", "level", "logger", "message", "chat", "turn", "channel", "model"}
+    assert line["level"] == "WARNING"
+    assert (line["chat"], line["channel"], line["model"]) == (
+        "chat-9",
+        "console",
+        "openai:gpt-test",
+    )
+    assert line["ts"].endswith("Z")
+    _, stored = await manager.store.load("chat-9", last=2)
+    assert stored[-1].meta["turn"] == line["turn"]  # the log line leads to the stored turn
+
+
+def test_exceptions_are_fields_and_secrets_are_masked(json_lines: io.StringIO) -> None:
+    log = logging.getLogger("some.library")
+    try:
+        raise ValueError("bad value with key sk-secret-key-1234567")
+    except ValueError:
+        log.exception("failed calling redis://user:hunter2pass@db:6379/0")
+    log.info("headers: {'Authorization': 'Bearer abc.def-123', 'X-Other': 'x'}")
+    exc, auth = parsed(json_lines.getvalue())
+    assert exc["exc_type"] == "ValueError"
+    assert "Traceback" in exc["traceback"] and "raise ValueError" in exc["traceback"]
+    text = json_lines.getvalue()
+    assert text.count("\n") == 2  # the traceback is a field, not extra lines
+    for secret in ("sk-secret-key-1234567", "hunter2pass", "abc.def-123"):
+        assert secret not in text
+    assert "redis://user:****@db:6379/0" in exc["message"]
+    assert "chat" not in exc  # outside a turn
+    assert "Bearer ****" in auth["message"]
+
+
+def test_warnings_go_through_the_same_formatter(json_lines: io.StringIO) -> None:
+    logging.captureWarnings(True)
+    try:
+        warnings.warn("an old API", DeprecationWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+    [line] = parsed(json_lines.getvalue())
+    assert line["logger"] == "py.warnings" and "an old API" in line["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"), [("FMBOT_LOG_FORMAT", "xml"), ("FMBOT_LOG_LEVEL", "LOUD")]
+)
+def test_bad_log_settings_are_config_errors(name: str, bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(_env_file=None, FMBOT_HOME=str(tmp_path), **{name: bad})
+
+
+async def test_a_configuration_error_is_one_json_line_too(tmp_path: Path) -> None:
+    fake = FakeTelegram()
+    env = base_env(fake, tmp_path, FMBOT_LOG_FORMAT="json", FMBOT_STORE="mongodb://db")
+    proc = fmbot(env=env, cwd=tmp_path)
+    assert await exited(proc, 30) == 2
+    assert proc.stderr is not None
+    [line] = parsed(proc.stderr.read().decode())
+    assert line["level"] == "ERROR" and "FMBOT_STORE" in line["message"]
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[tuple[PrivateRedis, str]]:
+    server = PrivateRedis(tmp_path)
+    password = "redis-pass-Zq81xw"
+    server.start(persist=False)
+    admin = redis.Redis(port=server.port, socket_timeout=5)
+    admin.config_set("requirepass", password)  # after start: start() pings without one
+    admin.close()
+    yield server, password
+    server.stop()
+
+
+async def test_no_secret_at_debug_and_no_user_text_at_info(
+    tmp_path: Path, openai: FakeOpenAI, locked_redis: tuple[PrivateRedis, str]
+) -> None:
+    """A whole bot at DEBUG, JSON: the token, the API key, the Redis password and the
+    Authorization header never show; the user's words only below INFO."""
+    server, password = locked_redis
+    openai.reply = "a reply"
+    async with FakeTelegram() as fake:
+        env = base_env(
+            fake,
+            tmp_path,
+            FMBOT_LOG_FORMAT="json",
+            FMBOT_LOG_LEVEL="DEBUG",
+            FMBOT_STORE=f"redis://:{password}@127.0.0.1:{server.port}/0",
+            FMBOT_TEXT_MODEL="openai:gpt-test",
+            OPENAI_BASE_URL=openai.base_url,
+            OPENAI_API_KEY=openai.api_key or "",
+        )
+        alice = fake.user(5150, "Alice")
+        chat = fake.private_chat(alice)
+        proc = fmbot(env=env, cwd=tmp_path)
+        async with stopped_at_end(proc):
+            fake.push_text(chat, alice, "my private words qwerty")
+            await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 60)
+            openai.inject(Fault("status", status=500), times=10)  # errors are logged too
+            fake.push_text(chat, alice, "second private words asdfgh")
+            await fake.wait_for(lambda: len(fake.bot_messages(chat["id"])) >= 2, 60)
+            await asyncio.sleep(0.5)
+    assert proc.stderr is not None
+    lines = parsed(proc.stderr.read().decode())  # nothing but JSON
+    assert any(x["level"] == "DEBUG" for x in lines)
+    loggers = {x["logger"].split(".")[0] for x in lines}
+    assert {"aiogram", "bot"} <= loggers, loggers  # the libraries' lines come through too
+    assert any(x["level"] == "ERROR" and x["logger"] == "bot.models.http" for x in lines)
+    text = json.dumps(lines)
+    token_secret = fake.token.split(":", 1)[1]
+    for secret in (token_secret, openai.api_key, password):
+        assert secret and secret not in text, secret
+    assert "Bearer sk" not in text
+    for line in lines:
+        if LEVELS[line["level"]] >= logging.INFO:
+            assert "qwerty" not in line["message"] and "asdfgh" not in line["message"], line
