@@ -8,6 +8,7 @@ what the services must be.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from adapters.telegram.settings import TelegramSettings
+from bot.observe import metrics
 from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,19 +54,25 @@ def compose_command() -> list[str]:
 def test_compose_validates_the_file_with_the_example_env(tmp_path: Path) -> None:
     shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
     shutil.copy(ROOT / ".env.example", tmp_path / ".env")  # env_file: .env must exist
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     command = compose_command()
     # Values come from .env alone, as on a fresh deployment (the shell would win over it).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "COMPOSE_"))}
     rendered = ""
-    for args in (["config", "--quiet"], ["config"]):
+    # The opt-in profile too: Compose v2 leaves an inactive profile's services out of config.
+    for args in (
+        ["--profile", "monitoring", "config", "--quiet"],
+        ["--profile", "monitoring", "config"],
+    ):
         done = subprocess.run(
             [*command, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, f"{' '.join(command + args)} failed:\n{done.stderr}"
         rendered = done.stdout
     services = yaml.safe_load(rendered)["services"]
-    assert set(services) == {"redis", "ingress", "worker"}
+    assert set(services) == {"redis", "ingress", "worker", "prometheus"}
     assert services["worker"]["environment"]["FMBOT_STORE"] == "redis://redis:6379/0"
+    assert services["worker"]["environment"]["FMBOT_METRICS_LISTEN"] == "0.0.0.0:9100"
 
 
 def test_redis_persists_with_aof_on_a_volume(compose: dict[str, Any]) -> None:
@@ -125,3 +133,30 @@ def test_env_example_loads_as_valid_settings(monkeypatch: pytest.MonkeyPatch) ->
     settings.validate_all()
     assert settings.store_url == "redis://redis:6379/0"
     TelegramSettings(_env_file=path)
+
+
+def test_prometheus_is_opt_in_and_scrapes_the_port_the_roles_serve(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    listen = compose["x-fmbot"]["environment"]["FMBOT_METRICS_LISTEN"]
+    port = int(listen.rstrip("}").rsplit(":", 1)[1])
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for role in ("ingress", "worker"):
+        [sd] = jobs[f"fmbot-{role}"]["dns_sd_configs"]
+        assert sd["names"] == [role] and sd["port"] == port  # every replica of the service
+
+
+def test_the_grafana_dashboard_graphs_only_families_fmbot_exports() -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exported = {family._name for family in metrics.FAMILIES}
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names = re.findall(r"\b(fmbot_[a-z_]+)", target["expr"])
+            assert names, target
+            used.update(re.sub(r"_(total|bucket|count|sum)$", "", n) for n in names)
+    assert used <= exported, used - exported
+    # The families an operator asks about first are on it.
+    assert {"fmbot_turns", "fmbot_queue_pending", "fmbot_model_errors"} <= used
