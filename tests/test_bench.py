@@ -43,6 +43,26 @@ def latency(block: str) -> dict[str, tuple[float, float, float]]:
     return {name: (float(a), float(b), float(c)) for name, a, b, c in found}
 
 
+def check_metrics_cost(runs: dict[str, str], turns: int, out: str) -> None:
+    """The best case again with metrics counted (every turn, read back from a scrape) and the
+    cost of that printed; the plain best case counts nothing."""
+    counted = re.search(r"^  metrics +(\d+) turns counted \(warm-up included\); one scrape at "
+                        r"the end: (\d+) bytes", runs["best case, metrics on"], re.M)  # fmt: skip
+    assert counted is not None and int(counted.group(1)) == turns, runs["best case, metrics on"]
+    assert int(counted.group(2)) > 1000
+    assert "metrics " not in runs["best case"]
+    cost = re.fullmatch(
+        r"metrics cost: best case (\d+) turns/s without, (\d+) with \(([-+][\d.]+)% throughput "
+        r"lost\); mean service ([\d.]+) ms without, ([\d.]+) ms with",
+        runs["metrics cost"].splitlines()[0],
+    )
+    assert cost is not None, runs["metrics cost"]
+    without, with_, lost = int(cost.group(1)), int(cost.group(2)), float(cost.group(3))
+    assert abs(100 * (without - with_) / without - lost) < 1  # the printed figure is theirs
+    counting = re.search(r"^  counting +([\d.]+) µs of CPU per turn, ([\d.]+)% of", out, re.M)
+    assert counting is not None and float(counting.group(1)) > 0, out
+
+
 def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     redis_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -52,9 +72,20 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     out = result.output
     assert re.search(r"^fmbot bench: echo model, queue with 16 partitions, Redis ", out, re.M)
     runs = blocks(out)
-    assert list(runs) == ["best case", "many chats", "real concurrency", "live"], out
+    assert list(runs) == [
+        "best case",
+        "best case, metrics on",
+        "many chats",
+        "real concurrency",
+        "live",
+        "metrics cost",
+    ], out
+    check_metrics_cost(
+        runs, 200 + 2 * 8, out
+    )  # the run's turns, and the warm-up's (2 × --concurrency)
     expected = {  # chats, turns, turns at once, words describing how messages arrive
         "best case": (20, 200, 8, "queued before the clock starts"),
+        "best case, metrics on": (20, 200, 8, "queued before the clock starts"),
         "many chats": (60, 200, 8, "queued before the clock starts"),
         "real concurrency": (20, 200, CONCURRENCY, "queued before the clock starts"),
         "live": (20, 200, CONCURRENCY, "sent at 400 messages/s while the worker runs"),
@@ -92,7 +123,7 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     for label in ("real concurrency", "live"):  # replies published and marked as a channel does
         assert "replies published and marked delivered" in runs[label]
         assert re.search(r"^  delivered +marks on 20/20 chats", runs[label], re.M), runs[label]
-    for label in ("best case", "many chats"):
+    for label in ("best case", "best case, metrics on", "many chats"):
         assert "replies stored" in runs[label] and "delivered" not in runs[label].split("\n", 1)[1]
     assert re.search(r"^  ingress +sent while the worker ran, \d+ messages/s", runs["live"], re.M)
 
@@ -104,7 +135,8 @@ def test_bench_without_the_queue_calls_the_manager_directly(
     result = CliRunner().invoke(app, ["bench", *TINY, "--redis", redis_server, "--no-queue"])
     assert result.exit_code == 0, result.output
     runs = blocks(result.output)
-    assert list(runs) == ["best case"], result.output
+    assert list(runs) == ["best case", "best case, metrics on", "metrics cost"], result.output
+    check_metrics_cost(runs, 200, result.output)  # the manager directly: no warm-up
     block = runs["best case"]
     assert "20 chats, 200 turns the manager called directly, 8 turns at once" in block
     assert re.search(r"^  answered +200/200 turns", block, re.M)

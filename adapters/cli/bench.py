@@ -3,9 +3,12 @@
 One command, several runs, each under its own key prefix, so the best case is printed next to
 what real use looks like:
 
-* **best case**: an ingress in a process of its own (as ``--role ingress`` is deployed) queues
-  every chat's messages while no worker runs; then a worker in this process answers the backlog
-  against the clock, ``--concurrency`` turns at once, replies stored only;
+* **best case** and **best case, metrics on**: an ingress in a process of its own (as
+  ``--role ingress`` is deployed) queues every chat's messages while no worker runs; then a
+  worker in this process answers the backlog against the clock, ``--concurrency`` turns at
+  once, replies stored only; the second time with Prometheus metrics counted (as with
+  ``FMBOT_METRICS_LISTEN``; one scrape at the end), so what metrics cost a turn is printed
+  from the same command;
 * **many chats** (``--many-chats``, 20,000): the same with that many chats, two or more turns
   each, so the worker's copy of its chats (``FMBOT_WORKER_CACHE_MB``) is tried at that size;
 * **real concurrency**: the backlog again at the workers' own concurrency (256, the Telegram
@@ -66,12 +69,14 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import open_prompts
 from bot.dialog import DialogManager
 from bot.errors import FmbotError
 from bot.events import Incoming
 from bot.models.echo import EchoModel
+from bot.observe import metrics
 from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.cache import ChatCache
 from bot.queue.chat import DialogHandler
@@ -125,6 +130,8 @@ class Run:
     rate: float = 0.0
     #: Replies published and marked delivered, as a channel does; else only stored.
     publish: bool = False
+    #: Prometheus metrics counted during the run (bot.observe.metrics).
+    metrics: bool = False
 
     def describe(self, queue: bool) -> str:
         if not queue:
@@ -150,7 +157,10 @@ def plan_runs(
     live_seconds: float = 10.0,
 ) -> list[Run]:
     """The runs of one ``fmbot bench``: the best case first, then what real use adds."""
-    runs = [Run("best case", chats, turns, concurrency)]
+    runs = [
+        Run("best case", chats, turns, concurrency),
+        Run("best case, metrics on", chats, turns, concurrency, metrics=True),
+    ]
     if many_chats:
         # Two turns or more per chat: the second finds (or misses) the chat in the worker's copy.
         runs.append(Run("many chats", many_chats, max(turns, 2 * many_chats), concurrency))
@@ -193,6 +203,8 @@ class BenchResult:
     delivered: tuple[int, int] | None = None
     #: Turns whose history came from the worker's copy of the chat, and those read from Redis.
     cache: tuple[int, int] | None = None
+    #: Metrics runs: turns counted in fmbot_turns_total, and one scrape's size at the end.
+    exposition: tuple[int, int] | None = None
 
     @property
     def chats(self) -> int:
@@ -233,6 +245,12 @@ class BenchResult:
                 f"  chat copy     history from the worker's copy on {hits} turns, read from Redis "
                 f"on {misses} (the chats' first turns: {min(self.chats, self.turns)})"
             )
+        if self.exposition is not None:
+            counted, size = self.exposition
+            lines.append(
+                f"  metrics       {counted} turns counted (warm-up included); one scrape at the "
+                f"end: {size} bytes"
+            )
         if self.delivered is not None:
             marked, chats = self.delivered
             lines.append(f"  delivered     marks on {marked}/{chats} chats name their last turn")
@@ -253,7 +271,52 @@ def report(results: list[BenchResult], url: str) -> str:
     first = results[0]
     how = f"queue with {first.partitions} partitions" if first.partitions else "no queue"
     head = f"fmbot bench: echo model, {how}, Redis {mask_url(url)}, {loop_name()} event loop"
-    return "\n".join([head, *(r.report() for r in results)])
+    return "\n".join([head, *(r.report() for r in results), *metrics_cost(results)])
+
+
+def metrics_cost(results: list[BenchResult]) -> list[str]:
+    """The best case without and with metrics, compared: throughput and mean service time."""
+    without = [r for r in results if r.run.label == "best case"]
+    with_ = [r for r in results if r.run.label == "best case, metrics on"]
+    if not (without and with_):
+        return []
+    a, b = without[0], with_[0]
+    rate_a, rate_b = (r.answered / max(r.seconds, 1e-9) for r in (a, b))
+    service_a, service_b = (statistics.fmean(r.service_ms or [0.0]) for r in (a, b))
+    per_turn = counting_cost()
+    return [
+        f"metrics cost: best case {rate_a:.0f} turns/s without, {rate_b:.0f} with "
+        f"({100 * (rate_a - rate_b) / max(rate_a, 1e-9):+.1f}% throughput lost); mean service "
+        f"{service_a:.3f} ms without, {service_b:.3f} ms with",
+        # Two runs on a shared machine differ by more than metrics cost: the CPU time of the
+        # counting itself says what it costs, free of that noise.
+        f"  counting      {per_turn * 1e6:.1f} µs of CPU per turn, "
+        f"{100 * per_turn * rate_a:.1f}% of a best-case turn's share of the worker",
+    ]
+
+
+def counting_cost(turns: int = 20_000) -> float:
+    """Seconds of CPU the metrics of one text turn take: what the dialog manager and the queue
+    call per turn (bot/dialog.py, bot/queue/partition.py), counted under a label of its own."""
+
+    def turn() -> None:
+        with metrics.Metered("probe", "bench-probe"):
+            metrics.turn_model("probe")
+            now = time.perf_counter()
+            metrics.reply_ended(
+                "probe", "complete", partial=True, started=now, first_at=now, error=None
+            )
+            metrics.tokens("probe", 1, 1)
+        metrics.count(metrics.QUEUE_ACKED, 0)
+
+    metrics.enable()
+    try:
+        started = time.process_time()
+        for _ in range(turns):
+            turn()
+        return (time.process_time() - started) / turns
+    finally:
+        metrics.enable(False)
 
 
 async def run_benches(
@@ -261,7 +324,7 @@ async def run_benches(
 ) -> list[BenchResult]:
     """``runs`` one after another (each on fresh keys); the first only without the queue."""
     if not queue:
-        runs = runs[:1]
+        runs = [r for r in runs if r.label.startswith("best case")]
     return [await run_bench(settings, url, run, partitions=partitions, queue=queue) for run in runs]
 
 
@@ -284,6 +347,8 @@ async def run_bench(
         history_turns=settings.history_messages,
     )
     plan = plan_messages(run.chats, run.turns)
+    metrics.enable(run.metrics)
+    counted = _turns_counted()
     try:
         if queue:
             counters = (history, ordering, enqueue)
@@ -291,14 +356,31 @@ async def run_bench(
         else:
             result = await _direct(manager, plan, run)
             result.history_trips = history.count
+        if run.metrics:
+            scrape = metrics.exposition("worker")
+            result.exposition = (_turns_counted(scrape) - counted, len(scrape))
         return result
     finally:
+        metrics.enable(False)
         try:
             await _delete_prefix(store_client, prefix)
         except REDIS_ERRORS as exc:  # e.g. Redis unreachable: do not hide why the bench failed
             log.warning("could not delete the benchmark's keys %s*: %s", prefix, exc)
         finally:
             await manager.aclose()
+
+
+def _turns_counted(scrape: bytes | None = None) -> int:
+    """Turns in fmbot_turns_total, read from a scrape as Prometheus would."""
+    text = (scrape or metrics.exposition("worker")).decode()
+    return round(
+        sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "fmbot_turns_total"
+        )
+    )
 
 
 async def _direct(manager: DialogManager, plan: list[list[str]], run: Run) -> BenchResult:
