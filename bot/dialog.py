@@ -424,6 +424,7 @@ class DialogManager:
                 started=started,
                 first_at=response.first_at,
                 error=failure,
+                usage=response.usage,
             )
             # An interrupted turn is stored even if no word came yet: the message was read.
             if status == "complete" or response.text or interrupted.is_set():

@@ -42,6 +42,8 @@ from bot.errors import (
     RateLimitError,
     StreamInterruptedError,
 )
+from bot.events import Usage
+from bot.observe import tracing
 
 # Seconds: chat turns run from well under a second (echo, cache hits) to minutes (long replies).
 _TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -203,6 +205,9 @@ class TurnInfo:
     #: ok, stopped, interrupted, error, refused, limited; "error" until someone says otherwise.
     status: str = "error"
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    #: OpenTelemetry spans of the turn and of its model call, when tracing is on.
+    span: Any = None
+    model_span: Any = None
 
 
 current_turn: contextvars.ContextVar[TurnInfo | None] = contextvars.ContextVar(
@@ -222,18 +227,24 @@ class Metered:
 
     def __enter__(self) -> TurnInfo:
         current_turn.set(self.turn)
+        if tracing.enabled():
+            turn = self.turn
+            turn.span = tracing.start_turn(turn.chat, turn.channel, turn.id)
         return self.turn
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         # Not reset with a token: an async generator can be closed from another context, where
         # reset() would raise. The next turn of this task sets its own.
         current_turn.set(None)
-        if not _on:
-            return
         turn = self.turn
         status = turn.status
         if kind is not None and status == "error" and issubclass(kind, _STOPS):
             status = "stopped"
+        if turn.span is not None:
+            tracing.end_model_call(turn.model_span, None, None, None)  # if the reply never ended
+            tracing.end_turn(turn.span, status)
+        if not _on:
+            return
         _child(TURNS, turn.channel, status).inc()
         _child(TURN_SECONDS, turn.channel).observe(time.perf_counter() - turn.started)
 
@@ -251,9 +262,12 @@ def turn_status(status: str, model: str | None = None) -> None:
 
 
 def turn_model(model: str) -> None:
+    """The current turn calls ``model`` now (log lines name it; traces get its span)."""
     turn = current_turn.get()
     if turn is not None:
         turn.model = model
+        if turn.span is not None:
+            turn.model_span = tracing.start_model_call(turn.span, model, turn.chat)
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -295,6 +309,7 @@ def reply_ended(
     started: float,
     first_at: float | None,
     error: ModelError | None,
+    usage: Usage | None = None,
 ) -> None:
     """A streamed reply ended as ``status`` (complete, stopped, interrupted; ``partial``: some
     text came): the turn's status, the model call's outcome, its first token and its failure."""
@@ -307,6 +322,15 @@ def reply_ended(
     else:
         turn, outcome = ("interrupted" if partial else "error"), "error"
     turn_status(turn, model)
+    info = current_turn.get()
+    if info is not None and info.model_span is not None:
+        tracing.end_model_call(
+            info.model_span,
+            usage.input_tokens if usage else None,
+            usage.output_tokens if usage else None,
+            error_kind(error) if error else None,
+        )
+        info.model_span = None
     if not _on:
         return
     _child(MODEL_REQUESTS, model, outcome).inc()

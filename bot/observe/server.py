@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.errors import ConfigError
-from bot.observe import metrics
+from bot.observe import metrics, tracing
 from bot.urls import parse_listen
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,25 @@ async def _answer(role: str, reader: asyncio.StreamReader, writer: asyncio.Strea
 
 @contextlib.asynccontextmanager
 async def serving(listen: str | None, role: str) -> AsyncIterator[None]:
-    """Count and serve metrics while the block runs, when ``listen`` (HOST:PORT) is given."""
-    if not listen:
-        yield
-        return
+    """Count and serve metrics while the block runs, when ``listen`` (HOST:PORT) is given;
+    export traces when an OTLP endpoint is configured (bot/observe/tracing.py)."""
+    stop_tracing = tracing.setup(role)
+    try:
+        if not listen:
+            yield
+            return
+        async with _metrics_served(listen, role):
+            yield
+    finally:
+        if stop_tracing is not None:
+            # Flushing posts to the collector from a thread: the loop keeps running meanwhile.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READ_TIMEOUT + 5):
+                    await asyncio.to_thread(stop_tracing)
+
+
+@contextlib.asynccontextmanager
+async def _metrics_served(listen: str, role: str) -> AsyncIterator[None]:
     host, port = parse_metrics_listen(listen)
     try:
         server = await asyncio.start_server(
