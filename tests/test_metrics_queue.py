@@ -138,3 +138,31 @@ async def test_redis_errors_are_counted_by_kind(tmp_path: Path, redis_prefix: st
     finally:
         private.stop()
         await client.aclose()
+
+
+async def test_the_backlog_is_sampled_and_duplicates_counted_on_a_cluster(
+    redis_cluster: str, redis_prefix: str, port: int
+) -> None:
+    """Partitions live on different masters: sampling (keyless TIME, then XLEN and XRANGE of
+    each stream) and the enqueue script's duplicate answer work there too."""
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    client = connect(redis_cluster)
+    jobs = Jobs()
+    worker = Worker(client, jobs, keys=keys, name="w", lease_ms=LEASE_MS)
+    ingress = Ingress(client, keys)
+    before = await scrape(port)
+    task = asyncio.create_task(worker.run())
+    try:
+        for n in range(2):
+            await ingress.enqueue("slow", {"n": n}, dedupe=f"u{n}")
+        await ingress.enqueue("slow", {"n": 1}, dedupe="u1")
+        slow = str(keys.partition("slow"))
+        await scrape_until(port, "fmbot_queue_pending", 2, 20, partition=slow, role="worker")
+        jobs.release.set()
+        acked = value(before, "fmbot_queue_acknowledged_total", role="worker") + 2
+        after = await scrape_until(port, "fmbot_queue_acknowledged_total", acked, 20, role="worker")
+        assert grown(before, after, "fmbot_ingress_updates_total", outcome="duplicate") == 1
+    finally:
+        await worker.stop(5)
+        await task
+        await client.aclose()

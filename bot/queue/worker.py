@@ -151,7 +151,7 @@ class Worker:
                     # Bounded: a stalled connection must not keep us from dropping old leases.
                     await asyncio.wait_for(self._round(), timeout=self.lease_ms / 2000)
                     if metrics.enabled():
-                        await asyncio.wait_for(self._sample(), timeout=self.lease_ms / 2000)
+                        await self._sample()
                     backoff.reset()
                 except TRANSIENT as exc:
                     delay = backoff.next()
@@ -232,14 +232,20 @@ class Worker:
                     await pipe.execute()
 
     async def _sample(self) -> None:
-        """The backlog gauges of the partitions we own: one pipelined round trip."""
+        """The backlog gauges of the partitions we own: TIME, then one pipelined round trip
+        (keyless TIME on its own: a Cluster pipeline needs keys). Never fails the round."""
         owned = sorted(self._owned)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            for p in owned:
-                pipe.xlen(self.keys.jobs(p))
-                pipe.xrange(self.keys.jobs(p), count=1)  # acknowledged jobs are deleted
-            now, *replies = await pipe.execute()
+        try:
+            async with asyncio.timeout(self.lease_ms / 2000):
+                now = await self.redis.time()
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for p in owned:
+                        pipe.xlen(self.keys.jobs(p))
+                        pipe.xrange(self.keys.jobs(p), count=1)  # acknowledged jobs are deleted
+                    replies = await pipe.execute()
+        except Exception as exc:  # only gauges are missed; the next heartbeat samples again
+            log.debug("worker %s: backlog not sampled (%s)", self.name, exc)
+            return
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
         for i, p in enumerate(owned):
             pending, first = replies[2 * i], replies[2 * i + 1]
