@@ -253,7 +253,8 @@ class DialogManager:
             yield Notice(VISION_SETUP_HINT, "warning")  # before any download: nothing can see it
             return
         try:
-            state, history = await self._load(incoming.chat)
+            with metrics.step("fmbot history read"):
+                state, history = await self._load(incoming.chat)
             template = self._template_for(state)
             if not incoming.pictures and await self._wants_image(incoming.text, template):
                 image = self._image_turn(incoming, incoming.text, rewrite=True, context=context)
@@ -264,7 +265,8 @@ class DialogManager:
             pictures = await self._pictures_of(incoming)
             hits = await self._knowledge(template, incoming.text, history)
             history = await self._with_earlier_pictures(incoming.chat, history, bool(pictures))
-            prompt = await self._build(template, history, incoming.text, pictures, hits)
+            with metrics.step("fmbot prompt build"):
+                prompt = await self._build(template, history, incoming.text, pictures, hits)
         except PictureError as exc:
             metrics.turn_status("refused")
             yield Notice(str(exc), "warning")  # no model call: the chat goes on
@@ -485,7 +487,8 @@ class DialogManager:
             "usage_output_tokens": usage.output_tokens,
         }
         try:
-            await self.store.append(incoming.chat, *turns, counters=counters)
+            with metrics.step("fmbot store write"):
+                await self.store.append(incoming.chat, *turns, counters=counters)
         except GivenUpError:
             raise  # the worker that takes the job over answers and stores it
         except StoreError as exc:

@@ -89,8 +89,11 @@ async def test_turns_and_model_calls_are_spans_with_genai_attributes(
     assert {"service.name": "fmbot-test", "fmbot.role": "worker"}.items() <= (
         collector.resources[0].items()
     )
-    turns = {s["attributes"]["gen_ai.conversation.id"]: s for s in collector.spans}
-    turns = {c: s for c, s in turns.items() if s["name"] == "fmbot turn"}
+    turns = {
+        s["attributes"]["gen_ai.conversation.id"]: s
+        for s in collector.spans
+        if s["name"] == "fmbot turn"
+    }
     calls = [s for s in collector.spans if s["name"] == "chat gpt-test"]
     assert set(turns) == {"chat-t1", "chat-t2"} and len(calls) == 2
     for call in calls:
@@ -106,6 +109,15 @@ async def test_turns_and_model_calls_are_spans_with_genai_attributes(
     assert failed["attributes"]["error.type"] == "5xx"
     assert turns["chat-t1"]["attributes"]["fmbot.turn.status"] == "ok"
     assert turns["chat-t2"]["attributes"]["fmbot.turn.status"] == "error"
+    # The turn's steps are its children: history read, prompt build and, for the answered
+    # turn, the store write (the failed one stored nothing).
+    steps = {"fmbot history read", "fmbot prompt build", "fmbot store write"}
+    children = {(s["name"], s["parent"]) for s in collector.spans if s["name"] in steps}
+    ok_turn, failed_turn = turns["chat-t1"]["id"], turns["chat-t2"]["id"]
+    assert children == {(name, ok_turn) for name in steps} | {
+        ("fmbot history read", failed_turn),
+        ("fmbot prompt build", failed_turn),
+    }
     assert "zxcv" not in str(collector.spans)  # message content is never recorded
 
 

@@ -261,6 +261,34 @@ def turn_status(status: str, model: str | None = None) -> None:
             turn.model = model
 
 
+class _Step:
+    """The span of one step of the current turn, while the block runs."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and not issubclass(kind, _STOPS):
+            self.span.set_attribute("error.type", kind.__name__)
+        self.span.end()
+
+
+_NO_STEP = contextlib.nullcontext()
+
+
+def step(name: str) -> contextlib.AbstractContextManager[None]:
+    """``with step("fmbot history read"):`` a child span of the current turn when tracing."""
+    turn = current_turn.get()
+    if turn is None or turn.span is None:
+        return _NO_STEP
+    return _Step(tracing.start_child(turn.span, name))
+
+
 def turn_model(model: str) -> None:
     """The current turn calls ``model`` now (log lines name it; traces get its span)."""
     turn = current_turn.get()

@@ -1,6 +1,7 @@
 """OpenTelemetry traces, with the optional extra ``fmbot[otel]``: with
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) set, each turn is a
-span ``fmbot turn`` and its model call a child span ``chat MODEL`` with the GenAI semantic
+span ``fmbot turn`` with child spans for its steps (``fmbot history read``, ``fmbot prompt
+build``, ``fmbot store write``) and its model call, ``chat MODEL``, with the GenAI semantic
 conventions (``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
 ``gen_ai.usage.input_tokens``/``output_tokens``, ``gen_ai.conversation.id``, ``error.type``).
 Message content is never recorded. Spans go over OTLP/HTTP from the SDK's export thread, so the
@@ -80,6 +81,15 @@ def end_turn(span: Any, status: str) -> None:
         if status == "error":
             span.set_attribute("error.type", "error")
         span.end()
+
+
+def start_child(parent: Any, name: str) -> Any:
+    """A span for one step of a turn (history read, prompt build, store write)."""
+    if _tracer is None:
+        return None
+    from opentelemetry import trace
+
+    return _tracer.start_span(name, context=trace.set_span_in_context(parent))
 
 
 def start_model_call(parent: Any, model: str, chat: str) -> Any:
