@@ -154,13 +154,14 @@ class DialogManager:
                     if command.name in COMMANDS:
                         yield await COMMANDS[command.name](self, incoming, command.arg)
                         return
-                    with metrics.Metered(chat, self.channel):
+                    with metrics.Metered(chat, self.channel) as metered:
                         if refusal := await self._refusal(incoming):
                             yield refusal
                             return
                         async with contextlib.aclosing(self._image(incoming, command.arg)) as evs:
                             async for event in evs:
                                 yield event
+                                metrics.resume(metered)  # resumed perhaps in another context
                 return
             ticket = self.busy.arrive(incoming)
             try:
@@ -168,7 +169,7 @@ class DialogManager:
                     turn = self.busy.take(ticket)
                     if turn is None:
                         return  # answered together with an earlier message (busy policy)
-                    with metrics.Metered(chat, self.channel):
+                    with metrics.Metered(chat, self.channel) as metered:
                         if refusal := await self._refusal(turn):
                             yield refusal
                             return
@@ -178,6 +179,7 @@ class DialogManager:
                             async with contextlib.aclosing(run) as events:
                                 async for event in events:
                                     yield event
+                                    metrics.resume(metered)  # resumed perhaps in another context
             finally:
                 self.busy.leave(ticket)
         except StoreError as exc:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
+import httpx
 import pytest
 import redis
 from prometheus_client import REGISTRY
@@ -36,6 +37,9 @@ from tests.conftest import free_port
 from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.telegram_server import FakeTelegram
 from tests.test_telegram_roles import base_env, exited, fmbot
+from tests.test_web_api import send
+from tests.web_server import WebServer, web_env
+from tests.web_server import serving as web_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "prompts"
@@ -390,3 +394,20 @@ async def test_the_queue_worker_refuses_a_bad_listen_address_in_one_line(tmp_pat
     assert proc.stderr is not None
     [line] = proc.stderr.read().decode().strip().splitlines()
     assert "FMBOT_METRICS_LISTEN" in line
+
+
+def web_with_metrics(tmp_path: Path, port: int) -> contextlib.AbstractContextManager[WebServer]:
+    return web_serving(web_env(tmp_path, FMBOT_METRICS_LISTEN=f"127.0.0.1:{port}"), tmp_path)
+
+
+async def test_fmbot_web_serves_metrics_on_a_port_of_its_own(tmp_path: Path) -> None:
+    port = free_port()
+    with web_with_metrics(tmp_path, port) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
+            assert (await client.get("/metrics")).status_code == 404  # not on the web port
+            got = await send(client, "w1", "hello metrics")
+            assert got[-1][0] == "final"
+        samples = await scrape_until(
+            port, "fmbot_turns_total", 1, 30, channel="web", status="ok", role="web"
+        )
+        assert of_role(samples, "web")("fmbot_turn_duration_seconds_count", channel="web") == 1

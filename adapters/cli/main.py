@@ -202,7 +202,7 @@ def web(
 
     host, port = parse_listen(listen)
     web_settings = load_web_settings(host)  # a missing token is reported before anything starts
-    _serve(lambda settings: run_web(settings, web_settings, host, port))
+    _serve(lambda settings: run_web(settings, web_settings, host, port), web_settings)
 
 
 @app.command()

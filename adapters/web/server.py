@@ -19,6 +19,7 @@ import uvicorn
 from adapters.web.app import create_app
 from adapters.web.settings import WebSettings
 from bot.errors import ConfigError
+from bot.observe.server import serving as metrics_served
 from bot.settings import Settings
 
 GRACE = 5  # s other requests in progress get to finish after a stop signal
@@ -54,10 +55,16 @@ class _Server(uvicorn.Server):
 
 
 async def run_web(settings: Settings, web: WebSettings, host: str, port: int) -> None:
+    async with metrics_served(settings.metrics_listen, "web"):  # its own port
+        await _run(settings, web, host, port)
+
+
+async def _run(settings: Settings, web: WebSettings, host: str, port: int) -> None:
     from bot.app import build_manager
     from bot.models.registry import close_models
 
     manager = await build_manager(settings)
+    manager.channel = "web"
     try:
         closing = asyncio.Event()
         config = uvicorn.Config(

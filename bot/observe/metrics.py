@@ -252,6 +252,12 @@ class Metered:
 _STOPS = (GeneratorExit, asyncio.CancelledError)
 
 
+def resume(turn: TurnInfo) -> None:
+    """Make ``turn`` current again after a ``yield``: a consumer that steps a turn's generator
+    from several tasks (a web server's stream) resumes it each time in that task's context."""
+    current_turn.set(turn)
+
+
 def turn_status(status: str, model: str | None = None) -> None:
     """Say how the current turn ended (and which model answered it)."""
     turn = current_turn.get()
