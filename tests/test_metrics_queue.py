@@ -86,11 +86,14 @@ async def test_queue_counters_and_the_sampled_backlog(
         assert 1.0 <= age < 30
         assert value(waiting, "fmbot_queue_partitions_owned", role="worker") == PARTITIONS
         jobs.release.set()
-        after = await scrape_until(port, "fmbot_queue_acknowledged_total", 5, 20, role="worker")
+        # Counters are per process and other tests ran in this one: wait for growth.
+        acked = value(before, "fmbot_queue_acknowledged_total", role="worker") + 5
+        after = await scrape_until(port, "fmbot_queue_acknowledged_total", acked, 20, role="worker")
         # A lease another worker holds now: this worker loses the partition.
         await client.set(keys.lease(0), "someone-else", px=LEASE_MS)
+        losses = value(after, "fmbot_queue_lease_losses_total", reason="taken", role="worker")
         lost = await scrape_until(
-            port, "fmbot_queue_lease_losses_total", 1, 20, reason="taken", role="worker"
+            port, "fmbot_queue_lease_losses_total", losses + 1, 20, reason="taken", role="worker"
         )
     finally:
         await worker.stop(5)
