@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import shutil
 from pathlib import Path
@@ -43,13 +44,13 @@ class MediaDir:
         return await asyncio.to_thread(self._load, chat, sha256, source)
 
     def _load(self, chat: str, sha256: str, source: str) -> Picture | None:
-        from PIL import Image  # only to read the size back
+        from PIL import Image  # only to read the size back (from the header, not decoded)
 
         for mime, extension in _EXTENSIONS.items():
             path = self._folder(chat) / f"{sha256}{extension}"
             try:
                 data = path.read_bytes()
-                with Image.open(path) as image:
+                with Image.open(io.BytesIO(data)) as image:  # not a second read of the file
                     width, height = image.size
             except OSError:
                 continue
