@@ -25,6 +25,7 @@ from bot.queue.worker import CONCURRENCY
 
 TINY = ["--chats", "20", "--turns", "200", "--many-chats", "60", "--rate", "400"]
 TINY += ["--live-seconds", "0.5"]  # 200 messages sent while the worker runs
+STEADY = "queued while the worker holds every chat (each answered once before)"
 
 
 def blocks(out: str) -> dict[str, str]:
@@ -75,9 +76,11 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     assert list(runs) == [
         "best case",
         "best case, metrics on",
+        "steady state",
         "many chats",
         "real concurrency",
         "live",
+        "many chats cost",
         "metrics cost",
     ], out
     check_metrics_cost(
@@ -86,7 +89,8 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     expected = {  # chats, turns, turns at once, words describing how messages arrive
         "best case": (20, 200, 8, "queued before the clock starts"),
         "best case, metrics on": (20, 200, 8, "queued before the clock starts"),
-        "many chats": (60, 200, 8, "queued before the clock starts"),
+        "steady state": (20, 200, 8, STEADY),
+        "many chats": (60, 200, 8, STEADY),
         "real concurrency": (20, 200, CONCURRENCY, "queued before the clock starts"),
         "live": (20, 200, CONCURRENCY, "sent at 400 messages/s while the worker runs"),
     }
@@ -118,14 +122,26 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
         copy = re.search(r"copy on (\d+) turns, read from Redis on (\d+) \(.*: (\d+)\)", block)
         assert copy is not None, block
         hits, misses, first = (int(copy.group(i)) for i in (1, 2, 3))
-        assert (hits + misses, first) == (turns, chats)  # one history load per turn
-        assert misses >= chats  # a chat's first turn reads Redis
+        assert hits + misses == turns  # one history load per turn
+        if label in ("steady state", "many chats"):
+            # Every chat answered once before the clock by the same worker: it has them all.
+            assert (first, misses, hits) == (0, 0, turns), block
+        else:
+            assert first == chats and misses >= chats, block  # a chat's first turn reads Redis
     for label in ("real concurrency", "live"):  # replies published and marked as a channel does
         assert "replies published and marked delivered" in runs[label]
         assert re.search(r"^  delivered +marks on 20/20 chats", runs[label], re.M), runs[label]
-    for label in ("best case", "best case, metrics on", "many chats"):
+    for label in ("best case", "best case, metrics on", "steady state", "many chats"):
         assert "replies stored" in runs[label] and "delivered" not in runs[label].split("\n", 1)[1]
     assert re.search(r"^  ingress +sent while the worker ran, \d+ messages/s", runs["live"], re.M)
+    cost = re.fullmatch(
+        r"many chats cost: steady state (\d+) turns/s with 20 chats, (\d+) with 60 \(([\d.]+)×; "
+        r"same run, same worker settings\)",
+        runs["many chats cost"],
+    )
+    assert cost is not None, runs["many chats cost"]
+    few, many, ratio = int(cost.group(1)), int(cost.group(2)), float(cost.group(3))
+    assert abs(many / few - ratio) < 0.01, cost.group(0)  # the printed ratio is theirs
 
 
 def test_bench_without_the_queue_calls_the_manager_directly(

@@ -9,8 +9,12 @@ what real use looks like:
   once, replies stored only; the second time with Prometheus metrics counted (as with
   ``FMBOT_METRICS_LISTEN``; one scrape at the end), so what metrics cost a turn is printed
   from the same command;
-* **many chats** (``--many-chats``, 20,000): the same with that many chats, two or more turns
-  each, so the worker's copy of its chats (``FMBOT_WORKER_CACHE_MB``) is tried at that size;
+* **steady state** and **many chats** (``--many-chats``, 20,000): every chat is answered once
+  before the clock by the worker that then answers the backlog (it keeps its partitions, so its
+  copy of the chats, and holds the backlog's jobs until the clock starts); then ``--turns`` turns
+  with ``--chats`` chats and as many with ``--many-chats`` chats: the same work but for how many
+  chats the worker's copy (``FMBOT_WORKER_CACHE_MB``) holds, so their ratio is what many chats
+  cost;
 * **real concurrency**: the backlog again at the workers' own concurrency (256, the Telegram
   worker's), each reply published and marked delivered as a channel does
   (:meth:`~bot.queue.journal.JournaledRedisStore.mark`);
@@ -132,12 +136,17 @@ class Run:
     publish: bool = False
     #: Prometheus metrics counted during the run (bot.observe.metrics).
     metrics: bool = False
+    #: Steady state: every chat's first turn is answered before the clock (not counted in
+    #: ``turns``) by the worker that then answers the backlog, so each chat is in its copy.
+    steady: bool = False
 
     def describe(self, queue: bool) -> str:
         if not queue:
             how = "the manager called directly"
         elif self.rate:
             how = f"sent at {self.rate:g} messages/s while the worker runs"
+        elif self.steady:
+            how = "queued while the worker holds every chat (each answered once before)"
         else:
             how = "queued before the clock starts"
         replies = "published and marked delivered" if self.publish else "stored"
@@ -162,8 +171,10 @@ def plan_runs(
         Run("best case, metrics on", chats, turns, concurrency, metrics=True),
     ]
     if many_chats:
-        # Two turns or more per chat: the second finds (or misses) the chat in the worker's copy.
-        runs.append(Run("many chats", many_chats, max(turns, 2 * many_chats), concurrency))
+        # The same number of turns with few and with many chats, each chat answered once before
+        # the clock: what differs is only how many chats the worker keeps (FMBOT_WORKER_CACHE_MB).
+        runs.append(Run("steady state", chats, turns, concurrency, steady=True))
+        runs.append(Run("many chats", many_chats, max(turns, many_chats), concurrency, steady=True))
     runs.append(Run("real concurrency", chats, turns, CONCURRENCY, publish=True))
     if rate:
         live = max(1, round(rate * live_seconds))
@@ -241,9 +252,10 @@ class BenchResult:
         ]
         if self.cache is not None:
             hits, misses = self.cache
+            first = 0 if self.run.steady else min(self.chats, self.turns)  # steady: answered before
             lines.append(
                 f"  chat copy     history from the worker's copy on {hits} turns, read from Redis "
-                f"on {misses} (the chats' first turns: {min(self.chats, self.turns)})"
+                f"on {misses} (the chats' first turns: {first})"
             )
         if self.exposition is not None:
             counted, size = self.exposition
@@ -271,7 +283,22 @@ def report(results: list[BenchResult], url: str) -> str:
     first = results[0]
     how = f"queue with {first.partitions} partitions" if first.partitions else "no queue"
     head = f"fmbot bench: echo model, {how}, Redis {mask_url(url)}, {loop_name()} event loop"
-    return "\n".join([head, *(r.report() for r in results), *metrics_cost(results)])
+    lines = [head, *(r.report() for r in results), *many_chats_cost(results)]
+    return "\n".join([*lines, *metrics_cost(results)])
+
+
+def many_chats_cost(results: list[BenchResult]) -> list[str]:
+    """The steady state with few and with many chats compared: what keeping many chats costs."""
+    few = [r for r in results if r.run.label == "steady state"]
+    many = [r for r in results if r.run.label == "many chats"]
+    if not (few and many):
+        return []
+    a, b = few[0], many[0]
+    rate_a, rate_b = (r.answered / max(r.seconds, 1e-9) for r in (a, b))
+    return [
+        f"many chats cost: steady state {rate_a:.0f} turns/s with {a.chats} chats, {rate_b:.0f} "
+        f"with {b.chats} ({rate_b / max(rate_a, 1e-9):.2f}×; same run, same worker settings)"
+    ]
 
 
 def metrics_cost(results: list[BenchResult]) -> list[str]:
@@ -346,7 +373,8 @@ async def run_bench(
         default_mode=settings.default_mode,
         history_turns=settings.history_messages,
     )
-    plan = plan_messages(run.chats, run.turns)
+    # A steady run's first turns (one per chat) are answered before the clock, on top of ``turns``.
+    plan = plan_messages(run.chats, run.turns + (run.chats if run.steady else 0))
     metrics.enable(run.metrics)
     counted = _turns_counted()
     try:
@@ -438,7 +466,10 @@ async def _through_queue(
     keys = QueueKeys(prefix, partitions)
     assert isinstance(manager.store, JournaledRedisStore)
     cache = manager.store.cache
-    total = sum(len(m) for m in plan)
+    firsts = [(f"c{c}", m[0]) for c, m in enumerate(plan) if m and run.steady]
+    total = sum(len(m) for m in plan) - len(firsts)
+    gate = asyncio.Event()  # closed: the worker holds its jobs (steady runs, before the clock)
+    gate.set()
     handler = DialogHandler(manager, keys, publish=run.publish)
     next_n: dict[str, int] = {}
     seen: set[tuple[int, str]] = set()  # entry ids are unique per stream, not across them
@@ -448,6 +479,7 @@ async def _through_queue(
     phase = _Phase(len(warm_up))
 
     async def timed(job: Job) -> None:
+        await gate.wait()
         started = time.time()  # wall clock: the ingress stamps messages in another process
         await handler(job)
         ended = time.time()
@@ -482,7 +514,9 @@ async def _through_queue(
         cleanup.push_async_callback(stop_worker)  # runs before queue_client.aclose
         # The ingress runs in a process of its own, as in a deployment (`--role ingress`): this
         # process is the worker, and its figures are the worker's.
-        producer = Producer(url, prefix, partitions, [len(m) for m in plan], rate=run.rate)
+        counts = [len(m) for m in plan]
+        start = 1 if run.steady else 0  # a steady run's first messages come from the warm-up
+        producer = Producer(url, prefix, partitions, counts, rate=run.rate, start=start)
         cleanup.push_async_callback(producer.close)  # runs first: no enqueueing after a failure
         await producer.ready()
 
@@ -493,6 +527,13 @@ async def _through_queue(
         for chat in warm_up:
             await warmup.enqueue(chat, {"n": 0, "text": "warm up"})
         await asyncio.wait_for(phase.done.wait(), 30)
+        if firsts:
+            # Steady: this worker answers every chat's first message, keeps its partitions (and
+            # so its copy of the chats), and holds the backlog's jobs until the clock starts.
+            phase = _Phase(len(warm_up) + len(firsts))
+            await _enqueue_all(warmup, [(chat, {"n": 0, "text": text}) for chat, text in firsts])
+            await asyncio.wait_for(phase.done.wait(), timeout=60 + len(firsts) / 100)
+            gate.clear()
 
         if run.rate:
             # Live: the warm worker keeps running and the messages arrive while it does.
@@ -507,6 +548,18 @@ async def _through_queue(
             first = min((t.queued for t in turns), default=0.0)
             seconds = max((t.ended for t in turns), default=first) - first
             clock = 0.0
+        elif firsts:
+            history.count = ordering.count = 0
+            producer.go()
+            enqueue_trips, enqueue_seconds = await producer.result()
+            turns.clear()
+            phase = _Phase(total)
+            cache.hits = cache.misses = 0
+            clock, started = time.time(), time.perf_counter()
+            gate.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
+            seconds = (phase.finished or time.perf_counter()) - started
         else:
             # ... else stopped: it releases its partitions and leaves the membership set, so the
             # worker that answers the backlog takes every partition in its first round.
@@ -565,6 +618,18 @@ async def _through_queue(
     )
 
 
+async def _enqueue_all(ingress: Ingress, jobs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Enqueue ``jobs`` (chat, payload), a bounded number at once: one per chat would wait longer
+    for a pooled connection than the pool allows at 20,000 chats."""
+    limit = asyncio.Semaphore(MAX_CONNECTIONS // 2)
+
+    async def one(chat: str, payload: dict[str, Any]) -> None:
+        async with limit:
+            await ingress.enqueue(chat, payload)
+
+    await asyncio.gather(*(one(chat, payload) for chat, payload in jobs))
+
+
 async def _count_delivered(client: aioredis.Redis, prefix: str, chats: int, page: int = 500) -> int:
     """Chats ``c0`` ... whose delivered mark names the job their last stored turn answered."""
     keys = QueueKeys(prefix)
@@ -605,7 +670,14 @@ class Producer:
     """
 
     def __init__(
-        self, url: str, prefix: str, partitions: int, counts: list[int], *, rate: float = 0.0
+        self,
+        url: str,
+        prefix: str,
+        partitions: int,
+        counts: list[int],
+        *,
+        rate: float = 0.0,
+        start: int = 0,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with a running loop
         self._go = ctx.Event()
@@ -619,6 +691,7 @@ class Producer:
                 partitions,
                 counts,
                 rate,
+                start,
                 self._go,
                 self._abort,
                 child_end,
@@ -698,6 +771,7 @@ def _producer_main(
     partitions: int,
     counts: list[int],
     rate: float,
+    start: int,
     go: Any,
     abort: Any,
     out: Connection,
@@ -733,7 +807,7 @@ def _producer_main(
 
             async def chat(c: int, count: int) -> None:
                 async with limit:
-                    for n in range(count):
+                    for n in range(start, count):
                         await send(c, n)
 
             async def paced(c: int, n: int, before: asyncio.Task[None] | None) -> None:
@@ -746,13 +820,14 @@ def _producer_main(
                 await asyncio.gather(*(chat(c, count) for c, count in enumerate(counts)))
             else:
                 # Round robin over the chats, message k due at k / rate s after the start.
-                order = [(c, n) for n in range(max(counts)) for c in range(len(counts))]
+                numbers = range(start, max(counts, default=0))
+                order = [(c, n) for n in numbers for c in range(len(counts))]
                 loop = asyncio.get_running_loop()
-                start = loop.time()
+                begin = loop.time()
                 last: dict[int, asyncio.Task[None]] = {}
                 sent: list[asyncio.Task[None]] = []
                 for k, (c, n) in enumerate((c, n) for c, n in order if n < counts[c]):
-                    delay = start + k / rate - loop.time()
+                    delay = begin + k / rate - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
                     last[c] = asyncio.create_task(paced(c, n, last.get(c)))
