@@ -162,20 +162,32 @@ def test_prompts_render_shows_the_passages_and_where_they_go(tmp_path: Path) -> 
 
 
 def test_bench_prints_every_figure(tmp_path: Path) -> None:
-    done = fmbot(tmp_path, "bench", "--sizes", "300,600", "--queries", "10", "--paragraphs", "5")
+    done = fmbot(
+        tmp_path,
+        "bench",
+        *("--sizes", "600,31000", "--queries", "10", "--paragraphs", "5", "--questions", "6"),
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("retrieval: k=4, 384 dimensions, synthetic unit vectors")
     figures = [line.split(":", 1)[0].strip() for line in lines[1:]]
     assert figures == [
-        "300 chunks",
         "600 chunks",
+        "31,000 chunks",
+        "prefilter recall@4, 165 shop passages, 6 questions, the bits keeping 9/17/33",
         "query embedding (local",
         "indexing (local",
     ]
     for line in lines[1:3]:
-        p50, p99 = (float(x.split()[-2]) for x in line.split(":", 1)[1].split(","))
+        latency = line.split(":", 1)[1].split(" (")[0]
+        p50, p99 = (float(x.split()[-2]) for x in latency.split(","))
         assert 0 < p50 <= p99
+    assert lines[1].endswith(" s)") and "(exact: every vector compared; loaded in " in lines[1]
+    recall = float(lines[2].split("recall@4 ")[1].split(";")[0])
+    assert 0 < recall <= 1 and "the bits keep 930, " in lines[2] and "exact scan p50 " in lines[2]
+    real, random = (part.split()[0].split("/") for part in lines[3].split(": ")[1].split(", "))
+    assert len(real) == len(random) == 3 and all(0 <= float(x) <= 1 for x in real + random)
+    assert lines[3].endswith("on random ones") and " on local:e5 vectors" in lines[3]
     assert lines[-1].endswith(" chunks)") and "chunks/s" in lines[-1]
     assert not list((tmp_path / "home").glob("kb/*"))  # nothing left behind
     bad = fmbot(tmp_path, "bench", "--sizes", "ten")

@@ -15,6 +15,7 @@ from bot.settings import Settings, load_settings
 from bot.text import terminal_safe
 
 if TYPE_CHECKING:
+    from bot.kb.bench import Retrieval
     from bot.kb.index import Hit
 
 app = typer.Typer(
@@ -214,9 +215,15 @@ def bench(
     paragraphs: Annotated[
         int, typer.Option("--paragraphs", min=1, help="Paragraphs indexed for throughput.")
     ] = 100,
+    questions: Annotated[
+        int,
+        typer.Option(
+            "--questions", min=1, max=100, help="Labelled questions asked of the shop's passages."
+        ),
+    ] = 100,
 ) -> None:
-    """Retrieval latency (p50/p99, synthetic 384-dimension vectors, query embedding excluded),
-    query embedding time and indexing throughput of FMBOT_EMBED_MODEL."""
+    """Retrieval latency (p50/p99, synthetic 384-dimension vectors, query embedding excluded)
+    and recall, query embedding time and indexing throughput of FMBOT_EMBED_MODEL."""
     from bot.errors import ConfigError
     from bot.kb import bench as kb_bench
     from bot.kb.embedders import create_embedder
@@ -233,10 +240,17 @@ def bench(
             f"vectors, {queries} searches each, query embedding excluded"
         )
         for count in chunk_counts:
-            latency = await kb_bench.retrieval(count, queries)
-            _echo(f"  {count:>9,} chunks: p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms")
+            _echo(_retrieval_line(await kb_bench.retrieval(count, queries)))
         embedder = create_embedder(settings)
         try:
+            corpus = await kb_bench.embed_corpus(embedder, questions)
+            real = kb_bench.real_recall(corpus.vectors, corpus.query_vectors)
+            _echo(
+                f"prefilter recall@{kb_bench.TOP_K}, {real.passages} shop passages, "
+                f"{real.questions} questions, the bits keeping "
+                f"{'/'.join(map(str, real.candidates))}: {_figures(real.recall)} on "
+                f"{embedder.name} vectors, {_figures(real.random_recall)} on random ones"
+            )
             latency = await kb_bench.query_embedding(embedder, queries)
             _echo(
                 f"query embedding ({embedder.name}): p50 {latency.p50_ms:.1f} ms, "
@@ -251,3 +265,17 @@ def bench(
             await embedder.aclose()
 
     asyncio.run(go())
+
+
+def _figures(values: tuple[float, ...]) -> str:
+    return "/".join(f"{v:.3f}" for v in values)
+
+
+def _retrieval_line(r: Retrieval) -> str:
+    line = f"  {r.chunks:>9,} chunks: p50 {r.latency.p50_ms:.1f} ms, p99 {r.latency.p99_ms:.1f} ms"
+    if r.exact is None:
+        return line + f" (exact: every vector compared; loaded in {r.load_s:.1f} s)"
+    return line + (
+        f" (the bits keep {r.candidates:,}, recall@4 {r.recall:.3f}; exact scan p50 "
+        f"{r.exact.p50_ms:.1f} ms, p99 {r.exact.p99_ms:.1f} ms; loaded in {r.load_s:.1f} s)"
+    )

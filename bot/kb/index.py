@@ -2,14 +2,19 @@
 
 Tables: ``meta`` (the embedder's name and dimension: another embedder is refused, naming both),
 ``files`` (path, content hash: unchanged files are skipped), ``chunks`` (source, heading path,
-text) and ``vectors``, a ``vec0`` table of cosine distance whose rowids are the chunks'. Queries
-use the ``k = N`` form of a KNN match: the ``LIMIT`` form needs SQLite 3.41, Debian 12 has 3.40.
+text) and ``vectors``, a ``vec0`` table of cosine distance whose rowids are the chunks'.
+
+The file is the source of truth; searches run on its vectors held in memory
+(:mod:`bot.kb.vectors`), brought up to date as the file changes. ``vec0``'s own KNN query, in
+the ``k = N`` form (the ``LIMIT`` form needs SQLite 3.41, Debian 12 has 3.40), is the exact
+reference the bench compares with.
 
 The file is in WAL mode: bots read it (read-only) while ``fmbot kb add`` writes, and see each
 file's chunks once its transaction commits. A knowledge base removed and built again is a new
 file; a reader notices (another inode) and reopens it, so bots need no restart.
 
-SQLite is blocking: every call runs in a worker thread, one at a time per knowledge base.
+SQLite is blocking: every call runs in a worker thread, one at a time per knowledge base; reads
+borrow read-only connections (:mod:`bot.kb.readers`), the writer has its own.
 """
 
 from __future__ import annotations
@@ -20,17 +25,21 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import numpy as np
+
 from bot.errors import KnowledgeError
 from bot.kb.documents import SUFFIXES, Chunk, chunk_blocks, read_blocks
 from bot.kb.embedders import Embedder, check_vectors
+from bot.kb.readers import Readers
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +145,11 @@ class KnowledgeBase:
         self.name = name
         self.path = path
         self.readonly = readonly
-        self._conn: sqlite3.Connection | None = None
-        self._identity: tuple[int, int] | None = None
-        self._lock = asyncio.Lock()
+        self._conn: sqlite3.Connection | None = None  # the writer's
+        self._lock = asyncio.Lock()  # the writer's connection serves one call at a time
+        self._local = threading.local()  # the connection a reader's call borrowed
+        # Searches (of a writer too) read through connections of their own.
+        self._readers = Readers(path, partial(self._connect, readonly=True), self._gone)
 
     @classmethod
     async def open(
@@ -154,27 +165,51 @@ class KnowledgeBase:
                 f"build it with: fmbot kb add {name} PATH..."
             )
         kb = cls(name, path, readonly=readonly)
-        await kb._call(kb._connect)
+        if readonly:
+            await kb._read(lambda: None)  # fails now, not at the first search
+        else:
+            await kb._call(kb._connect_writer)
         return kb
 
     # --- threads and connections ---
 
     async def _call(self, fn: Callable[[], T]) -> T:
-        async with self._lock:
-            try:
-                return await asyncio.to_thread(fn)
-            except _sqlite_module().Error as exc:
-                # A damaged file, a full disk, a lock held too long: one line that says what to
-                # do, never a traceback in a chat or a terminal.
-                raise KnowledgeError(
-                    f"Knowledge base {self.name!r} ({self.path}) failed: {exc}. If it persists, "
-                    f"build it again: fmbot kb remove {self.name}, then fmbot kb add "
-                    f"{self.name} PATH..."
-                ) from exc
-
-    def _connect(self) -> None:
-        module = _sqlite_module()
+        """``fn`` in a worker thread, one at a time: a reader's with a read-only connection, the
+        writer's with its own."""
         if self.readonly:
+            return await self._read(fn)
+        async with self._lock:
+            return await self._mapped(asyncio.to_thread(fn))
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        """``fn`` in a worker thread with a read-only connection borrowed for the call."""
+        async with self._lock:
+            return await self._mapped(asyncio.to_thread(self._borrowing, fn))
+
+    def _borrowing(self, fn: Callable[[], T]) -> T:
+        conn = self._readers.checkout()
+        self._local.conn = conn
+        try:
+            return fn()
+        finally:
+            self._local.conn = None
+            self._readers.checkin(conn)
+
+    async def _mapped(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except _sqlite_module().Error as exc:
+            # A damaged file, a full disk, a lock held too long: one line that says what to
+            # do, never a traceback in a chat or a terminal.
+            raise KnowledgeError(
+                f"Knowledge base {self.name!r} ({self.path}) failed: {exc}. If it persists, "
+                f"build it again: fmbot kb remove {self.name}, then fmbot kb add "
+                f"{self.name} PATH..."
+            ) from exc
+
+    def _connect(self, *, readonly: bool) -> sqlite3.Connection:
+        module = _sqlite_module()
+        if readonly:
             target, uri = f"file:{self.path}?mode=ro", True
         else:
             try:
@@ -195,32 +230,35 @@ class KnowledgeBase:
 
             sqlite_vec.load(conn)
             conn.enable_load_extension(False)
-            if self.readonly:
-                # A search reads every vector: map the file rather than copy its pages through
-                # SQLite's small page cache (halves the latency at 100k chunks); the pages are
-                # the OS's, shared by every worker reading the same file.
+            if readonly:
+                # Loading the vectors reads them all: map the file rather than copy its pages
+                # through SQLite's small page cache; the pages are the OS's, shared by every
+                # worker reading the same file.
                 conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
             else:
                 conn.execute("PRAGMA journal_mode=WAL")
                 _create_tables(conn)
-            self._identity = _identity(self.path)
         except module.Error as exc:
             raise KnowledgeError(
                 f"Knowledge base {self.name!r} ({self.path}) cannot be opened: {exc}. "
                 "Check the file, or remove it and build it again with fmbot kb add."
             ) from exc
-        self._conn = conn
+        return conn
+
+    def _connect_writer(self) -> None:
+        self._conn = self._connect(readonly=False)
+
+    def _gone(self) -> KnowledgeError:
+        return KnowledgeError(
+            f"Knowledge base {self.name!r} is gone ({self.path}); "
+            f"build it again with: fmbot kb add {self.name} PATH..."
+        )
 
     def _db(self) -> sqlite3.Connection:
-        """The connection; a reader reopens it when the file was replaced (built again)."""
-        if self.readonly and _identity(self.path) != self._identity:
-            if not self.path.is_file():
-                raise KnowledgeError(
-                    f"Knowledge base {self.name!r} is gone ({self.path}); "
-                    f"build it again with: fmbot kb add {self.name} PATH..."
-                )
-            self._close()
-            self._connect()
+        """The connection of this call: a borrowed read-only one, or the writer's."""
+        borrowed: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if borrowed is not None:
+            return borrowed
         assert self._conn is not None
         return self._conn
 
@@ -230,7 +268,9 @@ class KnowledgeBase:
             self._conn = None
 
     async def aclose(self) -> None:
-        await self._call(self._close)
+        await asyncio.to_thread(self._readers.close)
+        if not self.readonly:
+            await self._call(self._close)
 
     # --- the embedder ---
 
@@ -417,32 +457,50 @@ class KnowledgeBase:
 
     # --- reading ---
 
-    async def search(self, vector: Sequence[float], k: int) -> list[Hit]:
-        """The ``k`` chunks nearest to ``vector``, best first."""
+    async def search(
+        self, vector: Sequence[float], k: int, *, candidates: int | None = None
+    ) -> list[Hit]:
+        """The ``k`` chunks nearest to ``vector``, best first, from the vectors in memory
+        (:mod:`bot.kb.vectors`; ``candidates`` as there). Searches run in parallel."""
+
+        def go() -> list[Hit]:
+            meta = self._meta()
+            if not meta:
+                return []
+            snapshot = self._readers.vectors(int(meta["dimension"]))
+            ids, scores = snapshot.search(np.asarray(vector, np.float32), k, candidates)
+            return self._hits(self._db(), [int(i) for i in ids], [float(s) for s in scores])
+
+        return await self._read(go)
+
+    async def search_exact(self, vector: Sequence[float], k: int) -> list[Hit]:
+        """The same through ``vec0``, which compares every stored vector in SQLite: the
+        reference the bench measures recall against."""
 
         def go() -> list[Hit]:
             db = self._db()
             if not self._meta():
                 return []
             rows = db.execute(
-                "SELECT c.id, c.source, c.heading, c.text, v.distance FROM "
-                "(SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?) v "
-                "JOIN chunks c ON c.id = v.rowid ORDER BY v.distance",
+                "SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?",
                 (_blob(vector), k),
             ).fetchall()
-            return [
-                Hit(
-                    source=str(source),
-                    heading=str(heading),
-                    text=str(text),
-                    score=1.0 - float(distance),
-                    chunk_id=int(chunk_id),
-                    kb=self.name,
-                )
-                for chunk_id, source, heading, text, distance in rows
-            ]
+            return self._hits(db, [int(i) for i, _ in rows], [1.0 - float(d) for _, d in rows])
 
-        return await self._call(go)
+        return await self._read(go)
+
+    def _hits(self, db: sqlite3.Connection, ids: list[int], scores: list[float]) -> list[Hit]:
+        marks = ",".join("?" * len(ids))
+        rows = db.execute(
+            f"SELECT id, source, heading, text FROM chunks WHERE id IN ({marks})", ids
+        ).fetchall()
+        found = {int(i): (str(src), str(head), str(text)) for i, src, head, text in rows}
+        # A chunk removed since the vectors were read is left out.
+        return [
+            Hit(*found[i], score=score, chunk_id=i, kb=self.name)
+            for i, score in zip(ids, scores, strict=True)
+            if i in found
+        ]
 
     async def files(self) -> list[tuple[str, str, int]]:
         """(source, path, chunks) of every file, by source."""
@@ -487,14 +545,6 @@ def _create_tables(conn: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
         """
     )
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _blob(vector: Sequence[float]) -> bytes:

@@ -31,11 +31,18 @@ class Retriever:
             return kb
 
     async def search(
-        self, names: Sequence[str], query: str, k: int, min_score: float | None = None
+        self,
+        names: Sequence[str],
+        query: str,
+        k: int,
+        min_score: float | None = None,
+        *,
+        exact: bool = False,
     ) -> list[Hit]:
         """The ``k`` best passages of the knowledge bases ``names`` for ``query``, scored at
         least ``min_score``. KnowledgeError for an unknown base or one of another embedder
-        (checked before the query is embedded)."""
+        (checked before the query is embedded). ``exact``: one search in SQLite rather than
+        reading every vector into memory first (a command's single search)."""
         kbs = [await self._kb(name) for name in names]
         for kb in kbs:
             await kb.check_embedder(self.embedder)
@@ -43,7 +50,7 @@ class Retriever:
         hits: list[Hit] = []
         for kb in kbs:
             await kb.check_embedder(self.embedder, len(vector))
-            hits.extend(await kb.search(vector, k))
+            hits.extend(await (kb.search_exact(vector, k) if exact else kb.search(vector, k)))
         hits.sort(key=lambda h: h.score, reverse=True)
         floor = min_score if min_score is not None else -1.0
         return [h for h in hits if h.score >= floor][:k]
@@ -61,6 +68,6 @@ async def search_kbs(settings: Settings, names: Sequence[str], query: str, k: in
     """One search with the configured embedder (``fmbot kb search``)."""
     retriever = Retriever(settings.knowledge_dir, create_embedder(settings))
     try:
-        return await retriever.search(names, query, k)
+        return await retriever.search(names, query, k, exact=True)
     finally:
         await retriever.aclose()

@@ -1,0 +1,108 @@
+"""Searches on the vectors held in memory: the same answers as ``vec0``'s exact scan, the bit
+prefilter's recall, updates picked up file by file. Real SQLite + sqlite-vec, the real e5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.kb import bench_corpus, vectors
+from bot.kb.bench import embed_corpus, real_recall
+from bot.kb.documents import Chunk
+from bot.kb.embedders import LocalE5Embedder
+from bot.kb.index import KnowledgeBase
+
+DIM = 384
+
+
+def _rows(rng: np.random.Generator, n: int) -> list[list[float]]:
+    rows: list[list[float]] = rng.standard_normal((n, DIM)).astype(np.float32).tolist()
+    return rows
+
+
+async def _store(kb: KnowledgeBase, source: str, rows: list[list[float]]) -> None:
+    chunks = [Chunk("Synthetic", f"{source} {i}") for i in range(len(rows))]
+    await kb.store_vectors(source, chunks, rows, embedder="synthetic", dimension=DIM)
+
+
+async def test_searches_in_memory_find_what_vec0_finds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    writer = await KnowledgeBase.open(tmp_path, "kb", create=True)
+    for part in range(3):
+        await _store(writer, f"part{part}", _rows(rng, 700))
+    await writer.aclose()
+    reader = await KnowledgeBase.open(tmp_path, "kb", readonly=True)
+    try:
+        for query in _rows(rng, 20):
+            memory = await reader.search(query, 5)
+            exact = await reader.search_exact(query, 5)
+            assert [h.chunk_id for h in memory] == [h.chunk_id for h in exact]
+            assert [h.text for h in memory] == [h.text for h in exact]
+            assert [h.score for h in memory] == pytest.approx([h.score for h in exact], abs=1e-5)
+    finally:
+        await reader.aclose()
+
+
+def test_the_prefilter_returns_exact_scores_and_keeps_near_neighbours() -> None:
+    rng = np.random.default_rng(2)
+    # Topics: 60 centres with 500 passages each around them, as real documents cluster.
+    centres = rng.standard_normal((60, DIM)).astype(np.float32)
+    rows = np.repeat(centres, 500, axis=0) + 0.9 * rng.standard_normal((30_000, DIM))
+    snapshot = vectors.of_rows(np.vstack([rows, rng.standard_normal((1_000, DIM))]))
+    assert snapshot.size > vectors.EXACT_UP_TO  # so the bits are used by default
+    queries = centres[:20] + 0.9 * rng.standard_normal((20, DIM)).astype(np.float32)
+    found = kept = 0
+    for query in queries:
+        ids, scores = snapshot.search(query, 10)
+        exact_ids, _ = snapshot.search(query, 10, candidates=0)
+        unit = query / np.linalg.norm(query)
+        assert scores == pytest.approx(snapshot.matrix[ids] @ unit, abs=1e-5)  # exact cosines
+        assert list(scores) == sorted(scores, reverse=True)
+        found += len(set(ids.tolist()) & set(exact_ids.tolist()))
+        kept += len(exact_ids)
+    assert found / kept >= 0.95
+    # Keeping every row is the exact scan.
+    ids, _ = snapshot.search(queries[0], 10, candidates=snapshot.size)
+    assert ids.tolist() == snapshot.search(queries[0], 10, candidates=0)[0].tolist()
+
+
+async def test_on_real_e5_vectors_the_bits_keep_the_neighbours_better_than_on_random() -> None:
+    embedder = LocalE5Embedder()
+    try:
+        corpus = await embed_corpus(embedder, len(bench_corpus.QUESTIONS))
+    finally:
+        await embedder.aclose()
+    measured = real_recall(corpus.vectors, corpus.query_vectors)
+    assert measured.passages == len(bench_corpus.passages()) >= 150
+    assert all(r > n for r, n in zip(measured.recall, measured.random_recall, strict=True))
+    assert measured.recall[0] >= measured.random_recall[0] + 0.3  # keeping a twentieth
+    assert measured.recall[-1] >= 0.95  # keeping a fifth
+
+
+async def test_a_reader_picks_up_changed_removed_and_added_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    writer = await KnowledgeBase.open(tmp_path, "kb", create=True)
+    reader = await KnowledgeBase.open(tmp_path, "kb", readonly=True)
+    try:
+        first, last = _rows(rng, 50), _rows(rng, 50)
+        await _store(writer, "first", first)
+        await _store(writer, "last", last)
+        assert (await reader.search(last[7], 1))[0].text == "last 7"
+        # Stored again, "last" takes the same chunk ids with other vectors (SQLite reuses the
+        # highest rowids): the reader must not keep the old vectors under them.
+        again = _rows(rng, 50)
+        await _store(writer, "last", again)
+        hit = (await reader.search(again[3], 1))[0]
+        assert (hit.text, hit.score) == ("last 3", pytest.approx(1.0, abs=1e-5))
+        assert (await reader.search(last[7], 1))[0].score < 0.5
+
+        await writer.remove([Path("/stored/first")])
+        assert {h.text.split()[0] for h in await reader.search(first[0], 20)} == {"last"}
+        await _store(writer, "new", first[:5])
+        assert (await reader.search(first[2], 1))[0].text == "new 2"
+        assert len(await reader.search(first[2], 100)) == 55
+    finally:
+        await writer.aclose()
+        await reader.aclose()
