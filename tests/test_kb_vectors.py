@@ -3,6 +3,8 @@ prefilter's recall, updates picked up file by file. Real SQLite + sqlite-vec, th
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,39 @@ async def test_a_reader_picks_up_changed_removed_and_added_files(tmp_path: Path)
         await _store(writer, "new", first[:5])
         assert (await reader.search(first[2], 1))[0].text == "new 2"
         assert len(await reader.search(first[2], 100)) == 55
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+
+
+async def test_searches_of_one_knowledge_base_run_in_parallel(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    writer = await KnowledgeBase.open(tmp_path, "kb", create=True)
+    rows = _rows(rng, 400)
+    await _store(writer, "base", rows)
+    reader = await KnowledgeBase.open(tmp_path, "kb", readonly=True)
+    try:
+        # A read that holds its connection until released: were reads one at a time, the
+        # search below would wait for it, and the timeout would end the test.
+        release = threading.Event()
+        holding = asyncio.ensure_future(reader._read(lambda: release.wait(30)))
+        await asyncio.sleep(0.05)
+        async with asyncio.timeout(20):
+            hits = await reader.search(rows[9], 1)
+        release.set()
+        assert await holding
+        assert hits[0].text == "base 9"
+
+        # Many at once, beside the writer: each gets the answer it gets alone.
+        queries = [rows[i] for i in range(0, 400, 25)]
+        alone = [[h.chunk_id for h in await reader.search(q, 3)] for q in queries]
+        async with asyncio.timeout(60):
+            _, *together = await asyncio.gather(
+                _store(writer, "more", _rows(rng, 300)),
+                *(reader.search(q, 3) for q in queries * 4),
+            )
+        assert [[h.chunk_id for h in hits] for hits in together] == alone * 4
+        assert all(hits[0].score == pytest.approx(1.0, abs=1e-5) for hits in together)
     finally:
         await writer.aclose()
         await reader.aclose()

@@ -13,8 +13,8 @@ The file is in WAL mode: bots read it (read-only) while ``fmbot kb add`` writes,
 file's chunks once its transaction commits. A knowledge base removed and built again is a new
 file; a reader notices (another inode) and reopens it, so bots need no restart.
 
-SQLite is blocking: every call runs in a worker thread, one at a time per knowledge base; reads
-borrow read-only connections (:mod:`bot.kb.readers`), the writer has its own.
+SQLite is blocking: every call runs in a worker thread. Reads borrow read-only connections of
+their own and run in parallel (:mod:`bot.kb.readers`); the writer's calls run one at a time.
 """
 
 from __future__ import annotations
@@ -174,17 +174,17 @@ class KnowledgeBase:
     # --- threads and connections ---
 
     async def _call(self, fn: Callable[[], T]) -> T:
-        """``fn`` in a worker thread, one at a time: a reader's with a read-only connection, the
-        writer's with its own."""
+        """``fn`` in a worker thread: a reader's with a connection of its own (readers run in
+        parallel), the writer's one at a time."""
         if self.readonly:
             return await self._read(fn)
         async with self._lock:
             return await self._mapped(asyncio.to_thread(fn))
 
     async def _read(self, fn: Callable[[], T]) -> T:
-        """``fn`` in a worker thread with a read-only connection borrowed for the call."""
-        async with self._lock:
-            return await self._mapped(asyncio.to_thread(self._borrowing, fn))
+        """``fn`` in a worker thread with a read-only connection borrowed for the call: reads
+        run in parallel (a bot's turns search at the same time), also beside the writer."""
+        return await self._mapped(asyncio.to_thread(self._borrowing, fn))
 
     def _borrowing(self, fn: Callable[[], T]) -> T:
         conn = self._readers.checkout()

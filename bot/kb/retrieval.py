@@ -47,10 +47,12 @@ class Retriever:
         for kb in kbs:
             await kb.check_embedder(self.embedder)
         vector = await self.embedder.embed_query(query)
-        hits: list[Hit] = []
         for kb in kbs:
             await kb.check_embedder(self.embedder, len(vector))
-            hits.extend(await (kb.search_exact(vector, k) if exact else kb.search(vector, k)))
+        found = await asyncio.gather(
+            *(kb.search_exact(vector, k) if exact else kb.search(vector, k) for kb in kbs)
+        )
+        hits = [hit for each in found for hit in each]
         hits.sort(key=lambda h: h.score, reverse=True)
         floor = min_score if min_score is not None else -1.0
         return [h for h in hits if h.score >= floor][:k]
