@@ -175,6 +175,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         "600 chunks",
         "31,000 chunks",
         "prefilter recall@4, 165 shop passages, 6 questions, the bits keeping 9/17/33",
+        "hybrid ranking (FTS5 bm25 fused with the vectors, reciprocal rank fusion), recall@4 "
+        "vectors only/hybrid",
         "query embedding (local",
         "indexing (local",
     ]
@@ -188,6 +190,9 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     real, random = (part.split()[0].split("/") for part in lines[3].split(": ")[1].split(", "))
     assert len(real) == len(random) == 3 and all(0 <= float(x) <= 1 for x in real + random)
     assert lines[3].endswith("on random ones") and " on local:e5 vectors" in lines[3]
+    kinds = [part.split() for part in lines[4].split(": ")[1].split(", ")]
+    assert [(kind, n) for kind, _, n in kinds] == [("keyword", "(6)"), ("all", "(6)")]
+    assert all(0 <= float(x) <= 1 for _, pair, _ in kinds for x in pair.split("/"))
     assert lines[-1].endswith(" chunks)") and "chunks/s" in lines[-1]
     assert not list((tmp_path / "home").glob("kb/*"))  # nothing left behind
     bad = fmbot(tmp_path, "bench", "--sizes", "ten")

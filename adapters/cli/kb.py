@@ -251,6 +251,15 @@ def bench(
                 f"{'/'.join(map(str, real.candidates))}: {_figures(real.recall)} on "
                 f"{embedder.name} vectors, {_figures(real.random_recall)} on random ones"
             )
+            hybrid = kb_bench.hybrid_recall(corpus)
+            kinds = ", ".join(
+                f"{kind} {vec:.3f}/{fused:.3f} ({n})"
+                for kind, (n, vec, fused) in hybrid.kinds.items()
+            )
+            _echo(
+                f"hybrid ranking (FTS5 bm25 fused with the vectors, reciprocal rank fusion), "
+                f"recall@{kb_bench.TOP_K} vectors only/hybrid: {kinds}"
+            )
             latency = await kb_bench.query_embedding(embedder, queries)
             _echo(
                 f"query embedding ({embedder.name}): p50 {latency.p50_ms:.1f} ms, "

@@ -55,7 +55,7 @@ MMAP_BYTES = 1 << 30  # address space, not memory: only pages read are resident
 Progress = Callable[[int, int, str], None]  # (files done, files in all, the file now)
 
 
-def _sqlite_module() -> Any:
+def sqlite_module() -> Any:
     """The stdlib ``sqlite3`` when it can load extensions; else ``sqlean`` (the same API on a
     bundled SQLite), for Pythons built without loadable extensions (pyenv's default)."""
     if hasattr(sqlite3.Connection, "enable_load_extension"):
@@ -198,7 +198,7 @@ class KnowledgeBase:
     async def _mapped(self, call: Awaitable[T]) -> T:
         try:
             return await call
-        except _sqlite_module().Error as exc:
+        except sqlite_module().Error as exc:
             # A damaged file, a full disk, a lock held too long: one line that says what to
             # do, never a traceback in a chat or a terminal.
             raise KnowledgeError(
@@ -208,7 +208,7 @@ class KnowledgeBase:
             ) from exc
 
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
-        module = _sqlite_module()
+        module = sqlite_module()
         if readonly:
             target, uri = f"file:{self.path}?mode=ro", True
         else:
