@@ -21,7 +21,15 @@ from rich.markup import escape
 
 from bot.commands import HELP, parse_command
 from bot.dialog import DialogManager
-from bot.events import FinalText, ImageReply, Incoming, Notice, ReplyEvent, TextDelta
+from bot.events import (
+    FinalText,
+    ImageReply,
+    Incoming,
+    Notice,
+    ReplyEvent,
+    TextDelta,
+    sources_line,
+)
 from bot.text import terminal_safe
 
 log = logging.getLogger(__name__)
@@ -71,7 +79,8 @@ class ConsoleChannel:
         if isinstance(event, TextDelta):
             out.write(terminal_safe(event.text))
         elif isinstance(event, FinalText):
-            out.write("\n" + (terminal_safe(event.sources) + "\n" if event.sources else ""))
+            line = sources_line(event.sources)
+            out.write("\n" + (terminal_safe(line) + "\n" if line else ""))
         elif isinstance(event, Notice):
             (err if event.kind == "error" else out).write(terminal_safe(event.text) + "\n")
         elif isinstance(event, ImageReply):
@@ -123,7 +132,8 @@ class ConsoleChannel:
                 elif isinstance(event, FinalText):
                     console.print()
                     if event.sources:
-                        console.print(terminal_safe(event.sources), style="dim", markup=False)
+                        line = terminal_safe(sources_line(event.sources))
+                        console.print(line, style="dim", markup=False)
                     started = False
                 elif isinstance(event, Notice):
                     style = {"info": "cyan", "warning": "yellow", "error": "bold red"}[event.kind]

@@ -38,6 +38,7 @@ from bot.events import (
     Notice,
     Picture,
     ReplyEvent,
+    Source,
     TextDelta,
     Usage,
 )
@@ -440,7 +441,7 @@ class DialogManager:
                 task = asyncio.get_running_loop().create_task(save, context=context)
                 saved = await asyncio.shield(task)
         if status == "complete":
-            yield FinalText(response.text, sources=sources_line(prompt.hits, response.text))
+            yield FinalText(response.text, sources=cited_sources(prompt.hits, response.text))
             if not saved:
                 yield Notice(
                     "This reply was not saved (the conversation store is unavailable), so the "
@@ -574,29 +575,29 @@ def passages_of(hits: Sequence[Hit]) -> list[Passage]:
 _CITATION = re.compile(r"\[(\d{1,2})\]")
 
 
-def sources_line(hits: Sequence[Hit], reply: str) -> str:
-    """``Sources: [1] warranty.md — Warranty; [2] ...``: the passages the reply cites as [n],
-    or all it was given when it cites none (small models rarely do)."""
-    return _sources([(p.n, p.label) for p in passages_of(hits)], reply)
+def cited_sources(hits: Sequence[Hit], reply: str) -> tuple[Source, ...]:
+    """The passages the reply cites as [n], or all it was given when it cites none (small
+    models rarely do)."""
+    return _cited([Source(n, h.source, h.heading) for n, h in enumerate(hits, 1)], reply)
 
 
-def stored_sources(turn: Turn) -> str:
-    """The sources line of a stored reply (its ``knowledge`` meta), for a reply sent again."""
+def stored_sources(turn: Turn) -> tuple[Source, ...]:
+    """The sources of a stored reply (its ``knowledge`` meta): for a reply sent again or shown
+    again, the same as when it was first sent."""
     used = turn.meta.get("knowledge")
     if not isinstance(used, list):
-        return ""
-    labels = []
-    for item in used:
-        if isinstance(item, dict) and isinstance(item.get("n"), int):
-            passage = Passage(item["n"], "", str(item.get("source")), str(item.get("heading")))
-            labels.append((passage.n, passage.label))
-    return _sources(labels, turn.text)
+        return ()
+    sources = [
+        Source(item["n"], str(item.get("source")), str(item.get("heading") or ""))
+        for item in used
+        if isinstance(item, dict) and isinstance(item.get("n"), int)
+    ]
+    return _cited(sources, turn.text)
 
 
-def _sources(labels: Sequence[tuple[int, str]], reply: str) -> str:
+def _cited(sources: Sequence[Source], reply: str) -> tuple[Source, ...]:
     cited = {int(n) for n in _CITATION.findall(reply)}
-    shown = [(n, label) for n, label in labels if n in cited] or labels
-    return "Sources: " + "; ".join(f"[{n}] {label}" for n, label in shown) if shown else ""
+    return tuple(s for s in sources if s.n in cited) or tuple(sources)
 
 
 def _without_pictures(message: Message) -> Message:

@@ -6,6 +6,7 @@ it to ``DialogManager.handle`` and renders the :data:`ReplyEvent` stream however
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,14 +41,37 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """A passage a knowledge answer was given: its number ``[n]`` in the prompt and the reply,
+    the file it came from (relative to the folder added) and its heading ("" for none)."""
+
+    n: int
+    source: str
+    heading: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.source} — {self.heading}" if self.heading else self.source
+
+
+def sources_line(sources: Sequence[Source]) -> str:
+    """``Sources: [1] warranty.md — Warranty; [2] returns.html``, or "" when there are none:
+    how the text channels show a reply's sources."""
+    if not sources:
+        return ""
+    return "Sources: " + "; ".join(f"[{s.n}] {s.label}" for s in sources)
+
+
+@dataclass(frozen=True, slots=True)
 class FinalText:
     """The complete reply. ``complete`` is False when generation was cut short."""
 
     text: str
     complete: bool = True
-    #: ``Sources: [1] warranty.md — Warranty; [2] ...`` for a reply grounded in a knowledge
-    #: base: channels show it after the text (not part of ``text``, nor of the stored turn).
-    sources: str = ""
+    #: The passages of a reply grounded in a knowledge base (those it cites as [n], else all
+    #: it was given): channels show them after the text (:func:`sources_line`); they are not
+    #: part of ``text``, nor of the stored turn (whose meta keeps the passages).
+    sources: tuple[Source, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from adapters.telegram import TelegramApp, TelegramSettings
 from adapters.telegram.runner import Runner
 from bot.dialog import DialogManager, stored_sources
 from bot.errors import PromptError
-from bot.events import FinalText, Incoming, Message, Notice, ReplyEvent
+from bot.events import FinalText, Incoming, Message, Notice, ReplyEvent, Source, sources_line
 from bot.kb.embedders import Embedder, LocalE5Embedder, Vector
 from bot.kb.index import KnowledgeBase
 from bot.kb.retrieval import Retriever
@@ -180,7 +180,8 @@ async def test_a_turn_retrieves_shows_sources_and_stores_the_passages(
         sent = model.requests[0][-1].text
         assert sent.startswith("Context (cite passages as [n]):\n\n[1] warranty.md — Delivery\n")
         assert sent.endswith("\n\nСколько дней идёт доставка посылки?")
-        assert final.sources.startswith("Sources: [1] warranty.md — Delivery; [2] ")
+        assert sources_line(final.sources).startswith("Sources: [1] warranty.md — Delivery; [2] ")
+        assert final.sources[0] == Source(1, "warranty.md", "Delivery")
         assert "Sources" not in final.text  # a line of its own, not part of the reply
 
         turns = await store.read("c")
@@ -209,7 +210,7 @@ async def test_the_reply_lists_only_the_passages_it_cites(
     try:
         final = (await collect(manager, "c", "warranty claims, see [2]"))[-1]
         assert isinstance(final, FinalText)
-        assert final.sources.startswith("Sources: [2] ") and ";" not in final.sources
+        assert [s.n for s in final.sources] == [2]
     finally:
         await manager.aclose()
 
@@ -221,7 +222,7 @@ async def test_a_turn_without_knowledge_pays_nothing(tmp_path: Path, store: Dial
     manager = grounded(tmp_path, store, EchoModel(), retriever, mode="plain")
     try:
         final = (await collect(manager, "c", "hello"))[-1]
-        assert isinstance(final, FinalText) and final.sources == ""
+        assert isinstance(final, FinalText) and final.sources == ()
         assert embedder.queries == []
         assert isinstance(embedder.inner, LocalE5Embedder) and embedder.inner._model is None
     finally:
@@ -318,10 +319,10 @@ def test_a_stored_reply_sent_again_gets_the_same_sources_line() -> None:
             {"n": 2, "kb": "shop", "source": "returns.html", "heading": ""},
         ]
     }
-    assert stored_sources(Turn("assistant", "Two years.", meta=meta)) == (
+    assert sources_line(stored_sources(Turn("assistant", "Two years.", meta=meta))) == (
         "Sources: [1] warranty.md — Warranty; [2] returns.html"
     )
     assert stored_sources(Turn("assistant", "Thirty days [2].", meta=meta)) == (
-        "Sources: [2] returns.html"
+        Source(2, "returns.html", ""),
     )
-    assert stored_sources(Turn("assistant", "Hello.")) == ""  # no knowledge: no line
+    assert stored_sources(Turn("assistant", "Hello.")) == ()  # no knowledge: no line

@@ -51,7 +51,10 @@ async def test_a_message_streams_its_reply_and_is_stored(web: WebServer) -> None
         deltas = [data["text"] for name, data in got if name == "delta"]
         assert len(deltas) > 1  # streamed in pieces (echo:?chunks=4), not one block
         assert "".join(str(d) for d in deltas) == "echo: hello web channel"
-        assert got[-1] == ("final", {"text": "echo: hello web channel", "status": "complete"})
+        assert got[-1] == (
+            "final",
+            {"text": "echo: hello web channel", "status": "complete", "sources": []},
+        )
 
         chats = (await client.get("/api/chats")).json()["chats"]
         assert [(c["chat"], c["turns"]) for c in chats] == [("first", 2)]
@@ -72,7 +75,7 @@ async def test_commands_answer_with_a_notice_and_final_none(web: WebServer) -> N
     async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
         got = await send(client, "m", "/mode translator")
         assert got[0][0] == "notice" and "translator" in str(got[0][1]["text"])
-        assert got[-1] == ("final", {"text": "", "status": "none"})
+        assert got[-1] == ("final", {"text": "", "status": "none", "sources": []})
         assert (await client.get("/api/chats/m")).json()["mode"] == "translator"
         listed = await send(client, "m", "/mode")
         assert "* translator" in str(listed[0][1]["text"])
@@ -326,7 +329,7 @@ async def test_sigterm_ends_a_streaming_reply_stored_as_stopped(tmp_path: Path) 
     (notice, said), (final, end) = got[-2:]
     assert notice == "notice" and "shutting down" in str(said["text"])
     shown = "".join(str(data["text"]) for name, data in got if name == "delta")
-    assert final == "final" and end == {"text": shown, "status": "incomplete"}
+    assert final == "final" and end == {"text": shown, "status": "incomplete", "sources": []}
     history = run_fmbot(env, "history", "web:term")
     assert history.returncode == 0, history.stderr
     assert history.stdout.startswith(f"user: {words}\nassistant (stopped): {shown}")

@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import Select
 
 from tests.browser import WAIT, keep, screenshot, threaded_fake_openai, wait
 from tests.fakes.openai_server import fake_image
-from tests.web_server import WebServer, openai_env, serving
+from tests.web_server import WebServer, add_support_kb, openai_env, serving
 
 WORD_DELAY = 0.15  # s between the fake model's words
 
@@ -29,6 +29,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     tmp_path = tmp_path_factory.mktemp("web")
     with threaded_fake_openai(stream_delay=WORD_DELAY) as openai:
         env = openai_env(tmp_path, openai, FMBOT_IMAGE_MODEL="openai:dall-e-test")
+        env = add_support_kb(env, tmp_path / "docs")
         with serving(env, tmp_path) as server:
             yield server
 
@@ -160,3 +161,26 @@ def test_a_picture_is_shown_inline(web: WebServer, browser: webdriver.Chrome) ->
     assert head == "data:image/png;base64"
     assert base64.b64decode(data) == fake_image("a red lighthouse")  # the model's very bytes
     assert picture.get_attribute("alt") == "a red lighthouse"
+
+
+def test_a_knowledge_answer_shows_its_sources(web: WebServer, browser: webdriver.Chrome) -> None:
+    open_chat(browser, web, "knowledge")
+    Select(browser.find_element(By.ID, "mode")).select_by_value("support")
+    wait(browser).until(lambda d: "Switched to 'support'" in d.find_element(By.ID, "messages").text)
+    type_message(browser, "How long is the warranty?")
+    line = (
+        wait(browser)
+        .until(lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .msg.bot .sources"))[0]
+        .text
+    )
+    # The fake model echoes its prompt, which cites both passages: both are listed, the
+    # heading that is markup shown as text.
+    assert line.startswith("Sources: [")
+    assert "warranty.md — Warranty" in line
+    assert "returns.md — Returns <img src=x id=injected>" in line
+    assert browser.find_elements(By.ID, "injected") == []
+    open_chat(browser, web, "knowledge")  # read back from the store: the same line
+    again = wait(browser).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .msg.bot .sources")
+    )
+    assert [a.text for a in again] == [line]

@@ -68,6 +68,27 @@ def openai_env(tmp_path: Path, openai: FakeOpenAI, **extra: str) -> dict[str, st
     )
 
 
+#: A knowledge base for the shipped ``support`` template, as ``fmbot kb add support`` builds
+#: it. The second heading is markup, which the page must show as text.
+SUPPORT_DOCS = {
+    "warranty.md": "# Warranty\n\nEvery product has a two-year warranty.\n",
+    "returns.md": "# Returns <img src=x id=injected>\n\nReturns are accepted for thirty days.\n",
+}
+
+
+def add_support_kb(env: dict[str, str], folder: Path) -> dict[str, str]:
+    """``fmbot kb add support`` on SUPPORT_DOCS written to ``folder``, embedded by the fake
+    OpenAI server's model (cheap; a test of the web channel needs sources, not good ranking).
+    Returns ``env`` with that embedder, which the server must use too."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in SUPPORT_DOCS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    env = env | {"FMBOT_EMBED_MODEL": "openai:embed-test"}
+    added = run_fmbot(env, "kb", "add", "support", str(folder))
+    assert added.returncode == 0, added.stderr
+    return env
+
+
 def run_fmbot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``fmbot ARGS`` to completion (commands that are expected to stop at once)."""
     return subprocess.run(

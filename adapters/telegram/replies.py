@@ -30,7 +30,7 @@ from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.target import Target
 from adapters.telegram.throttle import Throttle
 from bot.dialog import DialogManager
-from bot.events import FinalText, ImageReply, Incoming, Notice, TextDelta
+from bot.events import FinalText, ImageReply, Incoming, Notice, TextDelta, sources_line
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Replies:
                     await waiting.stop()
                     reply.stoppable = False
                     # The sources as a short last line of the same message.
-                    sources = f"\n\n{event.sources}" if event.sources else ""
+                    sources = f"\n\n{sources_line(event.sources)}" if event.sources else ""
                     await preview.finish(event.text + sources)
                     finished = True
                 elif isinstance(event, Notice):

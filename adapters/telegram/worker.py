@@ -31,6 +31,7 @@ from adapters.telegram.target import Target
 from bot.commands import parse_command
 from bot.dialog import stored_sources
 from bot.errors import StoreError
+from bot.events import sources_line
 from bot.queue import Job, QueueKeys, Worker, current_job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
@@ -103,7 +104,7 @@ class TelegramWorker:
                 target = Target.of(update.message)
                 text, complete = replay.reply.text, replay.complete
                 if sources := stored_sources(replay.reply):  # as the first delivery ended
-                    text = f"{text}\n\n{sources}"
+                    text = f"{text}\n\n{sources_line(sources)}"
                 await self.app.replies.redeliver(target, text, complete=complete)
                 await self._delivered(job)
             else:

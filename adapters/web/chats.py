@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from adapters.web.requests import json_object, required
-from adapters.web.stream import sse
-from bot.dialog import DialogManager
+from adapters.web.stream import sources_data, sse
+from bot.dialog import DialogManager, stored_sources
 from bot.events import Incoming, Notice
 from bot.text import terminal_safe
 
@@ -83,6 +83,7 @@ class ChatRoutes:
                 "text": turn.text,
                 "status": turn.meta.get("status"),
                 "kind": turn.meta.get("kind", "text"),
+                "sources": sources_data(stored_sources(turn)),
             }
             for turn in await self.manager.store.read(key)
         ]

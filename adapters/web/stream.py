@@ -2,7 +2,9 @@
 
 ``final`` always comes last, also after a command (a notice only): its ``status`` says how the
 turn ended — ``complete``, ``incomplete`` (cut short: a model error or a newer message), ``error``
-(a notice of kind error and no reply) or ``none`` (no reply from the model: a command's answer).
+(a notice of kind error and no reply) or ``none`` (no reply from the model: a command's answer);
+its ``sources`` are the passages a knowledge answer cites (``[{"n", "source", "heading"}]``,
+empty for other replies).
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Literal
 
 from sse_starlette import ServerSentEvent
 
 from bot.dialog import until
-from bot.events import FinalText, ImageReply, Notice, ReplyEvent, TextDelta
+from bot.events import FinalText, ImageReply, Notice, ReplyEvent, Source, TextDelta
 
 SHUTDOWN = "The server is shutting down, so this reply was stopped here. Send it again shortly."
 Status = Literal["complete", "incomplete", "error", "none"]
@@ -33,6 +35,10 @@ def image_data(image: ImageReply) -> dict[str, object]:
     return {"src": f"data:{image.mime_type};base64,{encoded}", "prompt": image.prompt}
 
 
+def sources_data(sources: Sequence[Source]) -> list[dict[str, object]]:
+    return [{"n": s.n, "source": s.source, "heading": s.heading} for s in sources]
+
+
 async def sse(
     events: AsyncIterator[ReplyEvent], stopped: asyncio.Event
 ) -> AsyncGenerator[ServerSentEvent, None]:
@@ -40,6 +46,7 @@ async def sse(
     the turn is stopped like Ctrl-C (stored as stopped) and the stream still ends properly."""
     text = ""
     status: Status = "none"
+    sources: tuple[Source, ...] = ()
     ended = False
 
     async def to_the_end() -> AsyncGenerator[ReplyEvent, None]:
@@ -61,9 +68,9 @@ async def sse(
                 status = "complete"
                 yield event("image", image_data(reply))
             elif isinstance(reply, FinalText):
-                text = reply.text
+                text, sources = reply.text, reply.sources
                 status = "complete" if reply.complete else "incomplete"
     if not ended:
         status = "incomplete"
         yield event("notice", {"text": SHUTDOWN, "kind": "warning"})
-    yield event("final", {"text": text, "status": status})
+    yield event("final", {"text": text, "status": status, "sources": sources_data(sources)})

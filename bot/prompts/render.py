@@ -11,7 +11,7 @@ from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bot.errors import PromptError
-from bot.events import Message
+from bot.events import Message, Source
 from bot.prompts.template import PromptTemplate
 
 # Autoescape is off on purpose: prompts are plain text, not HTML.
@@ -74,7 +74,7 @@ class Passage:
 
     @property
     def label(self) -> str:
-        return f"{self.source} — {self.heading}" if self.heading else self.source
+        return Source(self.n, self.source, self.heading).label
 
 
 def uses_variable(source: str, name: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from bot.app import make_limits
 from bot.dialog import DialogManager, stored_sources
 from bot.errors import ConfigError, NotSavedError
-from bot.events import FinalText, ImageReply, Incoming, Notice
+from bot.events import FinalText, ImageReply, Incoming, Notice, sources_line
 from bot.queue.batch import Command
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job
@@ -48,7 +48,7 @@ class DialogHandler:
             # Stored, but the worker stopped before publishing it: publish the stored reply.
             if replay.reply is not None and self.publish:
                 reply = replay.reply
-                sources = stored_sources(reply)
+                sources = sources_line(stored_sources(reply))
                 await self._publish(job, [final_event(reply.text, replay.complete, sources)])
             return
         p = job.payload
@@ -60,7 +60,8 @@ class DialogHandler:
             async with contextlib.aclosing(self.manager.handle(incoming)) as stream:
                 async for event in stream:
                     if isinstance(event, FinalText):
-                        events.append(final_event(event.text, event.complete, event.sources))
+                        line = sources_line(event.sources)
+                        events.append(final_event(event.text, event.complete, line))
                     elif isinstance(event, Notice):
                         events.append({"kind": "notice", "text": event.text, "level": event.kind})
                     elif isinstance(event, ImageReply):

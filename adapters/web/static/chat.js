@@ -16,6 +16,17 @@ function bubble(kind, text = "") {
   return node;
 }
 
+// "Sources: [1] warranty.md — Claims; [2] ..." under a knowledge answer; text only, so a file
+// name or heading is never read as markup.
+function sources(reply, list) {
+  if (!list || !list.length) return;
+  const line = document.createElement("div");
+  line.className = "sources";
+  const label = (s) => `[${s.n}] ${s.source}${s.heading ? ` — ${s.heading}` : ""}`;
+  line.textContent = `Sources: ${list.map(label).join("; ")}`;
+  reply.append(line);
+}
+
 function notice(text, level = "info") {
   const node = bubble(`notice ${level}`, text);
   node.classList.add("pre");
@@ -65,6 +76,7 @@ async function openChat(name) {
   for (const turn of body.turns) {
     const node = bubble(turn.role === "user" ? "user" : "bot", turn.text);
     if (turn.status === "stopped") node.classList.add("stopped");
+    sources(node, turn.sources);
   }
   await Promise.all([loadChats(), loadModes(body.mode)]);
 }
@@ -103,7 +115,10 @@ async function send(text) {
           reply = reply || bubble("bot");
           reply.replaceChildren(renderMarkdown(data.text));
         }
-        if (reply) reply.classList.remove("streaming");
+        if (reply) {
+          reply.classList.remove("streaming");
+          sources(reply, data.sources);
+        }
       },
     });
   } catch (error) {
