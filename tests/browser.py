@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -57,7 +58,11 @@ def console_errors(driver: webdriver.Chrome) -> list[str]:
 
 
 def wait(driver: webdriver.Chrome, seconds: float = WAIT) -> WebDriverWait[webdriver.Chrome]:
-    return WebDriverWait(driver, seconds, poll_frequency=0.05)
+    """Polls until a condition holds. The pages replace elements as they refresh (the mode
+    list, the messages), so an element found a moment ago may be gone: look again."""
+    return WebDriverWait(
+        driver, seconds, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+    )
 
 
 def screenshot(driver: webdriver.Chrome, path: Path) -> Path:
