@@ -4,6 +4,7 @@ reply streams a word at a time (stream_delay), so a test sees it arrive."""
 from __future__ import annotations
 
 import base64
+import io
 import os
 import time
 from collections.abc import Iterator
@@ -11,13 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from tests.browser import WAIT, keep, screenshot, threaded_fake_openai, wait
+from tests.browser import WAIT, console_errors, keep, screenshot, threaded_fake_openai, wait
 from tests.fakes.openai_server import fake_image
 from tests.web_server import WebServer, add_support_kb, openai_env, serving
 
@@ -28,7 +30,12 @@ WORD_DELAY = 0.15  # s between the fake model's words
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     tmp_path = tmp_path_factory.mktemp("web")
     with threaded_fake_openai(stream_delay=WORD_DELAY) as openai:
-        env = openai_env(tmp_path, openai, FMBOT_IMAGE_MODEL="openai:dall-e-test")
+        env = openai_env(
+            tmp_path,
+            openai,
+            FMBOT_IMAGE_MODEL="openai:dall-e-test",
+            FMBOT_VISION_MODEL="openai:vision-test",
+        )
         env = add_support_kb(env, tmp_path / "docs")
         with serving(env, tmp_path) as server:
             yield server
@@ -184,3 +191,82 @@ def test_a_knowledge_answer_shows_its_sources(web: WebServer, browser: webdriver
         lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .msg.bot .sources")
     )
     assert [a.text for a in again] == [line]
+
+
+def test_an_attached_picture_is_sent_seen_and_shown(
+    web: WebServer, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    open_chat(browser, web, "seeing")
+    photo = tmp_path / "leaf.jpg"
+    Image.new("RGB", (64, 48), (30, 160, 40)).save(photo, "JPEG")
+    browser.find_element(By.ID, "picture-file").send_keys(str(photo))
+    wait(browser).until(lambda d: loaded(d, "#attachments img") == 1)
+    type_message(browser, "what is it?")
+    said_by_the_vision_model(browser, "I see 1 picture: 64x48 JPEG. Echo: what is it?")
+    assert browser.find_elements(By.CSS_SELECTOR, "#attachments img") == []  # sent
+    [user] = browser.find_elements(By.CSS_SELECTOR, "#messages .msg.user")
+    assert user.text == "what is it?"
+    wait(browser).until(lambda d: loaded(d, "#messages .msg.user img") == 1)
+
+    text = tmp_path / "notes.png"  # named like a picture, but it is not one
+    text.write_text("not a picture")
+    browser.find_element(By.ID, "picture-file").send_keys(str(text))
+    wait(browser).until(
+        lambda d: (
+            "notes.png: This file is not a picture I can read"
+            in d.find_element(By.ID, "messages").text
+        )
+    )
+    assert browser.find_elements(By.CSS_SELECTOR, "#attachments img") == []
+
+    open_chat(browser, web, "seeing")  # read back from the store: the picture is still there
+    wait(browser).until(lambda d: loaded(d, "#messages .msg.user img") == 1)
+    assert [e for e in console_errors(browser) if "Content Security Policy" in e] == []
+
+
+#: Hands the page a file as a paste into the message box or a drop on the composer would.
+HAND_OVER = """
+const [how, name, encoded] = arguments;
+const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+const files = new DataTransfer();
+files.items.add(new File([bytes], name, { type: "image/png" }));
+if (how === "paste") {
+  document.getElementById("message").dispatchEvent(
+    new ClipboardEvent("paste", { clipboardData: files, bubbles: true, cancelable: true }));
+} else {
+  document.getElementById("composer").dispatchEvent(
+    new DragEvent("drop", { dataTransfer: files, bubbles: true, cancelable: true }));
+}
+"""
+
+
+def test_a_picture_can_be_pasted_or_dropped(web: WebServer, browser: webdriver.Chrome) -> None:
+    open_chat(browser, web, "pasting")
+    for how, colour in (("paste", (200, 0, 0)), ("drop", (0, 0, 200))):
+        out = io.BytesIO()
+        Image.new("RGB", (32, 24), colour).save(out, "PNG")
+        encoded = base64.b64encode(out.getvalue()).decode()
+        browser.execute_script(HAND_OVER, how, f"{how}.png", encoded)
+    wait(browser).until(lambda d: loaded(d, "#attachments img") == 2)
+    browser.find_elements(By.CSS_SELECTOR, "#attachments button")[0].click()  # not that one
+    wait(browser).until(lambda d: loaded(d, "#attachments img") == 1)
+    type_message(browser, "and this?")
+    said_by_the_vision_model(browser, "I see 1 picture: 32x24 JPEG. Echo: and this?")
+
+
+def said_by_the_vision_model(browser: webdriver.Chrome, reply: str) -> None:
+    """Waits for the reply to be whole: the fake's first words say what pictures it got."""
+    wait(browser).until(
+        lambda d: not streaming_text(d) and bot_replies(d) and bot_replies(d)[-1].text == reply
+    )
+
+
+def loaded(browser: webdriver.Chrome, selector: str) -> int:
+    """How many of the images ``selector`` finds have loaded (the CSP lets them, and the server
+    served a picture)."""
+    count: int = browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".filter((i) => i.complete && i.naturalWidth > 0).length;",
+        selector,
+    )
+    return count

@@ -3,6 +3,6 @@ playground on one Starlette app (see README "Web").
 
 Modules: :mod:`.settings` (listen address, token), :mod:`.security` (who may ask what),
 :mod:`.stream` (reply events as server-sent events), :mod:`.chats` and :mod:`.templates`
-(the API), :mod:`.editing` (checking and saving template sources), :mod:`.app` (the routes) and
-:mod:`.server` (uvicorn and shutdown).
+(the API), :mod:`.uploads` (pictures sent from the page), :mod:`.editing` (checking and saving
+template sources), :mod:`.app` (the routes) and :mod:`.server` (uvicorn and shutdown).
 """

@@ -18,7 +18,9 @@ from adapters.web.runs import RunRoutes
 from adapters.web.security import Guard, error
 from adapters.web.settings import WebSettings
 from adapters.web.templates import TemplateRoutes
+from adapters.web.uploads import Uploads
 from bot.dialog import DialogManager
+from bot.pictures import MediaDir
 from bot.settings import Settings
 
 
@@ -56,7 +58,9 @@ def create_app(
 ) -> Starlette:
     """The app; setting ``closing`` stops the replies under way (the server is stopping)."""
     token = web.token.get_secret_value() if web.token is not None else None
-    chats = ChatRoutes(manager, closing)
+    # The media folder the manager keeps local pictures in (build_manager always gives one).
+    media = manager.pictures.media or MediaDir(settings.home / "media")
+    chats = ChatRoutes(manager, Uploads(manager.pictures, media), closing)
     templates = TemplateRoutes(manager.prompts)
     runs = RunRoutes(manager, templates, settings, web.models)
     login = Login(token)
@@ -70,6 +74,8 @@ def create_app(
         Route("/api/chats/{chat}", chats.read, methods=["GET"]),
         Route("/api/chats/{chat}", chats.forget, methods=["DELETE"]),
         Route("/api/chats/{chat}/messages", chats.send, methods=["POST"]),
+        Route("/api/chats/{chat}/pictures", chats.upload, methods=["POST"]),
+        Route("/api/chats/{chat}/pictures/{picture}", chats.picture, methods=["GET"]),
         Route("/api/templates", templates.index, methods=["GET"]),
         Route("/api/templates/{name}", templates.read, methods=["GET"]),
         Route("/api/templates/{name}", templates.write, methods=["PUT"]),

@@ -13,12 +13,15 @@ from collections.abc import AsyncGenerator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
-from adapters.web.requests import json_object, required
+from adapters.web.requests import bounded_body, json_object, required
 from adapters.web.stream import sources_data, sse
+from adapters.web.uploads import ID, TOO_LARGE, Uploads, picture_data, turn_pictures
 from bot.dialog import DialogManager, stored_sources
+from bot.errors import PictureError
 from bot.events import Incoming, Notice
+from bot.pictures import MAX_PICTURE_BYTES
 from bot.text import terminal_safe
 
 PREFIX = "web:"
@@ -36,15 +39,16 @@ def chat_key(request: Request) -> str:
     return PREFIX + name
 
 
-def incoming(key: str, text: str) -> Incoming:
+def incoming(key: str, text: str, pictures: tuple[str, ...] = ()) -> Incoming:
     # Whoever has the page is the operator (loopback, or holds the token): no limits, like the
     # console's user.
-    return Incoming(chat=key, text=text, user="web", admin=True)
+    return Incoming(chat=key, text=text, user="web", admin=True, pictures=pictures)
 
 
 class ChatRoutes:
-    def __init__(self, manager: DialogManager, closing: asyncio.Event) -> None:
+    def __init__(self, manager: DialogManager, uploads: Uploads, closing: asyncio.Event) -> None:
         self.manager = manager
+        self.uploads = uploads
         #: Set when the server shuts down: replies under way stop and their streams end.
         self.closing = closing
 
@@ -52,12 +56,15 @@ class ChatRoutes:
         """The reply as it is generated. The client closing the stream cancels this generator:
         the turn stops like Ctrl-C in the console and is stored as stopped."""
         key = chat_key(request)
-        text = required(await json_object(request, text=str), "text")
-        if not text.strip():
+        body = await json_object(request, text=str, pictures=list)
+        pictures = self.uploads.sources(key, body.get("pictures", []))
+        text = body.get("text", "") if pictures else required(body, "text")
+        if not text.strip() and not pictures:
             raise HTTPException(400, "'text' is empty: type a message or a command like /help")
+        turn = incoming(key, text, pictures)
 
         async def events() -> AsyncGenerator[ServerSentEvent, None]:
-            async with contextlib.aclosing(self.manager.handle(incoming(key, text))) as replies:
+            async with contextlib.aclosing(self.manager.handle(turn)) as replies:
                 async for event in sse(replies, self.closing):
                     yield event
 
@@ -77,6 +84,7 @@ class ChatRoutes:
 
     async def read(self, request: Request) -> JSONResponse:
         key = chat_key(request)
+        name = key.removeprefix(PREFIX)
         turns = [
             {
                 "role": turn.role,
@@ -84,11 +92,35 @@ class ChatRoutes:
                 "status": turn.meta.get("status"),
                 "kind": turn.meta.get("kind", "text"),
                 "sources": sources_data(stored_sources(turn)),
+                "pictures": turn_pictures(name, turn),
             }
             for turn in await self.manager.store.read(key)
         ]
         mode = (await self.manager.mode_of(key)).name
-        return JSONResponse({"chat": key.removeprefix(PREFIX), "mode": mode, "turns": turns})
+        return JSONResponse({"chat": name, "mode": mode, "turns": turns})
+
+    async def upload(self, request: Request) -> JSONResponse:
+        """A picture for a message to come: kept, and answered with its id (see .uploads)."""
+        key = chat_key(request)
+        raw = await bounded_body(request, MAX_PICTURE_BYTES, TOO_LARGE)
+        if not raw:
+            raise HTTPException(400, "send the picture's bytes as the body (JPEG, PNG, WebP, GIF)")
+        try:
+            picture = await self.uploads.add(key, raw)
+        except PictureError as exc:  # not a picture Pillow can read, or too many pixels
+            raise HTTPException(422, str(exc)) from None
+        return JSONResponse(picture_data(key.removeprefix(PREFIX), picture), status_code=201)
+
+    async def picture(self, request: Request) -> Response:
+        """A picture of the chat, as the page shows it (the normalised copy)."""
+        key = chat_key(request)
+        sha256 = str(request.path_params["picture"])
+        found = await self.uploads.media.load(key, sha256, "") if ID.fullmatch(sha256) else None
+        if found is None:
+            raise HTTPException(404, "no such picture in this chat (forgotten, or never sent)")
+        # Named by the digest of its bytes: the same URL is always the same picture.
+        headers = {"cache-control": "private, max-age=86400"}
+        return Response(found.data, media_type=found.mime_type, headers=headers)
 
     async def forget(self, request: Request) -> JSONResponse:
         """What /forget does: history, pictures, template and usage go."""

@@ -14,7 +14,7 @@ MAX_BODY = 1_000_000  # bytes: a template or a message, never more
 async def json_object(request: Request, **fields: type) -> dict[str, Any]:
     """The body's fields, each checked against its type; HTTPException(400) says what is wrong.
     A field given as ``type(None)``-able is optional: absent fields are left out."""
-    body = await _bounded_body(request)
+    body = await bounded_body(request, MAX_BODY, f"the body is over {MAX_BODY} bytes: send less")
     try:
         data = json.loads(body or b"null")
     except ValueError:
@@ -27,17 +27,17 @@ async def json_object(request: Request, **fields: type) -> dict[str, Any]:
     return data
 
 
-async def _bounded_body(request: Request) -> bytes:
-    """The body, refused once it passes MAX_BODY: never held whole in memory when too large."""
-    too_large = HTTPException(413, f"the body is over {MAX_BODY} bytes: send less")
+async def bounded_body(request: Request, limit: int, too_large: str) -> bytes:
+    """The body, refused with 413 and ``too_large`` once it passes ``limit`` bytes: never held
+    whole in memory when too large."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise too_large
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, too_large)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            raise too_large
+        if size > limit:
+            raise HTTPException(413, too_large)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -23,14 +23,16 @@ class MediaDir:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _folder(self, chat: str) -> Path:
+    def folder(self, chat: str) -> Path:
+        """The chat's folder: ``/forget`` removes it whole, with whatever a channel keeps in
+        it (the web channel's uploads)."""
         return self.root / hashlib.sha256(chat.encode()).hexdigest()[:32]
 
     async def save(self, chat: str, picture: Picture) -> None:
         await asyncio.to_thread(self._save, chat, picture)
 
     def _save(self, chat: str, picture: Picture) -> None:
-        folder = self._folder(chat)
+        folder = self.folder(chat)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{picture.sha256}{_EXTENSIONS[picture.mime_type]}"
         if path.exists():
@@ -47,7 +49,7 @@ class MediaDir:
         from PIL import Image  # only to read the size back (from the header, not decoded)
 
         for mime, extension in _EXTENSIONS.items():
-            path = self._folder(chat) / f"{sha256}{extension}"
+            path = self.folder(chat) / f"{sha256}{extension}"
             try:
                 data = path.read_bytes()
                 with Image.open(io.BytesIO(data)) as image:  # not a second read of the file
@@ -58,11 +60,11 @@ class MediaDir:
         return None
 
     async def forget(self, chat: str) -> None:
-        await asyncio.to_thread(shutil.rmtree, self._folder(chat), True)
+        await asyncio.to_thread(shutil.rmtree, self.folder(chat), True)
 
     def count(self, chat: str) -> int:
         """Pictures stored for ``chat`` (for /forget's report and tests)."""
-        folder = self._folder(chat)
+        folder = self.folder(chat)
         return (
             sum(1 for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
             if folder.is_dir()

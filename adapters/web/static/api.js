@@ -11,6 +11,18 @@ export async function getJSON(url, options = {}) {
   return { status: response.status, body };
 }
 
+// A file's bytes as the body (what POST /api/chats/{chat}/pictures takes); its JSON answer.
+export async function upload(url, file) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": file.type || "application/octet-stream" },
+    body: file,
+  });
+  const body = await response.json().catch(() => ({ error: response.statusText }));
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
 export function sendJSON(url, method, data) {
   return getJSON(url, { method, body: JSON.stringify(data) });
 }

@@ -1,10 +1,13 @@
-// The chat page: conversations, the message box, streamed replies, stop and the /mode switch.
-import { getJSON, sendJSON, streamEvents } from "./api.js";
+// The chat page: conversations, the message box, streamed replies, stop, the /mode switch and
+// pictures to send (uploaded when attached, named by their ids in the message).
+import { getJSON, streamEvents, upload } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 let chat = decodeURIComponent(location.hash.slice(1)) || "";
 let running = null; // the AbortController of the reply streaming now
+let attached = []; // pictures uploaded for the next message: {picture, src, width, height}
+const chatURL = () => `/api/chats/${encodeURIComponent(chat)}`;
 
 function bubble(kind, text = "") {
   const node = document.createElement("div");
@@ -30,6 +33,54 @@ function sources(reply, list) {
 function notice(text, level = "info") {
   const node = bubble(`notice ${level}`, text);
   node.classList.add("pre");
+}
+
+// Pictures the user sent, as the server keeps them (same origin: the CSP allows them).
+function pictures(node, list) {
+  if (!list || !list.length) return;
+  const strip = document.createElement("div");
+  strip.className = "pictures";
+  for (const p of list) {
+    const picture = document.createElement("img");
+    picture.src = p.src;
+    picture.alt = "picture sent";
+    strip.append(picture);
+  }
+  node.append(strip);
+}
+
+function showAttached() {
+  const strip = $("attachments");
+  strip.replaceChildren();
+  attached.forEach((p, index) => {
+    const item = document.createElement("span");
+    item.className = "attached";
+    const picture = document.createElement("img");
+    picture.src = p.src;
+    picture.alt = "picture to send";
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "×";
+    remove.title = "Do not send this picture";
+    remove.addEventListener("click", () => {
+      attached.splice(index, 1);
+      showAttached();
+    });
+    item.append(picture, remove);
+    strip.append(item);
+  });
+}
+
+// Upload each file now, so what is not a picture is told at once (the server decodes it).
+async function attach(files) {
+  for (const file of files) {
+    try {
+      attached.push(await upload(`${chatURL()}/pictures`, file));
+      showAttached();
+    } catch (error) {
+      notice(`${file.name || "picture"}: ${error.message}`, "error");
+    }
+  }
 }
 
 function image(data) {
@@ -72,10 +123,13 @@ async function openChat(name) {
   chat = name;
   $("chat-name").textContent = name;
   $("messages").replaceChildren();
+  attached = []; // uploaded to the chat left behind
+  showAttached();
   const { body } = await getJSON(`/api/chats/${encodeURIComponent(name)}`);
   for (const turn of body.turns) {
     const node = bubble(turn.role === "user" ? "user" : "bot", turn.text);
     if (turn.status === "stopped") node.classList.add("stopped");
+    pictures(node, turn.pictures);
     sources(node, turn.sources);
   }
   await Promise.all([loadChats(), loadModes(body.mode)]);
@@ -93,15 +147,16 @@ function busy(on) {
   $("stop").disabled = !on;
 }
 
-async function send(text) {
-  if (!text.trim() || running) return;
-  bubble("user", text);
+async function send(text, withPictures = []) {
+  if ((!text.trim() && !withPictures.length) || running) return;
+  pictures(bubble("user", text), withPictures);
   let reply = null;
   let said = "";
   running = new AbortController();
   busy(true);
   try {
-    await streamEvents(`/api/chats/${encodeURIComponent(chat)}/messages`, { text }, running.signal, {
+    const payload = { text, pictures: withPictures.map((p) => p.picture) };
+    await streamEvents(`${chatURL()}/messages`, payload, running.signal, {
       delta(data) {
         reply = reply || bubble("bot streaming");
         said += data.text;
@@ -147,9 +202,30 @@ function start() {
   });
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
+    if (running) return;
     const text = box.value;
+    const sent = attached;
     box.value = "";
-    send(text);
+    attached = [];
+    showAttached();
+    send(text, sent);
+  });
+  $("picture-file").addEventListener("change", async (event) => {
+    await attach([...event.target.files]);
+    event.target.value = ""; // the same file can be attached again
+  });
+  const images = (list) => [...list].filter((f) => f.type.startsWith("image/"));
+  box.addEventListener("paste", (event) => {
+    const files = images(event.clipboardData.files);
+    if (files.length) {
+      event.preventDefault();
+      attach(files);
+    }
+  });
+  $("composer").addEventListener("dragover", (event) => event.preventDefault());
+  $("composer").addEventListener("drop", (event) => {
+    event.preventDefault();
+    attach(images(event.dataTransfer.files));
   });
   $("stop").addEventListener("click", () => running && running.abort());
   $("mode").addEventListener("change", (event) => send(`/mode ${event.target.value}`));
