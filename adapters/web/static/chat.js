@@ -73,9 +73,12 @@ function showAttached() {
 
 // Upload each file now, so what is not a picture is told at once (the server decodes it).
 async function attach(files) {
+  const target = chat;
   for (const file of files) {
     try {
-      attached.push(await upload(`${chatURL()}/pictures`, file));
+      const sent = await upload(`${chatURL()}/pictures`, file);
+      if (chat !== target) return; // another conversation was opened meanwhile
+      attached.push(sent);
       showAttached();
     } catch (error) {
       notice(`${file.name || "picture"}: ${error.message}`, "error");
@@ -86,7 +89,7 @@ async function attach(files) {
 function image(data) {
   const node = bubble("bot image");
   const picture = document.createElement("img");
-  picture.src = data.src; // a data: URL made by the server (the CSP allows no other images)
+  picture.src = data.src; // a data: URL made by the server
   picture.alt = data.prompt;
   node.append(picture);
 }
