@@ -184,7 +184,8 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         latency = line.split(":", 1)[1].split(" (")[0]
         p50, p99 = (float(x.split()[-2]) for x in latency.split(","))
         assert 0 < p50 <= p99
-    assert lines[1].endswith(" s)") and "(exact: every vector compared; loaded in " in lines[1]
+    assert lines[1].endswith(" s)") and "; exact: every vector compared; loaded in " in lines[1]
+    assert all(float(line.split("(CPU ")[1].split()[0]) > 0 for line in lines[1:3])
     recall = float(lines[2].split("recall@4 ")[1].split(";")[0])
     assert 0 < recall <= 1 and "the bits keep 930, " in lines[2] and "exact scan p50 " in lines[2]
     real, random = (part.split()[0].split("/") for part in lines[3].split(": ")[1].split(", "))

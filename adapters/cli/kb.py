@@ -281,10 +281,13 @@ def _figures(values: tuple[float, ...]) -> str:
 
 
 def _retrieval_line(r: Retrieval) -> str:
-    line = f"  {r.chunks:>9,} chunks: p50 {r.latency.p50_ms:.1f} ms, p99 {r.latency.p99_ms:.1f} ms"
+    line = (
+        f"  {r.chunks:>9,} chunks: p50 {r.latency.p50_ms:.1f} ms, p99 {r.latency.p99_ms:.1f} ms"
+        f" (CPU {r.latency.cpu_ms:.1f} ms"
+    )
     if r.exact is None:
-        return line + f" (exact: every vector compared; loaded in {r.load_s:.1f} s)"
+        return line + f"; exact: every vector compared; loaded in {r.load_s:.1f} s)"
     return line + (
-        f" (the bits keep {r.candidates:,}, recall@4 {r.recall:.3f}; exact scan p50 "
+        f"; the bits keep {r.candidates:,}, recall@4 {r.recall:.3f}; exact scan p50 "
         f"{r.exact.p50_ms:.1f} ms, p99 {r.exact.p99_ms:.1f} ms; loaded in {r.load_s:.1f} s)"
     )

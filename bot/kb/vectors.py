@@ -77,7 +77,7 @@ class Snapshot:
         if candidates is None:
             candidates = 0 if n <= EXACT_UP_TO else default_candidates(n, k)
         if candidates and candidates < n:
-            rows = np.argpartition(self.hamming(q), candidates - 1)[:candidates]
+            rows = _nearest(self.hamming(q), candidates, 64 * self.bits.shape[0])
             scores = _dot(self.matrix[rows], q)
         else:
             rows = None
@@ -95,6 +95,17 @@ class Snapshot:
         for word in range(1, self.bits.shape[0]):
             total += np.bitwise_count(self.bits[word] ^ code[word])
         return total
+
+
+def _nearest(distances: npt.NDArray[np.uint16], count: int, most: int) -> IdArray:
+    """Positions of the ``count`` smallest ``distances`` (each at most ``most``), in no order:
+    the cut-off distance from a histogram, then the rows under it and as many at it as fit.
+    A few times quicker than ``argpartition`` over 100,000 rows."""
+    cumulative = np.cumsum(np.bincount(distances, minlength=most + 1))
+    cutoff = int(np.searchsorted(cumulative, count))
+    below = np.flatnonzero(distances < cutoff)
+    at = np.flatnonzero(distances == cutoff)[: count - below.shape[0]]
+    return np.concatenate([below, at])
 
 
 def _dot(matrix: FloatArray, query: FloatArray) -> FloatArray:
