@@ -161,3 +161,43 @@ async def test_searches_of_one_knowledge_base_run_in_parallel(tmp_path: Path) ->
     finally:
         await writer.aclose()
         await reader.aclose()
+
+
+async def test_an_index_written_by_the_first_version_reads_as_it_is(tmp_path: Path) -> None:
+    """The layout fmbot wrote before searches moved into memory, written here by hand: a
+    knowledge base built then must keep answering."""
+    import sqlite_vec
+
+    from bot.kb.index import sqlite_module
+
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((30, DIM)).astype(np.float32)
+    db = sqlite_module().connect(str(tmp_path / "old.sqlite"))
+    db.enable_load_extension(True)
+    sqlite_vec.load(db)
+    db.executescript(
+        """
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE files (path TEXT PRIMARY KEY, source TEXT NOT NULL, hash TEXT NOT NULL,
+            indexed_at REAL NOT NULL);
+        CREATE TABLE chunks (id INTEGER PRIMARY KEY, path TEXT NOT NULL, source TEXT NOT NULL,
+            heading TEXT NOT NULL, text TEXT NOT NULL);
+        CREATE INDEX chunks_path ON chunks(path);
+        INSERT INTO meta VALUES ('embedder', 'synthetic'), ('dimension', '384'), ('schema', '1');
+        CREATE VIRTUAL TABLE vectors USING vec0(embedding float[384] distance_metric=cosine);
+        INSERT INTO files VALUES ('/docs/a.md', 'a.md', 'abc', 1.0);
+        """
+    )
+    for i, row in enumerate(rows, 1):
+        db.execute("INSERT INTO chunks VALUES (?, '/docs/a.md', 'a.md', 'A', ?)", (i, f"row {i}"))
+        db.execute("INSERT INTO vectors(rowid, embedding) VALUES (?, ?)", (i, row.tobytes()))
+    db.commit()
+    db.close()
+
+    kb = await KnowledgeBase.open(tmp_path, "old", readonly=True)
+    try:
+        hits = await kb.search(rows[11].tolist(), 2)
+    finally:
+        await kb.aclose()
+    assert (hits[0].text, hits[0].score) == ("row 12", pytest.approx(1.0))
