@@ -382,7 +382,7 @@ class DialogManager:
         part way: the user saw it) and say how it ended."""
         chat = incoming.chat
         ahead = prompt.model.waiting()  # replies the model finishes before it starts this one
-        metrics.turn_model(prompt.model.name)  # for the log lines from here on
+        metrics.turn_model(prompt.model.name, prompt.messages)  # log lines name it from here
         started = time.perf_counter()
         response = prompt.model.respond(prompt.messages, prompt.options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
@@ -430,6 +430,7 @@ class DialogManager:
                 first_at=response.first_at,
                 error=failure,
                 usage=response.usage,
+                text=response.text,
             )
             # An interrupted turn is stored even if no word came yet: the message was read.
             if status == "complete" or response.text or interrupted.is_set():

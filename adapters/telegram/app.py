@@ -20,6 +20,7 @@ from adapters.telegram.metrics import RequestMetrics
 from adapters.telegram.pictures import SCHEME, TelegramFiles
 from adapters.telegram.replies import Replies
 from adapters.telegram.settings import TelegramSettings
+from adapters.telegram.spans import RequestSpans
 from adapters.telegram.throttle import Throttle
 from adapters.telegram.unknown import SkipUnknownUpdates
 from bot.dialog import DialogManager
@@ -56,6 +57,7 @@ def make_bot(settings: TelegramSettings) -> Bot:
     """A Bot talking to ``TELEGRAM_API_URL`` (Telegram, a self-hosted server, or a fake)."""
     session = Session(api=TelegramAPIServer.from_base(settings.api_url))
     session.middleware(RequestMetrics())
+    session.middleware(RequestSpans())
     # No default parse_mode: replies carry explicit entities, previews are plain text.
     return Bot(settings.token, session=session, default=DefaultBotProperties())
 

@@ -25,6 +25,20 @@ if TYPE_CHECKING:
     from aiogram import Bot
 
 
+def outcome_of(exc: Exception) -> str:
+    """A failed Bot API call in a few words: 429, 5xx, network, 4xx (bad request, blocked,
+    conflict, unauthorized) or error (anything else)."""
+    if isinstance(exc, TelegramRetryAfter):
+        return "429"
+    if isinstance(exc, TelegramServerError):
+        return "5xx"
+    if isinstance(exc, TelegramNetworkError):
+        return "network"
+    if isinstance(exc, TelegramAPIError):
+        return "4xx"
+    return "error"
+
+
 class RequestMetrics(BaseRequestMiddleware):
     async def __call__(
         self,
@@ -37,21 +51,10 @@ class RequestMetrics(BaseRequestMiddleware):
         name = method.__api_method__  # sendMessage, editMessageText...: a fixed set
         try:
             response = await make_request(bot, method)
-        except TelegramRetryAfter as exc:
-            metrics.count(metrics.TELEGRAM_REQUESTS, 1, name, "429")
-            metrics.count(metrics.TELEGRAM_RETRY_AFTER, exc.retry_after, name)
-            raise
-        except TelegramServerError:
-            metrics.count(metrics.TELEGRAM_REQUESTS, 1, name, "5xx")
-            raise
-        except TelegramNetworkError:
-            metrics.count(metrics.TELEGRAM_REQUESTS, 1, name, "network")
-            raise
-        except TelegramAPIError:  # 400 (bad request), 403 (blocked), 409, 401
-            metrics.count(metrics.TELEGRAM_REQUESTS, 1, name, "4xx")
-            raise
-        except Exception:  # not cancellation: a stopped poll is no failure
-            metrics.count(metrics.TELEGRAM_REQUESTS, 1, name, "error")
+        except Exception as exc:  # not cancellation: a stopped poll is no failure
+            metrics.count(metrics.TELEGRAM_REQUESTS, 1, name, outcome_of(exc))
+            if isinstance(exc, TelegramRetryAfter):
+                metrics.count(metrics.TELEGRAM_RETRY_AFTER, exc.retry_after, name)
             raise
         metrics.count(metrics.TELEGRAM_REQUESTS, 1, name, "ok")
         return response

@@ -23,6 +23,7 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 
+from adapters.telegram import spans
 from adapters.telegram.actions import ChatAction
 from adapters.telegram.outbox import Outbox
 from adapters.telegram.preview import ReplyPreview
@@ -31,6 +32,8 @@ from adapters.telegram.target import Target
 from adapters.telegram.throttle import Throttle
 from bot.dialog import DialogManager
 from bot.events import FinalText, ImageReply, Incoming, Notice, TextDelta, sources_line
+from bot.observe import metrics
+from bot.observe.metrics import TurnInfo
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class ActiveReply:
     stoppable: bool = True  # False once the complete text is being delivered
     stopped: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: The turn answering it, once it started (its span is the deliveries' parent).
+    turn: TurnInfo | None = field(default=None, repr=False)
 
     def stop(self) -> bool:
         if not self.stoppable or self.task is None or self.task.done():
@@ -97,7 +102,8 @@ class Replies:
         """Send a stored reply whose delivery was cut off (its worker stopped in between)."""
         preview = self._preview(target, draft_id=None)
         try:
-            await preview.finish(text if complete else stopped_text(text))
+            with spans.delivering(None, preview, "redelivered"):
+                await preview.finish(text if complete else stopped_text(text))
         except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter):
             raise  # may well get through later: the job is run again
         except TelegramAPIError as exc:  # refused (blocked, chat gone): it never will
@@ -120,7 +126,8 @@ class Replies:
                     await reply.task
                 raise
             if reply.task.cancelled():
-                await preview.finish(stopped_text(reply.text))
+                with spans.delivering(reply.turn, preview, "stopped"):
+                    await preview.finish(stopped_text(reply.text))
             else:
                 reply.task.result()
         except TelegramAPIError as exc:
@@ -152,6 +159,8 @@ class Replies:
                 contextlib.aclosing(self.manager.handle(incoming))
             )
             async for event in events:
+                if reply.turn is None:
+                    reply.turn = metrics.current_turn.get()
                 if isinstance(event, TextDelta):
                     await waiting.stop()
                     reply.text += event.text
@@ -161,7 +170,9 @@ class Replies:
                     reply.stoppable = False
                     # The sources as a short last line of the same message.
                     sources = f"\n\n{sources_line(event.sources)}" if event.sources else ""
-                    await preview.finish(event.text + sources)
+                    how = "complete" if event.complete else "partial"
+                    with spans.delivering(reply.turn, preview, how):
+                        await preview.finish(event.text + sources)
                     finished = True
                 elif isinstance(event, Notice):
                     await waiting.stop()
@@ -176,4 +187,5 @@ class Replies:
                     await self.outbox.send_photo(target, event.data, event.mime_type, event.prompt)
         if reply.text and not finished:  # the manager ended without a final text
             reply.stoppable = False
-            await preview.finish(reply.text)
+            with spans.delivering(reply.turn, preview, "partial"):
+                await preview.finish(reply.text)

@@ -15,7 +15,7 @@ import contextvars
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -42,7 +42,7 @@ from bot.errors import (
     RateLimitError,
     StreamInterruptedError,
 )
-from bot.events import Usage
+from bot.events import Message, Usage
 from bot.observe import tracing
 
 # Seconds: chat turns run from well under a second (echo, cache hits) to minutes (long replies).
@@ -295,13 +295,15 @@ def step(name: str) -> contextlib.AbstractContextManager[None]:
     return _Step(tracing.start_child(turn.span, name))
 
 
-def turn_model(model: str) -> None:
-    """The current turn calls ``model`` now (log lines name it; traces get its span)."""
+def turn_model(model: str, messages: Sequence[Message] = ()) -> None:
+    """The current turn calls ``model`` now, with ``messages`` (log lines name the model; traces
+    get its span, with the messages if content is captured)."""
     turn = current_turn.get()
     if turn is not None:
         turn.model = model
         if turn.span is not None:
-            turn.model_span = tracing.start_model_call(turn.span, model, turn.chat)
+            prompt = ((m.role, m.text) for m in messages)
+            turn.model_span = tracing.start_model_call(turn.span, model, turn.chat, prompt)
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -344,9 +346,11 @@ def reply_ended(
     first_at: float | None,
     error: ModelError | None,
     usage: Usage | None = None,
+    text: str | None = None,
 ) -> None:
     """A streamed reply ended as ``status`` (complete, stopped, interrupted; ``partial``: some
-    text came): the turn's status, the model call's outcome, its first token and its failure."""
+    text came): the turn's status, the model call's outcome, its first token and its failure.
+    ``text``: the reply, for traces that capture content."""
     if status == "complete":
         turn, outcome = "ok", "ok"
     elif error is None:
@@ -363,6 +367,8 @@ def reply_ended(
             usage.input_tokens if usage else None,
             usage.output_tokens if usage else None,
             error_kind(error) if error else None,
+            status=turn,
+            text=text,
         )
         info.model_span = None
     if not _on:

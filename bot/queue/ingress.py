@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from bot.errors import ConfigError, StoreError
-from bot.observe import metrics
+from bot.observe import messaging, metrics, tracing
 from bot.queue import scripts
 from bot.queue.keys import QueueKeys
 from bot.redis import REDIS_ERRORS, RedisClient
@@ -48,25 +48,46 @@ class Ingress:
         """
         p = self.keys.partition(chat)
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        span = None
+        fields: dict[Any, Any] = {"chat": chat, "payload": body}
+        if tracing.enabled():  # the trace context rides along as fields of the entry
+            span = messaging.start_send(self.keys.jobs(p), self.keys.jobs_template, p)
+            fields.update(messaging.headers(span))
         try:
-            if not self._checked:
-                await check_partitions(self.redis, self.keys)
-                self._checked = True
-            if dedupe is None:
-                fields: dict[Any, Any] = {"chat": chat, "payload": body}
-                entry = await self.redis.xadd(self.keys.jobs(p), fields)
-            else:
-                keys = [self.keys.jobs(p), self.keys.seen(p, dedupe)]
-                entry = await self._enqueue_once(keys, [chat, body, self.dedupe_ttl_ms])
-                if isinstance(entry, list):  # queued before: ENQUEUE_ONCE's known id
-                    metrics.count(metrics.INGRESS_UPDATES, 1, "duplicate")
-                    return str(entry[0])
-                metrics.count(metrics.INGRESS_UPDATES, 1, "queued")
+            entry, duplicate = await self._add(p, fields, dedupe)
         except REDIS_ERRORS as exc:
             metrics.redis_error(exc)
+            if span is not None:
+                messaging.end_send(span, None, error=metrics.redis_error_kind(exc))
             raise StoreError(f"Could not queue the message in Redis: {exc}") from exc
-        metrics.count(metrics.QUEUE_ENQUEUED)
-        return str(entry)
+        except BaseException as exc:  # ConfigError, cancellation: the span ends all the same
+            if span is not None:
+                messaging.end_send(span, None, error=type(exc).__name__)
+            raise
+        if span is not None:
+            messaging.end_send(span, entry, duplicate=duplicate)
+        if not duplicate:
+            metrics.count(metrics.QUEUE_ENQUEUED)
+        return entry
+
+    async def _add(self, p: int, fields: dict[Any, Any], dedupe: str | None) -> tuple[str, bool]:
+        """XADD (or ENQUEUE_ONCE under ``dedupe``): the entry id, and whether it was queued
+        before (a duplicate update keeps its first entry)."""
+        if not self._checked:
+            await check_partitions(self.redis, self.keys)
+            self._checked = True
+        if dedupe is None:
+            return str(await self.redis.xadd(self.keys.jobs(p), fields)), False
+        keys = [self.keys.jobs(p), self.keys.seen(p, dedupe)]
+        more = [x for k, v in fields.items() if k not in messaging.JOB_FIELDS for x in (k, v)]
+        entry = await self._enqueue_once(
+            keys, [fields["chat"], fields["payload"], self.dedupe_ttl_ms, *more]
+        )
+        if isinstance(entry, list):  # queued before: ENQUEUE_ONCE's known id
+            metrics.count(metrics.INGRESS_UPDATES, 1, "duplicate")
+            return str(entry[0]), True
+        metrics.count(metrics.INGRESS_UPDATES, 1, "queued")
+        return str(entry), False
 
 
 async def check_partitions(redis: RedisClient, keys: QueueKeys) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,8 @@ class Job:
     ordered: bool = True
     #: The lease tenure the job was read under (one per partition runner, see Tenure).
     tenure: Tenure | None = field(default=None, compare=False, repr=False)
+    #: The W3C trace context the ingress stored with the job, when it traced the enqueue.
+    trace: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def redelivered(self) -> bool:

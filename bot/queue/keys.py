@@ -53,6 +53,11 @@ class QueueKeys:
     def jobs(self, p: int) -> str:
         return f"{self.prefix}:{{q:{p}}}:jobs"
 
+    @property
+    def jobs_template(self) -> str:
+        """The job streams' name with the partition left out (one span name for all)."""
+        return f"{self.prefix}:{{q:N}}:jobs"
+
     def lease(self, p: int) -> str:
         return f"{self.prefix}:{{q:{p}}}:lease"
 

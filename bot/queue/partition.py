@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 
 from bot.busy import arrival_hook
 from bot.errors import GivenUpError, NotSavedError
-from bot.observe import metrics
+from bot.observe import messaging, metrics
 from bot.queue.backoff import TRANSIENT, Backoff, trouble
 from bot.queue.job import Job, Tenure, current_job
 from bot.queue.keys import GROUP, QueueKeys
@@ -194,7 +194,8 @@ class PartitionRunner:
         except ValueError:
             payload = {"raw": fields.get("payload", "")}
         chat = fields.get("chat", "")
-        return Job(entry_id, chat, payload, self.index, attempt, tenure=self.tenure)
+        trace = messaging.context_of(fields)
+        return Job(entry_id, chat, payload, self.index, attempt, tenure=self.tenure, trace=trace)
 
     # --- running ---
 
@@ -315,7 +316,8 @@ class PartitionRunner:
         while True:
             token = current_job.set(job)
             try:
-                await self.handler(job)
+                with self._processing(job):
+                    await self.handler(job)
                 return
             except GivenUpError:
                 raise  # the lease is gone: the partition's next owner answers the job
@@ -345,12 +347,25 @@ class PartitionRunner:
             job = dataclasses.replace(job, attempt=job.attempt + 1)
             metrics.count(metrics.QUEUE_REDELIVERED)
 
+    def _processing(self, job: Job) -> contextlib.AbstractContextManager[None]:
+        """The job's process span, a child of its enqueue's, while tracing is on."""
+        return messaging.processing(
+            job.trace,
+            destination=self.stream,
+            template=self.keys.jobs_template,
+            partition=self.index,
+            entry_id=job.id,
+            group=GROUP,
+            attempt=job.attempt,
+        )
+
     async def _bury(self, job: Job) -> None:
         metrics.count(metrics.QUEUE_DEAD)
         fields: dict[Any, Any] = {
             "id": job.id,
             "chat": job.chat,
             "payload": json.dumps(job.payload, ensure_ascii=False),
+            **(job.trace or {}),  # the operator finds the job's trace
         }
         try:
             # Bounded: a bug that fails every job must not fill Redis with copies.

@@ -7,13 +7,14 @@ Redis Cluster.
 
 from __future__ import annotations
 
-#: KEYS: jobs stream, seen key. ARGV: chat, payload JSON, seen TTL (ms).
+#: KEYS: jobs stream, seen key. ARGV: chat, payload JSON, seen TTL (ms), then any more fields of
+#: the entry as name, value pairs (the trace context: bot/observe/messaging.py).
 #: Enqueue once per idempotency key: a repeated update returns the entry id it got the first time,
 #: as a one-element list (so the caller can count duplicates).
 ENQUEUE_ONCE = """
 local known = redis.call('GET', KEYS[2])
 if known then return {known} end
-local id = redis.call('XADD', KEYS[1], '*', 'chat', ARGV[1], 'payload', ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 'chat', ARGV[1], 'payload', ARGV[2], unpack(ARGV, 4))
 redis.call('SET', KEYS[2], id, 'PX', ARGV[3])
 return id
 """
