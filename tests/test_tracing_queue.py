@@ -14,14 +14,18 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiogram.types import Update
 
+from adapters.telegram.ingress import chat_key, payload
 from bot.observe import tracing
 from bot.observe.server import serving
 from bot.queue import Ingress, Job, QueueKeys, Worker
 from bot.queue.partition import Tuning
 from bot.redis.connect import connect
+from tests.fakes import FakeOpenAI
 from tests.fakes.telegram_server import FakeTelegram
 from tests.test_telegram_roles import LEASE_MS, PARTITIONS, base_env, exited, fmbot
+from tests.test_telegram_vision import BLUE, picture, worker
 from tests.test_tracing import Collector, collecting
 
 PRODUCER, CONSUMER, CLIENT = 4, 5, 3
@@ -30,6 +34,12 @@ PRODUCER, CONSUMER, CLIENT = 4, 5, 3
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeTelegram]:
     async with FakeTelegram() as server:
+        yield server
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
         yield server
 
 
@@ -244,3 +254,47 @@ async def test_the_job_carries_its_enqueue_span_and_the_worker_continues_it(
         (span,) = processes[entry]
         assert span["parent"] == "" and span["links"] == []
         assert span["trace"] not in {s["trace"] for s in sends.values()}
+
+
+async def test_an_album_answered_in_one_job_links_to_every_items_enqueue(
+    fake: FakeTelegram,
+    openai: FakeOpenAI,
+    collector: Collector,
+    prompts_dir: Path,
+    redis_server: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first item's job answers the album (the others are skipped): its process span is a
+    child of its own enqueue and links to every item's, the batch case of the conventions."""
+    traced(monkeypatch, collector)
+    alice = fake.user(4011, "Alice")
+    chat = fake.private_chat(alice)
+    fake.push_album(chat, alice, [picture(640, 480), picture(640, 480, BLUE)], caption="two?")
+    updates = [Update.model_validate(u) for u in fake.pending]
+    fake.pending.clear()
+    client = connect(redis_server)
+    try:
+        async with serving(None, "all"):
+            queue = Ingress(client, QueueKeys(redis_prefix, PARTITIONS))
+            for update in updates:
+                await queue.enqueue(chat_key(update), payload(update), dedupe=str(update.update_id))
+            async with worker(fake, openai, prompts_dir, redis_server, redis_prefix) as running:
+                await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 20)
+                await fake.wait_for(lambda: running.worker.worker.handled == 2, 10)
+    finally:
+        await client.aclose()
+    assert len(fake.bot_messages(chat["id"])) == 1
+    sends = sorted(
+        (s for s in collector.spans if s["kind"] == PRODUCER),
+        key=lambda s: s["attributes"]["messaging.message.id"],
+    )
+    first, second = sorted(
+        (s for s in collector.spans if s["kind"] == CONSUMER),
+        key=lambda s: s["attributes"]["messaging.message.id"],
+    )
+    assert len(sends) == 2 and first["parent"] == sends[0]["id"]
+    assert sorted(first["links"]) == sorted((s["trace"], s["id"]) for s in sends)
+    assert second["parent"] == sends[1]["id"]  # skipped, in its own item's trace
+    (turn,) = collector.named("fmbot turn")
+    assert turn["parent"] == first["id"]

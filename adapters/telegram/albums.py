@@ -32,6 +32,7 @@ from aiogram.types import Message, TelegramObject, Update
 
 from adapters.telegram.inflight import Handler
 from bot.busy import arrival_hook
+from bot.observe import messaging
 from bot.queue import Job, QueueKeys
 from bot.redis import RedisClient
 
@@ -172,7 +173,7 @@ class QueuedAlbums:
         items so far. Only the chat's jobs right after ``job`` count: a message the chat sent
         after the album ends it (its turn must come after the album's)."""
         deadline = time.monotonic() + self.max_wait
-        items: list[tuple[str, dict[str, Any]]] = []
+        items: list[_Item] = []
         changed = time.monotonic()
         while True:
             found = await self._items(job, group)
@@ -182,11 +183,13 @@ class QueuedAlbums:
             if now - changed >= self.quiet or now >= deadline:
                 break
             await asyncio.sleep(_POLL)
-        self._absorbed.update((job.chat, entry) for entry, _ in items)
-        messages = [job.payload["message"], *(message for _, message in items)]
-        return QueuedAlbum(messages, items[-1][0] if items else job.id)
+        self._absorbed.update((job.chat, item.entry) for item in items)
+        # Answered in this job: its process span links to each item's enqueue (a batch).
+        messaging.link_created(item.trace for item in items)
+        messages = [job.payload["message"], *(item.message for item in items)]
+        return QueuedAlbum(messages, items[-1].entry if items else job.id)
 
-    async def _items(self, job: Job, group: str) -> list[tuple[str, dict[str, Any]]]:
+    async def _items(self, job: Job, group: str) -> list[_Item]:
         stream = self.keys.jobs(job.partition)
         entries = cast(
             "list[tuple[Any, Mapping[Any, Any]]]",  # str or bytes, by client
@@ -203,8 +206,17 @@ class QueuedAlbums:
                 break
             if not isinstance(message, dict) or message.get("media_group_id") != group:
                 break
-            items.append((_text(raw_id), message))
+            items.append(_Item(_text(raw_id), message, messaging.context_of(values)))
         return items
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """An album item queued behind the first: its entry id, message and trace context."""
+
+    entry: str
+    message: dict[str, Any]
+    trace: dict[str, str] | None
 
 
 def _text(value: object) -> str:

@@ -6,7 +6,8 @@ the configured propagators write it (by default W3C ``traceparent``, and ``trace
 ``chat`` and ``payload``. The worker runs each attempt of a job's
 handler in a ``process`` span (kind CONSUMER) that is current while the handler runs, so the
 turn's span is its child. One job is one update, the conventions' single-message case: the
-process span's parent is the job's creation context (the send span), and it links to it too.
+process span's parent is the job's creation context (the send span), and it links to it too. A
+job that answers others with it (an album's first item) also links to their send spans.
 
 Without tracing a job gets no field (no byte more in Redis), and a job without them (queued
 before, or by an ingress that does not trace) is processed in a trace of its own.
@@ -15,7 +16,7 @@ before, or by an ingress that does not trace) is processed in a trace of its own
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bot.observe import tracing
@@ -145,3 +146,18 @@ def processing(
         attributes=attributes,
     )
     return _Processing(span)
+
+
+def link_created(contexts: Iterable[Mapping[str, str] | None]) -> None:
+    """Link the running job's process span to the enqueue of other jobs it answers (an
+    album's items): a batch, which the conventions relate by links, not parents."""
+    span = tracing.ambient()
+    if span is None:
+        return
+    from opentelemetry import propagate, trace
+
+    for context in contexts:
+        if context:
+            created = trace.get_current_span(propagate.extract(context)).get_span_context()
+            if created.is_valid:
+                span.add_link(created)
