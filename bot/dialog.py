@@ -11,7 +11,6 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from bot.events import (
     Usage,
 )
 from bot.kb.index import Hit
-from bot.kb.retrieval import Retriever
+from bot.kb.retrieval import Retriever, cited_numbers, hit_records
 from bot.limits import Limits
 from bot.locks import ChatLocks
 from bot.models.base import GenerationOptions, ImageModel, Response, TextModel
@@ -74,9 +73,6 @@ QUEUED_NOTICE_AFTER = (
     3.0  # s without a first word, while the model answers others, before saying so
 )
 IMAGE_PROMPT_LIMIT = 500  # YandexART's limit; a sane bound for other services too
-#: A message of at most this many words is a follow-up ("and in Russia?"): the previous
-#: question is searched with it, as it names what the follow-up is about.
-FOLLOW_UP_WORDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,14 +299,7 @@ class DialogManager:
                 f"Template {template.name!r} answers from knowledge bases, which this bot was "
                 "started without; choose another template with /mode."
             )
-        query = text
-        if len(text.split()) <= FOLLOW_UP_WORDS:
-            previous = next((m.text for m in reversed(history) if m.role == "user"), "")
-            query = f"{previous}\n{text}".strip()
-        hits = await self.retriever.search(
-            template.knowledge, query, template.knowledge_top_k, template.knowledge_min_score
-        )
-        return tuple(hits)
+        return await template_passages(self.retriever, template, text, history)
 
     async def _pictures_of(self, incoming: Incoming) -> tuple[Picture, ...]:
         """The message's pictures, fetched and normalised; PictureError says which failed."""
@@ -477,11 +466,7 @@ class DialogManager:
             asked["pictures"] = picture_refs(prompt.pictures)
             meta["model"] = prompt.model.name
         if prompt.hits:  # which passages the reply was given, by their numbers
-            meta["knowledge"] = [
-                {"n": n, "kb": h.kb, "source": h.source, "heading": h.heading,
-                 "chunk": h.chunk_id, "score": round(h.score, 4)}
-                for n, h in enumerate(prompt.hits, 1)
-            ]  # fmt: skip
+            meta["knowledge"] = hit_records(prompt.hits, text=False)
         turns = (
             Turn("user", prompt.request, meta=asked),
             Turn("assistant", response.text, meta=meta),
@@ -570,10 +555,29 @@ def _message(turn: Turn) -> Message:
 
 
 def passages_of(hits: Sequence[Hit]) -> list[Passage]:
+    """Hits as a template sees them, numbered from 1 as the prompt and the reply cite them."""
     return [Passage(n, h.text, h.source, h.heading) for n, h in enumerate(hits, 1)]
 
 
-_CITATION = re.compile(r"\[(\d{1,2})\]")
+async def template_passages(
+    retriever: Retriever | None,
+    template: PromptTemplate,
+    text: str,
+    history: Sequence[Message] = (),
+) -> tuple[Hit, ...]:
+    """The passages a turn of ``template`` gets for ``text``: the one rule the bot, ``fmbot
+    batch run`` and ``fmbot eval`` share (none without ``knowledge``); KnowledgeError without a
+    retriever."""
+    if not template.knowledge:
+        return ()
+    if retriever is None:
+        raise KnowledgeError(
+            f"Template {template.name!r} answers from knowledge bases, which this run was "
+            "started without."
+        )
+    return await retriever.for_turn(
+        template.knowledge, text, history, template.knowledge_top_k, template.knowledge_min_score
+    )
 
 
 def cited_sources(hits: Sequence[Hit], reply: str) -> tuple[Source, ...]:
@@ -597,7 +601,7 @@ def stored_sources(turn: Turn) -> tuple[Source, ...]:
 
 
 def _cited(sources: Sequence[Source], reply: str) -> tuple[Source, ...]:
-    cited = {int(n) for n in _CITATION.findall(reply)}
+    cited = cited_numbers(reply)
     return tuple(s for s in sources if s.n in cited) or tuple(sources)
 
 

@@ -59,3 +59,11 @@ async def fmbot(
         raise
     assert proc.returncode is not None
     return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+
+def graded(row: dict[str, object], kind: str) -> dict[str, object]:
+    """The outcome of a results.parquet row's first assertion of type ``kind``."""
+    assertions = row["assertions"]
+    assert isinstance(assertions, list)
+    found: dict[str, object] = next(a for a in assertions if a["type"] == kind)
+    return found

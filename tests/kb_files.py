@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bot.kb.embedders import LocalE5Embedder
+from bot.kb.index import KnowledgeBase
+
 WARRANTY_MD = """\
 # Warranty
 
@@ -87,3 +90,13 @@ def write_shop_docs(folder: Path) -> Path:
         make_pdf(["Clean the kettle with vinegar once a month.", "Never put it in a dishwasher."])
     )
     return folder
+
+
+async def build_shop_kb(root: Path, name: str = "shop") -> Path:
+    """A knowledge base ``name`` of the shop's documents (real e5) in ``root/kb``; that folder."""
+    kb = await KnowledgeBase.open(root / "kb", name, create=True)
+    try:
+        await kb.add([write_shop_docs(root / "docs")], LocalE5Embedder())
+    finally:
+        await kb.aclose()
+    return root / "kb"

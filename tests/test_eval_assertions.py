@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.eval.assertions import Assertion, Outcome, Reply, cell_score, check
+from bot.eval.assertions import MODEL_GRADED, Assertion, Outcome, Reply, cell_score, check
 
 REPLY = Reply('echo: {"name": "Mug", "ml": 350}', output_tokens=5, latency_ms=40)
 JSON_REPLY = Reply('{"name": "Mug", "ml": 350}', output_tokens=3, latency_ms=40)
@@ -37,6 +37,8 @@ CASES: list[tuple[str, Any, Reply, bool, str]] = [
     ("is-json", SCHEMA, JSON_REPLY, True, "valid JSON matching the schema"),
     ("is-json", {**SCHEMA, "required": ["price"]}, JSON_REPLY, False, "does not match"),
     ("is-json", {"properties": {"ml": {"type": "string"}}}, JSON_REPLY, False, "at ml:"),
+    ("cites", None, Reply("See [2].", 3, 1, (1, 2)), True, "cites [2]"),
+    ("cites", None, Reply("See the manual.", 3, 1, (1, 2)), False, "cites nothing, needs"),
 ]
 
 
@@ -52,7 +54,8 @@ def test_each_type_passes_and_fails_with_a_reason(
 
 def test_every_deterministic_type_is_covered_both_ways() -> None:
     kinds = {kind for kind, *_ in CASES}
-    deterministic = set(Assertion.model_fields["type"].annotation.__args__) - {"llm-rubric"}  # type: ignore[union-attr]
+    every = set(Assertion.model_fields["type"].annotation.__args__)  # type: ignore[union-attr]
+    deterministic = every - MODEL_GRADED
     assert kinds == deterministic
     for kind in kinds:
         assert {p for k, _, _, p, _ in CASES if k == kind} == {True, False}, kind

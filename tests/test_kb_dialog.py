@@ -19,7 +19,6 @@ from bot.dialog import DialogManager, stored_sources
 from bot.errors import PromptError
 from bot.events import FinalText, Incoming, Message, Notice, ReplyEvent, Source, sources_line
 from bot.kb.embedders import Embedder, LocalE5Embedder, Vector
-from bot.kb.index import KnowledgeBase
 from bot.kb.retrieval import Retriever
 from bot.models.base import GenerationOptions, TextModel
 from bot.models.echo import EchoModel
@@ -31,7 +30,7 @@ from bot.stores import open_store
 from bot.stores.base import DialogStore, Turn
 from tests.doubles import Recording, Scripted
 from tests.fakes.telegram_server import FakeTelegram
-from tests.kb_files import write_shop_docs
+from tests.kb_files import build_shop_kb, write_shop_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 FMBOT = str(Path(sys.executable).parent / "fmbot")
@@ -62,12 +61,7 @@ class CountingEmbedder(Embedder):
 
 @pytest.fixture(scope="module")
 async def kb_dir(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
-    root = tmp_path_factory.mktemp("kb")
-    e5 = LocalE5Embedder()
-    kb = await KnowledgeBase.open(root / "kb", "shop", create=True)
-    await kb.add([write_shop_docs(root / "docs")], e5)
-    await kb.aclose()
-    yield root / "kb"
+    yield await build_shop_kb(tmp_path_factory.mktemp("kb"))
 
 
 def write(folder: Path, name: str, text: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -159,9 +160,19 @@ def run(
     )
 
     async def go() -> None:
+        from bot.kb.embedders import create_embedder
+        from bot.kb.retrieval import Retriever
+
         text_model = await get_text_model(settings)
+        # A knowledge template's rows get their passages as a bot's turns do.
+        retriever = (
+            Retriever(settings.knowledge_dir, create_embedder(settings))
+            if chosen.knowledge
+            else None
+        )
         try:
-            runner = Runner(chosen, text_model, options_for(settings, chosen), fixed)
+            options = options_for(settings, chosen)
+            runner = Runner(chosen, text_model, options, fixed, retriever)
             bar = Progress(*columns, console=stderr)
             try:
                 summary = await run_job(
@@ -170,6 +181,8 @@ def run(
             finally:
                 bar.stop()
         finally:
+            if retriever is not None:
+                await retriever.aclose()
             await close_models()
         typer.echo(
             f"{summary.total} row(s): {summary.ok} ok, {summary.errors} failed "
@@ -364,9 +377,19 @@ def _run_batch_mode(
 
     async def go() -> None:
         from bot.batch.batch_mode import model_uri
+        from bot.kb.embedders import create_embedder
+        from bot.kb.retrieval import Retriever
 
         model_uri(settings.text_model, "FOLDER")  # a yandex: model, before connecting
-        async with BatchClient.from_settings(settings) as client:
+        retriever = (
+            Retriever(settings.knowledge_dir, create_embedder(settings))
+            if chosen.knowledge
+            else None
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(BatchClient.from_settings(settings))
+            if retriever is not None:
+                stack.push_async_callback(retriever.aclose)
             bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -386,6 +409,7 @@ def _run_batch_mode(
                     progress=_BatchBar(bar),
                     wait=wait,
                     keep_datasets=keep,
+                    retriever=retriever,
                 )
             finally:
                 bar.stop()

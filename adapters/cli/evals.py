@@ -4,6 +4,7 @@ replies (a CI gate: exit 1 below the suite's threshold, 2 for a suite or configu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
     from bot.eval.run import EvalResult
     from bot.eval.suite import LoadedSuite
+    from bot.kb.index import Hit
     from bot.settings import Settings
 
 SUITE_ERROR = 2
@@ -191,6 +193,14 @@ def run(
     show_failed: Annotated[
         int, typer.Option("--show-failed", min=0, help="Failed cells to print.")
     ] = 20,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="batch: each template × model × repeat as one Yandex Batch Inference task "
+            "(yandex: models only).",
+        ),
+    ] = None,
 ) -> None:
     """Run every case × template × model, grade the replies, print the matrix.
 
@@ -203,12 +213,14 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from bot.eval.report import below_threshold, junit_xml
-    from bot.eval.run import cached, failing_cells, run_eval, write_results
+    from bot.eval.run import cache_dir, failing_cells, run_eval, write_results
     from bot.models.registry import close_models
     from bot.settings import load_settings
 
     settings = load_settings()
     loaded = _load(suite, settings)
+    if mode is not None:
+        _check_batch_mode(mode, loaded.models)
     target = output or suite.with_name(suite.stem + ".eval")
     only = failing_cells(filter_failing) if filter_failing is not None else None
     cells = repeat * sum(
@@ -225,28 +237,38 @@ def run(
     )
 
     async def go() -> EvalResult:
-        try:
-            result = await run_eval(
-                loaded,
-                target,
-                repeat=repeat,
-                concurrency=concurrency,
-                progress=_Bar(bar, cells),
-                wrap=None if no_cache else cached(settings.home),
-                only=only,
-            )
-        finally:
-            bar.stop()
-            await close_models()
+        async with contextlib.AsyncExitStack() as stack:
+            batch = None
+            if mode == "batch":
+                from bot.batch.model import batch_settings
+                from bot.batch.yandex import BatchClient
+
+                client = BatchClient.from_settings(batch_settings(loaded.models[0], False))
+                batch = await stack.enter_async_context(client)
+            try:
+                result = await run_eval(
+                    loaded,
+                    target,
+                    repeat=repeat,
+                    concurrency=concurrency,
+                    progress=_Bar(bar, cells),
+                    cache=None if no_cache else cache_dir(settings.home),
+                    only=only,
+                    batch=batch,
+                )
+            finally:
+                bar.stop()
+                await close_models()
         await write_results(result, target)
         return result
 
     try:
         result = asyncio.run(go())
     except KeyboardInterrupt:
+        running = " Batch tasks keep running on Yandex Cloud;" if mode == "batch" else ""
         typer.echo(
-            f"Interrupted. Finished cells are saved under {target}; run the same command again "
-            "to resume.",
+            f"Interrupted.{running} Finished cells are saved under {target}; run the same "
+            "command again to resume.",
             err=True,
         )
         raise typer.Exit(130) from None
@@ -267,6 +289,20 @@ def run(
         )
         raise typer.Exit(1)
     typer.echo(f"PASSED: every pass rate is at least the threshold {_percent(result.threshold)}.")
+
+
+def _check_batch_mode(mode: str, models: list[str]) -> None:
+    """``--mode batch`` runs only on Yandex's Batch Inference: one line and exit 2 otherwise."""
+    if mode != "batch":
+        raise ConfigError("--mode", mode, "use --mode batch, or leave --mode out")
+    other = [spec for spec in models if not spec.startswith("yandex:")]
+    if other:
+        raise ConfigError(
+            "--mode",
+            mode,
+            f"batch mode needs yandex: models, and the suite runs {', '.join(other)}; run it "
+            "without --mode, or put the yandex: models in a suite of their own",
+        )
 
 
 @app.command()
@@ -329,8 +365,11 @@ def replay(
 
     from bot.app import open_configured_store
     from bot.batch.model import batch_settings, options_for
-    from bot.eval.replay import append_case, replay, stored_turn
+    from bot.dialog import passages_of
+    from bot.eval.replay import append_case, replay, stored_turn, turn_passages
     from bot.eval.suite import resolve_version
+    from bot.kb.embedders import create_embedder
+    from bot.kb.retrieval import Retriever
     from bot.models.registry import close_models, get_text_model
     from bot.prompts.library import PromptLibrary
     from bot.prompts.variables import coerce_variables
@@ -350,10 +389,19 @@ def replay(
             stored = await stored_turn(store, chat, turn, settings.history_messages)
         finally:
             await store.aclose()
+        hits: tuple[Hit, ...] = ()
+        note = ""
+        if chosen.knowledge:  # the turn's own passages where the store kept them
+            retriever = Retriever(settings.knowledge_dir, create_embedder(settings))
+            try:
+                hits, note = await turn_passages(retriever, chosen, stored)
+            finally:
+                await retriever.aclose()
         try:
             text_model = await get_text_model(settings)
             defaults = coerce_variables(chosen, {}, known_only=True)
-            done = await replay(stored, chosen, text_model, options_for(settings, chosen), defaults)
+            options = options_for(settings, chosen)
+            done = await replay(stored, chosen, text_model, options, defaults, hits)
         finally:
             await close_models()
         table = Table(
@@ -376,7 +424,12 @@ def replay(
             Text(terminal_safe(stored.stored_reply or "(none stored)")),
             new,
         )
-        Console(highlight=False).print(table)
+        console = Console(highlight=False)
+        console.print(table)
+        if note:
+            console.print(Text(terminal_safe(note)))
+            for p in passages_of(hits):
+                console.print(Text(terminal_safe(f"  [{p.n}] {p.label}")))
         if add_to is not None:
             append_case(add_to, stored.message)
             typer.echo(f"Added the turn to {add_to} as a case; `fmbot eval check {add_to}`.")

@@ -9,6 +9,9 @@ come from each result's ``usage`` (empty when the service sends a plain-text res
 The progress file records the dataset and task ids as soon as they exist (``TASK_KIND`` lines),
 so an interrupted command re-attaches to its running task instead of submitting a new one. Rows
 that failed or got no result are marked ``error``; the next run sends only those, as a new task.
+
+A template with ``knowledge:`` gets each row's passages before it is rendered, as in the other
+modes; they are noted with the dataset, so a re-attached run records them with the replies.
 """
 
 from __future__ import annotations
@@ -39,7 +42,14 @@ from bot.batch.job import (
     unwritable,
     write_results,
 )
-from bot.batch.runner import Case, make_cases, render_case
+from bot.batch.runner import (
+    Case,
+    case_passages,
+    failure_kind,
+    make_cases,
+    passages_column,
+    render_case,
+)
 from bot.batch.yandex import (
     BatchClient,
     DatasetInvalidError,
@@ -51,6 +61,7 @@ from bot.batch.yandex import (
     response_usage,
 )
 from bot.errors import ConfigError, FmbotError
+from bot.kb.retrieval import Retriever
 from bot.model_spec import yandex_text_spec
 from bot.models.base import GenerationOptions
 from bot.prompts.template import PromptTemplate
@@ -90,6 +101,8 @@ class PendingTask:
     #: row -> (case key, request fingerprint)
     rows: dict[int, tuple[str, str]]
     datasets: tuple[str, ...]
+    #: row -> its retrieved passages (JSON), for a template with ``knowledge:``
+    passages: dict[int, str] = field(default_factory=dict)
 
 
 def model_uri(spec: str, folder_id: str) -> str:
@@ -108,6 +121,7 @@ def pending_task(notes: list[dict[str, Any]]) -> tuple[PendingTask | None, list[
     """(the task still to collect, every dataset the notes name) from a progress file's notes."""
     datasets: list[str] = []
     rows: dict[str, dict[int, tuple[str, str]]] = {}
+    passages: dict[str, dict[int, str]] = {}
     started: dict[str, tuple[str, str]] = {}  # operation -> (task, source dataset)
     finished: set[str] = set()
     for note in notes:
@@ -117,6 +131,9 @@ def pending_task(notes: list[dict[str, Any]]) -> tuple[PendingTask | None, list[
             rows[str(note["dataset_id"])] = {
                 int(r): (str(k), str(f)) for r, k, f in note.get("rows", [])
             }
+            passages[str(note["dataset_id"])] = {
+                int(r): str(p) for r, p in note.get("passages", {}).items()
+            }
         elif event == "started":
             started[str(note["operation_id"])] = (str(note["task_id"]), str(note["dataset_id"]))
         elif event == "finished":
@@ -125,7 +142,13 @@ def pending_task(notes: list[dict[str, Any]]) -> tuple[PendingTask | None, list[
                 datasets.append(str(note["result_dataset_id"]))
     for operation_id, (task_id, dataset_id) in reversed(started.items()):
         if operation_id not in finished:
-            task = PendingTask(operation_id, task_id, rows.get(dataset_id, {}), (dataset_id,))
+            task = PendingTask(
+                operation_id,
+                task_id,
+                rows.get(dataset_id, {}),
+                (dataset_id,),
+                passages.get(dataset_id, {}),
+            )
             return task, datasets
     return None, datasets
 
@@ -146,6 +169,7 @@ async def run_batch_mode(
     progress: BatchProgress,
     wait: bool = True,
     keep_datasets: bool = False,
+    retriever: Retriever | None = None,
 ) -> BatchSummary:
     uri = model_uri(model_spec, client.folder_id)
     data = await asyncio.to_thread(table.read_input, input_path)
@@ -175,7 +199,16 @@ async def run_batch_mode(
             if pending is None and todo:
                 try:
                     pending = await _submit(
-                        client, template, fixed, uri, options, todo, saved, record, datasets
+                        client,
+                        template,
+                        fixed,
+                        uri,
+                        options,
+                        todo,
+                        saved,
+                        record,
+                        datasets,
+                        retriever,
                     )
                 except FmbotError:
                     # Nothing runs: delete what was uploaded, and leave no trace of this
@@ -235,6 +268,7 @@ async def _submit(
     saved: ProgressFile,
     record: Callable[[RowResult], Any],
     datasets: list[str],
+    retriever: Retriever | None = None,
 ) -> PendingTask | None:
     """Render, upload and validate the rows, start the task; None when nothing is left to send.
 
@@ -242,25 +276,39 @@ async def _submit(
     sent again once.
     """
     lines: list[tuple[Case, str]] = []
+    passages: dict[int, str] = {}
     for case in todo:
         try:
-            lines.append((case, request_line(render_case(template, fixed, case))))
+            hits = await case_passages(retriever, template, case)
+        except FmbotError as exc:  # no knowledge base, another embedder, the embedder failed
+            await record(_failed(case.row, case.key, str(exc), failure_kind(exc)))
+            continue
+        try:
+            lines.append((case, request_line(render_case(template, fixed, case, hits))))
         except (FmbotError, ValueError) as exc:
             await record(_failed(case.row, case.key, str(exc), "input"))
+            continue
+        column = passages_column(template, hits)
+        if column is not None:
+            passages[case.row] = column
     for attempt in range(2):
         if not lines:
             return None
         rows = {c.row: (c.key, fingerprint(line)) for c, line in lines}
+        sent = {c.row: passages[c.row] for c, _ in lines if c.row in passages}
 
-        async def created(dataset_id: str, rows: dict[int, tuple[str, str]] = rows) -> None:
+        async def created(
+            dataset_id: str, rows: dict[int, tuple[str, str]] = rows, sent: dict[int, str] = sent
+        ) -> None:
             datasets.append(dataset_id)
-            await saved.note(
-                {
-                    "event": "dataset",
-                    "dataset_id": dataset_id,
-                    "rows": [[r, k, f] for r, (k, f) in rows.items()],
-                }
-            )
+            note: dict[str, object] = {
+                "event": "dataset",
+                "dataset_id": dataset_id,
+                "rows": [[r, k, f] for r, (k, f) in rows.items()],
+            }
+            if sent:
+                note["passages"] = {str(r): p for r, p in sent.items()}
+            await saved.note(note)
 
         body = "".join(line + "\n" for _, line in lines).encode()
         name = f"fmbot-{template.name}-{uuid.uuid4().hex[:8]}"
@@ -297,7 +345,7 @@ async def _submit(
                 "dataset_id": dataset_id,
             }
         )
-        return PendingTask(state.operation_id, state.task_id, rows, (dataset_id,))
+        return PendingTask(state.operation_id, state.task_id, rows, (dataset_id,), sent)
     return None
 
 
@@ -347,6 +395,7 @@ async def _collect(
                     reply=reply,
                     input_tokens=usage.input_tokens,
                     output_tokens=usage.output_tokens,
+                    passages=task.passages.get(row),
                 )
             )
         elif line in by_line:

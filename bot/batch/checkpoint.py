@@ -40,6 +40,8 @@ class RowResult:
     output_tokens: int | None = None
     latency_ms: int | None = None
     failure: Failure | None = None
+    #: The passages retrieved for the row (a template with ``knowledge:``), as JSON.
+    passages: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RowResult:
@@ -60,6 +62,7 @@ class RowResult:
             output_tokens=number("output_tokens"),
             latency_ms=number("latency_ms"),
             failure=failure if failure in ("retry", "input", "other") else None,
+            passages=None if data.get("passages") is None else str(data["passages"]),
         )
 
 

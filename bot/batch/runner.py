@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from bot.batch.checkpoint import Failure, RowResult
+from bot.dialog import passages_of, template_passages
 from bot.errors import (
     ContextOverflowError,
     FmbotError,
@@ -23,6 +24,8 @@ from bot.errors import (
     StreamInterruptedError,
 )
 from bot.events import Message
+from bot.kb.index import Hit
+from bot.kb.retrieval import Retriever, hit_records
 from bot.models.base import GenerationOptions, TextModel
 from bot.prompts.render import build_messages
 from bot.prompts.template import PromptTemplate
@@ -58,15 +61,40 @@ def make_cases(rows: Iterable[Mapping[str, object]], fixed: Mapping[str, str]) -
     return cases
 
 
-def render_case(template: PromptTemplate, fixed: Mapping[str, str], case: Case) -> list[Message]:
-    """The messages a case sends (every mode renders with this); ValueError or FmbotError when
-    its cells do not fit the template."""
+def render_case(
+    template: PromptTemplate,
+    fixed: Mapping[str, str],
+    case: Case,
+    hits: tuple[Hit, ...] = (),
+    stable_prefix: bool = False,
+) -> list[Message]:
+    """The messages a case sends (every mode renders with this), with the passages retrieved
+    for it placed as the bot places them; ValueError or FmbotError when its cells do not fit the
+    template."""
     return build_messages(
         template,
         _message_text(case),
         (),
         coerce_variables(template, {**fixed, **case.values}, known_only=False),
+        knowledge=passages_of(hits),
+        stable_prefix=stable_prefix,
     )
+
+
+async def case_passages(
+    retriever: Retriever | None, template: PromptTemplate, case: Case
+) -> tuple[Hit, ...]:
+    """The passages the bot would retrieve for the case's message (a first turn: no history);
+    none for a template without ``knowledge``. KnowledgeError without a retriever."""
+    message = "" if case.message is None else str(case.message)
+    return await template_passages(retriever, template, message)
+
+
+def passages_column(template: PromptTemplate, hits: tuple[Hit, ...]) -> str | None:
+    """A row's ``passages`` cell: the retrieved passages as JSON (None without knowledge)."""
+    if not template.knowledge:
+        return None
+    return json.dumps(hit_records(hits), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +104,18 @@ class Runner:
     options: GenerationOptions
     #: ``--var`` values: every row gets them unless its own column says otherwise.
     fixed: Mapping[str, str]
-
-    def _messages(self, case: Case) -> list[Message]:
-        return render_case(self.template, self.fixed, case)
+    #: Finds the passages of a template with ``knowledge:``, as the bot does.
+    retriever: Retriever | None = None
 
     async def run_case(self, case: Case) -> RowResult:
         started = time.monotonic()
         try:
-            messages = self._messages(case)
+            hits = await case_passages(self.retriever, self.template, case)
+        except FmbotError as exc:  # no knowledge base, another embedder, the embedder failed
+            return self._failed(case, str(exc), started, failure_kind(exc))
+        try:
+            stable = self.model.reuses_prompt_prefix
+            messages = render_case(self.template, self.fixed, case, hits, stable)
         except (FmbotError, ValueError) as exc:
             # Nothing was sent: the row's cells do not fit the template, and will not next time.
             return self._failed(case, str(exc), started, "input")
@@ -94,7 +126,7 @@ class Runner:
             response = self.model.respond(messages, self.options)
             reply = await response
         except FmbotError as exc:
-            return self._failed(case, str(exc), started, _failure(exc))
+            return self._failed(case, str(exc), started, failure_kind(exc))
         except Exception as exc:  # a bug in a backend must not end a long run
             log.exception("row %d failed unexpectedly", case.row)
             return self._failed(case, f"{type(exc).__name__}: {exc}", started, "other")
@@ -107,6 +139,7 @@ class Runner:
             input_tokens=usage.input_tokens if usage else None,
             output_tokens=usage.output_tokens if usage else None,
             latency_ms=_elapsed_ms(started),
+            passages=passages_column(self.template, hits),
         )
 
     def _failed(self, case: Case, error: str, started: float, failure: Failure) -> RowResult:
@@ -137,7 +170,7 @@ class Runner:
             raise failed.exceptions[0] from None
 
 
-def _failure(exc: FmbotError) -> Failure:
+def failure_kind(exc: FmbotError) -> Failure:
     """Whether running the row again may help (``retry``) or its input must change."""
     if isinstance(exc, RateLimitError | ModelUnavailableError | StreamInterruptedError):
         return "retry"  # 429, 5xx, network and timeouts, after the backend's own retries

@@ -1,8 +1,9 @@
 """Assertions: what a reply must satisfy. Each gives an :class:`Outcome` (pass, score, reason).
 
-Deterministic types are checked here; ``llm-rubric`` asks a judge model (see :mod:`.judge`).
-Every check is total: a reply that cannot be checked (not JSON, no token count) fails with a
-reason, never raises.
+Deterministic types are checked here (``cites`` too: the cell's retrieved passages come with
+its reply); ``llm-rubric`` asks a judge model (see :mod:`.judge`),
+``similar`` the configured embedder (see :mod:`.similarity`). Every check is total: a reply that
+cannot be checked (not JSON, no token count) fails with a reason, never raises.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from bot.kb.retrieval import cited_numbers
 
 AssertionType = Literal[
     "equals",
@@ -27,9 +30,15 @@ AssertionType = Literal[
     "is-json",
     "latency-ms",
     "llm-rubric",
+    "similar",
+    "cites",
 ]
 _TEXT_TYPES = {"equals", "contains", "icontains", "not-contains", "regex", "starts-with"}
 _LIMIT_TYPES = {"max-length", "max-tokens", "latency-ms"}
+#: Graded by a model (the judge, the embedder) rather than by :func:`check`.
+MODEL_GRADED = {"llm-rubric", "similar"}
+#: ``similar``: the cosine similarity needed when the assertion gives no ``threshold``.
+SIMILAR_THRESHOLD = 0.8
 
 
 class Assertion(BaseModel):
@@ -39,10 +48,12 @@ class Assertion(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: AssertionType
-    value: Any = None
+    # Checked when left out too: `{type: contains}` is a mistake, `{type: is-json}` is not.
+    value: Any = Field(default=None, validate_default=True)
     weight: float = Field(default=1.0, ge=0)
     metric: str | None = None
-    #: llm-rubric: the judge's score needed to pass (default: the judge's own verdict).
+    #: llm-rubric: the judge's score needed to pass (default: the judge's own verdict);
+    #: similar: the cosine similarity needed (default 0.8).
     threshold: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("value")
@@ -51,7 +62,7 @@ class Assertion(BaseModel):
         kind = info.data.get("type")
         if kind is None:
             return value  # the type itself is invalid and reported
-        if kind in _TEXT_TYPES or kind == "llm-rubric":
+        if kind in _TEXT_TYPES or kind in MODEL_GRADED:
             if not isinstance(value, str) or (kind != "equals" and not value):
                 raise ValueError(f"{kind} needs a text value")
             if kind == "regex":
@@ -59,8 +70,10 @@ class Assertion(BaseModel):
                     re.compile(value)
                 except re.error as exc:
                     raise ValueError(f"not a valid regular expression ({exc})") from None
-        elif kind in _LIMIT_TYPES:
+        elif kind in _LIMIT_TYPES or (kind == "cites" and value is not None):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                if kind == "cites":
+                    raise ValueError("cites takes the citations needed: a whole number ≥ 0")
                 raise ValueError(f"{kind} needs a whole number ≥ 0")
         elif kind == "is-json" and value is not None:
             if not isinstance(value, dict):
@@ -70,6 +83,12 @@ class Assertion(BaseModel):
             except jsonschema.SchemaError as exc:
                 raise ValueError(f"not a valid JSON Schema ({exc.message})") from None
         return value
+
+    @model_validator(mode="after")
+    def _threshold_fits_type(self) -> Assertion:
+        if self.threshold is not None and self.type not in MODEL_GRADED:
+            raise ValueError(f"threshold applies to llm-rubric and similar, not to {self.type}")
+        return self
 
     @property
     def label(self) -> str:
@@ -96,6 +115,9 @@ class Reply:
     text: str
     output_tokens: int | None
     latency_ms: int | None
+    #: The numbers of the passages retrieved for the cell (a template with ``knowledge:``);
+    #: None: its template retrieves none.
+    passages: tuple[int, ...] | None = None
 
 
 def _result(passed: bool, reason: str) -> Outcome:
@@ -127,8 +149,33 @@ def _is_json(text: str, schema: dict[str, Any] | None) -> Outcome:
     return _result(False, f"does not match the schema at {where}: {first.message}")
 
 
+def _cites(reply: Reply, needed: int) -> Outcome:
+    """Every ``[n]`` names a passage retrieved for the cell, and at least ``needed`` distinct
+    ones are cited. Score: the share of the cited numbers that are valid."""
+    if reply.passages is None:
+        return Outcome(False, 0.0, "its template retrieves no passages (no knowledge:)", error=True)
+    cited = sorted(cited_numbers(reply.text))
+    valid = sorted(set(reply.passages))
+    bad = [n for n in cited if n not in valid]
+    given = f"retrieved: {_numbers(valid)}" if valid else "no passage was retrieved"
+    if bad:
+        score = (len(cited) - len(bad)) / len(cited)
+        return Outcome(False, score, f"cites {_numbers(bad)}, not retrieved ({given})")
+    if len(cited) < needed:
+        found = _numbers(cited) if cited else "nothing"
+        return Outcome(False, 0.0, f"cites {found}, needs at least {needed} ({given})")
+    if not cited:
+        return _result(True, "no citation (none needed)")
+    return _result(True, f"cites {_numbers(cited)}")
+
+
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(f"[{n}]" for n in numbers)
+
+
 def check(assertion: Assertion, reply: Reply) -> Outcome:
-    """Grade ``reply`` with a deterministic assertion (llm-rubric: see :mod:`.judge`)."""
+    """Grade ``reply`` with a deterministic assertion (llm-rubric: see :mod:`.judge`, similar:
+    :mod:`.similarity`)."""
     kind, value, text = assertion.type, assertion.value, reply.text
     if kind == "equals":
         return _result(text == value, "equal" if text == value else "differs from the value")
@@ -155,7 +202,9 @@ def check(assertion: Assertion, reply: Reply) -> Outcome:
         return _limit("latency ms", reply.latency_ms, value)
     if kind == "is-json":
         return _is_json(text, value)
-    raise ValueError(f"{kind} is graded by a judge, not by check()")
+    if kind == "cites":
+        return _cites(reply, 1 if value is None else value)
+    raise ValueError(f"{kind} is graded by a model, not by check()")
 
 
 def cell_score(graded: list[tuple[Assertion, Outcome]]) -> tuple[bool, float]:

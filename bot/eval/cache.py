@@ -44,6 +44,8 @@ class CachedModel(TextModel):
         self.inner = inner
         self.name = inner.name
         self.picture_tokens = inner.picture_tokens
+        # Where knowledge passages go depends on it (see build_messages): as the inner model.
+        self.reuses_prompt_prefix = inner.reuses_prompt_prefix
         self.directory = directory
         self.salt = salt
 

@@ -3,6 +3,10 @@ version, its history as the bot saw it (the stored turns before it, FMBOT_HISTOR
 
 History is not trimmed to the model's context window here (that needs the model's tokenizer and
 the running bot's budget); a turn whose history does not fit fails with the model's error.
+
+A template with ``knowledge:`` gets the passages the stored reply was given (the assistant turn
+keeps their knowledge base and chunk id, read again from the knowledge base); when they are gone
+(the file was indexed again) or the turn had none, passages are retrieved as the bot would.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from bot.dialog import passages_of, template_passages
 from bot.errors import ConfigError, FmbotError
 from bot.events import Message
+from bot.kb.index import Hit
+from bot.kb.retrieval import Retriever
 from bot.models.base import GenerationOptions, TextModel
 from bot.prompts.render import build_messages
 from bot.prompts.source import parse_yaml_file
@@ -29,6 +36,8 @@ class StoredTurn:
     history: list[Message]
     stored_reply: str | None
     stored_template: str | None
+    #: The passages the stored reply was given (its ``knowledge`` meta), if any.
+    stored_passages: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +62,30 @@ async def stored_turn(
     before = turns[:at][-history_messages:] if history_messages else []
     answer = turns[at + 1] if at + 1 < len(turns) and turns[at + 1].role == "assistant" else None
     mode = turns[at].meta.get("mode")
+    used = answer.meta.get("knowledge") if answer is not None else None
     return StoredTurn(
         number=number,
         message=turns[at].text,
         history=[Message(t.role, t.text) for t in before],
         stored_reply=None if answer is None else answer.text,
         stored_template=mode if isinstance(mode, str) else None,
+        stored_passages=tuple(used) if isinstance(used, list) else (),
     )
+
+
+async def turn_passages(
+    retriever: Retriever, template: PromptTemplate, turn: StoredTurn
+) -> tuple[tuple[Hit, ...], str]:
+    """The passages to replay ``turn`` with, and a line saying where they came from."""
+    if turn.stored_passages:
+        hits = await retriever.stored(turn.stored_passages)
+        if hits is not None:
+            return hits, f"passages: the {len(hits)} the stored reply was given"
+        why = "the stored reply's passages are no longer in their knowledge bases"
+    else:
+        why = "the stored reply was given none"
+    hits = await template_passages(retriever, template, turn.message, turn.history)
+    return hits, f"passages: {len(hits)} retrieved again ({why})"
 
 
 async def replay(
@@ -68,8 +94,16 @@ async def replay(
     model: TextModel,
     options: GenerationOptions,
     variables: dict[str, object],
+    hits: tuple[Hit, ...] = (),
 ) -> Replayed:
-    messages = build_messages(template, turn.message, turn.history, variables)
+    messages = build_messages(
+        template,
+        turn.message,
+        turn.history,
+        variables,
+        knowledge=passages_of(hits),
+        stable_prefix=model.reuses_prompt_prefix,
+    )
     try:
         reply = await model.respond(messages, options)
     except FmbotError as exc:

@@ -3,7 +3,9 @@
 Each template version × model × repeat is one batch job (:func:`bot.batch.job.run_job`) into
 ``DIR/runs/``, so an evaluation has the batch runner's resume, bounded concurrency and progress:
 an interrupted run picks up where it stopped, and a job's file name holds the template's digest,
-so an edited template runs again instead of resuming from its old replies.
+so an edited template runs again instead of resuming from its old replies. With ``--mode batch``
+each job is a Yandex batch task (:func:`bot.batch.batch_mode.run_batch_mode`) instead, all of
+them at once. Knowledge templates retrieve each case's passages as the bot does.
 """
 
 from __future__ import annotations
@@ -12,26 +14,38 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.batch import table
+from bot.batch.batch_mode import run_batch_mode
+from bot.batch.checkpoint import RowResult
 from bot.batch.job import Progress, run_job, unwritable
 from bot.batch.model import batch_settings, options_for
 from bot.batch.runner import Runner
 from bot.errors import ConfigError
-from bot.eval.assertions import Assertion, Outcome, Reply, cell_score, check
+from bot.eval.assertions import Reply, cell_score
+from bot.eval.grading import (
+    GradedAssertion,
+    Graders,
+    Wrap,
+    cached,
+    embedder_for,
+    grade,
+    judge_for,
+    retriever_for,
+    similar_for,
+)
 from bot.eval.suite import LoadedSuite, Version, as_run
-from bot.models.base import TextModel
+from bot.kb.retrieval import Retriever
 from bot.models.registry import get_text_model
+
+if TYPE_CHECKING:
+    from bot.batch.yandex import BatchClient, TaskState
 
 RESULTS = "results.parquet"
 SUITE_AS_RUN = "suite.yaml"
-#: Grades an llm-rubric assertion (the judge); None: the suite has none.
-Judge = Callable[[Assertion, str, str], Awaitable[Outcome]]
-#: Wraps a model (the cache) for one repeat: (model, repeat) -> model.
-Wrap = Callable[[TextModel, int], TextModel]
 CACHE_DIR = ("cache", "eval")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -52,12 +66,6 @@ class CellKey:
 
 
 @dataclass(frozen=True, slots=True)
-class GradedAssertion:
-    assertion: Assertion
-    outcome: Outcome
-
-
-@dataclass(frozen=True, slots=True)
 class Cell:
     key: CellKey
     message: str
@@ -71,6 +79,9 @@ class Cell:
     passed: bool
     score: float
     graded: tuple[GradedAssertion, ...]
+    #: The passages retrieved for the cell (n, kb, source, heading, chunk, score, text); None:
+    #: its template has no ``knowledge``.
+    passages: list[dict[str, object]] | None = None
 
     def failures(self) -> list[str]:
         """Why the cell failed, one line per reason."""
@@ -90,13 +101,9 @@ class EvalResult:
     repeats: int = 1
 
 
-def cached(home: Path) -> Wrap:
-    """Models behind the reply cache under ``home`` (FMBOT_HOME)."""
-    from bot.eval.cache import CachedModel
-
-    directory = home.joinpath(*CACHE_DIR)
-    # The first repeat shares its replies with runs without --repeat; later ones are new samples.
-    return lambda model, repeat: CachedModel(model, directory, f"repeat {repeat}" if repeat else "")
+def cache_dir(home: Path) -> Path:
+    """The evaluation cache under ``home`` (FMBOT_HOME)."""
+    return home.joinpath(*CACHE_DIR)
 
 
 def _slug(text: str) -> str:
@@ -130,21 +137,6 @@ def _write_cases(path: Path, rows: list[dict[str, object]]) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-async def _grade(
-    assertions: Iterable[Assertion], reply: Reply, message: str, judge: Judge | None
-) -> list[GradedAssertion]:
-    graded = []
-    for assertion in assertions:
-        if assertion.type != "llm-rubric":
-            graded.append(GradedAssertion(assertion, check(assertion, reply)))
-        elif judge is None:
-            outcome = Outcome(False, 0.0, "no judge model to grade it", error=True)
-            graded.append(GradedAssertion(assertion, outcome))
-        else:
-            graded.append(GradedAssertion(assertion, await judge(assertion, reply.text, message)))
-    return graded
-
-
 def _number(value: object) -> int | None:
     return None if value is None else int(str(value))
 
@@ -156,11 +148,14 @@ async def run_eval(
     repeat: int = 1,
     concurrency: int = 4,
     progress: Progress | None = None,
-    wrap: Wrap | None = None,
+    cache: Path | None = None,
     only: set[tuple[int, str, str]] | None = None,
+    batch: BatchClient | None = None,
 ) -> EvalResult:
     """Run and grade the suite into ``output`` (a directory). ``only``: the (case, template,
-    model) cells to run (``--filter-failing``); ``wrap``: the cache."""
+    model) cells to run (``--filter-failing``); ``cache``: the cache's directory (None: send
+    every request); ``batch``: run each job as a Yandex batch task with this client (``--mode
+    batch``: every model a ``yandex:`` one)."""
     runs = output / "runs"
     try:
         runs.mkdir(parents=True, exist_ok=True)
@@ -169,74 +164,146 @@ async def run_eval(
         )
     except OSError as exc:
         raise unwritable(output, exc) from exc
-    fixed = {k: str(_cell_value(v)) for k, v in loaded.suite.vars.items()}
-    judge = await _judge(loaded, wrap)
-    grading = asyncio.Semaphore(max(1, concurrency))
-    result = EvalResult(threshold=loaded.suite.threshold, repeats=repeat)
-    for index, version in enumerate(loaded.versions):
-        for spec in loaded.models:
-            chosen = [
-                i
-                for i in range(len(loaded.cases))
-                if only is None or (i, version.ref, spec) in only
-            ]
-            if not chosen:
-                continue
-            settings = batch_settings(spec, False)
+    wrap = cached(cache) if cache is not None else None
+    embedder = embedder_for(loaded, cache)
+    retriever = retriever_for(loaded, embedder)
+    try:
+        graders = Graders(await judge_for(loaded, wrap), similar_for(loaded, embedder))
+        run = _Run(loaded, runs, concurrency, progress, wrap, graders, retriever, batch)
+        return await run.all(repeat, only)
+    finally:
+        if retriever is not None:
+            await retriever.aclose()  # and its embedder
+        elif embedder is not None:
+            await embedder.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One batch job: a template version × model × repeat over the chosen cases."""
+
+    index: int
+    version: Version
+    spec: str
+    repeat: int
+    chosen: list[int]
+
+
+@dataclass
+class _Run:
+    loaded: LoadedSuite
+    runs: Path
+    concurrency: int
+    progress: Progress | None
+    wrap: Wrap | None
+    graders: Graders
+    retriever: Retriever | None
+    batch: BatchClient | None
+
+    async def all(self, repeat: int, only: set[tuple[int, str, str]] | None) -> EvalResult:
+        loaded = self.loaded
+        jobs = []
+        for index, version in enumerate(loaded.versions):
+            for spec in loaded.models:
+                chosen = [
+                    i
+                    for i in range(len(loaded.cases))
+                    if only is None or (i, version.ref, spec) in only
+                ]
+                if chosen:
+                    jobs += [_Job(index, version, spec, r, chosen) for r in range(repeat)]
+        result = EvalResult(threshold=loaded.suite.threshold, repeats=repeat)
+        grading = asyncio.Semaphore(max(1, self.concurrency))
+        if self.batch is not None:
+            # Every job is a task on the service: they wait there side by side.
+            done = await asyncio.gather(*(self._job(job, grading) for job in jobs))
+        else:
+            done = [await self._job(job, grading) for job in jobs]  # each one bounded itself
+        for cells in done:
+            result.cells += cells
+        return result
+
+    async def _job(self, job: _Job, grading: asyncio.Semaphore) -> list[Cell]:
+        loaded, template = self.loaded, job.version.template
+        name = _job_name(job.index, job.version, job.spec, job.repeat)
+        cases_path = self.runs / f"{name}.cases.jsonl"
+        await asyncio.to_thread(
+            _write_cases, cases_path, [loaded.cases[i].values for i in job.chosen]
+        )
+        fixed = {k: str(_cell_value(v)) for k, v in loaded.suite.vars.items()}
+        settings = batch_settings(job.spec, False)
+        out = self.runs / f"{name}.parquet"
+        if self.batch is not None:
+            await run_batch_mode(
+                self.batch,
+                template,
+                job.spec,
+                options_for(settings, template),
+                fixed,
+                cases_path,
+                out,
+                progress=_BatchProgress(self.progress),
+                retriever=self.retriever,
+            )
+        else:
             model = await get_text_model(settings)
-            for r in range(repeat):
-                name = _job_name(index, version, spec, r)
-                cases_path = runs / f"{name}.cases.jsonl"
-                await asyncio.to_thread(
-                    _write_cases, cases_path, [loaded.cases[i].values for i in chosen]
-                )
-                runner = Runner(
-                    version.template,
-                    wrap(model, r) if wrap else model,
-                    options_for(settings, version.template),
-                    fixed,
-                )
-                out = runs / f"{name}.parquet"
-                await run_job(runner, cases_path, out, concurrency=concurrency, progress=progress)
-                rows = (await asyncio.to_thread(table.read_parquet, out)).rows
+            runner = Runner(
+                template,
+                self.wrap(model, job.repeat) if self.wrap else model,
+                options_for(settings, template),
+                fixed,
+                self.retriever,
+            )
+            await run_job(
+                runner, cases_path, out, concurrency=self.concurrency, progress=self.progress
+            )
+        rows = (await asyncio.to_thread(table.read_parquet, out)).rows
 
-                async def grade(i: int, row: dict[str, object], key: tuple[str, str, int]) -> Cell:
-                    async with grading:  # judge calls in flight, like the cells' requests
-                        return await _cell(loaded, CellKey(i, *key), row, judge)
+        async def grade(i: int, row: dict[str, object]) -> Cell:
+            async with grading:  # judge calls in flight, like the cells' requests
+                key = CellKey(i, job.version.ref, job.spec, job.repeat)
+                return await _cell(loaded, key, row, self.graders)
 
-                result.cells += await asyncio.gather(
-                    *(
-                        grade(i, row, (version.ref, spec, r))
-                        for i, row in zip(chosen, rows, strict=True)
-                    )
-                )
-    return result
+        return list(
+            await asyncio.gather(*(grade(i, row) for i, row in zip(job.chosen, rows, strict=True)))
+        )
 
 
-async def _judge(loaded: LoadedSuite, wrap: Wrap | None) -> Judge | None:
-    """The suite's judge (its model behind the cache too), when an assertion needs one."""
-    from bot.eval.judge import RubricJudge
+class _BatchProgress:
+    """A batch task reports its rows like a job does; its own state is not shown per cell."""
 
-    if loaded.judge is None or loaded.judge_template is None:
-        return None
-    settings = batch_settings(loaded.judge, False)
-    model = await get_text_model(settings)
-    template = loaded.judge_template.template
-    return RubricJudge(template, wrap(model, 0) if wrap else model, options_for(settings, template))
+    def __init__(self, inner: Progress | None) -> None:
+        self.inner = inner
+
+    def start(self, total: int, done: int) -> None:
+        if self.inner is not None:
+            self.inner.start(total, done)
+
+    def advance(self, result: RowResult) -> None:
+        if self.inner is not None:
+            self.inner.advance(result)
+
+    def task(self, state: TaskState) -> None:
+        pass
 
 
 async def _cell(
-    loaded: LoadedSuite, key: CellKey, row: dict[str, object], judge: Judge | None
+    loaded: LoadedSuite, key: CellKey, row: dict[str, object], graders: Graders
 ) -> Cell:
     case = loaded.cases[key.case]
     message = str(case.values.get("message") or "")
     status = str(row.get("status"))
+    passages = _passages(row.get("passages"))
     graded: list[GradedAssertion] = []
     if status == "ok":
         reply = Reply(
-            str(row.get("reply") or ""), _number(row["output_tokens"]), _number(row["latency_ms"])
+            str(row.get("reply") or ""),
+            _number(row["output_tokens"]),
+            _number(row["latency_ms"]),
+            None if passages is None else tuple(int(str(p["n"])) for p in passages),
         )
-        graded = await _grade([*loaded.suite.assertions, *case.assertions], reply, message, judge)
+        assertions = [*loaded.suite.assertions, *case.assertions]
+        graded = await grade(assertions, reply, message, graders)
         passed, score = cell_score([(g.assertion, g.outcome) for g in graded])
     else:
         passed, score = False, 0.0
@@ -253,7 +320,16 @@ async def _cell(
         passed=passed,
         score=score,
         graded=tuple(graded),
+        passages=passages,
     )
+
+
+def _passages(cell: object) -> list[dict[str, object]] | None:
+    """A batch row's ``passages`` (JSON) as records; None for a template without knowledge."""
+    if not isinstance(cell, str):
+        return None
+    found = json.loads(cell)
+    return [p for p in found if isinstance(p, dict)] if isinstance(found, list) else None
 
 
 def result_rows(result: EvalResult) -> list[dict[str, object]]:
@@ -274,6 +350,7 @@ def result_rows(result: EvalResult) -> list[dict[str, object]]:
             "input_tokens": c.input_tokens,
             "output_tokens": c.output_tokens,
             "latency_ms": c.latency_ms,
+            "passages": c.passages,
             "assertions": [
                 {
                     "type": g.assertion.type,

@@ -19,8 +19,9 @@ from bot.batch import table
 from bot.batch.job import check_columns
 from bot.batch.model import batch_settings
 from bot.batch.runner import MESSAGE_COLUMN
-from bot.errors import ConfigError, PromptError
+from bot.errors import ConfigError, KnowledgeError, PromptError
 from bot.eval.assertions import Assertion
+from bot.kb.index import kb_file
 from bot.prompts.library import PromptLibrary
 from bot.prompts.loader import file_problems
 from bot.prompts.source import SourceMap, is_template_file, parse_yaml_file
@@ -184,7 +185,7 @@ def _table_cases(path: Path, where: str) -> tuple[list[CaseRow], list[PromptErro
             problems.append(
                 PromptError(
                     f"cases: row {number} of {path.name}: its {ASSERT_COLUMN!r} cell is not a "
-                    f"JSON list of assertions ({detail[:300]})",
+                    f"JSON list of assertions ({detail[:500]})",
                     where,
                 )
             )
@@ -246,6 +247,7 @@ def load_suite(path: Path, settings: Settings) -> LoadedSuite:
         problems += found
         if version is not None:
             versions.append(version)
+            problems += _knowledge_problems(version, settings, smap.field(("templates", i)))
 
     models = [spec for _, spec in _strings(data.get("models"))] or [settings.text_model]
     for i, spec in _strings(data.get("models")):
@@ -273,10 +275,78 @@ def load_suite(path: Path, settings: Settings) -> LoadedSuite:
     judge_version = None
     if suite is not None:
         judge_version = _judge_problems(suite, cases, base, library, settings, smap, problems)
+        problems += _cites_problems(suite, cases, versions, smap)
     problems.sort(key=_position)
     if suite is None:
         return LoadedSuite(path, empty, versions, models, cases, None, problems=problems)
     return LoadedSuite(path, suite, versions, models, cases, suite.judge, judge_version, problems)
+
+
+def uses(suite: Suite, cases: list[CaseRow], kind: str) -> bool:
+    """Whether an assertion of type ``kind`` applies to some case."""
+    return any(a.type == kind for a in suite.assertions) or any(
+        a.type == kind for c in cases for a in c.assertions
+    )
+
+
+def _first_use(suite: Suite, kind: str, smap: SourceMap) -> str:
+    """Where the suite first names an assertion of type ``kind`` (its cases table if there)."""
+    for i, a in enumerate(suite.assertions):
+        if a.type == kind:
+            return smap.field(("assert", i))
+    if isinstance(suite.cases, list):
+        for ci, case in enumerate(suite.cases):
+            for ai, a in enumerate(case.assertions):
+                if a.type == kind:
+                    return smap.field(("cases", ci, "assert", ai))
+    return smap.field(("cases",))
+
+
+def _knowledge_problems(version: Version, settings: Settings, where: str) -> list[PromptError]:
+    """A knowledge template's cases retrieve passages as the bot does: its knowledge bases
+    must be built (FMBOT_EMBED_MODEL is checked with the settings)."""
+    template = version.template
+    if not template.knowledge:
+        return []
+    problems = []
+    for name in template.knowledge:
+        try:
+            built = kb_file(settings.knowledge_dir, name).is_file()
+        except KnowledgeError as exc:
+            problems.append(PromptError(f"templates: {version.ref}: {exc}", where))
+            continue
+        if not built:
+            problems.append(
+                PromptError(
+                    f"templates: {version.ref} answers from knowledge base {name!r}, which is "
+                    f"not built in {settings.knowledge_dir}; build it with: fmbot kb add {name} "
+                    "PATH...",
+                    where,
+                )
+            )
+    return problems
+
+
+def _cites_problems(
+    suite: Suite,
+    cases: list[CaseRow],
+    versions: list[Version],
+    smap: SourceMap,
+) -> list[PromptError]:
+    """``cites`` checks the passages a knowledge template retrieved: every version must have
+    ``knowledge``. (``similar``'s embedder, FMBOT_EMBED_MODEL, is checked with the settings;
+    its credentials when the run connects.)"""
+    problems = []
+    ungrounded = [v.ref for v in versions if not v.template.knowledge]
+    if uses(suite, cases, "cites") and ungrounded:
+        problems.append(
+            PromptError(
+                f"cites: checks the passages a knowledge-base template retrieved, but "
+                f"{', '.join(ungrounded)} has no `knowledge:`",
+                _first_use(suite, "cites", smap),
+            )
+        )
+    return problems
 
 
 def _judge_problems(
@@ -290,10 +360,7 @@ def _judge_problems(
 ) -> Version | None:
     """The judge's template when llm-rubric assertions need it; its problems go to
     ``problems``."""
-    rubric = any(a.type == "llm-rubric" for a in suite.assertions) or any(
-        a.type == "llm-rubric" for c in cases for a in c.assertions
-    )
-    if not rubric:
+    if not uses(suite, cases, "llm-rubric"):
         return None
     if suite.judge is None:
         problems.append(

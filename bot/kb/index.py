@@ -502,6 +502,22 @@ class KnowledgeBase:
             if i in found
         ]
 
+    async def chunk(self, chunk_id: int) -> Hit | None:
+        """The chunk ``chunk_id`` (score 0), or None when it is gone."""
+
+        def go() -> Hit | None:
+            row = (
+                self._db()
+                .execute("SELECT source, heading, text FROM chunks WHERE id = ?", (chunk_id,))
+                .fetchone()
+            )
+            if row is None:
+                return None
+            source, heading, text = row
+            return Hit(str(source), str(heading), str(text), 0.0, chunk_id, self.name)
+
+        return await self._call(go)
+
     async def files(self) -> list[tuple[str, str, int]]:
         """(source, path, chunks) of every file, by source."""
 

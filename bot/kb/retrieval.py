@@ -1,18 +1,56 @@
 """Retrieval: a query embedded once, searched in one or more knowledge bases, best passages
-first. A process keeps its knowledge bases open (read-only) and its embedder loaded."""
+first. A process keeps its knowledge bases open (read-only) and its embedder loaded.
+
+:meth:`Retriever.for_turn` is the one rule for which passages a turn gets (through
+``bot.dialog.template_passages``): the bot, ``fmbot batch run`` and ``fmbot eval`` all ask it, so
+an evaluation sees what users see.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.errors import KnowledgeError
 from bot.kb.embedders import Embedder, create_embedder
 from bot.kb.index import Hit, KnowledgeBase
 
 if TYPE_CHECKING:
+    from bot.events import Message
     from bot.settings import Settings
+
+#: A message of at most this many words is a follow-up ("and in Russia?"): the previous
+#: question is searched with it, as it names what the follow-up is about.
+FOLLOW_UP_WORDS = 3
+
+
+#: ``[n]``: how a reply cites the passage numbered n.
+_CITATION = re.compile(r"\[(\d{1,2})\]")
+
+
+def cited_numbers(reply: str) -> set[int]:
+    """The passage numbers a reply cites as ``[n]``."""
+    return {int(n) for n in _CITATION.findall(reply)}
+
+
+def turn_query(text: str, history: Sequence[Message]) -> str:
+    """What a turn searches for: its message, after the previous question for a follow-up."""
+    if len(text.split()) > FOLLOW_UP_WORDS:
+        return text
+    previous = next((m.text for m in reversed(history) if m.role == "user"), "")
+    return f"{previous}\n{text}".strip()
+
+
+def hit_records(hits: Sequence[Hit], *, text: bool = True) -> list[dict[str, object]]:
+    """The passages a reply was given, numbered, as stored with it (text optional)."""
+    return [
+        {"n": n, "kb": h.kb, "source": h.source, "heading": h.heading, "chunk": h.chunk_id,
+         "score": round(h.score, 4)} | ({"text": h.text} if text else {})
+        for n, h in enumerate(hits, 1)
+    ]  # fmt: skip
 
 
 class Retriever:
@@ -56,6 +94,44 @@ class Retriever:
         hits.sort(key=lambda h: h.score, reverse=True)
         floor = min_score if min_score is not None else -1.0
         return [h for h in hits if h.score >= floor][:k]
+
+    async def for_turn(
+        self,
+        names: Sequence[str],
+        text: str,
+        history: Sequence[Message],
+        k: int,
+        min_score: float | None,
+    ) -> tuple[Hit, ...]:
+        """The passages a turn gets for message ``text`` from knowledge bases ``names`` (none
+        for an empty message)."""
+        if not names or not text.strip():
+            return ()
+        return tuple(await self.search(names, turn_query(text, history), k, min_score))
+
+    async def stored(self, records: Sequence[object]) -> tuple[Hit, ...] | None:
+        """The passages a stored reply was given (its ``knowledge`` meta: kb and chunk id per
+        passage), read again from their knowledge bases; None when any of them is gone (its
+        file was indexed again, or the knowledge base removed)."""
+        wanted: list[tuple[str, int, float]] = []
+        for item in records:
+            if not isinstance(item, dict):
+                return None
+            kb, chunk, score = item.get("kb"), item.get("chunk"), item.get("score", 0.0)
+            if not isinstance(kb, str) or not isinstance(chunk, int):
+                return None
+            wanted.append((kb, chunk, float(score) if isinstance(score, int | float) else 0.0))
+        hits = []
+        for kb_name, chunk, score in wanted:
+            try:
+                kb = await self._kb(kb_name)
+            except KnowledgeError:
+                return None
+            found = await kb.chunk(chunk)
+            if found is None:
+                return None
+            hits.append(Hit(found.source, found.heading, found.text, score, chunk, kb_name))
+        return tuple(hits)
 
     async def aclose(self) -> None:
         async with self._lock:
