@@ -12,6 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from adapters.web.chats import ChatRoutes
+from adapters.web.evals import EvalRoutes
 from adapters.web.login import Login
 from adapters.web.pages import pages, static
 from adapters.web.runs import RunRoutes
@@ -63,6 +64,7 @@ def create_app(
     chats = ChatRoutes(manager, Uploads(manager.pictures, media), closing)
     templates = TemplateRoutes(manager.prompts)
     runs = RunRoutes(manager, templates, settings, web.models)
+    evals = EvalRoutes(templates, settings, web.suites or settings.home / "evals")
     login = Login(token)
     routes = [
         Route("/healthz", healthz),
@@ -83,6 +85,8 @@ def create_app(
         Route("/api/render", templates.render, methods=["POST"]),
         Route("/api/models", runs.models, methods=["GET"]),
         Route("/api/run", runs.run, methods=["POST"]),
+        Route("/api/evals", evals.index, methods=["GET"]),
+        Route("/api/evals/run", evals.run, methods=["POST"]),
         Mount("/static", static, name="static"),
     ]
     return Starlette(

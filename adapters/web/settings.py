@@ -7,6 +7,7 @@ other address needs FMBOT_WEB_TOKEN; the token is never part of a message or a l
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -30,6 +31,8 @@ class WebSettings(BaseSettings):
     #: Text models the playground offers besides FMBOT_TEXT_MODEL (and FMBOT_VISION_MODEL):
     #: comma-separated specs. NoDecode: a plain list in the environment, not JSON.
     models: Annotated[tuple[str, ...], NoDecode] = Field(default=(), alias="FMBOT_WEB_MODELS")
+    #: The eval suites the playground's Evaluate view offers; default FMBOT_HOME/evals.
+    suites: Path | None = Field(default=None, alias="FMBOT_WEB_SUITES")
 
     @field_validator("models", mode="before")
     @classmethod

@@ -118,7 +118,7 @@ def _job_name(index: int, version: Version, model: str, repeat: int) -> str:
     return f"{index}-{slug}-{version.digest}-{model_digest}-r{repeat}"
 
 
-def _cell_value(value: object) -> object:
+def cell_value(value: object) -> object:
     # Cases go to the batch runner as JSONL, where a column must keep one type: variables
     # become text (templates convert them back to their types), like CSV cells.
     if value is None or isinstance(value, str):
@@ -130,7 +130,7 @@ def _cell_value(value: object) -> object:
 
 def _write_cases(path: Path, rows: list[dict[str, object]]) -> None:
     text = "".join(
-        json.dumps({k: _cell_value(v) for k, v in row.items()}, ensure_ascii=False) + "\n"
+        json.dumps({k: cell_value(v) for k, v in row.items()}, ensure_ascii=False) + "\n"
         for row in rows
     )
     if not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -230,7 +230,7 @@ class _Run:
         await asyncio.to_thread(
             _write_cases, cases_path, [loaded.cases[i].values for i in job.chosen]
         )
-        fixed = {k: str(_cell_value(v)) for k, v in loaded.suite.vars.items()}
+        fixed = {k: str(cell_value(v)) for k, v in loaded.suite.vars.items()}
         settings = batch_settings(job.spec, False)
         out = self.runs / f"{name}.parquet"
         if self.batch is not None:

@@ -1,5 +1,6 @@
 // The playground: edit a template with its problems shown at their lines as you type, fill its
-// variables, see the exact messages, run them on one or two models side by side, and save.
+// variables, see the exact messages, run them on one or two models side by side, evaluate the
+// draft beside the saved version on a suite, and save.
 import { getJSON, sendJSON, streamEvents } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 
@@ -10,6 +11,7 @@ let name = "";
 let variables = {};
 let timer = null;
 let generation = 0; // answers to an older draft are dropped
+let evaluation = null; // the last evaluation: { source, suite, rates }; saving warns from it
 
 function gutter(count, bad) {
   const lines = [];
@@ -21,6 +23,22 @@ function gutter(count, bad) {
   }
   $("gutter").replaceChildren(...lines);
   $("gutter").scrollTop = $("source").scrollTop;
+}
+
+function percent(rate) {
+  return `${Math.round(rate * 100)}%`;
+}
+
+function messageBlock(m) {
+  const block = document.createElement("div");
+  block.className = `rendered ${m.role}`;
+  const role = document.createElement("div");
+  role.className = "role";
+  role.textContent = m.role;
+  const text = document.createElement("pre");
+  text.textContent = m.text;
+  block.append(role, text);
+  return block;
 }
 
 function showErrors(errors) {
@@ -83,17 +101,7 @@ async function render() {
     out.textContent = FIX_FIRST;
     return;
   }
-  for (const m of body.messages) {
-    const block = document.createElement("div");
-    block.className = `rendered ${m.role}`;
-    const role = document.createElement("div");
-    role.className = "role";
-    role.textContent = m.role;
-    const text = document.createElement("pre");
-    text.textContent = m.text;
-    block.append(role, text);
-    out.append(block);
-  }
+  for (const m of body.messages) out.append(messageBlock(m));
 }
 
 async function check() {
@@ -124,10 +132,19 @@ async function open(template) {
   const { body } = await getJSON(`/api/templates/${encodeURIComponent(name)}`);
   $("source").value = body.source;
   $("save-status").textContent = body.path;
-  await check();
+  await Promise.all([check(), loadSuites()]);
 }
 
 async function save() {
+  const rates = evaluation && evaluation.source === $("source").value ? evaluation.rates : null;
+  if (rates && "draft" in rates && rates.draft < rates.saved) {
+    const question = `This draft passes ${percent(rates.draft)} of suite ${evaluation.suite}, `
+      + `the saved version ${percent(rates.saved)}. Save it anyway?`;
+    if (!window.confirm(question)) {
+      $("save-status").textContent = "Not saved: the draft passes fewer cells than the saved version.";
+      return;
+    }
+  }
   const { status, body } = await sendJSON(`/api/templates/${encodeURIComponent(name)}`, "PUT", {
     source: $("source").value,
   });
@@ -137,7 +154,107 @@ async function save() {
     return;
   }
   $("save-status").textContent = `Saved ${body.path}.`;
+  evaluation = null; // the saved version is this draft now
   await render();
+}
+
+async function loadSuites() {
+  const { body } = await getJSON(`/api/evals?template=${encodeURIComponent(name)}`);
+  const select = $("suite");
+  select.replaceChildren();
+  for (const suite of body.suites) {
+    select.append(new Option(`${suite.name} (${suite.cases} cases)`, suite.name));
+  }
+  $("evaluate").disabled = !body.suites.length;
+  $("eval-status").textContent = body.suites.length ? ""
+    : `No suite in ${body.directory} runs ${name}.`;
+  $("eval-matrix").replaceChildren();
+  $("eval-cells").replaceChildren();
+  evaluation = null;
+}
+
+function showMatrix(body) {
+  const table = $("eval-matrix");
+  const head = document.createElement("tr");
+  for (const title of ["version", "model", "pass rate", "passed", "score"]) {
+    const th = document.createElement("th");
+    th.textContent = title;
+    head.append(th);
+  }
+  table.replaceChildren(head);
+  for (const line of body.matrix) {
+    const row = document.createElement("tr");
+    if (line.pass_rate < body.threshold) row.className = "below";
+    const values = [line.version, line.model, percent(line.pass_rate),
+      `${line.passed}/${line.cells}`, line.score.toFixed(2)];
+    for (const value of values) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      row.append(td);
+    }
+    table.append(row);
+  }
+}
+
+function heading(text) {
+  const h = document.createElement("h4");
+  h.textContent = text;
+  return h;
+}
+
+function showCell(cell) {
+  const box = document.createElement("details");
+  box.className = `eval-cell ${cell.pass ? "pass" : "fail"}`;
+  const summary = document.createElement("summary");
+  const why = cell.pass ? "passed" : (cell.failures[0] || "failed");
+  summary.textContent = `${cell.pass ? "✓" : "✗"} case ${cell.case} (${cell.message}) · `
+    + `${cell.version} · ${cell.model} — ${why}`;
+  const detail = document.createElement("div");
+  detail.className = "detail";
+  detail.append(heading("Rendered messages"));
+  if (cell.messages_error) detail.append(cell.messages_error);
+  for (const m of cell.messages) detail.append(messageBlock(m));
+  detail.append(heading("Reply"));
+  const reply = document.createElement("pre");
+  reply.className = "reply";
+  reply.textContent = cell.status === "ok" ? cell.reply : `${cell.status}: ${cell.error}`;
+  detail.append(reply, heading("Assertions"));
+  const list = document.createElement("ul");
+  for (const a of cell.assertions) {
+    const item = document.createElement("li");
+    item.className = a.pass ? "pass" : "fail";
+    item.textContent = `${a.pass ? "✓" : "✗"} ${a.label}: ${a.reason}`;
+    list.append(item);
+  }
+  detail.append(list);
+  box.append(summary, detail);
+  return box;
+}
+
+async function evaluate() {
+  const source = $("source").value;
+  const suite = $("suite").value;
+  $("evaluate").disabled = true;
+  $("eval-status").textContent = `Evaluating ${suite}…`;
+  try {
+    const { status, body } = await sendJSON("/api/evals/run", "POST", {
+      suite, template: name, source,
+    });
+    if (status === 422) {
+      if (body.errors) showErrors(body.errors);
+      $("eval-status").textContent = body.error || "Fix the problems on the left to evaluate.";
+      return;
+    }
+    evaluation = { source, suite, rates: body.pass_rates };
+    showMatrix(body);
+    $("eval-cells").replaceChildren(...body.cells.map(showCell));
+    const rates = Object.entries(body.pass_rates).map(([v, r]) => `${v} ${percent(r)}`);
+    $("eval-status").textContent = `Pass rate: ${rates.join(", ")}.`;
+  } catch (error) {
+    $("eval-status").textContent = error.message;
+  } finally {
+    $("evaluate").disabled = false;
+  }
 }
 
 async function runOne(column, model) {
@@ -195,6 +312,7 @@ async function start() {
   $("pg-message").addEventListener("input", () => render());
   $("save").addEventListener("click", save);
   $("run").addEventListener("click", run);
+  $("evaluate").addEventListener("click", evaluate);
   const wanted = new URLSearchParams(location.search).get("template");
   if (wanted) select.value = wanted;
   await open(select.value);
