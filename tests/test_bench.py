@@ -141,7 +141,10 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     )
     assert cost is not None, runs["many chats cost"]
     few, many, ratio = int(cost.group(1)), int(cost.group(2)), float(cost.group(3))
-    assert abs(many / few - ratio) < 0.01, cost.group(0)  # the printed ratio is theirs
+    # The printed ratio is theirs: the rates are printed rounded to whole turns/s, the ratio to
+    # two decimals.
+    low, high = (many - 0.5) / (few + 0.5) - 0.005, (many + 0.5) / max(few - 0.5, 0.5) + 0.005
+    assert low <= ratio <= high, cost.group(0)
 
 
 def test_bench_without_the_queue_calls_the_manager_directly(
