@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bot.errors import ContextOverflowError
 from bot.events import Message
@@ -19,10 +19,12 @@ async def fit_to_window(
     history: Sequence[Message],
     current: Message,
     reserve: int,
+    pictures: Callable[[Message], int] = lambda m: len(m.pictures),
 ) -> tuple[list[Message], int]:
     """``prefix + newest history + current`` within ``model.context_window - reserve`` tokens.
 
-    A picture counts as ``model.picture_tokens``.
+    A picture counts as ``model.picture_tokens``, whatever its size, so the cost of pictures not
+    fetched yet is known: ``pictures(message)`` says how many a message has (or will have).
     The instruction and examples (``prefix``) and the current message are always kept; history is
     dropped oldest first, a user/assistant pair at a time so it still starts with a user turn.
     Returns the messages and their token count. Raises ContextOverflowError when even
@@ -37,15 +39,15 @@ async def fit_to_window(
 
     async def size(keep_from: int) -> int:
         messages = [*prefix, *history[keep_from:], current]
-        pictures = sum(len(m.pictures) for m in messages)
-        return await model.count_tokens(messages) + pictures * model.picture_tokens
+        count = sum(map(pictures, messages))
+        return await model.count_tokens(messages) + count * model.picture_tokens
 
     whole = await size(0)
     if whole <= budget:
         return [*prefix, *history, current], whole
     minimal = await size(len(history))
     if minimal > budget:
-        raise ContextOverflowError(minimal, max(budget, 0), len(current.pictures))
+        raise ContextOverflowError(minimal, max(budget, 0), pictures(current))
     # Binary search over pair boundaries for the smallest drop that fits: size() is monotone.
     starts = list(range(0, len(history) + 1, 2))
     if starts[-1] != len(history):

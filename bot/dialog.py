@@ -20,6 +20,7 @@ from bot.busy import BusyGate, BusyPolicy
 from bot.commands import COMMANDS, parse_command
 from bot.context import fit_to_window
 from bot.errors import (
+    ContextOverflowError,
     FmbotError,
     GivenUpError,
     KnowledgeError,
@@ -263,9 +264,10 @@ class DialogManager:
                 return
             pictures = await self._pictures_of(incoming)
             hits = await self._knowledge(template, incoming.text, history)
-            history = await self._with_earlier_pictures(incoming.chat, history, bool(pictures))
             with metrics.step("fmbot prompt build"):
-                prompt = await self._build(template, history, incoming.text, pictures, hits)
+                prompt = await self._build(
+                    incoming.chat, template, history, incoming.text, pictures, hits
+                )
         except PictureError as exc:
             metrics.turn_status("refused")
             yield Notice(str(exc), "warning")  # no model call: the chat goes on
@@ -307,27 +309,24 @@ class DialogManager:
             [await self.pictures.get(incoming.chat, source) for source in incoming.pictures]
         )
 
-    async def _with_earlier_pictures(
-        self, chat: str, history: list[Message], new_pictures: bool
-    ) -> list[Message]:
-        """History with the most recent pictures attached to the message that brought them, so
-        follow-up questions can be about them. A new picture replaces them; so does /new."""
+    def _earlier_pictures(
+        self, history: list[Message], new_pictures: bool
+    ) -> tuple[int, list[dict[str, object]]] | None:
+        """Where the chat's most recent pictures are in history, and their references: they go
+        with the message that brought them, so follow-up questions can be about them. A new
+        picture replaces them; so does /new (history starts again)."""
         if self.vision_model is None or new_pictures:
-            return history
+            return None
         for index in range(len(history) - 1, -1, -1):
             refs = history[index].meta.get("pictures")
-            if not isinstance(refs, list) or not refs:
-                continue
-            found = [await self.pictures.again(chat, ref) for ref in refs if isinstance(ref, dict)]
-            pictures = tuple(p for p in found if p is not None)
-            if pictures:
-                history = list(history)
-                history[index] = dataclasses.replace(history[index], pictures=pictures)
-            break
-        return history
+            if isinstance(refs, list) and refs:
+                found = [ref for ref in refs if isinstance(ref, dict)]
+                return (index, found) if found else None
+        return None
 
     async def _build(
         self,
+        chat: str,
         template: PromptTemplate,
         history: list[Message],
         text: str,
@@ -346,18 +345,40 @@ class DialogManager:
             stable_prefix=self.model.reuses_prompt_prefix,
         )
         prefix, current = full[:-1], dataclasses.replace(full[-1], pictures=pictures)
+        reserve = options.max_tokens or 0
+        earlier = self._earlier_pictures(history, bool(pictures))
+        if earlier is not None and self.vision_model is not None:
+            # Fitted first at the pictures' fixed cost, which their references tell: pictures of
+            # a message trimmed away are never fetched (a download, after a restart).
+            index, refs = earlier
+            held = history[index]
+            try:
+                messages, input_tokens = await fit_to_window(
+                    self.vision_model, prefix, history, current, reserve,
+                    lambda m: len(refs) if m is held else len(m.pictures),
+                )  # fmt: skip
+            except ContextOverflowError:
+                messages = []  # no history fits the vision model: the text model answers
+            if any(m is held for m in messages):
+                found = [await self.pictures.again(chat, ref) for ref in refs]
+                seen = tuple(p for p in found if p is not None)
+                attached = dataclasses.replace(held, pictures=seen)
+                if len(seen) == len(refs):  # the cost fitted for: the same messages fit
+                    messages = [attached if m is held else m for m in messages]
+                    return _Prompt(
+                        template, messages, options, input_tokens, self.vision_model,
+                        request, pictures, hits,
+                    )  # fmt: skip
+                # Some are gone: fitted again below at what the rest cost.
+                history = [*history[:index], attached, *history[index + 1 :]]
         model = self.model
         if self.vision_model is not None and any(m.pictures for m in (*history, current)):
             model = self.vision_model
-        messages, input_tokens = await fit_to_window(
-            model, prefix, history, current, reserve=options.max_tokens or 0
-        )
+        messages, input_tokens = await fit_to_window(model, prefix, history, current, reserve)
         if model is not self.model and not any(m.pictures for m in messages):
             plain = [_without_pictures(m) for m in history]
             model = self.model
-            messages, input_tokens = await fit_to_window(
-                model, prefix, plain, current, reserve=options.max_tokens or 0
-            )
+            messages, input_tokens = await fit_to_window(model, prefix, plain, current, reserve)
         return _Prompt(template, messages, options, input_tokens, model, request, pictures, hits)
 
     async def _reply(

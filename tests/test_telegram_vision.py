@@ -91,8 +91,9 @@ def near(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return all(abs(x - y) <= 12 for x, y in zip(a, b, strict=True))  # JPEG's rounding
 
 
-def vision_settings(openai: FakeOpenAI, home: Path, *, vision: bool = True) -> Settings:
+def vision_settings(openai: FakeOpenAI, home: Path, *, vision: bool = True, **env: Any) -> Settings:
     values: dict[str, Any] = {
+        **env,
         "FMBOT_TEXT_MODEL": "echo:",
         "FMBOT_STORE": f"sqlite:///{home / 'fmbot.db'}",
         "FMBOT_HOME": str(home),
@@ -117,10 +118,16 @@ class Bot:
 
 @contextlib.asynccontextmanager
 async def running(
-    fake: FakeTelegram, openai: FakeOpenAI, home: Path, *, vision: bool = True, **env: Any
+    fake: FakeTelegram,
+    openai: FakeOpenAI,
+    home: Path,
+    *,
+    vision: bool = True,
+    fmbot_env: dict[str, Any] | None = None,
+    **env: Any,
 ) -> AsyncIterator[Bot]:
     """``fmbot telegram`` (--role all) as build_manager assembles it, polling the fake."""
-    manager = await build_manager(vision_settings(openai, home, vision=vision))
+    manager = await build_manager(vision_settings(openai, home, vision=vision, **(fmbot_env or {})))
     app = TelegramApp(manager, tg_settings(fake, **env))
     runner = Runner(app, polling_timeout=1)
     task = asyncio.create_task(runner.run_polling(handle_signals=False))
@@ -443,6 +450,29 @@ async def test_a_follow_up_question_sees_the_picture_again_fetched_by_its_file_i
     assert "and what colour is it?" in answers[1]
     assert near(colour_of(openai.received_images[-1]), GREEN)
     assert not (tmp_path / "media").exists()  # Telegram keeps the file: no local copy
+
+
+async def test_a_picture_trimmed_out_of_the_window_is_not_downloaded_again(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """After a restart only the file_id is left: a follow-up whose window has no room for the
+    picture (1,500 tokens of 1,984) leaves it to the text model without fetching it."""
+    small = {"FMBOT_VISION_CONTEXT_TOKENS": 2048, "FMBOT_MAX_TOKENS": 64}
+    alice = fake.user(3024, "Alice")
+    chat = fake.private_chat(alice)
+    long = "tell me more " + "about it " * 160  # ~370 tokens: the picture still fits, just
+    async with running(fake, openai, tmp_path, fmbot_env=small):
+        sent = fake.push_photo(chat, alice, picture(1000, 750, GREEN), caption="what is it?")
+        await replies(fake, chat["id"], 1)
+        fake.push_text(chat, alice, long)
+        answers = await replies(fake, chat["id"], 2)
+    assert answers[1].startswith("I see 1 picture: 1000x750 JPEG.")  # the cached copy
+    async with running(fake, openai, tmp_path, fmbot_env=small):
+        fake.push_text(chat, alice, "and now?")
+        answers = await replies(fake, chat["id"], 3)
+    assert answers[2] == "echo: and now?"  # the text model: no picture stayed
+    assert fake.downloads == [sent["photo"][-1]["file_id"]]  # once, for the first turn
+    assert len(fake.calls("getFile")) == 1
 
 
 # --- ingress + workers over Redis: the worker fetches the pictures itself -------------------

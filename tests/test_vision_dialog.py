@@ -193,3 +193,33 @@ async def test_more_pictures_than_the_window_takes_ask_for_fewer(
     assert said.startswith("These 3 pictures and your message need about ")
     assert said.endswith("Please send fewer pictures at once.")
     assert seeing.requests == []
+
+
+async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_without_any_the_text_model(
+    store: DialogStore, prompts_dir: Path, tmp_path: Path
+) -> None:
+    manager, _, _ = build(store, prompts_dir, tmp_path)
+    a, b = photo(tmp_path / "a.jpg", (100, 100)), photo(tmp_path / "b.jpg", (200, 100))
+    await turn(manager, "compare", a, b)
+    [asked, _] = await store.read(CHAT)
+    refs = asked.meta["pictures"]
+    assert isinstance(refs, list)
+    media = tmp_path / "media"
+    # A restart (nothing cached); the first picture's file and copy are gone since.
+    a.unlink()
+    [copy_a] = media.glob(f"*/{refs[0]['sha256']}.jpg")
+    copy_a.unlink()
+    manager, text, seeing = build(store, prompts_dir, tmp_path)
+    assert seeing is not None
+    await turn(manager, "and now?")
+    seen = [p for m in seeing.requests[-1] for p in m.pictures]
+    assert [(p.width, p.height) for p in seen] == [(200, 100)]
+    # Then the second goes too: the text model answers, with the conversation's text.
+    b.unlink()
+    for copy in media.glob("*/*.jpg"):
+        copy.unlink()
+    manager, text, seeing = build(store, prompts_dir, tmp_path)
+    assert seeing is not None
+    await turn(manager, "and now?")
+    assert seeing.requests == [] and len(text.requests) == 1
+    assert next(m.text for m in text.requests[0] if m.role == "user") == "compare"
