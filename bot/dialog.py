@@ -69,6 +69,10 @@ VISION_SETUP_HINT = (
     "or FMBOT_VISION_MODEL=openai:gpt-4o-mini (with OPENAI_API_KEY), and restart the bot. "
     "Meanwhile, describe the picture in words."
 )
+LOST_PICTURE = (
+    "I could not get the picture you sent earlier again, so this answer does not see it. "
+    "Send it again to ask about it."
+)
 IMAGE_PROMPT_TEMPLATE = "image-prompt"
 QUEUED_NOTICE_AFTER = (
     3.0  # s without a first word, while the model answers others, before saying so
@@ -92,6 +96,8 @@ class _Prompt:
     pictures: tuple[Picture, ...] = ()
     #: Passages retrieved from the template's knowledge bases, numbered as the prompt shows.
     hits: tuple[Hit, ...] = ()
+    #: (gone, of): earlier pictures of a message in the prompt that could not be had again.
+    lost_pictures: tuple[int, int] | None = None
 
 
 class DialogManager:
@@ -275,6 +281,9 @@ class DialogManager:
         except (PromptError, ModelError, KnowledgeError) as exc:
             yield Notice(str(exc), "error")
             return
+        if prompt.lost_pictures:
+            # Said, not passed over: the answer would otherwise read as if it saw them.
+            yield Notice(_lost_text(*prompt.lost_pictures), "warning")
         async with contextlib.aclosing(
             self._reply(incoming, prompt, interrupted, context)
         ) as events:
@@ -346,6 +355,7 @@ class DialogManager:
         )
         prefix, current = full[:-1], dataclasses.replace(full[-1], pictures=pictures)
         reserve = options.max_tokens or 0
+        lost = None
         earlier = self._earlier_pictures(history, bool(pictures))
         if earlier is not None and self.vision_model is not None:
             # Fitted first at the pictures' fixed cost, which their references tell: pictures of
@@ -371,6 +381,7 @@ class DialogManager:
                     )  # fmt: skip
                 # Some are gone: fitted again below at what the rest cost.
                 history = [*history[:index], attached, *history[index + 1 :]]
+                lost = (len(refs) - len(seen), len(refs))
         model = self.model
         if self.vision_model is not None and any(m.pictures for m in (*history, current)):
             model = self.vision_model
@@ -379,7 +390,9 @@ class DialogManager:
             plain = [_without_pictures(m) for m in history]
             model = self.model
             messages, input_tokens = await fit_to_window(model, prefix, plain, current, reserve)
-        return _Prompt(template, messages, options, input_tokens, model, request, pictures, hits)
+        return _Prompt(
+            template, messages, options, input_tokens, model, request, pictures, hits, lost
+        )
 
     async def _reply(
         self,
@@ -624,6 +637,17 @@ def stored_sources(turn: Turn) -> tuple[Source, ...]:
 def _cited(sources: Sequence[Source], reply: str) -> tuple[Source, ...]:
     cited = cited_numbers(reply)
     return tuple(s for s in sources if s.n in cited) or tuple(sources)
+
+
+def _lost_text(gone: int, of: int) -> str:
+    if of == 1:
+        return LOST_PICTURE
+    them = "it" if gone == 1 else "them"
+    which = f"the {of} pictures" if gone == of else f"{gone} of the {of} pictures"
+    return (
+        f"I could not get {which} you sent earlier again, so this answer does not see {them}. "
+        f"Send {them} again to ask about {them}."
+    )
 
 
 def _without_pictures(message: Message) -> Message:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 
+import aiohttp
 import httpx
 import pytest
 from aiogram import Bot
@@ -232,6 +233,35 @@ async def test_downloads_need_the_token_and_a_path_from_get_file(
         right = await client.get(f"/file/bot{fake.token}/{stored.file_path}")
         assert (right.status_code, right.content) == (200, b"bytes")
     assert fake.downloads == [stored.file_id]
+
+
+async def test_a_test_can_make_downloads_fail(fake_bot: tuple[FakeTelegram, Bot]) -> None:
+    fake, bot = fake_bot
+    data = picture(800, 600)
+    stored = fake.add_file(data, kind="photos", extension="jpg")
+    fake.fail_download(404)
+    fake.fail_download(500)
+    fake.fail_download(cut=True)
+    with pytest.raises(aiohttp.ClientResponseError) as missing:
+        await bot.download(stored.file_id, timeout=TIMEOUT)
+    assert missing.value.status == 404
+    with pytest.raises(aiohttp.ClientResponseError) as failed:
+        await bot.download(stored.file_id, timeout=TIMEOUT)
+    assert failed.value.status == 500
+    # Half the promised Content-Length, then the connection closes.
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await bot.download(stored.file_id, timeout=TIMEOUT)
+    assert fake.downloads == []  # none of them was downloaded
+    assert await fetch(bot, stored.file_id) == data  # then downloads work again
+    assert fake.downloads == [stored.file_id]
+    assert fake.errors == [
+        ("download", 404, "Not Found"),
+        ("download", 500, "Internal Server Error"),
+    ]
+    # getFile's own refusal (as for files over 20 MB), injected for any file.
+    fake.fail_next("getFile", 400, "Bad Request: file is too big")
+    with pytest.raises(TelegramBadRequest, match="file is too big"):
+        await bot.get_file(stored.file_id, request_timeout=TIMEOUT)
 
 
 async def test_a_sticker_is_a_webp_file(fake_bot: tuple[FakeTelegram, Bot]) -> None:

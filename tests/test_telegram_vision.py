@@ -33,7 +33,7 @@ from adapters.telegram.roles import run_ingress
 from adapters.telegram.runner import Runner
 from adapters.telegram.worker import TelegramWorker
 from bot.app import build_manager
-from bot.dialog import VISION_SETUP_HINT, DialogManager
+from bot.dialog import LOST_PICTURE, VISION_SETUP_HINT, DialogManager
 from bot.models.echo import EchoModel
 from bot.models.registry import close_models
 from bot.models.remote import create_vision_model
@@ -316,6 +316,45 @@ async def test_a_failed_download_asks_to_send_it_again_and_logs_no_token(
     assert "could not be downloaded" in caplog.text
 
 
+async def test_every_way_a_file_fails_to_arrive_gets_a_clear_reply_and_loses_nothing(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """getFile's "file is too big" (a file whose size Telegram did not state), a download that
+    answers 404 or 500, and one cut short: each a reply saying what to do, no model call, no
+    traceback, no token logged; the chat goes on and the same photo sent again is answered."""
+    caplog.set_level(logging.DEBUG)
+    alice = fake.user(3010, "Alice")
+    chat = fake.private_chat(alice)
+    async with running(fake, openai, tmp_path) as bot:
+        fake.push_text(chat, alice, "hello")
+        await replies(fake, chat["id"], 1)
+        fake.fail_next("getFile", 400, "Bad Request: file is too big")
+        fake.push_photo(chat, alice, picture(800, 600), caption="first")
+        await replies(fake, chat["id"], 2)
+        for status in (404, 500):
+            fake.fail_download(status)
+            fake.push_photo(chat, alice, picture(800, 600), caption=f"after {status}")
+            await replies(fake, chat["id"], len(texts(fake, chat["id"])) + 1)
+        fake.fail_download(cut=True)
+        fake.push_photo(chat, alice, picture(800, 600), caption="cut")
+        await replies(fake, chat["id"], 5)
+        assert chat_requests(openai) == 0 and fake.downloads == []
+        fake.push_photo(chat, alice, picture(800, 600, BLUE), caption="again")
+        answers = await replies(fake, chat["id"], 6)
+        history = await bot.manager.store.read(f"tg:{alice['id']}")
+    assert answers[1:5] == ["⚠️ " + TOO_BIG] + ["⚠️ " + NOT_DOWNLOADED] * 3
+    assert answers[5].startswith("I see 1 picture: 800x600 JPEG.") and "again" in answers[5]
+    assert [t.text for t in history if t.role == "user"] == ["hello", "again"]
+    assert len(fake.downloads) == 1
+    assert [e for e in fake.errors if e[0] == "download"] == [
+        ("download", 404, "Not Found"),
+        ("download", 500, "Internal Server Error"),
+    ]
+    assert fake.token not in caplog.text and "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+    assert caplog.text.count("could not be downloaded from Telegram") == 3
+
+
 async def test_stickers_keep_their_reply_and_strangers_pictures_are_refused_unread(
     fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -450,6 +489,30 @@ async def test_a_follow_up_question_sees_the_picture_again_fetched_by_its_file_i
     assert "and what colour is it?" in answers[1]
     assert near(colour_of(openai.received_images[-1]), GREEN)
     assert not (tmp_path / "media").exists()  # Telegram keeps the file: no local copy
+
+
+async def test_a_follow_up_whose_picture_cannot_be_downloaded_again_says_so(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a restart the picture is fetched again by its file_id; when that download fails,
+    the answer comes without it (from the text model) and the person is told why."""
+    caplog.set_level(logging.DEBUG)
+    alice = fake.user(3025, "Alice")
+    chat = fake.private_chat(alice)
+    async with running(fake, openai, tmp_path):
+        fake.push_photo(chat, alice, picture(1000, 750, GREEN), caption="what is it?")
+        await replies(fake, chat["id"], 1)
+    async with running(fake, openai, tmp_path):
+        fake.fail_download(cut=True)
+        fake.push_text(chat, alice, "and what colour is it?")
+        answers = await replies(fake, chat["id"], 3)
+        fake.push_text(chat, alice, "and now?")  # the download works again: it sees it
+        answers = await replies(fake, chat["id"], 4)
+    assert answers[1] == "⚠️ " + LOST_PICTURE
+    assert answers[2] == "echo: and what colour is it?"
+    assert answers[3].startswith("I see 1 picture: 1000x750 JPEG.")
+    assert len(openai.received_images) == 2
+    assert fake.token not in caplog.text and "Traceback" not in caplog.text
 
 
 async def test_a_picture_trimmed_out_of_the_window_is_not_downloaded_again(

@@ -195,7 +195,7 @@ async def test_more_pictures_than_the_window_takes_ask_for_fewer(
     assert seeing.requests == []
 
 
-async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_without_any_the_text_model(
+async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_is_told_of_the_others(
     store: DialogStore, prompts_dir: Path, tmp_path: Path
 ) -> None:
     manager, _, _ = build(store, prompts_dir, tmp_path)
@@ -211,7 +211,10 @@ async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_without_any
     copy_a.unlink()
     manager, text, seeing = build(store, prompts_dir, tmp_path)
     assert seeing is not None
-    await turn(manager, "and now?")
+    assert notices(await turn(manager, "and now?")) == [
+        "I could not get 1 of the 2 pictures you sent earlier again, so this answer does not "
+        "see it. Send it again to ask about it."
+    ]
     seen = [p for m in seeing.requests[-1] for p in m.pictures]
     assert [(p.width, p.height) for p in seen] == [(200, 100)]
     # Then the second goes too: the text model answers, with the conversation's text.
@@ -220,6 +223,9 @@ async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_without_any
         copy.unlink()
     manager, text, seeing = build(store, prompts_dir, tmp_path)
     assert seeing is not None
-    await turn(manager, "and now?")
+    assert notices(await turn(manager, "and now?")) == [
+        "I could not get the 2 pictures you sent earlier again, so this answer does not see "
+        "them. Send them again to ask about them."
+    ]
     assert seeing.requests == [] and len(text.requests) == 1
     assert next(m.text for m in text.requests[0] if m.role == "user") == "compare"

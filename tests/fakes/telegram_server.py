@@ -31,7 +31,9 @@ makes, smallest first), :meth:`~FakeTelegram.push_document` ("send as file"),
 ``getFile`` (400 "invalid file_id"; "file is too big" above :attr:`~FakeTelegram.download_limit`,
 20 MB) hands out a ``file_path``, downloaded from ``GET /file/bot<token>/<file_path>``; every
 download is recorded in :attr:`~FakeTelegram.downloads`. :meth:`~FakeTelegram.add_file` registers
-any bytes (a corrupt picture, a huge file) as a file.
+any bytes (a corrupt picture, a huge file) as a file. :meth:`~FakeTelegram.fail_next` makes getFile
+answer an error (e.g. 400 "Bad Request: file is too big"), :meth:`~FakeTelegram.fail_download` a
+download (404, 500, or a body cut short).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import aiohttp
 from aiohttp import web
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tests.fakes.base import FakeServer, Handler, Recorded
+from tests.fakes.base import FakeServer, Fault, Handler, Recorded
 
 TOKEN = "123456789:AAHfakeTokenForTests-0123456789abcdEF"
 BOT_ID = 123456789
@@ -783,6 +785,14 @@ class FakeTelegram(FakeServer):
         """Answer the next ``times`` calls of ``method`` (matching ``when``) with this error."""
         self._injected.append(_Injected(method, status, description, retry_after, times, when))
 
+    def fail_download(self, status: int = 500, *, cut: bool = False, times: int = 1) -> None:
+        """Make the next ``times`` file downloads (``GET /file/bot<token>/...``) fail: answer
+        ``status`` (404: the file_path expired; 500: the server failed) or, with ``cut``, send
+        half the file and drop the connection. getFile itself still answers (see fail_next)."""
+        description = {404: "Not Found", 502: "Bad Gateway"}.get(status, "Internal Server Error")
+        fault = Fault("cut") if cut else Fault("status", status=status, message=description)
+        self.inject(fault, times=times)  # only downloads take faults here (_download)
+
     def hold_next(self, method: str, times: int = 1) -> None:
         """Leave the next ``times`` calls of ``method`` unanswered and not carried out (a network
         that stalls): they are recorded in ``held`` and fail with 502 when the server stops."""
@@ -1160,10 +1170,25 @@ class FakeTelegram(FakeServer):
         """GET /file/bot<token>/<file_path>: only paths a getFile has handed out."""
         stored = self._served.get(request.match_info["path"])
         if request.match_info["token"] != self.token or stored is None:
-            body = {"ok": False, "error_code": 404, "description": "Not Found"}
-            return web.json_response(body, status=404)
+            return self._file_error(404, "Not Found")
+        fault = self._take_fault(request.path)  # see fail_download
+        if fault is not None and fault.kind == "status":
+            return self._file_error(fault.status, fault.message)
+        if fault is not None and fault.kind == "cut":
+            # Content-Length promises the whole file; half of it comes, then the connection ends.
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = len(stored.data)
+            await response.prepare(request)
+            await response.write(stored.data[: len(stored.data) // 2])
+            await self.cut(request, response, fault)
+            return response
         self.downloads.append(stored.file_id)
         return web.Response(body=stored.data, content_type="application/octet-stream")
+
+    def _file_error(self, status: int, description: str) -> web.Response:
+        self.errors.append(("download", status, description))
+        body = {"ok": False, "error_code": status, "description": description}
+        return web.json_response(body, status=status)
 
     async def _m_deletemessage(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
         chat = self._chat(params)
