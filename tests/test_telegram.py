@@ -757,6 +757,20 @@ async def test_the_token_never_reaches_logs_or_errors(
     assert wrong not in str(caught.value) and wrong not in caplog.text
 
 
+async def test_a_bad_local_server_setting_is_one_line_and_exit_2(
+    fake: FakeTelegram, tmp_path: Path
+) -> None:
+    env = base_env(fake, tmp_path, TELEGRAM_API_LOCAL="yes please")
+    proc = fmbot(env=env, cwd=tmp_path)
+    assert await exited(proc, 30) == 2
+    assert proc.stderr is not None and proc.stdout is not None
+    output = proc.stderr.read().decode() + proc.stdout.read().decode()
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert "TELEGRAM_API_LOCAL='yes please' is not valid" in lines[0]
+    assert "--local" in lines[0] and "Traceback" not in output and fake.token not in output
+
+
 async def test_an_api_url_that_is_no_bot_api_server_is_one_line_without_the_token(
     fake: FakeTelegram, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiogram import Bot
@@ -124,6 +125,34 @@ def test_settings_lists_intervals_and_secret(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ConfigError) as caught:
         load_telegram_settings()
     assert caught.value.setting == "TELEGRAM_ADMINS"
+
+
+def test_a_local_bot_api_server_is_declared_with_its_file_mapping() -> None:
+    def load(**env: str) -> TelegramSettings:
+        return load_telegram_settings(_env_file=None, TELEGRAM_BOT_TOKEN=TOKEN, **env)
+
+    assert (load().api_local, load().api_local_files) == (False, None)
+    local = load(TELEGRAM_API_LOCAL="true", TELEGRAM_API_LOCAL_FILES="/var/lib/tg:/srv/tg")
+    assert local.api_local and local.api_local_files == (Path("/var/lib/tg"), Path("/srv/tg"))
+    bad = [
+        ("TELEGRAM_API_LOCAL", {"TELEGRAM_API_LOCAL": "maybe"}, "runs with --local"),
+        ("TELEGRAM_API_LOCAL_FILES", {"TELEGRAM_API_LOCAL_FILES": "/a:/b"}, "LOCAL=true too"),
+        (
+            "TELEGRAM_API_LOCAL_FILES",
+            {"TELEGRAM_API_LOCAL": "1", "TELEGRAM_API_LOCAL_FILES": "tg:/srv/tg"},
+            "two absolute paths",
+        ),
+        (
+            "TELEGRAM_API_LOCAL_FILES",
+            {"TELEGRAM_API_LOCAL": "1", "TELEGRAM_API_LOCAL_FILES": "/var/lib/tg"},
+            "two absolute paths",
+        ),
+    ]
+    for name, env, said in bad:
+        with pytest.raises(ConfigError) as caught:
+            load(**env)
+        assert caught.value.setting == name and said in str(caught.value)
+        assert "\n" not in str(caught.value) and TOKEN not in str(caught.value)
 
 
 def test_access_policy() -> None:

@@ -355,6 +355,55 @@ async def test_every_way_a_file_fails_to_arrive_gets_a_clear_reply_and_loses_not
     assert caplog.text.count("could not be downloaded from Telegram") == 3
 
 
+async def test_a_photo_through_a_local_bot_api_server_is_read_from_its_disk(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A self-hosted server started with --local answers getFile with a path on its disk:
+    TELEGRAM_API_LOCAL=true reads it there, TELEGRAM_API_LOCAL_FILES where the bot sees that
+    disk under another path (a container's mount). Nothing is downloaded over HTTP."""
+    caplog.set_level(logging.DEBUG)
+    alice = fake.user(3026, "Alice")
+    chat = fake.private_chat(alice)
+    fake.local_dir = tmp_path / "bot-api"
+    async with running(fake, openai, tmp_path, TELEGRAM_API_LOCAL="true"):
+        fake.push_photo(chat, alice, picture(1000, 750, GREEN), caption="what is it?")
+        [first] = await replies(fake, chat["id"], 1)
+    # getFile put the largest size on the server's disk, as <dir>/<token>/photos/file_N.jpg.
+    assert len(list((fake.local_dir / fake.token / "photos").iterdir())) == 1
+    # The same server's disk, mounted elsewhere for the bot.
+    fake.local_name = Path("/var/lib/telegram-bot-api")
+    mapping = f"{fake.local_name}:{fake.local_dir}"
+    async with running(
+        fake, openai, tmp_path, TELEGRAM_API_LOCAL="true", TELEGRAM_API_LOCAL_FILES=mapping
+    ):
+        fake.push_photo(chat, alice, picture(800, 600, BLUE), caption="and this?")
+        await replies(fake, chat["id"], 2)
+        # A path outside the mapped folder cannot be read: a clear reply, no path in the logs.
+        fake.local_name = Path("/somewhere/else")
+        fake.push_photo(chat, alice, picture(800, 600, BLUE), caption="and that?")
+        answers = await replies(fake, chat["id"], 3)
+    assert first.startswith("I see 1 picture: 1000x750 JPEG.") and "what is it?" in first
+    assert answers[1].startswith("I see 1 picture: 800x600 JPEG.") and "and this?" in answers[1]
+    assert answers[2] == "⚠️ " + NOT_DOWNLOADED
+    assert near(colour_of(openai.received_images[0]), GREEN)
+    assert near(colour_of(openai.received_images[1]), BLUE)
+    assert fake.downloads == []  # read from disk, never over HTTP
+    assert fake.token not in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_a_local_bot_api_server_the_bot_was_not_told_of_gets_a_hint_in_the_log(
+    fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = fake.user(3027, "Alice")
+    chat = fake.private_chat(alice)
+    fake.local_dir = tmp_path / "bot-api"
+    async with running(fake, openai, tmp_path):
+        fake.push_photo(chat, alice, picture(800, 600), caption="what is it?")
+        answers = await replies(fake, chat["id"], 1)
+    assert answers == ["⚠️ " + NOT_DOWNLOADED] and chat_requests(openai) == 0
+    assert "set TELEGRAM_API_LOCAL=true" in caplog.text and fake.token not in caplog.text
+
+
 async def test_stickers_keep_their_reply_and_strangers_pictures_are_refused_unread(
     fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path
 ) -> None:

@@ -7,7 +7,12 @@ from http import HTTPStatus
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
+from aiogram.client.telegram import (
+    BareFilesPathWrapper,
+    FilesPathWrapper,
+    SimpleFilesPathWrapper,
+    TelegramAPIServer,
+)
 from aiogram.exceptions import ClientDecodeError
 from aiogram.methods import Response, TelegramMethod
 from aiogram.methods.base import TelegramType
@@ -55,7 +60,13 @@ class Session(AiohttpSession):
 
 def make_bot(settings: TelegramSettings) -> Bot:
     """A Bot talking to ``TELEGRAM_API_URL`` (Telegram, a self-hosted server, or a fake)."""
-    session = Session(api=TelegramAPIServer.from_base(settings.api_url))
+    wrapper: FilesPathWrapper = BareFilesPathWrapper()
+    if settings.api_local_files is not None:
+        wrapper = SimpleFilesPathWrapper(*settings.api_local_files)
+    api = TelegramAPIServer.from_base(
+        settings.api_url, is_local=settings.api_local, wrap_local_file=wrapper
+    )
+    session = Session(api=api)
     session.middleware(RequestMetrics())
     session.middleware(RequestSpans())
     # No default parse_mode: replies carry explicit entities, previews are plain text.

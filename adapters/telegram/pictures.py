@@ -9,7 +9,6 @@ is downloaded here before the message is known to be for the bot, and nothing ov
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,14 +108,20 @@ class TelegramFiles:
             raise PictureError(TOO_BIG)
         if not file.file_path:
             raise PictureError(GONE)
+        if Path(file.file_path).is_absolute() and not self.bot.session.api.is_local:
+            log.warning(
+                "the Bot API server named a file on its own disk, as a --local server does: "
+                "set TELEGRAM_API_LOCAL=true (and TELEGRAM_API_LOCAL_FILES if this bot sees "
+                "the server's files at another path)"
+            )
+            raise PictureError(NOT_DOWNLOADED)
         try:
-            if Path(file.file_path).is_absolute():
-                # A Bot API server in --local mode names a file on its own disk; a bot sharing
-                # that disk reads it there (such servers do not serve files over HTTP).
-                return await asyncio.to_thread(Path(file.file_path).read_bytes)
+            # From a --local server, aiogram reads the file on disk (TELEGRAM_API_LOCAL_FILES
+            # maps the server's path to ours); otherwise it downloads it over HTTP.
             downloaded = await self.bot.download_file(file.file_path, timeout=DOWNLOAD_TIMEOUT)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            # Only the type: aiohttp's messages quote the URL, which holds the token.
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # Only the type: aiohttp's messages quote the URL and a local server's paths, which
+            # hold the token (ValueError: a path outside TELEGRAM_API_LOCAL_FILES' server dir).
             log.warning("a picture could not be downloaded from Telegram: %s", type(exc).__name__)
             raise PictureError(NOT_DOWNLOADED) from None
         assert downloaded is not None  # None only when given a destination path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -45,6 +46,14 @@ class TelegramSettings(BaseSettings):
 
     bot_token: SecretStr | None = Field(default=None, alias="TELEGRAM_BOT_TOKEN")
     api_url: str = Field(default=DEFAULT_API_URL, alias="TELEGRAM_API_URL")
+    #: The server at api_url runs with ``--local``: getFile names files on its disk, which the
+    #: bot reads there (such a server serves no file downloads over HTTP).
+    api_local: bool = Field(default=False, alias="TELEGRAM_API_LOCAL")
+    #: (the server's --dir as it names it, where this bot finds it): for a server whose disk the
+    #: bot sees at another path (containers); None: the same paths.
+    api_local_files: Annotated[tuple[Path, Path] | None, NoDecode] = Field(
+        default=None, alias="TELEGRAM_API_LOCAL_FILES"
+    )
     # NoDecode: a plain comma-separated list in the environment, not JSON.
     allowed_users: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), alias="TELEGRAM_ALLOWED_USERS"
@@ -73,6 +82,19 @@ class TelegramSettings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("api_local_files", mode="before")
+    @classmethod
+    def _local_files(cls, value: object) -> tuple[Path, Path] | None:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ValueError("expected SERVER_DIR:BOT_DIR")
+        server, sep, local = value.partition(":")
+        paths = Path(server.strip()), Path(local.strip())
+        if not sep or not all(p.is_absolute() for p in paths):
+            raise ValueError("expected SERVER_DIR:BOT_DIR, two absolute paths")
+        return paths
+
     @property
     def token(self) -> str:
         assert self.bot_token is not None  # checked by load_telegram_settings
@@ -96,6 +118,11 @@ _ACCEPTED = {
     "TELEGRAM_ALLOWED_USERS": _USERS_ACCEPTED,
     "TELEGRAM_ADMINS": _USERS_ACCEPTED,
     "TELEGRAM_API_URL": "give the Bot API server's base URL, e.g. https://api.telegram.org",
+    "TELEGRAM_API_LOCAL": "give true when the Bot API server runs with --local, else false",
+    "TELEGRAM_API_LOCAL_FILES": (
+        "give the server's --dir and where this bot sees it, as two absolute paths, e.g. "
+        "/var/lib/telegram-bot-api:/srv/telegram-bot-api (and set TELEGRAM_API_LOCAL=true)"
+    ),
     "TELEGRAM_EDIT_INTERVAL": "give a positive number of seconds, e.g. 1.5",
     "TELEGRAM_SHUTDOWN_GRACE": "give a number of seconds (0 or more)",
 }
@@ -111,6 +138,13 @@ def load_telegram_settings(**overrides: Any) -> TelegramSettings:
         alias = str(err["loc"][0]) if err["loc"] else "settings"
         shown = "********" if alias in _SECRET else err.get("input")
         raise ConfigError(alias, shown, _ACCEPTED.get(alias, err["msg"])) from None
+    if settings.api_local_files is not None and not settings.api_local:
+        server, local = settings.api_local_files
+        raise ConfigError(
+            "TELEGRAM_API_LOCAL_FILES",
+            f"{server}:{local}",
+            "it maps the files of a --local Bot API server: set TELEGRAM_API_LOCAL=true too",
+        )
     token = settings.bot_token.get_secret_value() if settings.bot_token else ""
     if not token:
         raise ConfigError("TELEGRAM_BOT_TOKEN", None, _TOKEN_HINT)

@@ -33,7 +33,8 @@ makes, smallest first), :meth:`~FakeTelegram.push_document` ("send as file"),
 download is recorded in :attr:`~FakeTelegram.downloads`. :meth:`~FakeTelegram.add_file` registers
 any bytes (a corrupt picture, a huge file) as a file. :meth:`~FakeTelegram.fail_next` makes getFile
 answer an error (e.g. 400 "Bad Request: file is too big"), :meth:`~FakeTelegram.fail_download` a
-download (404, 500, or a body cut short).
+download (404, 500, or a body cut short). With :attr:`~FakeTelegram.local_dir` set, the fake is a
+server started with ``--local``: getFile answers absolute paths of files it wrote to that folder.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -473,6 +475,13 @@ class FakeTelegram(FakeServer):
     files: dict[str, StoredFile] = field(default_factory=dict)
     #: file_id of every file downloaded from /file/bot<token>/..., in order.
     downloads: list[str] = field(default_factory=list)
+    #: A server started with ``--local``: getFile writes the file under this folder (as
+    #: ``<dir>/<token>/<kind>/file_N.ext``) and answers its absolute path, with no 20 MB limit;
+    #: nothing is served over HTTP. None: the cloud Bot API's behaviour.
+    local_dir: Path | None = None
+    #: The --dir the local server names in file paths, when the bot sees ``local_dir`` under
+    #: another path (a container's mount); None: ``local_dir`` itself.
+    local_name: Path | None = None
     _served: dict[str, StoredFile] = field(default_factory=dict)  # file_path -> file, by getFile
     _file_numbers: itertools.count[int] = field(default_factory=itertools.count)
     _media_groups: itertools.count[int] = field(
@@ -1156,14 +1165,23 @@ class FakeTelegram(FakeServer):
         stored = self.files.get(str(file_id))
         if stored is None:
             raise _bad("invalid file_id")
-        if stored.file_size > self.download_limit:
+        file_path = stored.file_path
+        if self.local_dir is not None:
+            # The server downloads the file to its disk and names it there.
+            relative = Path(self.token, stored.file_path)
+            on_disk = self.local_dir / relative
+            on_disk.parent.mkdir(parents=True, exist_ok=True)
+            on_disk.write_bytes(stored.data)
+            file_path = str((self.local_name or self.local_dir) / relative)
+        elif stored.file_size > self.download_limit:
             raise _bad("file is too big")
-        self._served[stored.file_path] = stored  # the file is on the server from now on
+        else:
+            self._served[stored.file_path] = stored  # the file is on the server from now on
         return {
             "file_id": stored.file_id,
             "file_unique_id": stored.file_unique_id,
             "file_size": stored.file_size,
-            "file_path": stored.file_path,
+            "file_path": file_path,
         }
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
