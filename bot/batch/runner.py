@@ -113,6 +113,7 @@ class Runner:
             hits = await case_passages(self.retriever, self.template, case)
         except FmbotError as exc:  # no knowledge base, another embedder, the embedder failed
             return self._failed(case, str(exc), started, failure_kind(exc))
+        started = time.monotonic()  # latency is the model's: retrieval (loading e5) is not
         try:
             stable = self.model.reuses_prompt_prefix
             messages = render_case(self.template, self.fixed, case, hits, stable)
