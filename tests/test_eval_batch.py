@@ -1,15 +1,22 @@
 """``fmbot eval run --mode batch``: each template version × model a Yandex Batch Inference task,
-against the fake gRPC and HTTP batch services on 127.0.0.1; the same results and exit codes."""
+against the fake gRPC and HTTP batch services on 127.0.0.1; the same results and exit codes.
+And a knowledge template's passages in batch mode (``fmbot batch run``), across a re-attach."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.eval_helpers import fmbot
 from tests.fakes.yandex_batch_server import FakeYandexBatch
+from tests.kb_files import build_shop_kb
+from tests.test_batch_cli import results, write_jsonl
 from tests.test_batch_mode_cli import LITE, env, fake
+from tests.test_eval_cites import NUMBERED
 
 __all__ = ["env", "fake"]
 
@@ -75,3 +82,33 @@ async def test_batch_mode_needs_yandex_models(tmp_path: Path, env: dict[str, str
     other = await fmbot(["eval", "run", str(suite), "--mode", "async"], env)
     assert other.returncode == 2
     assert "use --mode batch, or leave --mode out" in other.stderr
+
+
+@pytest.fixture(scope="module")
+async def kb_dir(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
+    yield await build_shop_kb(tmp_path_factory.mktemp("kb"))
+
+
+async def test_a_knowledge_template_in_batch_mode_keeps_its_passages_across_a_reattach(
+    tmp_path: Path, env: dict[str, str], fake: FakeYandexBatch, kb_dir: Path
+) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "numbered.yaml").write_text(NUMBERED)
+    cases = write_jsonl(tmp_path / "cases.jsonl", ["How long is the warranty?"])
+    out = tmp_path / "out.parquet"
+    env = env | {"FMBOT_KB_DIR": str(kb_dir), "FMBOT_PROMPTS_DIR": str(prompts)}
+    args = ["batch", "run", "-t", "numbered", "-i", str(cases), "-o", str(out), "--mode", "batch"]
+    submitted = await fmbot([*args, "--no-wait"], env)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    [task] = fake.tasks.values()
+    # The request carries the passages, placed as the bot places them.
+    assert "[1] Every product comes with a two-year warranty" in str(task.lines[0]["request"])
+
+    collected = await fmbot(args, env)  # a new process re-attaches: passages from the notes
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    assert len(fake.tasks) == 1
+    [row] = results(out)
+    passages = json.loads(str(row["passages"]))
+    assert [p["n"] for p in passages] == [1, 2] and passages[0]["source"] == "warranty.md"
+    assert str(row["reply"]).startswith("echo: [1] Every product")
