@@ -4,6 +4,7 @@ opening to its messages, reply and reasons; saving a worse draft asks first."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 
-from tests.browser import console_errors, wait
+from tests.browser import console_errors, keep, screenshot, wait
 from tests.web_server import WebServer, serving, web_env
 
 SUITE = """\
@@ -116,6 +117,10 @@ def test_evaluate_a_draft_open_a_failed_cell_and_be_warned_on_save(
     reason = first.find_element(By.CSS_SELECTOR, "li.fail").text
     assert reason == "✗ contains \"Text to translate:\": 'Text to translate:' not found"
     assert all(c.text.startswith("✓") for c in cells[1:])
+    evaluate_heading = "arguments[0].parentElement.previousElementSibling.scrollIntoView()"
+    browser.execute_script(evaluate_heading, browser.find_element(By.ID, "suite"))
+    picture = screenshot(browser, tmp_path / "web-playground-evaluate.png")
+    keep(picture, os.environ.get("FMBOT_SCREENSHOTS"))
 
     # Saving the worse draft asks first; declining keeps the file.
     browser.find_element(By.ID, "save").click()
