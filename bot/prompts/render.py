@@ -77,8 +77,11 @@ class Passage:
         return Source(self.n, self.source, self.heading).label
 
 
+@functools.lru_cache(maxsize=1024)
 def uses_variable(source: str, name: str) -> bool:
-    """Whether template text ``source`` reads variable ``name`` (False if it does not parse)."""
+    """Whether template text ``source`` reads variable ``name`` (False if it does not parse).
+    Cached: every turn asks (where the passages go), and the analysis runs Jinja's code
+    generator over the parsed template, most of a turn's CPU with the echo model."""
     try:
         return name in meta.find_undeclared_variables(environment.parse(source))
     except TemplateSyntaxError:
