@@ -25,6 +25,7 @@ from bot.queue.worker import CONCURRENCY
 
 TINY = ["--chats", "20", "--turns", "200", "--many-chats", "60", "--rate", "400"]
 TINY += ["--live-seconds", "0.5"]  # 200 messages sent while the worker runs
+TINY += ["--cost-rounds", "1"]  # one A/B pair of 200 turns each
 STEADY = "queued while the worker holds every chat (each answered once before)"
 
 
@@ -45,23 +46,43 @@ def latency(block: str) -> dict[str, tuple[float, float, float]]:
 
 
 def check_metrics_cost(runs: dict[str, str], turns: int, out: str) -> None:
-    """The best case again with metrics counted (every turn, read back from a scrape) and the
-    cost of that printed; the plain best case counts nothing."""
+    """The best case again with metrics counted (every turn, read back from a scrape); then the
+    A/B rounds without and with metrics, their medians and the ratio printed; the plain best case
+    counts nothing."""
     counted = re.search(r"^  metrics +(\d+) turns counted \(warm-up included\); one scrape at "
                         r"the end: (\d+) bytes", runs["best case, metrics on"], re.M)  # fmt: skip
     assert counted is not None and int(counted.group(1)) == turns, runs["best case, metrics on"]
     assert int(counted.group(2)) > 1000
     assert "metrics " not in runs["best case"]
-    cost = re.fullmatch(
-        r"metrics cost: best case (\d+) turns/s without, (\d+) with \(([-+][\d.]+)% throughput "
-        r"lost\); mean service ([\d.]+) ms without, ([\d.]+) ms with",
-        runs["metrics cost"].splitlines()[0],
+    head, *lines = runs["metrics cost"].splitlines()
+    assert re.fullmatch(
+        r"metrics cost: 1 rounds of the best case \(200 turns each\) without \(A\) and with "
+        r"\(B\) metrics, in the order A B; medians:",
+        head,
+    ), head
+    rate = re.fullmatch(
+        r"  throughput +(\d+) turns/s without, (\d+) with \(([-+][\d.]+)% lost; A (\d+), B (\d+)\)",
+        lines[0],
     )
-    assert cost is not None, runs["metrics cost"]
-    without, with_, lost = int(cost.group(1)), int(cost.group(2)), float(cost.group(3))
+    assert rate is not None, lines
+    without, with_, lost = int(rate.group(1)), int(rate.group(2)), float(rate.group(3))
+    assert (without, with_) == (int(rate.group(4)), int(rate.group(5)))  # one round: its own
     assert abs(100 * (without - with_) / without - lost) < 1  # the printed figure is theirs
-    counting = re.search(r"^  counting +([\d.]+) µs of CPU per turn, ([\d.]+)% of", out, re.M)
-    assert counting is not None and float(counting.group(1)) > 0, out
+    cpu = re.fullmatch(
+        r"  CPU per turn +([\d.]+) µs without, ([\d.]+) µs with \(([-+][\d.]+)%, the limit is "
+        r"\+5%; A (\d+), B (\d+)\)",
+        lines[1],
+    )
+    assert cpu is not None, lines
+    a, b, more = float(cpu.group(1)), float(cpu.group(2)), float(cpu.group(3))
+    assert a > 0 and b > 0 and abs(100 * (b - a) / a - more) < 0.2
+    assert abs(a - int(cpu.group(4))) <= 1 and abs(b - int(cpu.group(5))) <= 1  # one round
+    counting = re.fullmatch(
+        r"  counting +([\d.]+) µs of CPU per turn measured on its own, ([\d.]+)% of a turn's "
+        r"CPU without metrics",
+        lines[2],
+    )
+    assert counting is not None and float(counting.group(1)) > 0, lines
 
 
 def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
@@ -102,7 +123,12 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
             block,
             re.M,
         ), block
-        assert re.search(r"^  throughput +\d+ turns/s \(\d+\.\d+ s\)", block, re.M)
+        assert re.search(
+            r"^  throughput +\d+ turns/s \(\d+\.\d+ s\); CPU [\d.]+ µs per turn \(this process: "
+            r"the worker\)",
+            block,
+            re.M,
+        ), block
         split = latency(block)
         assert set(split) == {"waiting", "service", "total"}, block
         for name, (p50, p95, p99) in split.items():

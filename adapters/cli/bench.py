@@ -7,8 +7,7 @@ what real use looks like:
   ``--role ingress`` is deployed) queues every chat's messages while no worker runs; then a
   worker in this process answers the backlog against the clock, ``--concurrency`` turns at
   once, replies stored only; the second time with Prometheus metrics counted (as with
-  ``FMBOT_METRICS_LISTEN``; one scrape at the end), so what metrics cost a turn is printed
-  from the same command;
+  ``FMBOT_METRICS_LISTEN``; one scrape at the end, its count of turns checked);
 * **steady state** and **many chats** (``--many-chats``, 20,000): every chat is answered once
   before the clock by the worker that then answers the backlog (it keeps its partitions, so its
   copy of the chats, and holds the backlog's jobs until the clock starts); then ``--turns`` turns
@@ -48,7 +47,12 @@ Printed figures, per run:
   and the ingress (enqueue);
 * for runs that mark replies delivered: on how many chats the delivered mark names the chat's
   last stored turn when the run ends (all of them, or a reply would be sent again after a
-  crash).
+  crash);
+* CPU time of this process (the worker) per turn, while the clock ran.
+
+Then what metrics cost (``--cost-rounds``, ``--cost-turns``): shorter best-case runs alternately
+without and with metrics, A B B A ..., and the medians of both sides' throughput and CPU time per
+turn compared (:class:`CostRounds`), with the CPU time of the counting alone.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
 import io
 import logging
 import math
@@ -216,6 +221,9 @@ class BenchResult:
     cache: tuple[int, int] | None = None
     #: Metrics runs: turns counted in fmbot_turns_total, and one scrape's size at the end.
     exposition: tuple[int, int] | None = None
+    #: CPU time of this process (the worker: handlers, event loop, Redis client) while the
+    #: clock ran; unlike wall time it does not grow when other processes take the cores.
+    cpu_seconds: float = 0.0
 
     @property
     def chats(self) -> int:
@@ -224,6 +232,16 @@ class BenchResult:
     @property
     def turns(self) -> int:
         return self.run.turns
+
+    @property
+    def rate(self) -> float:
+        """Turns answered per second."""
+        return self.answered / max(self.seconds, 1e-9)
+
+    @property
+    def cpu_per_turn(self) -> float:
+        """Seconds of this process's CPU per answered turn."""
+        return self.cpu_seconds / max(1, self.answered)
 
     def report(self) -> str:
         per = max(1, self.answered)
@@ -239,8 +257,8 @@ class BenchResult:
             f"{self.run.label}: {self.run.describe(self.partitions is not None)}",
             f"  answered      {self.answered}/{self.turns} turns "
             f"(out of order: {self.out_of_order}, answered twice: {self.duplicates})",
-            f"  throughput    {self.answered / max(self.seconds, 1e-9):.0f} turns/s "
-            f"({self.seconds:.2f} s)",
+            f"  throughput    {self.rate:.0f} turns/s ({self.seconds:.2f} s); CPU "
+            f"{self.cpu_per_turn * 1e6:.1f} µs per turn (this process: the worker)",
             f"  latency ms    {split('waiting', self.waiting_ms)}; "
             f"{split('service', self.service_ms)}; {split('total', self.total_ms)}",
             f"  mean ms       waiting {mean[0]:.2f} + service {mean[1]:.2f} = total {total:.2f} "
@@ -279,12 +297,12 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def report(results: list[BenchResult], url: str) -> str:
+def report(results: list[BenchResult], url: str, cost: CostRounds | None = None) -> str:
     first = results[0]
     how = f"queue with {first.partitions} partitions" if first.partitions else "no queue"
     head = f"fmbot bench: echo model, {how}, Redis {mask_url(url)}, {loop_name()} event loop"
     lines = [head, *(r.report() for r in results), *many_chats_cost(results)]
-    return "\n".join([*lines, *metrics_cost(results)])
+    return "\n".join([*lines, *(cost.report() if cost else [])])
 
 
 def many_chats_cost(results: list[BenchResult]) -> list[str]:
@@ -294,32 +312,74 @@ def many_chats_cost(results: list[BenchResult]) -> list[str]:
     if not (few and many):
         return []
     a, b = few[0], many[0]
-    rate_a, rate_b = (r.answered / max(r.seconds, 1e-9) for r in (a, b))
     return [
-        f"many chats cost: steady state {rate_a:.0f} turns/s with {a.chats} chats, {rate_b:.0f} "
-        f"with {b.chats} ({rate_b / max(rate_a, 1e-9):.2f}×; same run, same worker settings)"
+        f"many chats cost: steady state {a.rate:.0f} turns/s with {a.chats} chats, {b.rate:.0f} "
+        f"with {b.chats} ({b.rate / max(a.rate, 1e-9):.2f}×; same run, same worker settings)"
     ]
 
 
-def metrics_cost(results: list[BenchResult]) -> list[str]:
-    """The best case without and with metrics, compared: throughput and mean service time."""
-    without = [r for r in results if r.run.label == "best case"]
-    with_ = [r for r in results if r.run.label == "best case, metrics on"]
-    if not (without and with_):
-        return []
-    a, b = without[0], with_[0]
-    rate_a, rate_b = (r.answered / max(r.seconds, 1e-9) for r in (a, b))
-    service_a, service_b = (statistics.fmean(r.service_ms or [0.0]) for r in (a, b))
-    per_turn = counting_cost()
-    return [
-        f"metrics cost: best case {rate_a:.0f} turns/s without, {rate_b:.0f} with "
-        f"({100 * (rate_a - rate_b) / max(rate_a, 1e-9):+.1f}% throughput lost); mean service "
-        f"{service_a:.3f} ms without, {service_b:.3f} ms with",
-        # Two runs on a shared machine differ by more than metrics cost: the CPU time of the
-        # counting itself says what it costs, free of that noise.
-        f"  counting      {per_turn * 1e6:.1f} µs of CPU per turn, "
-        f"{100 * per_turn * rate_a:.1f}% of a best-case turn's share of the worker",
-    ]
+@dataclass
+class CostRounds:
+    """The best case run again and again, alternately without (A) and with (B) metrics, in the
+    order A B B A A B B A ...: a machine whose load drifts during the rounds (other processes
+    on the same cores) then weighs on both sides alike, and the medians drop a round that an
+    outside burst slowed down. CPU time per turn is the figure to trust on a shared machine:
+    wall time also counts the time other processes held the cores."""
+
+    without: list[BenchResult]
+    with_: list[BenchResult]
+    order: str
+
+    def report(self) -> list[str]:
+        a, b = self.without, self.with_
+        rate_a, rate_b = (statistics.median(r.rate for r in side) for side in (a, b))
+        cpu_a, cpu_b = (statistics.median(r.cpu_per_turn for r in side) for side in (a, b))
+        per_turn = counting_cost()
+
+        def rates(side: list[BenchResult]) -> str:
+            return " ".join(f"{r.rate:.0f}" for r in side)
+
+        def cpus(side: list[BenchResult]) -> str:
+            return " ".join(f"{r.cpu_per_turn * 1e6:.0f}" for r in side)
+
+        return [
+            f"metrics cost: {len(a)} rounds of the best case ({a[0].turns} turns each) without "
+            f"(A) and with (B) metrics, in the order {self.order}; medians:",
+            f"  throughput    {rate_a:.0f} turns/s without, {rate_b:.0f} with "
+            f"({100 * (rate_a - rate_b) / max(rate_a, 1e-9):+.1f}% lost; A {rates(a)}, "
+            f"B {rates(b)})",
+            f"  CPU per turn  {cpu_a * 1e6:.1f} µs without, {cpu_b * 1e6:.1f} µs with "
+            f"({100 * (cpu_b - cpu_a) / max(cpu_a, 1e-12):+.1f}%, the limit is +5%; A {cpus(a)}, "
+            f"B {cpus(b)})",
+            # The counting alone, free of everything else a turn does: what metrics cost at least.
+            f"  counting      {per_turn * 1e6:.1f} µs of CPU per turn measured on its own, "
+            f"{100 * per_turn / max(cpu_a, 1e-12):.1f}% of a turn's CPU without metrics",
+        ]
+
+
+def cost_order(rounds: int) -> list[bool]:
+    """Metrics off (False) or on for each run of ``rounds`` A/B rounds: A B, B A, A B, ..."""
+    return [on for i in range(rounds) for on in ((False, True) if i % 2 == 0 else (True, False))]
+
+
+async def run_cost_rounds(
+    settings: Settings,
+    url: str,
+    run: Run,
+    rounds: int,
+    *,
+    partitions: int = 16,
+    queue: bool = True,
+) -> CostRounds:
+    """``rounds`` A/B rounds of ``run`` (see CostRounds), each run on fresh keys."""
+    without: list[BenchResult] = []
+    with_: list[BenchResult] = []
+    order = cost_order(rounds)
+    for on in order:
+        one = dataclasses.replace(run, metrics=on)
+        result = await run_bench(settings, url, one, partitions=partitions, queue=queue)
+        (with_ if on else without).append(result)
+    return CostRounds(without, with_, " ".join("B" if on else "A" for on in order))
 
 
 def counting_cost(turns: int = 20_000) -> float:
@@ -428,11 +488,12 @@ async def _direct(manager: DialogManager, plan: list[list[str]], run: Run) -> Be
                 service.append((time.perf_counter() - started) * 1000)
             answered += 1
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(chat(c, m) for c, m in enumerate(plan)))
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     # Called directly, a turn waits for nothing but the concurrency limit (not measured).
-    return BenchResult(run, answered, seconds, 0, 0, 0, [], service, list(service))
+    return BenchResult(run, answered, seconds, 0, 0, 0, [], service, list(service), cpu_seconds=cpu)
 
 
 @dataclass
@@ -442,6 +503,8 @@ class _Phase:
     target: int
     done: asyncio.Event = field(default_factory=asyncio.Event)
     finished: float = 0.0
+    #: This process's CPU time (time.process_time) when the last answer came.
+    cpu: float = 0.0
 
 
 @dataclass
@@ -493,6 +556,7 @@ async def _through_queue(
         seen.add((job.partition, job.id))
         if len(turns) >= phase.target and not phase.done.is_set():
             phase.finished = time.perf_counter()
+            phase.cpu = time.process_time()
             phase.done.set()
 
     def new_worker() -> Worker:
@@ -541,12 +605,14 @@ async def _through_queue(
             phase = _Phase(total)
             history.count = ordering.count = 0
             cache.hits = cache.misses = 0
+            cpu_started = time.process_time()
             producer.go()
             enqueue_trips, enqueue_seconds = await producer.result()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
             first = min((t.queued for t in turns), default=0.0)
             seconds = max((t.ended for t in turns), default=first) - first
+            cpu = (phase.cpu or time.process_time()) - cpu_started
             clock = 0.0
         elif firsts:
             producer.go()
@@ -557,11 +623,12 @@ async def _through_queue(
             # jobs as they arrive (few at a time) while it holds them, which no backlog run does.
             history.count = ordering.count = 0
             cache.hits = cache.misses = 0
-            clock, started = time.time(), time.perf_counter()
+            clock, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
             gate.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
             seconds = (phase.finished or time.perf_counter()) - started
+            cpu = (phase.cpu or time.process_time()) - cpu_started
         else:
             # ... else stopped: it releases its partitions and leaves the membership set, so the
             # worker that answers the backlog takes every partition in its first round.
@@ -581,11 +648,12 @@ async def _through_queue(
             history.count = ordering.count = 0
             cache.hits = cache.misses = 0
             worker = new_worker()
-            clock, started = time.time(), time.perf_counter()
+            clock, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
             running = asyncio.create_task(worker.run())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
             seconds = (phase.finished or time.perf_counter()) - started
+            cpu = (phase.cpu or time.process_time()) - cpu_started
         trips, history_trips = ordering.count, history.count
         hits, misses = cache.hits, cache.misses
         seen.clear()
@@ -617,6 +685,7 @@ async def _through_queue(
         enqueue_seconds=enqueue_seconds,
         delivered=delivered,
         cache=(hits, misses),
+        cpu_seconds=cpu,
     )
 
 

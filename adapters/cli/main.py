@@ -236,6 +236,17 @@ def bench(
     queue: Annotated[
         bool, typer.Option(help="Through the Redis queue and a worker, or the manager directly.")
     ] = True,
+    cost_rounds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="What metrics cost: best-case runs without and with metrics, alternated "
+            "(A B, B A, ...), this many pairs; 0: skip.",
+        ),
+    ] = 4,
+    cost_turns: Annotated[
+        int, typer.Option(min=1, help="Turns of each of those runs (at most --turns).")
+    ] = 2000,
     profile: Annotated[bool, typer.Option(help="Print the top functions by own time.")] = False,
     model: Annotated[
         str | None,
@@ -249,7 +260,16 @@ def bench(
 ) -> None:
     """Benchmark the dialog manager and the Redis queue with the instant echo model: the best
     case, many chats, the real worker concurrency and a live run (see README)."""
-    from adapters.cli.bench import plan_runs, profiled, report, run_benches
+    from adapters.cli.bench import (
+        BenchResult,
+        CostRounds,
+        Run,
+        plan_runs,
+        profiled,
+        report,
+        run_benches,
+        run_cost_rounds,
+    )
     from bot.runtime import run_server
 
     settings = load_settings()
@@ -285,15 +305,23 @@ def bench(
         live_seconds=live_seconds,
     )
 
-    def go() -> Coroutine[Any, Any, Any]:
-        return run_benches(settings, url, runs, partitions=partitions, queue=queue)
+    cost_run = Run("best case", chats, min(turns, cost_turns), concurrency)
+
+    async def benches() -> tuple[list[BenchResult], CostRounds | None]:
+        results = await run_benches(settings, url, runs, partitions=partitions, queue=queue)
+        cost = None
+        if cost_rounds:
+            cost = await run_cost_rounds(
+                settings, url, cost_run, cost_rounds, partitions=partitions, queue=queue
+            )
+        return results, cost
 
     if profile:
-        results, stats = profiled(go)
+        (results, cost), stats = profiled(benches)
         typer.echo(stats, err=True)
     else:
-        results = run_server(go())
-    typer.echo(report(results, url))
+        results, cost = run_server(benches())
+    typer.echo(report(results, url, cost))
 
 
 @app.command()
