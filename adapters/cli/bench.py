@@ -565,6 +565,27 @@ async def _through_queue(
     queue_client = counting_client(url, ordering)
     worker: Worker | None = None
     running: asyncio.Task[None] | None = None
+
+    def start_worker() -> None:
+        nonlocal worker, running
+        worker = new_worker()
+        running = asyncio.create_task(worker.run())
+
+    async def against_the_clock(start: Callable[[], object]) -> tuple[float, float, float]:
+        """Counters reset, the clock started, then ``start`` (the backlog's answering) and every
+        turn waited for: the clock's epoch start, its seconds, and this process's CPU seconds."""
+        nonlocal phase
+        turns.clear()
+        phase = _Phase(total)
+        history.count = ordering.count = 0
+        cache.hits = cache.misses = 0
+        clock, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
+        start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
+        seconds = (phase.finished or time.perf_counter()) - started
+        return clock, seconds, (phase.cpu or time.process_time()) - cpu_started
+
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.push_async_callback(queue_client.aclose)
 
@@ -617,18 +638,9 @@ async def _through_queue(
         elif firsts:
             producer.go()
             enqueue_trips, enqueue_seconds = await producer.result()
-            turns.clear()
-            phase = _Phase(total)
             # Counted from the clock's start, as the other backlog runs are: the worker reads
             # jobs as they arrive (few at a time) while it holds them, which no backlog run does.
-            history.count = ordering.count = 0
-            cache.hits = cache.misses = 0
-            clock, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
-            gate.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
-            seconds = (phase.finished or time.perf_counter()) - started
-            cpu = (phase.cpu or time.process_time()) - cpu_started
+            clock, seconds, cpu = await against_the_clock(gate.set)
         else:
             # ... else stopped: it releases its partitions and leaves the membership set, so the
             # worker that answers the backlog takes every partition in its first round.
@@ -643,17 +655,7 @@ async def _through_queue(
 
             # A new worker on the same clients and manager (warm connection pools) answers the
             # backlog against the clock: taking the partitions, reading, decoding, running, acking.
-            turns.clear()
-            phase = _Phase(total)
-            history.count = ordering.count = 0
-            cache.hits = cache.misses = 0
-            worker = new_worker()
-            clock, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
-            running = asyncio.create_task(worker.run())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
-            seconds = (phase.finished or time.perf_counter()) - started
-            cpu = (phase.cpu or time.process_time()) - cpu_started
+            clock, seconds, cpu = await against_the_clock(start_worker)
         trips, history_trips = ordering.count, history.count
         hits, misses = cache.hits, cache.misses
         seen.clear()
