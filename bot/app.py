@@ -43,7 +43,8 @@ async def build_manager(settings: Settings) -> DialogManager:
         await store.aclose()
         raise
     options = GenerationOptions(temperature=settings.temperature, max_tokens=settings.max_tokens)
-    return DialogManager(
+    retriever = Retriever(settings.knowledge_dir, create_embedder(settings))
+    manager = DialogManager(
         store,
         model,
         prompts,
@@ -57,9 +58,12 @@ async def build_manager(settings: Settings) -> DialogManager:
         limits=make_limits(settings, store),
         vision_model=vision_model,
         pictures=Pictures(MediaDir(settings.home / "media"), max_side=settings.vision_max_side),
-        # Loads the embedder and opens a knowledge base only when a template asks for one.
-        retriever=Retriever(settings.knowledge_dir, create_embedder(settings)),
+        retriever=retriever,
     )
+    # The templates' knowledge bases (and the embedder) load in the background, so the first
+    # question does not wait seconds for them; a bot without any loads nothing.
+    retriever.preload(name for template in prompts.all() for name in template.knowledge)
+    return manager
 
 
 async def open_configured_store(settings: Settings) -> DialogStore:

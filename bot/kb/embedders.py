@@ -16,7 +16,9 @@ The index and the templates see only :class:`Embedder`, so another local model c
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from bot.models.openai_compat import OpenAIConnection
     from bot.models.yandex import YandexClient
     from bot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Vector = list[float]
 T = TypeVar("T")
@@ -60,6 +64,9 @@ class Embedder(ABC):
     async def dimension(self) -> int:
         """Length of the vectors (a remote embedder learns it from one request, then keeps it)."""
 
+    async def load(self) -> None:  # noqa: B027 - optional: a remote one has nothing to load
+        """Be ready to embed a query without a delay (a bot loads this as it starts)."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional: most embedders hold nothing
         """Release connections; the default has none."""
 
@@ -76,9 +83,15 @@ class LocalE5Embedder(Embedder):
     async def _run(self, fn: Callable[[Any], Any]) -> Any:
         async with self._lock:
             if self._model is None:
+                started = time.perf_counter()
                 self._model = await asyncio.to_thread(_load_e5)
+                log.info("embedder %s loaded in %.2f s", self.name, time.perf_counter() - started)
             model = self._model
             return await asyncio.to_thread(fn, model)
+
+    async def load(self) -> None:
+        # One query too: the first one, on weights not yet paged in, can take most of a second.
+        await self._run(lambda m: m.query("warm-up"))
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         vectors: list[Vector] = []

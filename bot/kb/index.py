@@ -473,6 +473,16 @@ class KnowledgeBase:
 
         return await self._read(go)
 
+    async def load_vectors(self) -> int:
+        """Read the vectors into memory now (a bot as it starts) rather than at the first
+        search, which then waits for this read if it is still going; how many there are."""
+
+        def go() -> int:
+            meta = self._meta()
+            return self._readers.vectors(int(meta["dimension"])).size if meta else 0
+
+        return await self._read(go)
+
     async def search_exact(self, vector: Sequence[float], k: int) -> list[Hit]:
         """The same through ``vec0``, which compares every stored vector in SQLite: the
         reference the bench measures recall against."""

@@ -4,23 +4,29 @@ first. A process keeps its knowledge bases open (read-only) and its embedder loa
 :meth:`Retriever.for_turn` is the one rule for which passages a turn gets (through
 ``bot.dialog.template_passages``): the bot, ``fmbot batch run`` and ``fmbot eval`` all ask it, so
 an evaluation sees what users see.
+
+A bot loads, as it starts, what its templates' knowledge bases need (:meth:`Retriever.preload`),
+so that its first user does not wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.errors import KnowledgeError
+from bot.errors import FmbotError, KnowledgeError
 from bot.kb.embedders import Embedder, create_embedder
-from bot.kb.index import Hit, KnowledgeBase
+from bot.kb.index import Hit, KnowledgeBase, kb_file
 
 if TYPE_CHECKING:
     from bot.events import Message
     from bot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: A message of at most this many words is a follow-up ("and in Russia?"): the previous
 #: question is searched with it, as it names what the follow-up is about.
@@ -59,6 +65,42 @@ class Retriever:
         self.embedder = embedder
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = asyncio.Lock()
+        self._preload: asyncio.Task[None] | None = None
+
+    def preload(self, names: Iterable[str]) -> None:
+        """Start loading, in the background, what searching knowledge bases ``names`` needs:
+        their vectors and the embedder. A search meanwhile waits for these same loads (their
+        locks) instead of repeating them. A knowledge base that does not exist yet is skipped
+        (its turns say so, as without a preload); if none exists, nothing is loaded. A failure
+        is logged in one line; the turns that need what failed report it themselves."""
+        wanted = sorted(set(names))
+        if wanted and self._preload is None:
+            self._preload = asyncio.create_task(self._load(wanted), name="knowledge preload")
+
+    async def _load(self, names: list[str]) -> None:
+        kbs = []
+        for name in names:
+            try:
+                if not kb_file(self.directory, name).is_file():
+                    log.info(
+                        "knowledge base %r not loaded at start: there is none in %s yet "
+                        "(fmbot kb add %s PATH... builds it)",
+                        name,
+                        self.directory,
+                        name,
+                    )
+                    continue
+                kb = await self._kb(name)
+                await kb.check_embedder(self.embedder)
+            except FmbotError as exc:
+                log.warning("knowledge base %r not loaded at start: %s", name, exc)
+                continue
+            kbs.append(kb)
+        if kbs:
+            await asyncio.gather(
+                _logged(self.embedder.load(), f"embedder {self.embedder.name}"),
+                *(_logged(kb.load_vectors(), f"knowledge base {kb.name!r}") for kb in kbs),
+            )
 
     async def _kb(self, name: str) -> KnowledgeBase:
         async with self._lock:
@@ -134,12 +176,26 @@ class Retriever:
         return tuple(hits)
 
     async def aclose(self) -> None:
+        if self._preload is not None:
+            self._preload.cancel()  # a load in a thread runs on; closing its file waits for it
+            await asyncio.wait([self._preload])
         async with self._lock:
             kbs = list(self._open.values())
             self._open.clear()
         for kb in kbs:
             await kb.aclose()
         await self.embedder.aclose()
+
+
+async def _logged(load: Awaitable[object], what: str) -> None:
+    """``load``, its failure logged in one line (the traceback only at debug level)."""
+    try:
+        await load
+    except FmbotError as exc:
+        log.warning("%s not loaded at start: %s", what, exc)
+    except Exception as exc:
+        log.warning("%s not loaded at start: %s: %s", what, type(exc).__name__, exc)
+        log.debug("%s not loaded at start", what, exc_info=True)
 
 
 async def search_kbs(settings: Settings, names: Sequence[str], query: str, k: int) -> list[Hit]:
