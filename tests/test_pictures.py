@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from pathlib import Path
@@ -109,6 +110,20 @@ async def test_a_local_file_is_copied_and_found_again_after_it_is_gone(tmp_path:
     await pictures.forget("chat-1")
     assert media.count("chat-1") == 0
     assert await pictures.again("chat-1", ref) is None  # copy and file gone: no picture
+
+
+async def test_the_same_picture_saved_at_once_is_stored_whole(tmp_path: Path) -> None:
+    # An upload and the turn that reads it save the same copy at once (threads of to_thread).
+    picture = normalise(encode(Image.new("RGB", (800, 600), "green"), "PNG"), "file:/x.png")
+    media = MediaDir(tmp_path / "media")
+    for round in range(100):  # a shared temporary name failed in a few rounds of these
+        chat = f"chat-{round}"
+        saved = await asyncio.gather(
+            *(media.save(chat, picture) for _ in range(4)), return_exceptions=True
+        )
+        assert [s for s in saved if s is not None] == []
+        [stored] = media.folder(chat).iterdir()  # no temporary file left
+        assert stored.read_bytes() == picture.data
 
 
 async def test_a_changed_file_is_not_taken_for_the_picture_that_was_sent(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ servers decode the pictures they receive (tests/fakes/chat_completions.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from pathlib import Path
@@ -128,6 +129,25 @@ async def test_what_is_not_a_picture_or_too_large_is_refused_clearly(tmp_path: P
             # No vision model (echo only): the turn says how to set one.
             got = await post(client, "x", elsewhere)
             assert "Set FMBOT_VISION_MODEL" in str(got[0][1]["text"])
+
+
+async def test_the_same_picture_uploaded_at_once_is_kept_whole(tmp_path: Path) -> None:
+    # Both an upload's raw bytes and its normalised copy are saved by each request at once.
+    photo = encoded((900, 700), (200, 120, 40))
+    with serving(web_env(tmp_path), tmp_path) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+            for round in range(10):
+                chat = f"twice-{round}"
+                sent = await asyncio.gather(
+                    *(upload(client, chat, photo, "image/jpeg") for _ in range(6))
+                )
+                assert [r.status_code for r in sent] == [201] * 6, sent[0].text
+                shown = await client.get(sent[0].json()["src"])
+                assert shown.status_code == 200
+                with Image.open(io.BytesIO(shown.content)) as image:
+                    image.load()  # a truncated copy fails here
+                    assert image.size == (900, 700)
+    assert "Traceback" not in web.output()
 
 
 async def test_a_yandex_vision_model_gets_the_picture(tmp_path: Path) -> None:

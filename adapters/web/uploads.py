@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
-import secrets
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from bot.events import Picture
 from bot.pictures import MAX_PICTURE_BYTES, MediaDir, Pictures, normalise
+from bot.pictures.media import write_whole
 from bot.stores.base import Turn
 
 ID = re.compile(r"[0-9a-f]{64}")  # the SHA-256 of the uploaded bytes
@@ -97,10 +96,5 @@ def turn_pictures(name: str, turn: Turn) -> list[dict[str, object]]:
 
 
 def _write(path: Path, data: bytes) -> None:
-    if path.exists():  # named by its digest: the same bytes
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Whole or absent; a name of its own, as the same picture may be uploaded twice at once.
-    partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    write_whole(path, data)  # named by its digest: the same picture may be uploaded twice at once

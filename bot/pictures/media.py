@@ -8,9 +8,11 @@ hold characters a path cannot), so ``/forget`` removes a chat's pictures at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -34,12 +36,7 @@ class MediaDir:
     def _save(self, chat: str, picture: Picture) -> None:
         folder = self.folder(chat)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{picture.sha256}{_EXTENSIONS[picture.mime_type]}"
-        if path.exists():
-            return
-        partial = path.with_suffix(".part")
-        partial.write_bytes(picture.data)
-        os.replace(partial, path)  # whole or absent, also if we are killed while writing
+        write_whole(folder / f"{picture.sha256}{_EXTENSIONS[picture.mime_type]}", picture.data)
 
     async def load(self, chat: str, sha256: str, source: str) -> Picture | None:
         """The stored copy of the picture whose source file had ``sha256``; None if absent."""
@@ -70,3 +67,23 @@ class MediaDir:
             if folder.is_dir()
             else 0
         )
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, named by its digest: whole or absent, also if we are killed
+    while writing. The temporary file has a name of its own, as the same picture may be saved
+    twice at once (an upload and the turn that reads it); the second rename replaces the file
+    with the same bytes."""
+    if path.exists():
+        return
+    partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        with partial.open("xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
