@@ -98,6 +98,9 @@ class _Prompt:
     hits: tuple[Hit, ...] = ()
     #: (gone, of): earlier pictures of a message in the prompt that could not be had again.
     lost_pictures: tuple[int, int] | None = None
+    #: The digests of those found gone by this turn: stored with it (``pictures_lost``), so
+    #: later turns neither fetch them nor tell of them again.
+    newly_lost: tuple[str, ...] = ()
 
 
 class DialogManager:
@@ -320,17 +323,24 @@ class DialogManager:
 
     def _earlier_pictures(
         self, history: list[Message], new_pictures: bool
-    ) -> tuple[int, list[dict[str, object]]] | None:
-        """Where the chat's most recent pictures are in history, and their references: they go
-        with the message that brought them, so follow-up questions can be about them. A new
-        picture replaces them; so does /new (history starts again)."""
+    ) -> tuple[int, list[dict[str, object]], int] | None:
+        """Where the chat's most recent pictures are in history, the references of those still
+        to be had, and how many the message brought: they go with it, so follow-up questions
+        can be about them. A new picture replaces them; so does /new (history starts again).
+        Those a later turn found gone (its ``pictures_lost``) are left out: told once, and not
+        fetched again (for Telegram, a getFile and a download each turn)."""
         if self.vision_model is None or new_pictures:
             return None
+        lost: set[str] = set()
         for index in range(len(history) - 1, -1, -1):
-            refs = history[index].meta.get("pictures")
+            meta = history[index].meta
+            if isinstance(gone := meta.get("pictures_lost"), list):
+                lost.update(g for g in gone if isinstance(g, str))
+            refs = meta.get("pictures")
             if isinstance(refs, list) and refs:
                 found = [ref for ref in refs if isinstance(ref, dict)]
-                return (index, found) if found else None
+                kept = [ref for ref in found if ref.get("sha256") not in lost]
+                return (index, kept, len(found)) if kept else None
         return None
 
     async def _build(
@@ -355,12 +365,13 @@ class DialogManager:
         )
         prefix, current = full[:-1], dataclasses.replace(full[-1], pictures=pictures)
         reserve = options.max_tokens or 0
-        lost = None
+        lost: tuple[int, int] | None = None
+        newly_lost: tuple[str, ...] = ()
         earlier = self._earlier_pictures(history, bool(pictures))
         if earlier is not None and self.vision_model is not None:
             # Fitted first at the pictures' fixed cost, which their references tell: pictures of
             # a message trimmed away are never fetched (a download, after a restart).
-            index, refs = earlier
+            index, refs, brought = earlier
             held = history[index]
             try:
                 messages, input_tokens = await fit_to_window(
@@ -381,7 +392,10 @@ class DialogManager:
                     )  # fmt: skip
                 # Some are gone: fitted again below at what the rest cost.
                 history = [*history[:index], attached, *history[index + 1 :]]
-                lost = (len(refs) - len(seen), len(refs))
+                lost = (brought - len(seen), brought)
+                newly_lost = tuple(
+                    str(r.get("sha256", "")) for r, p in zip(refs, found, strict=True) if p is None
+                )
         model = self.model
         if self.vision_model is not None and any(m.pictures for m in (*history, current)):
             model = self.vision_model
@@ -391,8 +405,9 @@ class DialogManager:
             model = self.model
             messages, input_tokens = await fit_to_window(model, prefix, plain, current, reserve)
         return _Prompt(
-            template, messages, options, input_tokens, model, request, pictures, hits, lost
-        )
+            template, messages, options, input_tokens, model, request, pictures, hits, lost,
+            newly_lost,
+        )  # fmt: skip
 
     async def _reply(
         self,
@@ -499,6 +514,8 @@ class DialogManager:
         if prompt.pictures:
             asked["pictures"] = picture_refs(prompt.pictures)
             meta["model"] = prompt.model.name
+        if prompt.newly_lost:
+            asked["pictures_lost"] = list(prompt.newly_lost)
         if prompt.hits:  # which passages the reply was given, by their numbers
             meta["knowledge"] = hit_records(prompt.hits, text=False)
         turns = (
@@ -582,10 +599,13 @@ class DialogManager:
             yield event
 
 
+_PICTURE_META = ("pictures", "pictures_lost")
+
+
 def _message(turn: Turn) -> Message:
-    """A stored turn as a model message; a picture turn keeps its references in ``meta``."""
-    refs = turn.meta.get("pictures")
-    return Message(turn.role, turn.text, {"pictures": refs} if refs else {})
+    """A stored turn as a model message; a picture turn keeps its references in ``meta``, a
+    follow-up those of earlier pictures it found gone."""
+    return Message(turn.role, turn.text, {k: v for k in _PICTURE_META if (v := turn.meta.get(k))})
 
 
 def passages_of(hits: Sequence[Hit]) -> list[Passage]:

@@ -43,7 +43,7 @@ from bot.queue.journal import JournaledRedisStore
 from bot.redis.connect import connect
 from bot.settings import Settings
 from tests.conftest import free_port
-from tests.fakes import FakeOpenAI
+from tests.fakes import FakeOpenAI, Recorded
 from tests.fakes.chat_completions import ReceivedImage
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
 from tests.test_telegram_roles import base_env, exited, fmbot
@@ -540,11 +540,13 @@ async def test_a_follow_up_question_sees_the_picture_again_fetched_by_its_file_i
     assert not (tmp_path / "media").exists()  # Telegram keeps the file: no local copy
 
 
-async def test_a_follow_up_whose_picture_cannot_be_downloaded_again_says_so(
+async def test_a_follow_up_whose_picture_cannot_be_downloaded_again_says_so_once(
     fake: FakeTelegram, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """After a restart the picture is fetched again by its file_id; when that download fails,
-    the answer comes without it (from the text model) and the person is told why."""
+    the answer comes without it (from the text model) and the person is told why. The loss is
+    stored with that turn: later follow-ups, after another restart too, neither fetch the
+    picture again nor tell of it again."""
     caplog.set_level(logging.DEBUG)
     alice = fake.user(3025, "Alice")
     chat = fake.private_chat(alice)
@@ -555,13 +557,23 @@ async def test_a_follow_up_whose_picture_cannot_be_downloaded_again_says_so(
         fake.fail_download(cut=True)
         fake.push_text(chat, alice, "and what colour is it?")
         answers = await replies(fake, chat["id"], 3)
-        fake.push_text(chat, alice, "and now?")  # the download works again: it sees it
+        fake.push_text(chat, alice, "and its size?")
         answers = await replies(fake, chat["id"], 4)
+    fetched = (len(fake.calls("getFile")), len(file_requests(fake)))
+    assert fetched == (2, 2)  # the first turn's, and the failed one
+    async with running(fake, openai, tmp_path):
+        fake.push_text(chat, alice, "and now?")
+        answers = await replies(fake, chat["id"], 5)
     assert answers[1] == "⚠️ " + LOST_PICTURE
-    assert answers[2] == "echo: and what colour is it?"
-    assert answers[3].startswith("I see 1 picture: 1000x750 JPEG.")
-    assert len(openai.received_images) == 2
+    assert answers[2:] == ["echo: and what colour is it?", "echo: and its size?", "echo: and now?"]
+    assert (len(fake.calls("getFile")), len(file_requests(fake))) == fetched
+    assert len(openai.received_images) == 1
     assert fake.token not in caplog.text and "Traceback" not in caplog.text
+
+
+def file_requests(fake: FakeTelegram) -> list[Recorded]:
+    """Downloads tried, also those that failed (``downloads`` has those that came whole)."""
+    return [r for r in fake.requests if r.path.startswith("/file/")]
 
 
 async def test_a_picture_trimmed_out_of_the_window_is_not_downloaded_again(

@@ -195,7 +195,7 @@ async def test_more_pictures_than_the_window_takes_ask_for_fewer(
     assert seeing.requests == []
 
 
-async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_is_told_of_the_others(
+async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_is_told_once_of_others(
     store: DialogStore, prompts_dir: Path, tmp_path: Path
 ) -> None:
     manager, _, _ = build(store, prompts_dir, tmp_path)
@@ -217,6 +217,12 @@ async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_is_told_of_
     ]
     seen = [p for m in seeing.requests[-1] for p in m.pictures]
     assert [(p.width, p.height) for p in seen] == [(200, 100)]
+    # Told once: the next follow-up sees the second and says nothing of the first.
+    manager, text, seeing = build(store, prompts_dir, tmp_path)
+    assert seeing is not None
+    assert notices(await turn(manager, "and the second?")) == []
+    seen = [p for m in seeing.requests[-1] for p in m.pictures]
+    assert [(p.width, p.height) for p in seen] == [(200, 100)]
     # Then the second goes too: the text model answers, with the conversation's text.
     b.unlink()
     for copy in media.glob("*/*.jpg"):
@@ -229,3 +235,9 @@ async def test_a_follow_up_sees_the_earlier_pictures_still_there_and_is_told_of_
     ]
     assert seeing.requests == [] and len(text.requests) == 1
     assert next(m.text for m in text.requests[0] if m.role == "user") == "compare"
+    # Once told, neither is fetched nor told of again (the file back would not change that).
+    photo(tmp_path / "b.jpg", (200, 100))
+    manager, text, seeing = build(store, prompts_dir, tmp_path)
+    assert seeing is not None
+    assert notices(await turn(manager, "and now?")) == []
+    assert seeing.requests == [] and len(text.requests) == 1
