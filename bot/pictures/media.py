@@ -77,8 +77,9 @@ def write_whole(path: Path, data: bytes) -> None:
     if path.exists():
         return
     partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part")
+    file = partial.open("xb")  # ours alone from here (another's is never removed below)
     try:
-        with partial.open("xb") as file:
+        with file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
