@@ -20,6 +20,7 @@ from bot.kb.documents import (
 )
 from bot.kb.embedders import Embedder, LocalE5Embedder, create_embedder
 from bot.kb.index import KnowledgeBase, delete, list_names
+from bot.kb.readers import Readers
 from bot.settings import Settings
 from tests.fakes import FakeOpenAI
 from tests.kb_files import RETURNS_HTML, make_pdf, write_russian_docs, write_shop_docs
@@ -283,6 +284,39 @@ async def test_searches_run_concurrently_with_indexing(tmp_path: Path, e5: Embed
     finally:
         await writer.aclose()
         await reader.aclose()
+
+
+async def test_a_closed_knowledge_base_is_a_knowledge_error_and_opens_nothing(
+    tmp_path: Path, e5: Embedder
+) -> None:
+    docs = write_shop_docs(tmp_path / "docs")
+    writer = await KnowledgeBase.open(tmp_path, "shop", create=True)
+    await writer.add([docs / "warranty.md"], e5)
+    await writer.aclose()
+    reader = await KnowledgeBase.open(tmp_path, "shop", readonly=True)
+    query = await e5.embed_query("warranty")
+    assert await reader.search(query, 1)
+    await reader.aclose()
+    # A turn searching as the bot stops: a notice for the chat, not a bare RuntimeError.
+    with pytest.raises(KnowledgeError, match="was closed"):
+        await reader.search(query, 1)
+
+    opened: list[sqlite3.Connection] = []
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(f"file:{tmp_path / 'shop.sqlite'}?mode=ro", uri=True)
+        opened.append(conn)
+        return conn
+
+    readers = Readers(tmp_path / "shop.sqlite", connect, lambda: KnowledgeError("gone"))
+    readers.close()
+    # A search that checked a connection out before close() goes on to the vectors: no new
+    # refresher connection may be opened then, as nothing would close it.
+    with pytest.raises(KnowledgeError, match="was closed"):
+        readers.vectors(384)
+    with pytest.raises(KnowledgeError, match="was closed"):
+        readers.checkout()
+    assert opened == []
 
 
 def test_docx_headings_and_paragraphs(tmp_path: Path) -> None:

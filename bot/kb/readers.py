@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bot.errors import KnowledgeError
 from bot.kb import vectors
 from bot.kb.vectors import Snapshot
 
@@ -53,14 +54,28 @@ class Readers:
         self._snapshot: Snapshot | None = None
         self._seen: tuple[Identity | None, int] | None = None  # (file, data_version) it reflects
 
+    def _closed_error(self) -> KnowledgeError:
+        # A search racing the bot's shutdown: a notice in the chat, not a traceback.
+        return KnowledgeError(
+            f"The knowledge base {self.path} was closed (the bot is stopping); "
+            "send the message again once it is running."
+        )
+
     def _open(self) -> sqlite3.Connection:
         current = identity(self.path)
         if current is None:
             raise self._gone()
+        if self._closed:
+            raise self._closed_error()
         conn = self._connect()
         conn.isolation_level = None  # transactions only where asked for (a refresh)
         with self._lock:
-            self._identity[conn] = current
+            closed = self._closed
+            if not closed:
+                self._identity[conn] = current
+        if closed:  # closed while it was opened: close() cannot see it, so it goes here
+            conn.close()
+            raise self._closed_error()
         return conn
 
     def _drop(self, conn: sqlite3.Connection) -> None:
@@ -74,7 +89,7 @@ class Readers:
         while True:
             with self._lock:
                 if self._closed:
-                    raise RuntimeError("the knowledge base is closed")
+                    raise self._closed_error()
                 conn = self._idle.pop() if self._idle else None
                 known = self._identity.get(conn) if conn is not None else None
             if conn is None:
@@ -93,6 +108,8 @@ class Readers:
     def vectors(self, dimension: int) -> Snapshot:
         """The vectors as last committed; read again only what changed since the last call."""
         with self._refresh_lock:
+            if self._closed:  # a new refresher now would never be closed
+                raise self._closed_error()
             current = identity(self.path)
             if self._refresher is not None and self._identity.get(self._refresher) != current:
                 self._drop(self._refresher)
