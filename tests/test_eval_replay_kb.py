@@ -1,6 +1,7 @@
 """``fmbot eval replay`` of a knowledge-base turn: the stored reply's own passages (read again
-from the knowledge base by chunk id), or retrieved again once they are gone. A real
-conversation (``fmbot console``, SQLite), a real knowledge base and e5."""
+from the knowledge base by chunk id, checked by a digest of their text), or retrieved again once
+they are gone or changed. A real conversation (``fmbot console``, SQLite), a real knowledge base
+and e5."""
 
 from __future__ import annotations
 
@@ -45,7 +46,38 @@ async def test_replay_uses_the_turns_passages_while_they_exist(
     assert again.returncode == 0, again.stdout + again.stderr
     assert (
         "passages: 2 retrieved again (the stored reply's passages are no longer in their "
-        "knowledge bases)" in again.stdout
+        "knowledge bases as they were)" in again.stdout
     )
     listed = again.stdout.split("passages: 2 retrieved again")[1]
     assert "[1] " in listed and "warranty.md" not in listed
+
+
+async def test_replay_retrieves_again_once_a_passages_file_was_indexed_again(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    docs = write_shop_docs(tmp_path / "docs")
+    warranty = docs / "warranty.md"
+    env = env | {"FMBOT_KB_DIR": str(tmp_path / "kb")}
+    # The only file: indexed again, its new chunks take the ids its old ones had (SQLite
+    # gives a new row the highest id + 1), so the chunk ids alone would find the new text.
+    built = await fmbot(["kb", "add", "support", str(warranty)], env)
+    assert built.returncode == 0, built.stderr
+    await chat_in_console(
+        env | {"FMBOT_DEFAULT_MODE": "support"}, "shop", ["How long is the warranty?"]
+    )
+    (tmp_path / "draft.yaml").write_text(DRAFT)
+    replay = ["eval", "replay", "shop", "--template", "draft.yaml"]
+    before = await fmbot(replay, env, cwd=tmp_path)
+    assert before.returncode == 0, before.stdout + before.stderr
+    assert "the stored reply was given" in before.stdout
+
+    warranty.write_text(warranty.read_text().replace("two-year", "three-year"))
+    again = await fmbot(["kb", "add", "support", str(warranty)], env)
+    assert again.returncode == 0, again.stderr
+    after = await fmbot(replay, env, cwd=tmp_path)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "the stored reply was given" not in after.stdout
+    assert (
+        "retrieved again (the stored reply's passages are no longer in their knowledge bases "
+        "as they were)" in after.stdout
+    )

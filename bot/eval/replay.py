@@ -5,8 +5,9 @@ History is not trimmed to the model's context window here (that needs the model'
 the running bot's budget); a turn whose history does not fit fails with the model's error.
 
 A template with ``knowledge:`` gets the passages the stored reply was given (the assistant turn
-keeps their knowledge base and chunk id, read again from the knowledge base); when they are gone
-(the file was indexed again) or the turn had none, passages are retrieved as the bot would.
+keeps their knowledge base, chunk id and a digest of their text; read again from the knowledge
+base); when they are gone or changed (the file was indexed again), the turn had none or was
+stored without digests, passages are retrieved as the bot would.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ async def turn_passages(
         hits = await retriever.stored(turn.stored_passages)
         if hits is not None:
             return hits, f"passages: the {len(hits)} the stored reply was given"
-        why = "the stored reply's passages are no longer in their knowledge bases"
+        why = "the stored reply's passages are no longer in their knowledge bases as they were"
     else:
         why = "the stored reply was given none"
     hits = await template_passages(retriever, template, turn.message, turn.history)

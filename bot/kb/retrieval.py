@@ -12,6 +12,7 @@ so that its first user does not wait for it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Iterable, Sequence
@@ -50,11 +51,19 @@ def turn_query(text: str, history: Sequence[Message]) -> str:
     return f"{previous}\n{text}".strip()
 
 
+def text_digest(text: str) -> str:
+    """A short digest of a passage's text: enough to tell it changed, small to store per turn."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def hit_records(hits: Sequence[Hit], *, text: bool = True) -> list[dict[str, object]]:
-    """The passages a reply was given, numbered, as stored with it (text optional)."""
+    """The passages a reply was given, numbered, as stored with it: their text, or (``text``
+    False) its digest, which tells a chunk id reused by indexing a file again from the same
+    passage."""
     return [
         {"n": n, "kb": h.kb, "source": h.source, "heading": h.heading, "chunk": h.chunk_id,
-         "score": round(h.score, 4)} | ({"text": h.text} if text else {})
+         "score": round(h.score, 4)}
+        | ({"text": h.text} if text else {"digest": text_digest(h.text)})
         for n, h in enumerate(hits, 1)
     ]  # fmt: skip
 
@@ -152,25 +161,28 @@ class Retriever:
         return tuple(await self.search(names, turn_query(text, history), k, min_score))
 
     async def stored(self, records: Sequence[object]) -> tuple[Hit, ...] | None:
-        """The passages a stored reply was given (its ``knowledge`` meta: kb and chunk id per
-        passage), read again from their knowledge bases; None when any of them is gone (its
-        file was indexed again, or the knowledge base removed)."""
-        wanted: list[tuple[str, int, float]] = []
+        """The passages a stored reply was given (its ``knowledge`` meta: kb, chunk id and text
+        digest per passage), read again from their knowledge bases; None when any of them is
+        gone or changed (its file was indexed again: chunk ids are reused, so the digest must
+        match; or the knowledge base removed), and for turns stored without digests."""
+        wanted: list[tuple[str, int, str, float]] = []
         for item in records:
             if not isinstance(item, dict):
                 return None
-            kb, chunk, score = item.get("kb"), item.get("chunk"), item.get("score", 0.0)
-            if not isinstance(kb, str) or not isinstance(chunk, int):
+            kb, chunk, digest = item.get("kb"), item.get("chunk"), item.get("digest")
+            score = item.get("score", 0.0)
+            if not isinstance(kb, str) or not isinstance(chunk, int) or not isinstance(digest, str):
                 return None
-            wanted.append((kb, chunk, float(score) if isinstance(score, int | float) else 0.0))
+            score = float(score) if isinstance(score, int | float) else 0.0
+            wanted.append((kb, chunk, digest, score))
         hits = []
-        for kb_name, chunk, score in wanted:
+        for kb_name, chunk, digest, score in wanted:
             try:
                 kb = await self._kb(kb_name)
             except KnowledgeError:
                 return None
             found = await kb.chunk(chunk)
-            if found is None:
+            if found is None or text_digest(found.text) != digest:
                 return None
             hits.append(Hit(found.source, found.heading, found.text, score, chunk, kb_name))
         return tuple(hits)
