@@ -131,6 +131,18 @@ async def test_fixed_variables_apply_unless_a_column_says_otherwise(
     assert [r["reply"] for r in out] == ["Tone plain, 6 | Q: a", "Tone sharp, 6 | Q: b"]
 
 
+async def test_an_input_with_a_passages_column_runs_and_keeps_it(
+    tmp_path: Path, template: PromptTemplate
+) -> None:
+    # Retrieval datasets often carry their own passages: a column the results do not add.
+    rows = [{"message": "hi", "passages": "[1] gold passage"}]
+    out, _ = await run(
+        template, Echo(), write_input(tmp_path, "jsonl", rows), tmp_path / "o.parquet"
+    )
+    assert out[0]["status"] == "ok" and out[0]["passages"] == "[1] gold passage"
+    assert out[0]["retrieved"] is None  # a template without knowledge: null, as README says
+
+
 async def test_rerun_sends_only_failed_and_changed_rows(
     tmp_path: Path, template: PromptTemplate
 ) -> None:

@@ -109,6 +109,6 @@ async def test_a_knowledge_template_in_batch_mode_keeps_its_passages_across_a_re
     assert collected.returncode == 0, collected.stdout + collected.stderr
     assert len(fake.tasks) == 1
     [row] = results(out)
-    passages = json.loads(str(row["passages"]))
+    passages = json.loads(str(row["retrieved"]))
     assert [p["n"] for p in passages] == [1, 2] and passages[0]["source"] == "warranty.md"
     assert str(row["reply"]).startswith("echo: [1] Every product")

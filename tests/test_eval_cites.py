@@ -65,7 +65,7 @@ async def test_passages_are_retrieved_recorded_and_citations_checked(
     by = {(r["template"], r["case"]): r for r in rows}
 
     warranty = by[("numbered.yaml", 0)]
-    passages = warranty["passages"]
+    passages = warranty["retrieved"]
     assert isinstance(passages, list) and [p["n"] for p in passages] == [1, 2]
     first = passages[0]
     assert first["kb"] == "shop" and first["source"] == "warranty.md"
@@ -137,7 +137,7 @@ async def test_batch_run_of_a_knowledge_template_records_its_passages(
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     [row] = pq.read_table(out).to_pylist()
-    assert "two-year" in str(row["reply"]) and '"source": "warranty.md"' in str(row["passages"])
+    assert "two-year" in str(row["reply"]) and '"source": "warranty.md"' in str(row["retrieved"])
 
 
 def test_cites_without_retrieval_is_an_error_of_the_assertion() -> None:

@@ -47,8 +47,8 @@ from bot.batch.runner import (
     case_passages,
     failure_kind,
     make_cases,
-    passages_column,
     render_case,
+    retrieved_column,
 )
 from bot.batch.yandex import (
     BatchClient,
@@ -288,7 +288,7 @@ async def _submit(
         except (FmbotError, ValueError) as exc:
             await record(_failed(case.row, case.key, str(exc), "input"))
             continue
-        column = passages_column(template, hits)
+        column = retrieved_column(template, hits)
         if column is not None:
             passages[case.row] = column
     for attempt in range(2):
@@ -395,7 +395,7 @@ async def _collect(
                     reply=reply,
                     input_tokens=usage.input_tokens,
                     output_tokens=usage.output_tokens,
-                    passages=task.passages.get(row),
+                    retrieved=task.passages.get(row),
                 )
             )
         elif line in by_line:

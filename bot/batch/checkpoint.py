@@ -41,7 +41,7 @@ class RowResult:
     latency_ms: int | None = None
     failure: Failure | None = None
     #: The passages retrieved for the row (a template with ``knowledge:``), as JSON.
-    passages: str | None = None
+    retrieved: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RowResult:
@@ -62,7 +62,7 @@ class RowResult:
             output_tokens=number("output_tokens"),
             latency_ms=number("latency_ms"),
             failure=failure if failure in ("retry", "input", "other") else None,
-            passages=None if data.get("passages") is None else str(data["passages"]),
+            retrieved=None if data.get("retrieved") is None else str(data["retrieved"]),
         )
 
 

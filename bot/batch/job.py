@@ -220,5 +220,5 @@ def _columns(result: RowResult) -> dict[str, object]:
         "input_tokens": result.input_tokens,
         "output_tokens": result.output_tokens,
         "latency_ms": result.latency_ms,
-        "passages": result.passages,
+        "retrieved": result.retrieved,
     }

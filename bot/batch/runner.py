@@ -90,8 +90,8 @@ async def case_passages(
     return await template_passages(retriever, template, message)
 
 
-def passages_column(template: PromptTemplate, hits: tuple[Hit, ...]) -> str | None:
-    """A row's ``passages`` cell: the retrieved passages as JSON (None without knowledge)."""
+def retrieved_column(template: PromptTemplate, hits: tuple[Hit, ...]) -> str | None:
+    """A row's ``retrieved`` cell: the retrieved passages as JSON (None without knowledge)."""
     if not template.knowledge:
         return None
     return json.dumps(hit_records(hits), ensure_ascii=False)
@@ -140,7 +140,7 @@ class Runner:
             input_tokens=usage.input_tokens if usage else None,
             output_tokens=usage.output_tokens if usage else None,
             latency_ms=_elapsed_ms(started),
-            passages=passages_column(self.template, hits),
+            retrieved=retrieved_column(self.template, hits),
         )
 
     def _failed(self, case: Case, error: str, started: float, failure: Failure) -> RowResult:

@@ -31,7 +31,7 @@ RESULT_FIELDS: tuple[tuple[str, Any], ...] = (
     ("input_tokens", pa.int64()),
     ("output_tokens", pa.int64()),
     ("latency_ms", pa.int64()),
-    ("passages", pa.string()),
+    ("retrieved", pa.string()),
 )
 RESULT_COLUMNS = tuple(name for name, _ in RESULT_FIELDS)
 

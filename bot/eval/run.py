@@ -293,7 +293,7 @@ async def _cell(
     case = loaded.cases[key.case]
     message = str(case.values.get("message") or "")
     status = str(row.get("status"))
-    passages = _passages(row.get("passages"))
+    passages = _passages(row.get("retrieved"))
     graded: list[GradedAssertion] = []
     if status == "ok":
         reply = Reply(
@@ -325,7 +325,7 @@ async def _cell(
 
 
 def _passages(cell: object) -> list[dict[str, object]] | None:
-    """A batch row's ``passages`` (JSON) as records; None for a template without knowledge."""
+    """A batch row's ``retrieved`` (JSON) as records; None for a template without knowledge."""
     if not isinstance(cell, str):
         return None
     found = json.loads(cell)
@@ -350,7 +350,7 @@ def result_rows(result: EvalResult) -> list[dict[str, object]]:
             "input_tokens": c.input_tokens,
             "output_tokens": c.output_tokens,
             "latency_ms": c.latency_ms,
-            "passages": c.passages,
+            "retrieved": c.passages,
             "assertions": [
                 {
                     "type": g.assertion.type,
