@@ -4,6 +4,7 @@ And a knowledge template's passages in batch mode (``fmbot batch run``), across 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from bot.batch.yandex import BatchClient
+from bot.errors import ModelError
+from bot.eval.run import run_eval
+from bot.eval.suite import load_suite
+from bot.settings import load_settings
 from tests.eval_helpers import fmbot
 from tests.fakes.yandex_batch_server import FakeYandexBatch
 from tests.kb_files import build_shop_kb
@@ -112,3 +118,27 @@ async def test_a_knowledge_template_in_batch_mode_keeps_its_passages_across_a_re
     passages = json.loads(str(row["retrieved"]))
     assert [p["n"] for p in passages] == [1, 2] and passages[0]["source"] == "warranty.md"
     assert str(row["reply"]).startswith("echo: [1] Every product")
+
+
+async def test_a_failing_job_cancels_the_others_and_raises_its_own_error(
+    tmp_path: Path, env: dict[str, str], fake: FakeYandexBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        if name.startswith(("FMBOT_", "YANDEX_")):
+            monkeypatch.setenv(name, value)  # the jobs read their model's settings from it
+    # lite/rc is refused as its task starts; the lite/latest tasks would run on and on.
+    fake.total_batches = 10_000
+    suite = write_suite(tmp_path, models=f"['{LITE}', 'yandex:yandexgpt-lite/rc']")
+    settings = load_settings()
+    loaded = load_suite(suite, settings)
+    assert not loaded.problems
+    client = BatchClient.from_settings(settings, poll_initial=0.02, poll_max=0.02)
+    async with client:
+        with pytest.raises(ModelError, match="not supported in batch mode"):  # not a group
+            async with asyncio.timeout(60):
+                await run_eval(loaded, tmp_path / "out", batch=client)
+        heard = len(fake.calls)
+        await asyncio.sleep(0.5)
+        # The other jobs were stopped before run_eval returned (and closed its retriever, and
+        # the caller its client): nothing polls on.
+        assert fake.calls[heard:] == []

@@ -215,8 +215,15 @@ class _Run:
         result = EvalResult(threshold=loaded.suite.threshold, repeats=repeat)
         grading = asyncio.Semaphore(max(1, self.concurrency))
         if self.batch is not None:
-            # Every job is a task on the service: they wait there side by side.
-            done = await asyncio.gather(*(self._job(job, grading) for job in jobs))
+            # Every job is a task on the service: they wait there side by side. A failure
+            # cancels the others before the caller closes the client and retriever they use
+            # (their tasks keep running on the service, noted for the next run to collect).
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self._job(job, grading)) for job in jobs]
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None  # the first failure's one line, not a group
+            done = [task.result() for task in tasks]
         else:
             done = [await self._job(job, grading) for job in jobs]  # each one bounded itself
         for cells in done:
