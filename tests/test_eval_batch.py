@@ -136,7 +136,7 @@ async def test_a_failing_job_cancels_the_others_and_raises_its_own_error(
     async with client:
         with pytest.raises(ModelError, match="not supported in batch mode"):  # not a group
             async with asyncio.timeout(60):
-                await run_eval(loaded, tmp_path / "out", batch=client)
+                await run_eval(loaded, tmp_path / "out", settings, batch=client)
         heard = len(fake.calls)
         await asyncio.sleep(0.5)
         # The other jobs were stopped before run_eval returned (and closed its retriever, and

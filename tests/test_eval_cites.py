@@ -10,6 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bot.eval.assertions import Assertion, Reply, check
+from bot.eval.run import run_eval
+from bot.eval.suite import load_suite
+from bot.settings import load_settings
 from tests.eval_helpers import env, fmbot, graded
 from tests.kb_files import build_shop_kb
 
@@ -145,3 +148,21 @@ def test_cites_without_retrieval_is_an_error_of_the_assertion() -> None:
     assert not outcome.passed and outcome.error
     none_found = check(Assertion(type="cites"), Reply("see [1]", 1, 1, ()))
     assert none_found.reason == "cites [1], not retrieved (no passage was retrieved)"
+
+
+async def test_a_suite_runs_with_the_knowledge_bases_of_the_settings_it_was_loaded_with(
+    tmp_path: Path, kb_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the web Evaluate view runs it: the server's settings, not the environment's, whose
+    # FMBOT_KB_DIR here holds no knowledge base.
+    monkeypatch.setenv("FMBOT_KB_DIR", str(tmp_path / "elsewhere"))
+    settings = load_settings(
+        FMBOT_HOME=str(tmp_path / "home"), FMBOT_TEXT_MODEL="echo:", FMBOT_KB_DIR=str(kb_dir)
+    )
+    suite = write_suite(tmp_path, "  - message: How long is the warranty?\n")
+    loaded = load_suite(suite, settings)
+    assert not loaded.problems  # validated against kb_dir
+    result = await run_eval(loaded, tmp_path / "out", settings)
+    [cell] = result.cells
+    assert (cell.status, cell.error) == ("ok", None)
+    assert cell.passages is not None and cell.passages[0]["source"] == "warranty.md"

@@ -249,6 +249,7 @@ def run(
                 result = await run_eval(
                     loaded,
                     target,
+                    settings,
                     repeat=repeat,
                     concurrency=concurrency,
                     progress=_Bar(bar, cells),

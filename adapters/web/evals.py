@@ -96,7 +96,7 @@ class EvalRoutes:
             try:
                 with tempfile.TemporaryDirectory(prefix="fmbot-web-eval-") as output:
                     result = await run_eval(
-                        chosen, Path(output), cache=cache_dir(self.settings.home)
+                        chosen, Path(output), self.settings, cache=cache_dir(self.settings.home)
                     )
             except ConfigError as exc:
                 return error(422, str(exc))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.batch.model import batch_settings, options_for
 from bot.eval.assertions import Assertion, Outcome, Reply, check
@@ -16,6 +17,9 @@ from bot.kb.embedders import Embedder
 from bot.kb.retrieval import Retriever
 from bot.models.base import TextModel
 from bot.models.registry import get_text_model
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 #: Grades an llm-rubric assertion (the judge): (assertion, reply, question) -> outcome.
 Judge = Callable[[Assertion, str, str], Awaitable[Outcome]]
@@ -73,26 +77,27 @@ def grounded(loaded: LoadedSuite) -> bool:
     return any(v.template.knowledge for v in loaded.versions)
 
 
-def embedder_for(loaded: LoadedSuite, cache: Path | None) -> Embedder | None:
+def embedder_for(loaded: LoadedSuite, settings: Settings, cache: Path | None) -> Embedder | None:
     """FMBOT_EMBED_MODEL's embedder (behind the cache) when an assertion embeds or a template
-    retrieves passages; creating it makes no request and loads no model."""
+    retrieves passages; creating it makes no request and loads no model. ``settings``: those the
+    suite was loaded (and its knowledge bases checked) with."""
     from bot.eval.similarity import CachedEmbedder
     from bot.kb.embedders import create_embedder
-    from bot.settings import load_settings
 
     if not uses(loaded.suite, loaded.cases, "similar") and not grounded(loaded):
         return None
-    embedder = create_embedder(load_settings())
+    embedder = create_embedder(settings)
     return CachedEmbedder(embedder, cache / EMBEDDINGS_DIR) if cache is not None else embedder
 
 
-def retriever_for(loaded: LoadedSuite, embedder: Embedder | None) -> Retriever | None:
-    """Passages for knowledge templates, found as the bot finds them (FMBOT_KB_DIR)."""
-    from bot.settings import load_settings
-
+def retriever_for(
+    loaded: LoadedSuite, settings: Settings, embedder: Embedder | None
+) -> Retriever | None:
+    """Passages for knowledge templates, found as the bot finds them (``settings``'
+    FMBOT_KB_DIR, where load_suite found the knowledge bases)."""
     if embedder is None or not grounded(loaded):
         return None
-    return Retriever(load_settings().knowledge_dir, embedder)
+    return Retriever(settings.knowledge_dir, embedder)
 
 
 def similar_for(loaded: LoadedSuite, embedder: Embedder | None) -> Similar | None:

@@ -43,6 +43,7 @@ from bot.models.registry import get_text_model
 
 if TYPE_CHECKING:
     from bot.batch.yandex import BatchClient, TaskState
+    from bot.settings import Settings
 
 RESULTS = "results.parquet"
 SUITE_AS_RUN = "suite.yaml"
@@ -144,6 +145,7 @@ def _number(value: object) -> int | None:
 async def run_eval(
     loaded: LoadedSuite,
     output: Path,
+    settings: Settings,
     *,
     repeat: int = 1,
     concurrency: int = 4,
@@ -152,9 +154,10 @@ async def run_eval(
     only: set[tuple[int, str, str]] | None = None,
     batch: BatchClient | None = None,
 ) -> EvalResult:
-    """Run and grade the suite into ``output`` (a directory). ``only``: the (case, template,
-    model) cells to run (``--filter-failing``); ``cache``: the cache's directory (None: send
-    every request); ``batch``: run each job as a Yandex batch task with this client (``--mode
+    """Run and grade the suite into ``output`` (a directory). ``settings``: those the suite was
+    loaded with (its embedder and knowledge bases are found with them). ``only``: the (case,
+    template, model) cells to run (``--filter-failing``); ``cache``: the cache's directory (None:
+    send every request); ``batch``: run each job as a Yandex batch task with this client (``--mode
     batch``: every model a ``yandex:`` one)."""
     runs = output / "runs"
     try:
@@ -165,8 +168,8 @@ async def run_eval(
     except OSError as exc:
         raise unwritable(output, exc) from exc
     wrap = cached(cache) if cache is not None else None
-    embedder = embedder_for(loaded, cache)
-    retriever = retriever_for(loaded, embedder)
+    embedder = embedder_for(loaded, settings, cache)
+    retriever = retriever_for(loaded, settings, embedder)
     try:
         graders = Graders(await judge_for(loaded, wrap), similar_for(loaded, embedder))
         run = _Run(loaded, runs, concurrency, progress, wrap, graders, retriever, batch)
