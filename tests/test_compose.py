@@ -150,7 +150,7 @@ def test_prometheus_is_opt_in_and_scrapes_the_port_the_roles_serve(compose: dict
 
 def test_the_grafana_dashboard_graphs_only_families_fmbot_exports() -> None:
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
-    exported = {family._name for family in metrics.FAMILIES}
+    exported = {family.name for family in metrics.FAMILIES}
     used: set[str] = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
