@@ -77,12 +77,22 @@ def check_metrics_cost(runs: dict[str, str], turns: int, out: str) -> None:
     a, b, more = float(cpu.group(1)), float(cpu.group(2)), float(cpu.group(3))
     assert a > 0 and b > 0 and abs(100 * (b - a) / a - more) < 0.2
     assert abs(a - int(cpu.group(4))) <= 1 and abs(b - int(cpu.group(5))) <= 1  # one round
-    counting = re.fullmatch(
-        r"  counting +([\d.]+) µs of CPU per turn measured on its own, ([\d.]+)% of a turn's "
-        r"CPU without metrics",
+    paired = re.fullmatch(
+        r"  paired +CPU per turn with less without, round by round: median ([-+][\d.]+)% "
+        r"\(([-+][\d.]+)\)",
         lines[2],
     )
-    assert counting is not None and float(counting.group(1)) > 0, lines
+    assert paired is not None, lines
+    assert paired.group(1) == paired.group(2)  # one round: its own difference
+    assert abs(float(paired.group(1)) - more) < 0.2  # one round: the medians' difference
+    counting = re.fullmatch(
+        r"  counting +(-?[\d.]+) µs of CPU per turn measured on its own, (-?[\d.]+)% of a "
+        r"turn's CPU without metrics",
+        lines[3],
+    )
+    assert counting is not None, lines
+    # Measured, not made up: well under the cost of a whole turn (a difference of two timings).
+    assert abs(float(counting.group(1))) < a, lines
 
 
 def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(

@@ -160,3 +160,27 @@ def test_the_grafana_dashboard_graphs_only_families_fmbot_exports() -> None:
     assert used <= exported, used - exported
     # The families an operator asks about first are on it.
     assert {"fmbot_turns", "fmbot_queue_pending", "fmbot_model_errors"} <= used
+
+
+def test_the_grafana_dashboards_filters_select_labels_the_families_have() -> None:
+    """``$channel`` and ``$model`` narrow the panels: each selector names a label its family
+    has, each variable is defined from a family that has that label, and every one is used."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    labels = {family.name: set(family.labelnames) for family in metrics.FAMILIES}
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name, variable in variables.items():
+        found = re.fullmatch(r"label_values\((fmbot_[a-z_]+), ([a-z_]+)\)", variable["definition"])
+        assert found is not None, variable
+        family = re.sub(r"_(total|bucket|count|sum)$", "", found.group(1))
+        assert found.group(2) in labels[family], variable
+        assert variable["includeAll"] and variable["allValue"] == ".*"  # All: no filter
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for metric, selector in re.findall(r"\b(fmbot_[a-z_]+)\{([^}]*)\}", target["expr"]):
+                family = re.sub(r"_(total|bucket|count|sum)$", "", metric)
+                for label, variable in re.findall(r'(\w+)=~"\$(\w+)"', selector):
+                    assert label in labels[family], (metric, label)
+                    assert variable in variables, variable
+                    used.add(variable)
+    assert used == set(variables) == {"channel", "model"}

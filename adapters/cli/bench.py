@@ -52,7 +52,8 @@ Printed figures, per run:
 
 Then what metrics cost (``--cost-rounds``, ``--cost-turns``): shorter best-case runs alternately
 without and with metrics, A B B A ..., and the medians of both sides' throughput and CPU time per
-turn compared (:class:`CostRounds`), with the CPU time of the counting alone.
+turn compared (:class:`CostRounds`), then each round's B against its A (paired), and the CPU time
+the counting takes on its own.
 """
 
 from __future__ import annotations
@@ -335,6 +336,12 @@ class CostRounds:
         rate_a, rate_b = (statistics.median(r.rate for r in side) for side in (a, b))
         cpu_a, cpu_b = (statistics.median(r.cpu_per_turn for r in side) for side in (a, b))
         per_turn = counting_cost()
+        # Each round ran one A and one B next to each other: their difference leaves out most of
+        # the drift of a shared machine's load, which the medians of the two sides keep.
+        paired = [
+            100 * (rb.cpu_per_turn - ra.cpu_per_turn) / max(ra.cpu_per_turn, 1e-12)
+            for ra, rb in zip(a, b, strict=True)
+        ]
 
         def rates(side: list[BenchResult]) -> str:
             return " ".join(f"{r.rate:.0f}" for r in side)
@@ -351,7 +358,9 @@ class CostRounds:
             f"  CPU per turn  {cpu_a * 1e6:.1f} µs without, {cpu_b * 1e6:.1f} µs with "
             f"({100 * (cpu_b - cpu_a) / max(cpu_a, 1e-12):+.1f}%, the limit is +5%; A {cpus(a)}, "
             f"B {cpus(b)})",
-            # The counting alone, free of everything else a turn does: what metrics cost at least.
+            f"  paired        CPU per turn with less without, round by round: median "
+            f"{statistics.median(paired):+.1f}% ({' '.join(f'{d:+.1f}' for d in paired)})",
+            # The counting alone, free of everything else a turn does.
             f"  counting      {per_turn * 1e6:.1f} µs of CPU per turn measured on its own, "
             f"{100 * per_turn / max(cpu_a, 1e-12):.1f}% of a turn's CPU without metrics",
         ]
@@ -408,11 +417,12 @@ def counting_cost(turns: int = 20_000) -> float:
             metrics.enable(False)
 
     # Alternated, the least of three each: a burst of other work on the machine is left out.
+    # Not clamped at 0: on a busy machine the difference can come out negative, and says so.
     off, on = [], []
     for _ in range(3):
         off.append(cpu(False))
         on.append(cpu(True))
-    return max(0.0, min(on) - min(off)) / turns
+    return (min(on) - min(off)) / turns
 
 
 async def run_benches(
