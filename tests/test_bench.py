@@ -26,6 +26,8 @@ from bot.queue.worker import CONCURRENCY
 TINY = ["--chats", "20", "--turns", "200", "--many-chats", "60", "--rate", "400"]
 TINY += ["--live-seconds", "0.5"]  # 200 messages sent while the worker runs
 TINY += ["--cost-rounds", "1"]  # one A/B pair of 200 turns each
+TINY += ["--toggle-ms", "5"]  # some 20 stretches in a run of 200 turns
+TOGGLED = "best case, metrics on and off"
 STEADY = "queued while the worker holds every chat (each answered once before)"
 
 
@@ -54,6 +56,7 @@ def check_metrics_cost(runs: dict[str, str], turns: int, out: str) -> None:
     assert counted is not None and int(counted.group(1)) == turns, runs["best case, metrics on"]
     assert int(counted.group(2)) > 1000
     assert "metrics " not in runs["best case"]
+    check_toggled(runs[TOGGLED], 200)
     head, *lines = runs["metrics cost"].splitlines()
     assert re.fullmatch(
         r"metrics cost: 1 rounds of the best case \(200 turns each\) without \(A\) and with "
@@ -95,6 +98,36 @@ def check_metrics_cost(runs: dict[str, str], turns: int, out: str) -> None:
     assert abs(float(counting.group(1))) < a, lines
 
 
+def check_toggled(block: str, turns: int) -> None:
+    """Metrics switched on and off while the clock ran: the turns of both sides add up to the
+    run's (less the last stretch, cut by the run's end), the metrics counted the on stretches'
+    turns (give or take the 8 under way at each switch), and the printed figures are theirs."""
+    cost = re.search(
+        r"^  metrics cost +switched on and off every 5 ms while the clock ran: ([\d.]+) µs of CPU "
+        r"per turn off \((\d+) turns\), ([\d.]+) µs on \((\d+) turns, (\d+) counted\): "
+        r"([-+][\d.]+)%, the limit is \+5%$",
+        block,
+        re.M,
+    )
+    assert cost is not None, block
+    per_off, per_on, more = float(cost.group(1)), float(cost.group(3)), float(cost.group(6))
+    off, on, counted = int(cost.group(2)), int(cost.group(4)), int(cost.group(5))
+    assert off > 0 and on > 0 and off + on <= turns, block
+    assert abs(100 * (per_on / per_off - 1) - more) < 0.2, block
+    paired = re.search(
+        r"^  paired +neighbouring stretches, on against off: median ([-+][\d.]+)% over (\d+) "
+        r"pairs$",
+        block,
+        re.M,
+    )
+    assert paired is not None, block
+    pairs = int(paired.group(2))
+    assert pairs >= 1, block
+    switches = 2 * pairs + 2  # and perhaps one stretch more, cut short
+    assert abs(counted - on) <= 8 * switches, block
+    assert re.search(r"^  counting +-?[\d.]+ µs of CPU per turn measured on its own", block, re.M)
+
+
 def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     redis_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,6 +140,7 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     assert list(runs) == [
         "best case",
         "best case, metrics on",
+        TOGGLED,
         "steady state",
         "many chats",
         "real concurrency",
@@ -120,6 +154,7 @@ def test_bench_reports_the_best_case_many_chats_real_concurrency_and_a_live_run(
     expected = {  # chats, turns, turns at once, words describing how messages arrive
         "best case": (20, 200, 8, "queued before the clock starts"),
         "best case, metrics on": (20, 200, 8, "queued before the clock starts"),
+        TOGGLED: (20, 200, 8, "queued before the clock starts"),
         "steady state": (20, 200, 8, STEADY),
         "many chats": (60, 200, 8, STEADY),
         "real concurrency": (20, 200, CONCURRENCY, "queued before the clock starts"),
@@ -190,7 +225,7 @@ def test_bench_without_the_queue_calls_the_manager_directly(
     result = CliRunner().invoke(app, ["bench", *TINY, "--redis", redis_server, "--no-queue"])
     assert result.exit_code == 0, result.output
     runs = blocks(result.output)
-    assert list(runs) == ["best case", "best case, metrics on", "metrics cost"], result.output
+    assert list(runs) == ["best case", "best case, metrics on", TOGGLED, "metrics cost"], runs
     check_metrics_cost(runs, 200, result.output)  # the manager directly: no warm-up
     block = runs["best case"]
     assert "20 chats, 200 turns the manager called directly, 8 turns at once" in block

@@ -168,7 +168,7 @@ def test_the_grafana_dashboards_filters_select_labels_the_families_have() -> Non
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     labels = {family.name: set(family.labelnames) for family in metrics.FAMILIES}
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    for name, variable in variables.items():
+    for variable in variables.values():
         found = re.fullmatch(r"label_values\((fmbot_[a-z_]+), ([a-z_]+)\)", variable["definition"])
         assert found is not None, variable
         family = re.sub(r"_(total|bucket|count|sum)$", "", found.group(1))

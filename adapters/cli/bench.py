@@ -81,6 +81,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.cli.bench_cost import TOGGLE, CostRounds, Toggled, Toggler, cost_order
 from bot.app import open_prompts
 from bot.dialog import DialogManager
 from bot.errors import FmbotError
@@ -145,6 +146,8 @@ class Run:
     #: Steady state: every chat's first turn is answered before the clock (not counted in
     #: ``turns``) by the worker that then answers the backlog, so each chat is in its copy.
     steady: bool = False
+    #: Seconds: metrics switched on and off this often while the clock runs (bench_cost.Toggler).
+    toggle: float = 0.0
 
     def describe(self, queue: bool) -> str:
         if not queue:
@@ -170,11 +173,13 @@ def plan_runs(
     many_chats: int = 20_000,
     rate: float = 500.0,
     live_seconds: float = 10.0,
+    toggle: float = TOGGLE,
 ) -> list[Run]:
     """The runs of one ``fmbot bench``: the best case first, then what real use adds."""
     runs = [
         Run("best case", chats, turns, concurrency),
         Run("best case, metrics on", chats, turns, concurrency, metrics=True),
+        Run("best case, metrics on and off", chats, turns, concurrency, toggle=toggle),
     ]
     if many_chats:
         # The same number of turns with few and with many chats, each chat answered once before
@@ -222,6 +227,8 @@ class BenchResult:
     cache: tuple[int, int] | None = None
     #: Metrics runs: turns counted in fmbot_turns_total, and one scrape's size at the end.
     exposition: tuple[int, int] | None = None
+    #: Toggled runs: the stretches with metrics on and off.
+    toggled: Toggled | None = None
     #: CPU time of this process (the worker: handlers, event loop, Redis client) while the
     #: clock ran; unlike wall time it does not grow when other processes take the cores.
     cpu_seconds: float = 0.0
@@ -282,6 +289,8 @@ class BenchResult:
                 f"  metrics       {counted} turns counted (warm-up included); one scrape at the "
                 f"end: {size} bytes"
             )
+        if self.toggled is not None:
+            lines.extend(self.toggled.report())
         if self.delivered is not None:
             marked, chats = self.delivered
             lines.append(f"  delivered     marks on {marked}/{chats} chats name their last turn")
@@ -319,58 +328,6 @@ def many_chats_cost(results: list[BenchResult]) -> list[str]:
     ]
 
 
-@dataclass
-class CostRounds:
-    """The best case run again and again, alternately without (A) and with (B) metrics, in the
-    order A B B A A B B A ...: a machine whose load drifts during the rounds (other processes
-    on the same cores) then weighs on both sides alike, and the medians drop a round that an
-    outside burst slowed down. CPU time per turn is the figure to trust on a shared machine:
-    wall time also counts the time other processes held the cores."""
-
-    without: list[BenchResult]
-    with_: list[BenchResult]
-    order: str
-
-    def report(self) -> list[str]:
-        a, b = self.without, self.with_
-        rate_a, rate_b = (statistics.median(r.rate for r in side) for side in (a, b))
-        cpu_a, cpu_b = (statistics.median(r.cpu_per_turn for r in side) for side in (a, b))
-        per_turn = counting_cost()
-        # Each round ran one A and one B next to each other: their difference leaves out most of
-        # the drift of a shared machine's load, which the medians of the two sides keep.
-        paired = [
-            100 * (rb.cpu_per_turn - ra.cpu_per_turn) / max(ra.cpu_per_turn, 1e-12)
-            for ra, rb in zip(a, b, strict=True)
-        ]
-
-        def rates(side: list[BenchResult]) -> str:
-            return " ".join(f"{r.rate:.0f}" for r in side)
-
-        def cpus(side: list[BenchResult]) -> str:
-            return " ".join(f"{r.cpu_per_turn * 1e6:.0f}" for r in side)
-
-        return [
-            f"metrics cost: {len(a)} rounds of the best case ({a[0].turns} turns each) without "
-            f"(A) and with (B) metrics, in the order {self.order}; medians:",
-            f"  throughput    {rate_a:.0f} turns/s without, {rate_b:.0f} with "
-            f"({100 * (rate_a - rate_b) / max(rate_a, 1e-9):+.1f}% lost; A {rates(a)}, "
-            f"B {rates(b)})",
-            f"  CPU per turn  {cpu_a * 1e6:.1f} µs without, {cpu_b * 1e6:.1f} µs with "
-            f"({100 * (cpu_b - cpu_a) / max(cpu_a, 1e-12):+.1f}%, the limit is +5%; A {cpus(a)}, "
-            f"B {cpus(b)})",
-            f"  paired        CPU per turn with less without, round by round: median "
-            f"{statistics.median(paired):+.1f}% ({' '.join(f'{d:+.1f}' for d in paired)})",
-            # The counting alone, free of everything else a turn does.
-            f"  counting      {per_turn * 1e6:.1f} µs of CPU per turn measured on its own, "
-            f"{100 * per_turn / max(cpu_a, 1e-12):.1f}% of a turn's CPU without metrics",
-        ]
-
-
-def cost_order(rounds: int) -> list[bool]:
-    """Metrics off (False) or on for each run of ``rounds`` A/B rounds: A B, B A, A B, ..."""
-    return [on for i in range(rounds) for on in ((False, True) if i % 2 == 0 else (True, False))]
-
-
 async def run_cost_rounds(
     settings: Settings,
     url: str,
@@ -389,40 +346,6 @@ async def run_cost_rounds(
         result = await run_bench(settings, url, one, partitions=partitions, queue=queue)
         (with_ if on else without).append(result)
     return CostRounds(without, with_, " ".join("B" if on else "A" for on in order))
-
-
-def counting_cost(turns: int = 20_000) -> float:
-    """Seconds of CPU that counting adds to one text turn: what the dialog manager and the queue
-    call per turn (bot/dialog.py, bot/queue/partition.py), under a label of its own, with metrics
-    on less the same calls with them off (a turn makes them either way: its id, its status)."""
-
-    def turn() -> None:
-        with metrics.Metered("probe", "bench-probe"):
-            metrics.turn_model("probe")
-            now = time.perf_counter()
-            metrics.reply_ended(
-                "probe", "complete", partial=True, started=now, first_at=now, error=None
-            )
-            metrics.tokens("probe", 1, 1)
-        metrics.count(metrics.QUEUE_ACKED, 0)
-
-    def cpu(on: bool) -> float:
-        metrics.enable(on)
-        try:
-            started = time.process_time()
-            for _ in range(turns):
-                turn()
-            return time.process_time() - started
-        finally:
-            metrics.enable(False)
-
-    # Alternated, the least of three each: a burst of other work on the machine is left out.
-    # Not clamped at 0: on a busy machine the difference can come out negative, and says so.
-    off, on = [], []
-    for _ in range(3):
-        off.append(cpu(False))
-        on.append(cpu(True))
-    return (min(on) - min(off)) / turns
 
 
 async def run_benches(
@@ -466,6 +389,8 @@ async def run_bench(
         if run.metrics:
             scrape = metrics.exposition("worker")
             result.exposition = (_turns_counted(scrape) - counted, len(scrape))
+        if result.toggled is not None:
+            result.toggled.counted = _turns_counted() - counted
         return result
     finally:
         metrics.enable(False)
@@ -507,12 +432,28 @@ async def _direct(manager: DialogManager, plan: list[list[str]], run: Run) -> Be
                 service.append((time.perf_counter() - started) * 1000)
             answered += 1
 
+    toggler = Toggler(lambda: answered, run.toggle) if run.toggle else None
     started, cpu_started = time.perf_counter(), time.process_time()
+    if toggler is not None:
+        toggler.start()
     await asyncio.gather(*(chat(c, m) for c, m in enumerate(plan)))
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
+    toggled = await toggler.stop() if toggler is not None else None
     # Called directly, a turn waits for nothing but the concurrency limit (not measured).
-    return BenchResult(run, answered, seconds, 0, 0, 0, [], service, list(service), cpu_seconds=cpu)
+    return BenchResult(
+        run,
+        answered,
+        seconds,
+        0,
+        0,
+        0,
+        [],
+        service,
+        list(service),
+        cpu_seconds=cpu,
+        toggled=toggled,
+    )
 
 
 @dataclass
@@ -584,6 +525,7 @@ async def _through_queue(
     queue_client = counting_client(url, ordering)
     worker: Worker | None = None
     running: asyncio.Task[None] | None = None
+    toggled: Toggled | None = None
 
     def start_worker() -> None:
         nonlocal worker, running
@@ -598,11 +540,17 @@ async def _through_queue(
         phase = _Phase(total)
         history.count = ordering.count = 0
         cache.hits = cache.misses = 0
+        nonlocal toggled
+        toggler = Toggler(lambda: len(turns), run.toggle) if run.toggle else None
         clock, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
         start()
+        if toggler is not None:
+            toggler.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(phase.done.wait(), timeout=60 + total / 100)
         seconds = (phase.finished or time.perf_counter()) - started
+        if toggler is not None:
+            toggled = await toggler.stop()
         return clock, seconds, (phase.cpu or time.process_time()) - cpu_started
 
     async with contextlib.AsyncExitStack() as cleanup:
@@ -707,6 +655,7 @@ async def _through_queue(
         delivered=delivered,
         cache=(hits, misses),
         cpu_seconds=cpu,
+        toggled=toggled,
     )
 
 

@@ -236,14 +236,22 @@ def bench(
     queue: Annotated[
         bool, typer.Option(help="Through the Redis queue and a worker, or the manager directly.")
     ] = True,
+    toggle_ms: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="What metrics cost in one run: they are switched on and off this often (ms) "
+            "while its clock runs.",
+        ),
+    ] = 50,
     cost_rounds: Annotated[
         int,
         typer.Option(
             min=0,
-            help="What metrics cost: best-case runs without and with metrics, alternated "
-            "(A B, B A, ...), this many pairs; 0: skip.",
+            help="What metrics cost, also over whole runs: best-case runs without and with "
+            "metrics, alternated (A B, B A, ...), this many pairs; 0: skip.",
         ),
-    ] = 4,
+    ] = 0,
     cost_turns: Annotated[
         int, typer.Option(min=1, help="Turns of each of those runs (at most --turns).")
     ] = 2000,
@@ -262,7 +270,6 @@ def bench(
     case, many chats, the real worker concurrency and a live run (see README)."""
     from adapters.cli.bench import (
         BenchResult,
-        CostRounds,
         Run,
         plan_runs,
         profiled,
@@ -270,6 +277,7 @@ def bench(
         run_benches,
         run_cost_rounds,
     )
+    from adapters.cli.bench_cost import CostRounds
     from bot.runtime import run_server
 
     settings = load_settings()
@@ -303,6 +311,7 @@ def bench(
         many_chats=many_chats,
         rate=rate,
         live_seconds=live_seconds,
+        toggle=toggle_ms / 1000,
     )
 
     cost_run = Run("best case", chats, min(turns, cost_turns), concurrency)
