@@ -191,7 +191,8 @@ class DialogManager:
                 self.busy.leave(ticket)
         except StoreError as exc:
             if self.raise_store_errors or isinstance(exc, GivenUpError):
-                raise
+                raise  # counted by the queue's retry loop that gets it
+            metrics.store_error(exc)
             log.error("store failed for chat %s: %s", chat, exc)
             yield Notice(
                 "The service is temporarily unavailable (the conversation store cannot be "
@@ -532,6 +533,7 @@ class DialogManager:
         except GivenUpError:
             raise  # the worker that takes the job over answers and stores it
         except StoreError as exc:
+            metrics.store_error(exc)  # the queue buries a NotSavedError without counting it
             log.error("could not save a turn of chat %s: %s", incoming.chat, exc)
             return False
         metrics.tokens(prompt.model.name, usage.input_tokens, usage.output_tokens)
@@ -545,6 +547,7 @@ class DialogManager:
         try:
             await self.limits.add_tokens(incoming.user or incoming.chat, tokens)
         except StoreError as exc:  # the turn is saved; only the daily budget misses it
+            metrics.store_error(exc)
             log.error("could not count the tokens of chat %s: %s", incoming.chat, exc)
 
     async def _image_turn(

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -23,19 +24,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from bot.dialog import DialogManager
-from bot.errors import ConfigError
-from bot.events import Incoming
+from bot.errors import ConfigError, StoreError
+from bot.events import FinalText, ImageReply, Incoming, Notice, TextDelta
+from bot.limits import Limits, MemoryLimits
+from bot.models.base import ImageModel
 from bot.models.http import RetryPolicy, Timeouts
 from bot.models.openai_compat import OpenAIConnection, OpenAITextModel
+from bot.models.yandex import YandexClient, YandexCredentials, YandexImageModel
 from bot.observe import metrics
 from bot.observe.server import serving
 from bot.prompts.library import PromptLibrary
 from bot.queue import QueueKeys
 from bot.settings import load_settings
+from bot.stores import DialogStore
 from bot.stores.memory import MemoryStore
+from bot.stores.redis import RedisStore
 from tests.conftest import free_port
-from tests.fakes import FakeOpenAI, Fault
+from tests.fakes import FakeOpenAI, FakeYandex, Fault
 from tests.fakes.telegram_server import FakeTelegram
+from tests.test_queue_outage import PrivateRedis
 from tests.test_telegram_roles import base_env, exited, fmbot
 from tests.test_web_api import send
 from tests.web_server import WebServer, web_env
@@ -174,7 +181,23 @@ async def run_turn(manager: DialogManager, chat: str, text: str) -> None:
         pass
 
 
-async def openai_manager(openai: FakeOpenAI, **kwargs: object) -> DialogManager:
+def growth(before: Samples, after: Samples) -> Callable[..., float]:
+    """How much a series of this process (role console) grew from one scrape to the next."""
+
+    def grew(name: str, **labels: str) -> float:
+        labels["role"] = "console"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    return grew
+
+
+async def openai_manager(
+    openai: FakeOpenAI,
+    store: DialogStore | None = None,
+    *,
+    limits: Limits | None = None,
+    image_model: ImageModel | None = None,
+) -> DialogManager:
     connection = OpenAIConnection(
         openai.base_url,
         SecretStr(openai.api_key),
@@ -182,7 +205,11 @@ async def openai_manager(openai: FakeOpenAI, **kwargs: object) -> DialogManager:
         retry=FAST_RETRY,
     )
     manager = DialogManager(
-        MemoryStore(), OpenAITextModel(connection, "gpt-test"), PromptLibrary(PROMPTS)
+        store or MemoryStore(),
+        OpenAITextModel(connection, "gpt-test"),
+        PromptLibrary(PROMPTS),
+        limits=limits,
+        image_model=image_model,
     )
     manager.channel = "console"
     return manager
@@ -227,11 +254,7 @@ async def test_a_good_turn_counts_request_tokens_and_first_token(
     before = await scrape(served)
     await run_turn(manager, "chat-secret-2", "hello there")
     after = await scrape(served)
-
-    def grew(name: str, **labels: str) -> float:
-        labels["role"] = "console"
-        return value(after, name, **labels) - value(before, name, **labels)
-
+    grew = growth(before, after)
     assert grew("fmbot_turns_total", channel="console", status="ok") == 1
     assert grew("fmbot_turn_duration_seconds_count", channel="console") == 1
     assert grew("fmbot_model_requests_total", model="openai:gpt-test", outcome="ok") == 1
@@ -239,6 +262,164 @@ async def test_a_good_turn_counts_request_tokens_and_first_token(
     # The fake's usage: 3 completion tokens; the prompt's depends on the template.
     assert grew("fmbot_model_tokens_total", model="openai:gpt-test", direction="output") == 3
     assert grew("fmbot_model_tokens_total", model="openai:gpt-test", direction="input") > 10
+
+
+@pytest.mark.parametrize("how", ["closed", "cancelled"])
+async def test_a_turn_stopped_mid_stream_is_counted_stopped(
+    openai: FakeOpenAI, served: int, how: str
+) -> None:
+    """The caller stops the turn after its first word: a web client gone (the stream closed),
+    a channel shutting down (the task cancelled)."""
+    manager = await openai_manager(openai)
+    openai.reply = "one two three four five six seven"
+    openai.stream_delay = 0.2  # the reply is still streaming when it is stopped
+    before = await scrape(served)
+    first_word = asyncio.Event()
+
+    async def consume() -> None:
+        async with contextlib.aclosing(manager.handle(Incoming("chat-s", "hi"))) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    first_word.set()
+                    if how == "closed":
+                        return  # aclosing closes the turn's generator here
+                assert not isinstance(event, FinalText), "the reply ended before it was stopped"
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first_word.wait(), 10)
+    if how == "cancelled":
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:
+        await asyncio.wait_for(task, 10)
+    after = await scrape(served)
+    grew = growth(before, after)
+    assert grew("fmbot_turns_total", channel="console", status="stopped") == 1
+    assert grew("fmbot_turns_total", channel="console", status="ok") == 0
+    assert grew("fmbot_model_requests_total", model="openai:gpt-test", outcome="stopped") == 1
+    assert grew("fmbot_turn_duration_seconds_count", channel="console") == 1
+    # What the user saw is stored, as stopped.
+    [_, reply] = await manager.store.read("chat-s")
+    assert reply.meta["status"] == "stopped" and reply.text.startswith("one")
+
+
+async def test_a_turn_refused_for_a_limit_is_counted_limited(
+    openai: FakeOpenAI, served: int
+) -> None:
+    # A daily budget of one token: the first turn spends it, the next is refused.
+    manager = await openai_manager(openai, limits=MemoryLimits(daily_tokens=1))
+    before = await scrape(served)
+    await run_turn(manager, "chat-l", "one")
+    events = [e async for e in manager.handle(Incoming("chat-l", "two", user="secret-user-7"))]
+    after = await scrape(served)
+    [refusal] = events
+    assert isinstance(refusal, Notice) and "budget" in refusal.text
+    grew = growth(before, after)
+    assert grew("fmbot_turns_total", channel="console", status="ok") == 1
+    assert grew("fmbot_turns_total", channel="console", status="limited") == 1
+    # The refused turn called no model.
+    assert grew("fmbot_model_requests_total", model="openai:gpt-test", outcome="ok") == 1
+    no_user_ids(after, "chat-l", "secret-user-7")
+
+
+@pytest.fixture
+async def yandex() -> AsyncIterator[FakeYandex]:
+    async with FakeYandex() as server:
+        yield server
+
+
+@pytest.fixture
+async def art(yandex: FakeYandex) -> AsyncIterator[YandexImageModel]:
+    """YandexART against the fake."""
+    credentials = YandexCredentials(
+        folder_id=yandex.folder_id, api_key=SecretStr(yandex.api_key), iam_token=None
+    )
+    client = YandexClient(credentials, fm_url=yandex.llm_url, operations_url=yandex.operations_url)
+    yield YandexImageModel(client, f"art://{yandex.folder_id}/yandex-art/latest", seed=7)
+    await client.aclose()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_pictures_are_counted_by_model_and_outcome(
+    openai: FakeOpenAI, yandex: FakeYandex, art: YandexImageModel, served: int, fails: bool
+) -> None:
+    if fails:
+        yandex.inject(Fault("operation_error", grpc_code=13, message="internal"))
+    manager = await openai_manager(openai, image_model=art)
+    before = await scrape(served)
+    events = [e async for e in manager.handle(Incoming("chat-i", "/image a red apple"))]
+    after = await scrape(served)
+    grew = growth(before, after)
+    model = art.name  # yandex:art://FOLDER/yandex-art/latest
+    outcome, status = ("error", "error") if fails else ("ok", "ok")
+    assert isinstance(events[-1], Notice if fails else ImageReply)
+    assert grew("fmbot_images_total", model=model, outcome=outcome) == 1
+    assert grew("fmbot_images_total", model=model, outcome="ok" if fails else "error") == 0
+    assert grew("fmbot_model_requests_total", model=model, outcome=outcome) == 1
+    assert grew("fmbot_turns_total", channel="console", status=status) == 1
+    errors = sum(v for (name, _), v in after.items() if name == "fmbot_model_errors_total")
+    errors -= sum(v for (name, _), v in before.items() if name == "fmbot_model_errors_total")
+    assert errors == (1 if fails else 0)
+
+
+async def test_redis_store_errors_a_turn_meets_are_counted(
+    openai: FakeOpenAI, served: int, tmp_path: Path
+) -> None:
+    """FMBOT_STORE=redis:// without the queue (``fmbot web``, ``fmbot telegram --role all``):
+    the store's Redis goes away; the user is told to send the message again, the error is
+    counted once by kind, and the conversation is still there when Redis is back."""
+    private = PrivateRedis(tmp_path)
+    private.start(persist=True)
+    store = RedisStore.from_url(private.url)
+    try:
+        manager = await openai_manager(openai, store)
+        openai.reply = "first reply"
+        await run_turn(manager, "chat-r", "first")
+        asked = len(openai.requests)
+        private.stop()
+        before = await scrape(served)
+        events = [e async for e in manager.handle(Incoming("chat-r", "second"))]
+        after = await scrape(served)
+        [notice] = events
+        assert isinstance(notice, Notice) and notice.kind == "error"
+        assert "temporarily unavailable" in notice.text and "send it again" in notice.text
+        assert len(openai.requests) == asked  # no model call for a turn that cannot be stored
+        grew = growth(before, after)
+        assert grew("fmbot_redis_errors_total", kind="connection") == 1
+        assert grew("fmbot_turns_total", channel="console", status="error") == 1
+        # Redis is back (with its append-only file): nothing was lost, the chat goes on.
+        private.start(persist=True)
+        assert [t.text for t in await store.read("chat-r")] == ["first", "first reply"]
+        openai.reply = "third reply"
+        events = [e async for e in manager.handle(Incoming("chat-r", "third"))]
+        assert events[-1] == FinalText("third reply")
+    finally:
+        await store.aclose()
+        private.stop()
+
+
+def wrapped(cause: Exception) -> StoreError:
+    """A StoreError raised from ``cause``, as the stores raise them."""
+    try:
+        raise StoreError(f"store failed: {cause}") from cause
+    except StoreError as exc:
+        return exc
+
+
+async def test_only_store_errors_redis_caused_count_as_redis_errors(served: int) -> None:
+    before = await scrape(served)
+    metrics.store_error(wrapped(sqlite3.OperationalError("database is locked")))
+    metrics.store_error(wrapped(OSError(13, "Permission denied")))  # opening a SQLite file
+    metrics.store_error(StoreError("no cause"))
+    metrics.store_error(wrapped(redis.ReadOnlyError("read only replica")))
+    after = await scrape(served)
+    redis_errors = {
+        dict(labels)["kind"]: v - value(before, name, **dict(labels))
+        for (name, labels), v in after.items()
+        if name == "fmbot_redis_errors_total"
+    }
+    assert {kind: n for kind, n in redis_errors.items() if n} == {"readonly": 1}
 
 
 async def test_nothing_is_counted_while_metrics_are_off(openai: FakeOpenAI) -> None:

@@ -109,7 +109,8 @@ TELEGRAM_RETRY_AFTER = Counter(
 )
 REDIS_ERRORS = Counter(
     "fmbot_redis_errors",
-    "Redis errors the queue waited out, by kind (connection, timeout, readonly, OOM...).",
+    "Redis errors the queue waited out or a turn met in the store or limits, by kind "
+    "(connection, timeout, readonly, OOM...).",
     ["kind"],
 )
 
@@ -409,6 +410,17 @@ def redis_error_kind(exc: BaseException) -> str:
 
 def redis_error(exc: BaseException) -> None:
     if _on:
+        REDIS_ERRORS.inc((redis_error_kind(exc),))
+
+
+_REDIS_CAUSES = (redis_errors.RedisError, redis_errors.RedisClusterException)
+
+
+def store_error(exc: BaseException) -> None:
+    """A StoreError the dialog manager answered itself (a notice, a reply not saved). Only
+    there: one it raises goes to the queue's retry loop, which counts it (bot.queue.backoff).
+    Counted when Redis's client caused it: a SQLite store's failures are not Redis errors."""
+    if _on and isinstance(exc.__cause__, _REDIS_CAUSES):
         REDIS_ERRORS.inc((redis_error_kind(exc),))
 
 
