@@ -484,6 +484,7 @@ async def test_fmbot_telegram_serves_metrics_labelled_with_its_role(
 async def test_ingress_and_worker_each_export_their_own(
     fake_tg: FakeTelegram, tmp_path: Path, redis_server: str, redis_prefix: str
 ) -> None:
+    """Also: with FMBOT_LOG_FORMAT=json, each role's stderr is JSON lines only (issue 20)."""
     ports = {"ingress": free_port(), "worker": free_port()}
     alice = fake_tg.user(4243, "Alice")
     chat = fake_tg.private_chat(alice)
@@ -496,6 +497,8 @@ async def test_ingress_and_worker_each_export_their_own(
             FMBOT_REDIS_PREFIX=redis_prefix,
             FMBOT_QUEUE_PARTITIONS="4",
             FMBOT_METRICS_LISTEN=f"127.0.0.1:{port}",
+            FMBOT_LOG_FORMAT="json",
+            FMBOT_LOG_LEVEL="DEBUG",
         )
         procs.append(fmbot("--role", role, env=env, cwd=tmp_path))
     async with stopped_at_end(*procs):
@@ -524,6 +527,16 @@ async def test_ingress_and_worker_each_export_their_own(
         assert (
             of_role(ingress, "ingress")("fmbot_turns_total", channel="telegram", status="ok") == 0
         )
+    for proc in procs:
+        assert proc.stderr is not None
+        assert json_lines_only(proc.stderr.read().decode())
+
+
+def json_lines_only(text: str) -> list[dict[str, object]]:
+    """Each line of a process's stderr as an object; fails on any line that is not one."""
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert all(isinstance(line, dict) and {"ts", "level", "logger"} <= set(line) for line in lines)
+    return lines
 
 
 def worker_main(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
@@ -539,6 +552,7 @@ def worker_main(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
 async def test_the_queue_worker_process_serves_metrics(
     tmp_path: Path, redis_server: str, redis_prefix: str
 ) -> None:
+    """Also: with FMBOT_LOG_FORMAT=json, its stderr is JSON lines only (issue 20)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "TELEGRAM_"))} | {
         "PYTHONPATH": str(ROOT),  # this tree, not whichever fmbot is installed
@@ -548,6 +562,8 @@ async def test_the_queue_worker_process_serves_metrics(
         "FMBOT_HOME": str(tmp_path / "home"),
         "FMBOT_TEXT_MODEL": "echo:",
         "FMBOT_METRICS_LISTEN": f"127.0.0.1:{port}",
+        "FMBOT_LOG_FORMAT": "json",
+        "FMBOT_LOG_LEVEL": "DEBUG",
     }
     proc = worker_main(env, tmp_path)
     async with stopped_at_end(proc):
@@ -564,6 +580,9 @@ async def test_the_queue_worker_process_serves_metrics(
             of_role(samples, "worker")("fmbot_model_requests_total", model="echo:", outcome="ok")
             == 1
         )
+    assert proc.stderr is not None
+    lines = json_lines_only(proc.stderr.read().decode())
+    assert any(str(line["message"]).startswith("worker ") for line in lines)  # INFO: started
 
 
 async def test_the_queue_worker_refuses_a_bad_listen_address_in_one_line(tmp_path: Path) -> None:
@@ -580,10 +599,18 @@ async def test_the_queue_worker_refuses_a_bad_listen_address_in_one_line(tmp_pat
 
 
 def web_with_metrics(tmp_path: Path, port: int) -> contextlib.AbstractContextManager[WebServer]:
-    return web_serving(web_env(tmp_path, FMBOT_METRICS_LISTEN=f"127.0.0.1:{port}"), tmp_path)
+    env = web_env(
+        tmp_path,
+        FMBOT_METRICS_LISTEN=f"127.0.0.1:{port}",
+        FMBOT_LOG_FORMAT="json",
+        FMBOT_LOG_LEVEL="DEBUG",
+    )
+    return web_serving(env, tmp_path)
 
 
 async def test_fmbot_web_serves_metrics_on_a_port_of_its_own(tmp_path: Path) -> None:
+    """Also: with FMBOT_LOG_FORMAT=json, its output is JSON lines only, the start line too
+    (issue 20)."""
     port = free_port()
     with web_with_metrics(tmp_path, port) as web:
         async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
@@ -594,3 +621,6 @@ async def test_fmbot_web_serves_metrics_on_a_port_of_its_own(tmp_path: Path) -> 
             port, "fmbot_turns_total", 1, 30, channel="web", status="ok", role="web"
         )
         assert of_role(samples, "web")("fmbot_turn_duration_seconds_count", channel="web") == 1
+    lines = json_lines_only(web.output())  # stdout and stderr, after SIGTERM and exit 0
+    assert any(line["message"] == f"serving on {web.url}" for line in lines)
+    assert any(str(line["logger"]).startswith("uvicorn") for line in lines)  # its lines too

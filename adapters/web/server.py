@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import sys
@@ -19,8 +20,11 @@ import uvicorn
 from adapters.web.app import create_app
 from adapters.web.settings import WebSettings
 from bot.errors import ConfigError
+from bot.observe import logs
 from bot.observe.server import serving as metrics_served
 from bot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 GRACE = 5  # s other requests in progress get to finish after a stop signal
 
@@ -77,8 +81,11 @@ async def _run(settings: Settings, web: WebSettings, host: str, port: int) -> No
             timeout_graceful_shutdown=GRACE,
         )
         sock = listening_socket(host, port)
-        shown = f"[{host}]" if ":" in host else host
-        print(f"fmbot web on http://{shown}:{port} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        shown = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        if logs.current_format() == "json":  # stderr holds JSON lines only
+            log.info("serving on %s", shown)
+        else:
+            print(f"fmbot web on {shown} (Ctrl-C stops)", file=sys.stderr, flush=True)
         await _Server(config, closing).serve(sockets=[sock])
     finally:
         await manager.aclose()
