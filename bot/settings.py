@@ -263,3 +263,21 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(alias, err.get("input"), err["msg"]) from None
     settings.validate_all()
     return settings
+
+
+class _LogSettings(BaseSettings):
+    model_config = Settings.model_config
+
+    log_format: str | None = Field(default=None, alias="FMBOT_LOG_FORMAT")
+    log_level: str | None = Field(default=None, alias="FMBOT_LOG_LEVEL")
+
+
+def log_settings() -> tuple[str | None, str | None]:
+    """FMBOT_LOG_FORMAT and FMBOT_LOG_LEVEL read as the settings read them (the environment,
+    then ``.env``), alone: for the lines written before the settings are loaded, a
+    configuration error among them. ``(None, None)`` if even they cannot be read."""
+    try:
+        early = _LogSettings()
+    except Exception:  # an unreadable .env: load_settings reports it
+        return None, None
+    return early.log_format, early.log_level

@@ -10,6 +10,9 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -132,6 +135,73 @@ async def test_a_configuration_error_is_one_json_line_too(tmp_path: Path) -> Non
     assert proc.stderr is not None
     [line] = parsed(proc.stderr.read().decode())
     assert line["level"] == "ERROR" and "FMBOT_STORE" in line["message"]
+
+
+def test_uncaught_exceptions_in_threads_and_del_are_json_lines_too(tmp_path: Path) -> None:
+    """Python prints these itself, over many lines, unless configure() routes them."""
+    script = textwrap.dedent(
+        """
+        import threading
+        from bot.observe import logs
+
+        logs.configure("json", "INFO", secrets=["sk-thread-secret-42"])
+
+        def fail():
+            raise RuntimeError("in a thread, with sk-thread-secret-42")
+
+        thread = threading.Thread(target=fail, name="helper")
+        thread.start()
+        thread.join()
+
+        class Finalized:
+            def __del__(self):
+                raise KeyError("from __del__")
+
+        Finalized()
+        raise ValueError("in the main thread")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMBOT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env | {"PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    thread, unraisable, main = parsed(done.stderr)  # three lines, each one object
+    assert (thread["exc_type"], thread["level"]) == ("RuntimeError", "ERROR")
+    assert "helper" in thread["message"] and "in fail" in thread["traceback"]
+    assert "sk-thread-secret-42" not in done.stderr
+    assert unraisable["exc_type"] == "KeyError" and "__del__" in unraisable["message"]
+    assert (main["exc_type"], main["level"]) == ("ValueError", "CRITICAL")
+
+
+@pytest.mark.parametrize(
+    "command", [["adapters.cli", "config"], ["bot.queue.worker_main"]], ids=["fmbot", "worker"]
+)
+def test_json_from_a_dotenv_file_applies_to_configuration_errors(
+    command: list[str], tmp_path: Path
+) -> None:
+    """FMBOT_LOG_FORMAT in .env alone: the settings' error is still a JSON line, no traceback."""
+    (tmp_path / ".env").write_text("FMBOT_LOG_FORMAT=json\nFMBOT_STORE=bogus://x\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FMBOT_", "TELEGRAM_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", *command],
+        env=env | {"PYTHONPATH": str(ROOT), "FMBOT_HOME": str(tmp_path / "home")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    [line] = parsed(done.stderr)
+    assert line["level"] == "ERROR" and "traceback" not in line
+    assert "FMBOT_STORE" in line["message"] and "use sqlite:///PATH" in line["message"]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -18,7 +17,7 @@ from pydantic import BaseModel
 from adapters.cli import batch, evals, kb, prompts
 from bot.errors import ConfigError, FmbotError
 from bot.observe import logs
-from bot.settings import Settings, load_settings
+from bot.settings import Settings, load_settings, log_settings
 from bot.text import terminal_safe
 
 app = typer.Typer(
@@ -414,8 +413,8 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def main() -> None:
-    # From the environment until the settings (which may come from .env) are read.
-    logs.configure(os.environ.get("FMBOT_LOG_FORMAT"), os.environ.get("FMBOT_LOG_LEVEL"))
+    # Before the settings, whose errors are log lines too (json), from where they are read.
+    logs.configure(*log_settings())
     command = typer.main.get_command(app)
     _readable_metavars(command)
     try:

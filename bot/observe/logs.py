@@ -3,18 +3,21 @@ libraries' (aiogram, aiohttp, httpx, redis, asyncio) and Python warnings alike.
 
 ``json`` writes one object per line: ``ts``, ``level``, ``logger``, ``message``; inside a turn
 also ``chat``, ``turn`` (the id stored with the turn's reply, meta ``turn``), ``channel`` and
-``model``; an exception as ``exc_type`` and ``traceback`` fields, never as extra lines. Both
-formats pass every line through :class:`Scrubber` last: the process's secrets (keys, tokens,
-passwords from its settings), passwords in URLs and ``Authorization`` header values are
-masked, whoever logged them and at whatever level.
+``model``; an exception as ``exc_type`` and ``traceback`` fields, never as extra lines, uncaught
+ones too (in the main thread, other threads, or "ignored" in ``__del__``). Both formats pass
+every line through :class:`Scrubber` last: the process's secrets (keys, tokens, passwords from
+its settings), passwords in URLs and ``Authorization`` header values are masked, whoever
+logged them and at whatever level.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
+import threading
 import types
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -154,11 +157,49 @@ def configure(
     logging.getLogger().setLevel(upper if upper in LEVELS else default_level)
     log_to(logging.StreamHandler(stream or sys.stderr), _format, secrets)
     logging.captureWarnings(True)  # warnings.warn: the py.warnings logger, same formatter
-    if _format == "json":
-        sys.excepthook = _log_uncaught
+    # Python prints uncaught exceptions itself, as many lines: in json they are log lines too.
+    hooks = (
+        (sys, "excepthook", _log_uncaught, sys.__excepthook__),
+        (threading, "excepthook", _log_thread, threading.__excepthook__),
+        (sys, "unraisablehook", _log_unraisable, sys.__unraisablehook__),
+    )
+    for module, name, ours, default in hooks:
+        if _format == "json":
+            setattr(module, name, ours)
+        elif getattr(module, name) is ours:  # back to text: Python's own again
+            setattr(module, name, default)
 
 
 def _log_uncaught(
     kind: type[BaseException], exc: BaseException, tb: types.TracebackType | None
 ) -> None:
     logging.getLogger("fmbot").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _log_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # as Python's own hook: a thread's normal way out
+    where = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("fmbot").error(
+        "uncaught exception in thread %s",
+        where,
+        exc_info=_exc_info(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _log_unraisable(args: sys.UnraisableHookArgs) -> None:
+    """An exception Python cannot raise (in ``__del__``, a finalizer, a closed generator)."""
+    what = args.err_msg or "Exception ignored in"
+    if args.object is not None:
+        with contextlib.suppress(Exception):  # the object's own __repr__ may fail
+            what = f"{what}: {args.object!r}"
+    logging.getLogger("fmbot").error(
+        "%s", what, exc_info=_exc_info(args.exc_type, args.exc_value, args.exc_traceback)
+    )
+
+
+def _exc_info(
+    kind: type[BaseException], exc: BaseException | None, tb: types.TracebackType | None
+) -> tuple[type[BaseException], BaseException, types.TracebackType | None]:
+    # The hooks' arguments allow exc_value=None; logging wants an exception object.
+    return kind, exc if exc is not None else kind.__new__(kind), tb

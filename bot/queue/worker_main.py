@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 
@@ -32,7 +31,7 @@ from bot.queue.partition import Tuning
 from bot.queue.worker import Worker
 from bot.redis import connect
 from bot.runtime import run_server
-from bot.settings import Settings, load_settings
+from bot.settings import Settings, load_settings, log_settings
 
 log = logging.getLogger("bot.queue")
 
@@ -80,9 +79,8 @@ async def _serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    # From the environment until the settings (which may come from .env) are read.
-    env = os.environ.get
-    logs.configure(env("FMBOT_LOG_FORMAT"), env("FMBOT_LOG_LEVEL"), default_level="INFO")
+    # Before the settings, whose errors are log lines too (json), from where they are read.
+    logs.configure(*log_settings(), default_level="INFO")
     try:
         run_server(serve())
     except ConfigError as exc:
