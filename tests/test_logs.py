@@ -26,6 +26,7 @@ from bot.errors import ConfigError
 from bot.events import Incoming
 from bot.observe import logs
 from bot.settings import load_settings
+from bot.urls import mask_url
 from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.telegram_server import FakeTelegram
 from tests.test_metrics import openai_manager, stopped_at_end
@@ -107,6 +108,42 @@ def test_exceptions_are_fields_and_secrets_are_masked(json_lines: io.StringIO) -
     assert "redis://user:****@db:6379/0" in exc["message"]
     assert "chat" not in exc  # outside a turn
     assert "Bearer ****" in auth["message"]
+
+
+def test_secret_query_parameters_are_masked_in_any_url() -> None:
+    scrub = logs.Scrubber()
+    line = scrub(
+        "connect redis://127.0.0.1:6379/0?password=hunter2pass&db=1 failed; "
+        "{'url': 'https://api.example/v1?access_token=tok-99xyz'} "
+        "redis+sentinel://a:26379,b:26379/main?sentinel_password=sent1nel%21x&password=Pw9"
+    )
+    for secret in ("hunter2pass", "tok-99xyz", "sent1nel", "Pw9"):
+        assert secret not in line, line
+    assert "?password=****&db=1 failed" in line  # other parameters and the text stay
+    assert "access_token=****'}" in line
+    # The same parameters as the URLs fmbot shows itself (bot.urls.mask_url).
+    for url in (
+        "redis://h:6379/0?password=abc123&db=2",
+        "rediss://user:pw123456@h:6380/1?ssl_cert_reqs=none&api_key=k1k2k3",
+        "redis+sentinel://h:26379/svc?Sentinel_Password=s3cr3t&socket_timeout=5",
+        "https://h/p?secret=x1&credentials=y2&authz=z3&key=w4&page=3",
+    ):
+        assert scrub(url) == mask_url(url), url
+
+
+def test_secret_values_include_the_secret_query_parameters_of_urls(tmp_path: Path) -> None:
+    settings = load_settings(
+        _env_file=None,
+        FMBOT_HOME=str(tmp_path),
+        FMBOT_STORE="redis://127.0.0.1:6379/0?password=p%40ss-word1&db=0",
+        FMBOT_QUEUE_URL="redis+sentinel://:master-pw8@h:26379/main?sentinel_password=sentinel-pw7",
+    )
+    found = logs.secret_values(settings)
+    assert {"p%40ss-word1", "p@ss-word1", "master-pw8", "sentinel-pw7"} <= set(found)
+    assert "0" not in found  # db=0 is not a secret
+    # Masked wherever they show, in a URL or not (redis-py quotes the decoded password).
+    line = logs.Scrubber(found)("AUTH p@ss-word1 refused by sentinel (sentinel-pw7)")
+    assert line == "AUTH **** refused by sentinel (****)"
 
 
 def test_warnings_go_through_the_same_formatter(json_lines: io.StringIO) -> None:
@@ -219,8 +256,9 @@ def locked_redis(tmp_path: Path) -> Iterator[tuple[PrivateRedis, str]]:
 async def test_no_secret_at_debug_and_no_user_text_at_info(
     tmp_path: Path, openai: FakeOpenAI, locked_redis: tuple[PrivateRedis, str]
 ) -> None:
-    """A whole bot at DEBUG, JSON: the token, the API key, the Redis password and the
-    Authorization header never show; the user's words only below INFO."""
+    """A whole bot at DEBUG, JSON: the token, the API key, the Redis password (given as
+    ``?password=``, which redis-py takes too) and the Authorization header never show; the
+    user's words only below INFO."""
     server, password = locked_redis
     openai.reply = "a reply"
     async with FakeTelegram() as fake:
@@ -229,7 +267,7 @@ async def test_no_secret_at_debug_and_no_user_text_at_info(
             tmp_path,
             FMBOT_LOG_FORMAT="json",
             FMBOT_LOG_LEVEL="DEBUG",
-            FMBOT_STORE=f"redis://:{password}@127.0.0.1:{server.port}/0",
+            FMBOT_STORE=f"redis://127.0.0.1:{server.port}/0?password={password}",
             FMBOT_TEXT_MODEL="openai:gpt-test",
             OPENAI_BASE_URL=openai.base_url,
             OPENAI_API_KEY=openai.api_key or "",

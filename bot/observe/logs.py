@@ -6,8 +6,8 @@ also ``chat``, ``turn`` (the id stored with the turn's reply, meta ``turn``), ``
 ``model``; an exception as ``exc_type`` and ``traceback`` fields, never as extra lines, uncaught
 ones too (in the main thread, other threads, or "ignored" in ``__del__``). Both formats pass
 every line through :class:`Scrubber` last: the process's secrets (keys, tokens, passwords from
-its settings), passwords in URLs and ``Authorization`` header values are masked, whoever
-logged them and at whatever level.
+its settings), passwords in URLs (``user:password@``, ``?password=``) and ``Authorization``
+header values are masked, whoever logged them and at whatever level.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import types
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -36,12 +36,20 @@ MASK = "****"
 
 # user:password@ in any URL; the value of an Authorization header or an api-key style field,
 # as libraries print them (``'authorization': 'Bearer …'``, ``Authorization: Api-Key …``).
-_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s'\"]*:)[^@\s'\"]+@")
+# The scheme starts a word: tried inside one, it would rescan the rest of the word at every
+# letter (minutes for a long base64 line).
+_URL_PASSWORD = re.compile(r"(?<![\w+.-])(\w[\w+.-]*://[^:/@\s'\"]*:)[^@\s'\"]+@")
 _AUTH_VALUE = re.compile(
     r"((?:authorization|x-api-key|api[-_]key|x-telegram-bot-api-secret-token)['\"]?\s*[:=]\s*"
     r"['\"]?(?:(?:bearer|api-key|basic)\s+)?)[^\s'\",}]+",
     re.IGNORECASE,
 )
+# Query parameters named like secrets (``?password=``, ``&sentinel_password=``, ``access_token=``):
+# the words of bot.urls._SECRET_PARAMS, which masks them in URLs fmbot shows (observe and urls
+# are independent layers, so the words are repeated here; tests/test_logs.py checks they agree).
+_SECRET_PARAM = re.compile(r"pass|token|secret|key|auth|credential", re.IGNORECASE)
+# Any ``?name=value`` / ``&name=value``; the name is checked apart, which keeps this linear.
+_QUERY_PARAM = re.compile(r"([?&]([^=&?#\s'\"]*)=)[^&#\s'\"]+")
 
 
 class Scrubber:
@@ -58,11 +66,17 @@ class Scrubber:
                 text = text.replace(secret, MASK)
         if "://" in text:
             text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
+            text = _QUERY_PARAM.sub(_mask_secret_param, text)
         return _AUTH_VALUE.sub(rf"\1{MASK}", text)
 
 
+def _mask_secret_param(match: re.Match[str]) -> str:
+    return match[1] + MASK if _SECRET_PARAM.search(match[2]) else match[0]
+
+
 def secret_values(*settings: BaseModel) -> list[str]:
-    """Every SecretStr value of ``settings``, and the passwords of the URLs among them."""
+    """Every SecretStr value of ``settings``, and the passwords of the URLs among them
+    (``user:password@`` and secret query parameters), as written and decoded."""
     found: list[str] = []
     for model in settings:
         for name in type(model).model_fields:
@@ -70,12 +84,21 @@ def secret_values(*settings: BaseModel) -> list[str]:
             if isinstance(value, SecretStr):
                 found.append(value.get_secret_value())
             elif isinstance(value, str) and "://" in value:
-                try:
-                    password = urlsplit(value).password
-                except ValueError:
-                    password = None
-                if password:
-                    found.append(password)
+                found += _url_secrets(value)
+    return found
+
+
+def _url_secrets(url: str) -> list[str]:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [password, unquote(password)] if password else []
+    for param in parts.query.split("&"):
+        name, _, value = param.partition("=")
+        if value and _SECRET_PARAM.search(name):
+            found += [value, unquote_plus(value)]
     return found
 
 
