@@ -6,14 +6,13 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 from bot.errors import ConfigError
+from bot.secret_names import WORDS
 
 GRPC_ACCEPTED = "use grpcs://HOST:PORT (TLS) or grpc://HOST:PORT (plaintext, e.g. a test server)"
 
-#: Query parameters that hold secrets: any name containing one of these words, so that
-#: ``sentinel_password=``, ``api_key=`` and ``access_token=`` are hidden too.
-_SECRET_PARAMS = re.compile(
-    r"(^|&)([^=&]*(?:pass|token|secret|key|auth|credential)[^=&]*=)[^&]*", re.IGNORECASE
-)
+#: Query parameters that hold secrets: any name containing a secret's word (bot.secret_names),
+#: so that ``sentinel_password=``, ``api_key=`` and ``access_token=`` are hidden too.
+_SECRET_PARAMS = re.compile(rf"(^|&)([^=&]*(?:{WORDS})[^=&]*=)[^&]*", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:

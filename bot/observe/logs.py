@@ -27,6 +27,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 from pydantic import BaseModel, SecretStr
 
 from bot.observe.metrics import current_turn
+from bot.secret_names import SECRET_NAME
 from bot.text import terminal_safe
 
 FORMATS = ("text", "json")
@@ -45,9 +46,8 @@ _AUTH_VALUE = re.compile(
     re.IGNORECASE,
 )
 # Query parameters named like secrets (``?password=``, ``&sentinel_password=``, ``access_token=``):
-# the words of bot.urls._SECRET_PARAMS, which masks them in URLs fmbot shows (observe and urls
-# are independent layers, so the words are repeated here; tests/test_logs.py checks they agree).
-_SECRET_PARAM = re.compile(r"pass|token|secret|key|auth|credential", re.IGNORECASE)
+# the names bot.urls.mask_url hides in URLs fmbot shows.
+_SECRET_PARAM = SECRET_NAME
 # Any ``?name=value`` / ``&name=value``; the name is checked apart, which keeps this linear.
 _QUERY_PARAM = re.compile(r"([?&]([^=&?#\s'\"]*)=)[^&#\s'\"]+")
 
