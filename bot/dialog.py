@@ -577,6 +577,9 @@ class DialogManager:
                 log.warning("image prompt rewrite failed, using the request as is: %s", exc)
         prompt = prompt[:IMAGE_PROMPT_LIMIT]
         yield Notice(f"Generating an image: {prompt}", progress="image")
+        # Its span: the conventions' multimodal operation (they name none for pictures alone).
+        picture_prompt = (Message("user", prompt),)
+        metrics.turn_model(self.image_model.name, picture_prompt, "generate_content")
         try:
             image = await self.image_model.generate_image(prompt)
         except ModelError as exc:
@@ -588,7 +591,8 @@ class DialogManager:
             meta["turn"] = turn.id
         turns = (Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta))
         save = self.store.append(incoming.chat, *turns, counters={"usage_images": 1})
-        await asyncio.get_running_loop().create_task(save, context=context)
+        with metrics.step("fmbot store write"):  # a step of this turn, whichever context saves
+            await asyncio.get_running_loop().create_task(save, context=context)
         metrics.image(self.image_model.name)
         yield ImageReply(image.data, image.mime_type, prompt)
 

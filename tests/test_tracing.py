@@ -12,12 +12,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from pydantic import SecretStr
 
-from bot.events import Incoming
+from bot.dialog import DialogManager
+from bot.events import ImageReply, Incoming, Notice
+from bot.models.yandex import YandexClient, YandexCredentials
 from bot.observe import tracing
 from bot.observe.server import serving
+from bot.stores import open_store
 from tests.conftest import free_port
-from tests.fakes import FakeOpenAI, Fault
+from tests.fakes import FakeOpenAI, FakeYandex, Fault
+from tests.test_image_routing import IMAGE, art
 from tests.test_metrics import openai_manager
 
 
@@ -128,10 +133,13 @@ async def test_turns_and_model_calls_are_spans_with_genai_attributes(
     ok, failed = sorted(calls, key=lambda s: s["attributes"]["gen_ai.conversation.id"])
     assert ok["attributes"]["gen_ai.usage.output_tokens"] == 3
     assert ok["attributes"]["gen_ai.usage.input_tokens"] > 0
-    assert "error.type" not in ok["attributes"]
-    assert failed["attributes"]["error.type"] == "5xx"
+    assert "error.type" not in ok["attributes"] and not ok["error"]
+    assert failed["attributes"]["error.type"] == "5xx" and failed["error"]  # status ERROR
     assert turns["chat-t1"]["attributes"]["fmbot.turn.status"] == "ok"
+    assert not turns["chat-t1"]["error"] and "error.type" not in turns["chat-t1"]["attributes"]
     assert turns["chat-t2"]["attributes"]["fmbot.turn.status"] == "error"
+    # The failed turn: status ERROR, with the model's error kind.
+    assert turns["chat-t2"]["error"] and turns["chat-t2"]["attributes"]["error.type"] == "5xx"
     # The turn's steps are its children: history read, prompt build and, for the answered
     # turn, the store write (the failed one stored nothing).
     steps = {"fmbot history read", "fmbot prompt build", "fmbot store write"}
@@ -141,6 +149,7 @@ async def test_turns_and_model_calls_are_spans_with_genai_attributes(
         ("fmbot history read", failed_turn),
         ("fmbot prompt build", failed_turn),
     }
+    assert not any(s["error"] for s in collector.spans if s["name"] in steps)
     assert ok["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
     assert failed["attributes"]["gen_ai.response.finish_reasons"] == ["error"]
     assert "zxcv" not in str(collector.spans)  # no message content without the flag
@@ -197,3 +206,102 @@ async def test_without_an_endpoint_nothing_is_traced(
         assert not tracing.enabled()
         async for _ in manager.handle(Incoming("chat-t3", "hello")):
             pass
+
+
+async def test_a_cut_reply_and_a_failed_step_are_errors_a_refused_reply_is_not(
+    collector: Collector, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Span status ERROR, as exported, on what failed: the model call and the turn of a reply
+    cut short (error.type the model's error kind), a step whose store is down and its turn; a
+    refusal (the content filter) is an answer, its turn no error."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
+    manager = await openai_manager(openai)
+    openai.reply = "one two three four five six"
+    dead = await open_store(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    down = DialogManager(dead, manager.model, manager.prompts)
+    try:
+        async with serving(None, "worker"):
+            openai.inject(Fault("cut", after=2))
+            async for _ in manager.handle(Incoming("chat-cut", "hello")):
+                pass
+            openai.inject(Fault("content_filter", after=0))
+            async for _ in manager.handle(Incoming("chat-refused", "hello")):
+                pass
+            async for _ in down.handle(Incoming("chat-down", "hello")):
+                pass
+    finally:
+        await dead.aclose()
+    turns = {s["attributes"]["gen_ai.conversation.id"]: s for s in collector.named("fmbot turn")}
+    statuses = {chat: turn["attributes"]["fmbot.turn.status"] for chat, turn in turns.items()}
+    assert statuses == {"chat-cut": "interrupted", "chat-refused": "refused", "chat-down": "error"}
+    calls = {s["attributes"]["gen_ai.conversation.id"]: s for s in collector.named("chat gpt-test")}
+    assert set(calls) == {"chat-cut", "chat-refused"}  # the store failed before any model call
+    cut = calls["chat-cut"]
+    assert cut["error"] and cut["attributes"]["error.type"] == "cut_stream"
+    assert turns["chat-cut"]["error"] and turns["chat-cut"]["attributes"]["error.type"] == (
+        "cut_stream"
+    )
+    assert not turns["chat-refused"]["error"]
+    assert "error.type" not in turns["chat-refused"]["attributes"]
+    (read,) = [
+        s for s in collector.named("fmbot history read") if s["parent"] == turns["chat-down"]["id"]
+    ]
+    assert read["error"] and read["attributes"]["error.type"] == "StoreError"
+    assert turns["chat-down"]["error"] and turns["chat-down"]["attributes"]["error.type"] == "error"
+    others = [s for s in collector.named("fmbot history read") if s is not read]
+    assert len(others) == 2 and not any(s["error"] for s in others)
+
+
+@pytest.fixture
+async def yandex() -> AsyncIterator[FakeYandex]:
+    async with FakeYandex() as server:
+        yield server
+
+
+async def test_an_image_turn_has_its_model_call_and_store_write(
+    collector: Collector,
+    openai: FakeOpenAI,
+    yandex: FakeYandex,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/image: a ``generate_content`` span for the picture (YandexART, the fake) and the store
+    write, under the turn; a failed generation is an error on both the call and the turn."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
+    monkeypatch.delenv(tracing.CAPTURE_VARIABLE, raising=False)
+    credentials = YandexCredentials(
+        folder_id=yandex.folder_id, api_key=SecretStr(yandex.api_key), iam_token=None
+    )
+    client = YandexClient(credentials, fm_url=yandex.llm_url, operations_url=yandex.operations_url)
+    text = await openai_manager(openai)
+    manager = DialogManager(text.store, text.model, text.prompts, image_model=art(client))
+    try:
+        async with serving(None, "worker"):
+            drawn = [e async for e in manager.handle(Incoming("chat-art", "/image a red zxcv"))]
+            yandex.inject(Fault("operation_error", grpc_code=3, message="refused"), path=IMAGE)
+            failed = [e async for e in manager.handle(Incoming("chat-no-art", "/image a cat"))]
+    finally:
+        await client.aclose()
+    assert isinstance(drawn[-1], ImageReply)
+    assert isinstance(failed[-1], Notice) and failed[-1].kind == "error"
+    turns = {s["attributes"]["gen_ai.conversation.id"]: s for s in collector.named("fmbot turn")}
+    calls = {
+        s["attributes"]["gen_ai.conversation.id"]: s
+        for s in collector.spans
+        if s["attributes"].get("gen_ai.operation.name") == "generate_content"
+    }
+    assert set(turns) == set(calls) == {"chat-art", "chat-no-art"}
+    model = art(client).name.partition(":")[2]
+    for chat, call in calls.items():
+        assert call["name"] == f"generate_content {model}" and call["kind"] == 3  # CLIENT
+        assert (call["parent"], call["trace"]) == (turns[chat]["id"], turns[chat]["trace"])
+        assert call["attributes"]["gen_ai.provider.name"] == "yandex"
+        assert call["attributes"]["gen_ai.request.model"] == model
+    assert not calls["chat-art"]["error"] and not turns["chat-art"]["error"]
+    assert calls["chat-art"]["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+    assert calls["chat-no-art"]["error"] and turns["chat-no-art"]["error"]
+    assert calls["chat-no-art"]["attributes"]["error.type"] == "other"
+    assert turns["chat-no-art"]["attributes"]["error.type"] == "other"
+    # The picture stored: a step of its turn; the failed one stored nothing.
+    writes = collector.named("fmbot store write")
+    assert [w["parent"] for w in writes] == [turns["chat-art"]["id"]]
+    assert "zxcv" not in str(collector.spans)  # the prompt only when content is captured

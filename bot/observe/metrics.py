@@ -169,6 +169,8 @@ class TurnInfo:
     #: OpenTelemetry spans of the turn and of its model call, when tracing is on.
     span: Any = None
     model_span: Any = None
+    #: The model's error kind (error_kind) when a model call failed: the turn span's error.type.
+    error: str | None = None
 
 
 current_turn: contextvars.ContextVar[TurnInfo | None] = contextvars.ContextVar(
@@ -203,7 +205,7 @@ class Metered:
             status = "stopped"
         if turn.span is not None:
             tracing.end_model_call(turn.model_span, None, None, None)  # if the reply never ended
-            tracing.end_turn(turn.span, status)
+            tracing.end_turn(turn.span, status, turn.error)
         if not _on:
             return
         TURNS.inc((turn.channel, status))
@@ -241,7 +243,7 @@ class _Step:
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is not None and not issubclass(kind, _STOPS):
-            self.span.set_attribute("error.type", kind.__name__)
+            tracing.failed(self.span, kind.__name__)
         self.span.end()
 
 
@@ -256,15 +258,17 @@ def step(name: str) -> contextlib.AbstractContextManager[None]:
     return _Step(tracing.start_child(turn.span, name))
 
 
-def turn_model(model: str, messages: Sequence[Message] = ()) -> None:
+def turn_model(model: str, messages: Sequence[Message] = (), operation: str = "chat") -> None:
     """The current turn calls ``model`` now, with ``messages`` (log lines name the model; traces
-    get its span, with the messages if content is captured)."""
+    get its span, with the messages if content is captured). ``operation``: the GenAI one."""
     turn = current_turn.get()
     if turn is not None:
         turn.model = model
         if turn.span is not None:
             prompt = ((m.role, m.text) for m in messages)
-            turn.model_span = tracing.start_model_call(turn.span, model, turn.chat, prompt)
+            turn.model_span = tracing.start_model_call(
+                turn.span, model, turn.chat, prompt, operation=operation
+            )
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -322,12 +326,14 @@ def reply_ended(
         turn, outcome = ("interrupted" if partial else "error"), "error"
     turn_status(turn, model)
     info = current_turn.get()
-    if info is not None and info.model_span is not None:
+    kind = error_kind(error) if error else None
+    if info is not None and info.span is not None:
+        info.error = kind
         tracing.end_model_call(
             info.model_span,
             usage.input_tokens if usage else None,
             usage.output_tokens if usage else None,
-            error_kind(error) if error else None,
+            kind,
             status=turn,
             text=text,
         )
@@ -350,12 +356,18 @@ def tokens(model: str, input_tokens: int, output_tokens: int) -> None:
 
 
 def image(model: str, error: ModelError | None = None) -> None:
-    turn_status("error" if error else "ok", model)
+    """A picture was generated (or failed): the turn's status, its model span (turn_model)."""
+    status = "error" if error else "ok"
+    turn_status(status, model)
+    info = current_turn.get()
+    if info is not None and info.span is not None:
+        info.error = error_kind(error) if error else None
+        tracing.end_model_call(info.model_span, None, None, info.error, status=status)
+        info.model_span = None
     if not _on:
         return
-    outcome = "error" if error else "ok"
-    IMAGES.inc((model, outcome))
-    MODEL_REQUESTS.inc((model, outcome))
+    IMAGES.inc((model, status))
+    MODEL_REQUESTS.inc((model, status))
     if error is not None:
         MODEL_ERRORS.inc((model, error_kind(error)))
 

@@ -2,13 +2,14 @@
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) set, each turn is a
 span ``fmbot turn`` with child spans for its steps (``fmbot history read``, ``fmbot prompt
 build``, ``fmbot store write``, a channel's ``fmbot deliver``) and its model call, ``chat
-MODEL``, with the GenAI semantic conventions (``gen_ai.operation.name``,
-``gen_ai.provider.name``, ``gen_ai.request.model``, ``gen_ai.usage.input_tokens``/
-``output_tokens``, ``gen_ai.response.finish_reasons``, ``gen_ai.conversation.id``,
-``error.type``). Message content (``gen_ai.input.messages``, ``gen_ai.output.messages``) is
-recorded only when ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` is ``true``. Spans go
-over OTLP/HTTP from the SDK's export thread, so the event loop never waits for the collector; the
-standard ``OTEL_*`` variables configure it. The queue's spans: :mod:`bot.observe.messaging`.
+MODEL`` (``generate_content MODEL`` for a picture), with the GenAI semantic conventions
+(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
+``gen_ai.usage.input_tokens``/``output_tokens``, ``gen_ai.response.finish_reasons``,
+``gen_ai.conversation.id``, ``error.type``; a failed span's status is error). Message content
+(``gen_ai.input.messages``, ``gen_ai.output.messages``) is recorded only when
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` is ``true``. Spans go over OTLP/HTTP from
+the SDK's export thread, so the event loop never waits for the collector; the standard
+``OTEL_*`` variables configure it. The queue's spans: :mod:`bot.observe.messaging`.
 
 Without the endpoint, or without the extra, every call here is a check of one global.
 """
@@ -97,12 +98,17 @@ def start_turn(chat: str, channel: str, turn_id: str) -> Any:
     )
 
 
-def end_turn(span: Any, status: str) -> None:
+def end_turn(span: Any, status: str, error_type: str | None = None) -> None:
+    """``error_type``: the model's error kind when a model call failed the turn."""
     if span is not None:
         span.set_attribute("fmbot.turn.status", status)
-        if status == "error":
-            span.set_attribute("error.type", "error")
+        if status in _FAILED:
+            failed(span, error_type or status)
         span.end()
+
+
+#: Turn statuses that mark its span failed (stopped, refused and limited are answers).
+_FAILED = ("error", "interrupted")
 
 
 def start_child(parent: Any, name: str) -> Any:
@@ -190,17 +196,23 @@ def capturing() -> bool:
 
 
 def start_model_call(
-    parent: Any, model: str, chat: str, messages: Iterable[tuple[str, str]] = ()
+    parent: Any,
+    model: str,
+    chat: str,
+    messages: Iterable[tuple[str, str]] = (),
+    *,
+    operation: str = "chat",
 ) -> Any:
     """A ``chat`` span under the turn's; ``model`` is fmbot's spec (``openai:gpt-4o``),
-    ``messages`` the prompt as (role, text), recorded only when content is captured."""
+    ``messages`` the prompt as (role, text), recorded only when content is captured;
+    ``operation``: ``generate_content`` for a picture (the conventions' multimodal one)."""
     if _tracer is None or parent is None:
         return None
     from opentelemetry import trace
 
     provider, _, name = model.partition(":")
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
+        "gen_ai.operation.name": operation,
         "gen_ai.provider.name": provider,
         "gen_ai.request.model": name or model,
         "gen_ai.conversation.id": chat,
@@ -211,7 +223,7 @@ def start_model_call(
             [_message(role, text) for role, text in messages], ensure_ascii=False
         )
     return _tracer.start_span(
-        f"chat {name or model}",
+        f"{operation} {name or model}",
         context=trace.set_span_in_context(parent),
         kind=trace.SpanKind.CLIENT,
         attributes=attributes,
@@ -241,7 +253,7 @@ def end_model_call(
             output = _message("assistant", text) | {"finish_reason": reason}
             span.set_attribute("gen_ai.output.messages", json.dumps([output], ensure_ascii=False))
     if error is not None:
-        span.set_attribute("error.type", error)
+        failed(span, error)
     span.end()
 
 
