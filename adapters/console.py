@@ -1,4 +1,8 @@
-"""The console channel: an interactive chat in a terminal, or one message per line from a pipe."""
+"""The console channel: an interactive chat in a terminal, or one message per line from a pipe.
+
+When tracing, writing a reply's end (and "(stopped)" after Ctrl-C) is the turn's ``fmbot
+deliver`` span, like the other channels'.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import sys
 import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
@@ -30,6 +34,7 @@ from bot.events import (
     TextDelta,
     sources_line,
 )
+from bot.observe import metrics, tracing
 from bot.text import terminal_safe
 
 log = logging.getLogger(__name__)
@@ -80,7 +85,8 @@ class ConsoleChannel:
             out.write(terminal_safe(event.text))
         elif isinstance(event, FinalText):
             line = sources_line(event.sources)
-            out.write("\n" + (terminal_safe(line) + "\n" if line else ""))
+            with delivering(metrics.current_turn.get(), _how(event)):
+                out.write("\n" + (terminal_safe(line) + "\n" if line else ""))
         elif isinstance(event, Notice):
             (err if event.kind == "error" else out).write(terminal_safe(event.text) + "\n")
         elif isinstance(event, ImageReply):
@@ -121,8 +127,10 @@ class ConsoleChannel:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGINT, task.cancel)
         started = False
+        turn: metrics.TurnInfo | None = None  # for the span of a stopped reply's "(stopped)"
         try:
             async for event in self._events(text):
+                turn = turn or metrics.current_turn.get()
                 if isinstance(event, TextDelta):
                     if not started:
                         console.print("[bold green]bot>[/] ", end="")
@@ -130,10 +138,11 @@ class ConsoleChannel:
                     # rich passes ESC through: a reply must not drive the terminal.
                     console.print(terminal_safe(event.text), end="", markup=False)
                 elif isinstance(event, FinalText):
-                    console.print()
-                    if event.sources:
-                        line = terminal_safe(sources_line(event.sources))
-                        console.print(line, style="dim", markup=False)
+                    with delivering(turn, _how(event)):
+                        console.print()
+                        if event.sources:
+                            line = terminal_safe(sources_line(event.sources))
+                            console.print(line, style="dim", markup=False)
                     started = False
                 elif isinstance(event, Notice):
                     style = {"info": "cyan", "warning": "yellow", "error": "bold red"}[event.kind]
@@ -143,7 +152,8 @@ class ConsoleChannel:
                     console.print(f"[magenta]image saved:[/] {escape(path)}")
         except asyncio.CancelledError:
             task.uncancel()
-            console.print("\n[yellow](stopped)[/]")
+            with delivering(turn, "stopped"):
+                console.print("\n[yellow](stopped)[/]")
         finally:
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(signal.SIGINT)
@@ -192,6 +202,17 @@ class ConsoleChannel:
                 return path
             except FileExistsError:
                 index += 1
+
+
+def delivering(turn: metrics.TurnInfo | None, how: str) -> contextlib.AbstractContextManager[Any]:
+    """The ``fmbot deliver`` span of ``turn`` (when traced) while the block writes its reply."""
+    parent = turn.span if turn is not None else None
+    attributes = {"fmbot.channel": "console", "fmbot.reply": how}
+    return tracing.child("fmbot deliver", parent, attributes)
+
+
+def _how(reply: FinalText) -> str:
+    return "complete" if reply.complete else "partial"
 
 
 def see(arg: str) -> tuple[Path, str] | None:

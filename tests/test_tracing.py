@@ -4,11 +4,14 @@ here, decoding the protobuf the SDK posts)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -24,6 +27,9 @@ from tests.conftest import free_port
 from tests.fakes import FakeOpenAI, FakeYandex, Fault
 from tests.test_image_routing import IMAGE, art
 from tests.test_metrics import openai_manager
+from tests.test_web_api import send
+from tests.web_server import FMBOT, web_env
+from tests.web_server import serving as web_serving
 
 
 class Collector:
@@ -305,3 +311,63 @@ async def test_an_image_turn_has_its_model_call_and_store_write(
     writes = collector.named("fmbot store write")
     assert [w["parent"] for w in writes] == [turns["chat-art"]["id"]]
     assert "zxcv" not in str(collector.spans)  # the prompt only when content is captured
+
+
+async def test_fmbot_web_delivers_a_reply_in_a_span_of_its_turn(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """A real ``fmbot web``: the reply's ``final`` event sent over SSE is ``fmbot deliver``
+    (channel web) under the turn, though the stream steps the turn from other tasks."""
+    env = web_env(
+        tmp_path,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    env.pop(tracing.CAPTURE_VARIABLE, None)
+
+    def session() -> None:  # blocking: in a thread, so the collector keeps answering
+        with web_serving(env, tmp_path) as web:
+            asyncio.run(chat(web.url))
+
+    async def chat(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            got = await send(client, "w1", "hello traces")
+            assert got[-1] == (
+                "final",
+                {"text": "echo: hello traces", "status": "complete", "sources": []},
+            )
+            assert (await send(client, "w1", "/help"))[-1][1]["status"] == "none"
+
+    await asyncio.wait_for(asyncio.to_thread(session), 120)  # exits 0: spans flushed
+    (turn,) = collector.named("fmbot turn")  # /help is a command, not a turn
+    assert turn["role"] == "web" and turn["attributes"]["fmbot.channel"] == "web"
+    (deliver,) = collector.named("fmbot deliver")
+    assert (deliver["parent"], deliver["trace"]) == (turn["id"], turn["trace"])
+    assert deliver["attributes"] == {"fmbot.channel": "web", "fmbot.reply": "complete"}
+    assert not deliver["error"]
+
+
+async def test_fmbot_console_traces_its_turns_and_deliveries(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """``fmbot console`` sets tracing up like the other commands: a piped turn is traced, its
+    end written in an ``fmbot deliver`` span (channel console)."""
+    env = web_env(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
+    env.pop(tracing.CAPTURE_VARIABLE, None)
+    # An asyncio subprocess keeps this event loop (and so the collector) running meanwhile.
+    proc = await asyncio.create_subprocess_exec(
+        FMBOT,
+        "console",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b"hello console\n/help\n"), 120)
+    assert proc.returncode == 0, err.decode()
+    assert "echo: hello console" in out.decode()
+    (turn,) = collector.named("fmbot turn")
+    assert turn["role"] == "console" and turn["attributes"]["fmbot.channel"] == "console"
+    (deliver,) = collector.named("fmbot deliver")
+    assert deliver["parent"] == turn["id"]
+    assert deliver["attributes"] == {"fmbot.channel": "console", "fmbot.reply": "complete"}

@@ -1,6 +1,7 @@
 """Trace context through the Redis queue (issue 20): the ingress's ``send`` span travels in the
 job as W3C ``traceparent`` and the worker's ``process`` span, and the turn under it, continue its
-trace; the Telegram worker's delivery is a child of the turn. Spans reach a real OTLP/HTTP
+trace; the Telegram worker's delivery, and the generic queue channel's (bot/queue/chat.py), is a
+child of the turn. Spans reach a real OTLP/HTTP
 receiver (tests/test_tracing.py's Collector) from real ``fmbot telegram`` processes; the queue's
 own cases run in process on the real Redis."""
 
@@ -17,9 +18,14 @@ import redis.asyncio as aioredis
 from aiogram.types import Update
 
 from adapters.telegram.ingress import chat_key, payload
+from bot.dialog import DialogManager
+from bot.models.echo import EchoModel
 from bot.observe import tracing
 from bot.observe.server import serving
+from bot.prompts.library import PromptLibrary
 from bot.queue import Ingress, Job, QueueKeys, Worker
+from bot.queue.chat import DialogHandler
+from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
 from bot.redis.connect import connect
 from tests.fakes import FakeOpenAI
@@ -298,3 +304,50 @@ async def test_an_album_answered_in_one_job_links_to_every_items_enqueue(
     assert second["parent"] == sends[1]["id"]  # skipped, in its own item's trace
     (turn,) = collector.named("fmbot turn")
     assert turn["parent"] == first["id"]
+
+
+async def test_the_queue_channel_publishes_a_reply_in_a_span_of_its_turn(
+    collector: Collector,
+    prompts_dir: Path,
+    redis_server: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The generic queue channel (DialogHandler, ``python -m bot.queue.worker_main``'s) in a
+    real Worker on the real Redis: publishing the reply to ``P:{chat}:replies`` is ``fmbot
+    deliver`` (channel queue) under the turn, in the trace the job's enqueue began."""
+    traced(monkeypatch, collector)
+    store = JournaledRedisStore(connect(redis_server), redis_prefix)
+    manager = DialogManager(store, EchoModel(), PromptLibrary(prompts_dir))
+    keys = QueueKeys(redis_prefix, 2)
+    try:
+        async with serving(None, "all"):
+            worker = Worker(
+                store.client,
+                DialogHandler(manager, keys),
+                keys=keys,
+                lease_ms=3000,
+                tuning=Tuning(block_ms=100),
+            )
+            running = asyncio.create_task(worker.run())
+            try:
+                await Ingress(store.client, keys).enqueue("chat-q", {"text": "hello queue"})
+                deadline = asyncio.get_running_loop().time() + 20
+                while worker.handled < 1:
+                    assert asyncio.get_running_loop().time() < deadline, "the job was not run"
+                    await asyncio.sleep(0.05)
+            finally:
+                await worker.stop(5)
+                await asyncio.wait_for(running, 10)
+        (published,) = await store.client.lrange(keys.replies("chat-q"), 0, -1)
+        assert "echo: hello queue" in published
+    finally:
+        await manager.aclose()
+    (send,) = [s for s in collector.spans if s["kind"] == PRODUCER]
+    (process,) = [s for s in collector.spans if s["kind"] == CONSUMER]
+    (turn,) = collector.named("fmbot turn")
+    assert turn["attributes"]["fmbot.channel"] == "queue" and turn["parent"] == process["id"]
+    (deliver,) = collector.named("fmbot deliver")
+    assert (deliver["parent"], deliver["trace"]) == (turn["id"], send["trace"])
+    assert deliver["attributes"] == {"fmbot.channel": "queue", "fmbot.reply": "complete"}
+    assert not deliver["error"]

@@ -70,6 +70,7 @@ def console(
     from adapters.console import ConsoleChannel
     from bot.app import build_manager
     from bot.models.registry import close_models
+    from bot.observe.server import serving
 
     async def go(settings: Settings) -> None:
         # What goes wrong in a turn is told in the chat (a notice); the log line about it would
@@ -84,7 +85,9 @@ def console(
                     names = ", ".join(t.name for t in manager.prompts.modes())
                     raise ConfigError("--mode", mode, f"use one of: {names}")
                 await manager.store.set_state(chat, mode=mode)
-            await ConsoleChannel(manager, chat, settings.home).run(sys.stdin.isatty())
+            # Traces with OTEL_EXPORTER_OTLP_ENDPOINT (to try a collector out); no metrics port.
+            async with serving(None, "console"):
+                await ConsoleChannel(manager, chat, settings.home).run(sys.stdin.isatty())
         finally:
             await manager.aclose()
             await close_models()

@@ -4,7 +4,8 @@
 turn ended — ``complete``, ``incomplete`` (cut short: a model error or a newer message), ``error``
 (a notice of kind error and no reply) or ``none`` (no reply from the model: a command's answer);
 its ``sources`` are the passages a knowledge answer cites (``[{"n", "source", "heading"}]``,
-empty for other replies).
+empty for other replies). When tracing, sending a reply's ``final`` is the turn's ``fmbot deliver``
+span (``fmbot.reply``: ``complete``, ``partial``, or ``stopped`` at shutdown).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sse_starlette import ServerSentEvent
 
 from bot.dialog import until
 from bot.events import FinalText, ImageReply, Notice, ReplyEvent, Source, TextDelta
+from bot.observe import metrics, tracing
 
 SHUTDOWN = "The server is shutting down, so this reply was stopped here. Send it again shortly."
 Status = Literal["complete", "incomplete", "error", "none"]
@@ -48,10 +50,13 @@ async def sse(
     status: Status = "none"
     sources: tuple[Source, ...] = ()
     ended = False
+    turn: metrics.TurnInfo | None = None
 
     async def to_the_end() -> AsyncGenerator[ReplyEvent, None]:
-        nonlocal ended
+        nonlocal ended, turn
         async for reply in events:  # closed by the caller, who opened it
+            if turn is None:  # until() steps the turn in tasks of its own: seen only here
+                turn = metrics.current_turn.get()
             yield reply
         ended = True
 
@@ -73,4 +78,15 @@ async def sse(
     if not ended:
         status = "incomplete"
         yield event("notice", {"text": SHUTDOWN, "kind": "warning"})
-    yield event("final", {"text": text, "status": status, "sources": sources_data(sources)})
+    final = event("final", {"text": text, "status": status, "sources": sources_data(sources)})
+    span = None
+    if turn is not None and turn.span is not None and (text or status == "complete"):
+        how = "stopped" if not ended else "complete" if status == "complete" else "partial"
+        attributes = {"fmbot.channel": "web", "fmbot.reply": how}
+        # Not made current (tracing.child): the stream may be closed from another context.
+        span = tracing.start_child(turn.span, "fmbot deliver", attributes)
+    try:
+        yield final  # resumed once the server has sent it
+    finally:
+        if span is not None:
+            span.end()

@@ -111,13 +111,15 @@ def end_turn(span: Any, status: str, error_type: str | None = None) -> None:
 _FAILED = ("error", "interrupted")
 
 
-def start_child(parent: Any, name: str) -> Any:
-    """A span for one step of a turn (history read, prompt build, store write)."""
+def start_child(parent: Any, name: str, attributes: dict[str, Any] | None = None) -> Any:
+    """A span for one step of a turn (history read, prompt build, store write), not made
+    current: it may be ended in another context (a generator closed by another task)."""
     if _tracer is None:
         return None
     from opentelemetry import trace
 
-    return _tracer.start_span(name, context=trace.set_span_in_context(parent))
+    context = trace.set_span_in_context(parent)
+    return _tracer.start_span(name, context=context, attributes=attributes)
 
 
 class Child:

@@ -4,6 +4,8 @@ Jobs carry ``{"text": ..., "user": ..., "admin": false}``. Channels with their o
 (Telegram) use their own handler; this one serves ``python -m bot.queue.worker_main``, the
 benchmark and the multi-process tests, and is a complete channel for a producer that can read
 Redis: replies go to the list ``P:{chat}:replies`` as JSON ``{"job": ID, "events": [...]}``.
+When tracing, publishing a reply is its ``fmbot deliver`` span (``fmbot.channel`` ``queue``), a
+child of the turn's span (of the job's for a stored reply published again).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from bot.app import make_limits
 from bot.dialog import DialogManager, stored_sources
 from bot.errors import ConfigError, NotSavedError
 from bot.events import FinalText, ImageReply, Incoming, Notice, sources_line
+from bot.observe import metrics, tracing
 from bot.queue.batch import Command
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job
@@ -49,16 +52,19 @@ class DialogHandler:
             if replay.reply is not None and self.publish:
                 reply = replay.reply
                 sources = sources_line(stored_sources(reply))
-                await self._publish(job, [final_event(reply.text, replay.complete, sources)])
+                stored = final_event(reply.text, replay.complete, sources)
+                await self._publish(job, [stored], None, "redelivered")
             return
         p = job.payload
         incoming = Incoming(
             job.chat, str(p.get("text", "")), p.get("user"), admin=bool(p.get("admin", False))
         )
         events: list[dict[str, Any]] = []
+        turn: metrics.TurnInfo | None = None
         try:
             async with contextlib.aclosing(self.manager.handle(incoming)) as stream:
                 async for event in stream:
+                    turn = turn or metrics.current_turn.get()  # for the delivery's span
                     if isinstance(event, FinalText):
                         line = sources_line(event.sources)
                         events.append(final_event(event.text, event.complete, line))
@@ -68,19 +74,32 @@ class DialogHandler:
                         events.append({"kind": "image", "prompt": event.prompt})
         except NotSavedError:
             if self.publish:  # the reply, and the notice that it was not saved, still go out
-                await self._publish(job, events)
+                await self._publish(job, events, turn)
             raise
         if self.publish:
-            await self._publish(job, events)
+            await self._publish(job, events, turn)
 
-    async def _publish(self, job: Job, events: list[dict[str, Any]]) -> None:
+    async def _publish(
+        self,
+        job: Job,
+        events: list[dict[str, Any]],
+        turn: metrics.TurnInfo | None,
+        how: str | None = None,
+    ) -> None:
+        """``how``: the ``fmbot.reply`` of the delivery's span (else from the final event)."""
         body = json.dumps({"job": job.id, "events": events}, ensure_ascii=False)
         key = self.keys.replies(job.chat)
         commands: list[Command] = [("RPUSH", key, body), ("EXPIRE", key, REPLIES_TTL)]
+        parent = None
         if any(e["kind"] in ("final", "image") for e in events):  # a turn's reply
             commands.append(self.store.mark(job.chat))
-        # With the other chats' replies and marks of the moment: one request for all of them.
-        await self.store.publish(*commands)
+            parent = (turn.span if turn is not None else None) or tracing.ambient()
+        if how is None:
+            how = "partial" if any(e.get("complete") is False for e in events) else "complete"
+        attributes = {"fmbot.channel": "queue", "fmbot.reply": how}
+        with tracing.child("fmbot deliver", parent, attributes, kind_of=metrics.redis_error_kind):
+            # With the other chats' replies and marks of the moment: one request for all of them.
+            await self.store.publish(*commands)
 
 
 def final_event(text: str, complete: bool, sources: str = "") -> dict[str, Any]:
