@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -41,44 +42,43 @@ class Family:
         raise NotImplementedError
 
 
-class Counter(Family):
+class _Series(Family):
+    """A value per series (a counter's or a gauge's)."""
+
     __slots__ = ("values",)
+    exported: ClassVar[type[CounterMetricFamily | GaugeMetricFamily]]
 
     def __init__(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, doc, labelnames)
-        # An unlabelled counter is exported (as 0) before its first count, as prometheus_client
+        # An unlabelled series is exported (as 0) before its first count, as prometheus_client
         # does: a rate() over it then starts at the process's start, not at its first job.
         self.values: dict[Labels, float] = {} if self.labelnames else {(): 0.0}
 
-    def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
-        values = self.values
-        values[labels] = values.get(labels, 0.0) + amount
-
     def collect(self) -> Metric:
-        family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        family = self.exported(self.name, self.doc, labels=self.labelnames)
         for labels, value in list(self.values.items()):
             family.add_metric(labels, value)
         return family
 
 
-class Gauge(Family):
-    __slots__ = ("values",)
+class Counter(_Series):
+    __slots__ = ()
+    exported = CounterMetricFamily
 
-    def __init__(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, doc, labelnames)
-        self.values: dict[Labels, float] = {} if self.labelnames else {(): 0.0}
+    def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0.0) + amount
+
+
+class Gauge(_Series):
+    __slots__ = ()
+    exported = GaugeMetricFamily
 
     def set(self, value: float, labels: Labels = ()) -> None:
         self.values[labels] = value
 
     def remove(self, labels: Labels) -> None:
         self.values.pop(labels, None)
-
-    def collect(self) -> Metric:
-        family = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
-        for labels, value in list(self.values.items()):
-            family.add_metric(labels, value)
-        return family
 
 
 class Histogram(Family):
