@@ -191,7 +191,9 @@ class DialogManager:
                 self.busy.leave(ticket)
         except StoreError as exc:
             if self.raise_store_errors or isinstance(exc, GivenUpError):
-                raise  # counted by the queue's retry loop that gets it
+                # The queue's retry loop counts a Redis error it gets; a GivenUpError is no
+                # Redis error but a job given up with its partition (a lease loss, counted so).
+                raise
             metrics.store_error(exc)
             log.error("store failed for chat %s: %s", chat, exc)
             yield Notice(

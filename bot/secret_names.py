@@ -1,5 +1,6 @@
-"""What makes a name a secret's: the words that mark settings, query parameters and headers whose
-values are never shown (``sentinel_password``, ``api_key``, ``access_token``...)."""
+"""What makes a name a secret's: the words that mark URL query parameters whose values are never
+shown, in URLs fmbot prints (bot.urls) nor in log lines (bot.observe.logs): ``password``,
+``sentinel_password``, ``api_key``, ``access_token``..."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ sample, for the same counts: the exposition a scrape parses does not change with
 
 from __future__ import annotations
 
+import math
 import random
 
 import prometheus_client as prom
@@ -47,7 +48,7 @@ def test_counters_gauges_and_histograms_expose_as_prometheus_client_does(
 
     rng = random.Random(7)
     # Values on the bucket bounds too: a bound's bucket counts it (``le``), both sides alike.
-    values = [rng.choice([*BUCKETS, 0.0, 7.5, 100.0]) for _ in range(50)]
+    values = [rng.choice([*BUCKETS, 0.0, 7.5, 100.0, -1.0, math.inf]) for _ in range(50)]
     values += [rng.uniform(0, 6) for _ in range(200)]
     for value in values:
         channel = rng.choice(["web", "telegram"])
@@ -62,12 +63,16 @@ def test_counters_gauges_and_histograms_expose_as_prometheus_client_does(
         partition = str(rng.randrange(4))
         their_gauge.labels(partition).set(value)
         gauge.set(value, (partition,))
+    their_hist.labels("web").observe(math.nan)  # in the sum (NaN then) and in no bucket
+    hist.observe(math.nan, ("web",))
     their_gauge.remove("2")
     gauge.remove(("2",))
     gauge.remove(("no such partition",))  # a partition never sampled: nothing to remove
 
     expected = samples(theirs)
-    assert samples(ours) == expected
+    nan = ("t_seconds_sum", (("channel", "web"),))
+    assert math.isnan(expected.pop(nan)) and math.isnan(samples(ours).pop(nan))
+    assert {k: v for k, v in samples(ours).items() if k != nan} == expected
     assert expected[("t_seconds_count", (("channel", "web"),))] > 0
     assert ("t_pending", (("partition", "2"),)) not in expected
 
@@ -77,3 +82,14 @@ def test_histogram_buckets_must_ascend() -> None:
         counters.Histogram("t_bad", "Bad.", [], (1, 0.5))
     with pytest.raises(ValueError, match="ascending"):
         counters.Histogram("t_empty", "Empty.", [], ())
+
+
+def test_a_series_with_the_wrong_labels_fails_the_scrape() -> None:
+    registry = CollectorRegistry(auto_describe=True)
+    counter = counters.Counter("t_turns", "Turns.", ["channel", "status"])
+    registry.register(counters.Families([counter]))
+    counter.inc(("web", "ok"))
+    assert samples(registry) == {("t_turns_total", (("channel", "web"), ("status", "ok"))): 1.0}
+    counter.inc(("web",))  # a status forgotten
+    with pytest.raises(ValueError, match=r"t_turns: labels \('web',\) for \('channel', 'status'\)"):
+        generate_latest(registry)

@@ -174,14 +174,16 @@ async def test_a_configuration_error_is_one_json_line_too(tmp_path: Path) -> Non
     assert line["level"] == "ERROR" and "FMBOT_STORE" in line["message"]
 
 
-def test_uncaught_exceptions_in_threads_and_del_are_json_lines_too(tmp_path: Path) -> None:
-    """Python prints these itself, over many lines, unless configure() routes them."""
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_uncaught_exceptions_in_threads_and_del_are_log_lines_too(fmt: str, tmp_path: Path) -> None:
+    """Python prints these itself, over many lines and unscrubbed, unless configure() routes
+    them: then they are log lines of the format, their secrets masked."""
     script = textwrap.dedent(
-        """
+        f"""
         import threading
         from bot.observe import logs
 
-        logs.configure("json", "INFO", secrets=["sk-thread-secret-42"])
+        logs.configure("{fmt}", "INFO", secrets=["sk-thread-secret-42"])
 
         def fail():
             raise RuntimeError("in a thread, with sk-thread-secret-42")
@@ -209,6 +211,13 @@ def test_uncaught_exceptions_in_threads_and_del_are_json_lines_too(tmp_path: Pat
         check=False,
     )
     assert done.returncode == 1
+    assert "sk-thread-secret-42" not in done.stderr
+    if fmt == "text":
+        assert done.stderr.startswith("ERROR fmbot: uncaught exception in thread helper\n")
+        assert "RuntimeError: in a thread, with ****" in done.stderr
+        assert "\nERROR fmbot: " in done.stderr and "KeyError: 'from __del__'" in done.stderr
+        assert "\nCRITICAL fmbot: uncaught exception\n" in done.stderr
+        return
     thread, unraisable, main = parsed(done.stderr)  # three lines, each one object
     assert (thread["exc_type"], thread["level"]) == ("RuntimeError", "ERROR")
     assert "helper" in thread["message"] and "in fail" in thread["traceback"]

@@ -3,11 +3,13 @@
 One command, several runs, each under its own key prefix, so the best case is printed next to
 what real use looks like:
 
-* **best case** and **best case, metrics on**: an ingress in a process of its own (as
-  ``--role ingress`` is deployed) queues every chat's messages while no worker runs; then a
-  worker in this process answers the backlog against the clock, ``--concurrency`` turns at
-  once, replies stored only; the second time with Prometheus metrics counted (as with
-  ``FMBOT_METRICS_LISTEN``; one scrape at the end, its count of turns checked);
+* **best case**, **best case, metrics on** and **best case, metrics on and off**: an ingress in
+  a process of its own (as ``--role ingress`` is deployed) queues every chat's messages while no
+  worker runs; then a worker in this process answers the backlog against the clock,
+  ``--concurrency`` turns at once, replies stored only; the second time with Prometheus metrics
+  counted (as with ``FMBOT_METRICS_LISTEN``; one scrape at the end, its count of turns
+  checked); the third time with metrics switched on and off every ``--toggle-ms``, which
+  measures what they cost (adapters/cli/bench_cost.py);
 * **steady state** and **many chats** (``--many-chats``, 20,000): every chat is answered once
   before the clock by the worker that then answers the backlog (it keeps its partitions, so its
   copy of the chats, and holds the backlog's jobs until the clock starts); then ``--turns`` turns
@@ -50,10 +52,10 @@ Printed figures, per run:
   crash);
 * CPU time of this process (the worker) per turn, while the clock ran.
 
-Then what metrics cost (``--cost-rounds``, ``--cost-turns``): shorter best-case runs alternately
-without and with metrics, A B B A ..., and the medians of both sides' throughput and CPU time per
-turn compared (:class:`CostRounds`), then each round's B against its A (paired), and the CPU time
-the counting takes on its own.
+With ``--cost-rounds`` (0 by default), what metrics cost over whole runs too: shorter best-case
+runs alternately without and with metrics, A B B A ..., the medians of both sides' throughput and
+CPU time per turn compared (:class:`~adapters.cli.bench_cost.CostRounds`), then each round's B
+against its A (paired).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 #: The limit: metrics may cost a turn at most this share of its CPU time.
 LIMIT = 0.05
-#: Seconds between switches: some 200 turns a stretch at this machine's best case, so a stretch's
-#: boundary (turns under way, 8 at once) blurs it by a few per cent, and a 5-second run has 50
-#: pairs of stretches.
+#: Seconds between switches: 100 to 200 turns a stretch at the best case of the machines fmbot is
+#: benchmarked on, so the turns under way at a switch (8 at once) blur a stretch by a few per
+#: cent, and a 5-second run has some 50 pairs of stretches.
 TOGGLE = 0.05
 
 
@@ -67,11 +67,17 @@ class Toggled:
 
     def report(self) -> list[str]:
         (cpu_off, off), (cpu_on, on) = self.side(False), self.side(True)
-        per_off, per_on = cpu_off / max(off, 1), cpu_on / max(on, 1)
         paired = self.paired()
-        median = statistics.median(paired) if paired else 0.0
+        if not paired:
+            return [
+                f"  metrics cost  not measured: the run was too short to switch metrics on and "
+                f"off every {self.period * 1000:g} ms ({off} turns off, {on} on); more --turns or "
+                "a shorter --toggle-ms"
+            ]
+        per_off, per_on = cpu_off / off, cpu_on / on
+        median = statistics.median(paired)
         counting = counting_cost()
-        more = per_on / max(per_off, 1e-12) - 1
+        more = per_on / per_off - 1
         return [
             f"  metrics cost  switched on and off every {self.period * 1000:.0f} ms while the "
             f"clock ran: {per_off * 1e6:.1f} µs of CPU per turn off ({off} turns), "
@@ -88,9 +94,12 @@ class Toggled:
 class Toggler:
     """Switches metrics on and off every ``period`` seconds between :meth:`start` and
     :meth:`stop`, recording each stretch (see :class:`Toggled`); ``answered()`` counts the turns
-    answered so far. The first stretch is off."""
+    answered so far. The first stretch (off) starts with the first turn answered: what comes
+    before (a worker taking its partitions) is no turn's work, and would weigh on one side."""
 
     def __init__(self, answered: Callable[[], int], period: float) -> None:
+        if period <= 0:
+            raise ValueError("the period must be positive")
         self.answered = answered
         self.result = Toggled(period)
         self._task: asyncio.Task[None] | None = None
@@ -102,14 +111,16 @@ class Toggler:
         """Stops switching (metrics off); the stretch cut short by the stop is not kept."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})  # not awaited itself: our own cancellation goes on
         metrics.enable(False)
         return self.result
 
     async def _run(self) -> None:
         on = False
         metrics.enable(on)
+        # Polled: the runs count their turns in plain lists, with nothing to wait on.
+        while not self.answered():  # noqa: ASYNC110
+            await asyncio.sleep(self.result.period / 50)
         cpu, turns = time.process_time(), self.answered()
         while True:
             await asyncio.sleep(self.result.period)
@@ -171,6 +182,7 @@ def cost_order(rounds: int) -> list[bool]:
     return [on for i in range(rounds) for on in ((False, True) if i % 2 == 0 else (True, False))]
 
 
+@functools.cache  # measured once per process: several reports print it
 def counting_cost(turns: int = 20_000) -> float:
     """Seconds of CPU that counting adds to one text turn: what the dialog manager and the queue
     call per turn (bot/dialog.py, bot/queue/partition.py), under a label of its own, with metrics

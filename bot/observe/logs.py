@@ -37,18 +37,17 @@ MASK = "****"
 
 # user:password@ in any URL; the value of an Authorization header or an api-key style field,
 # as libraries print them (``'authorization': 'Bearer …'``, ``Authorization: Api-Key …``).
-# The scheme starts a word: tried inside one, it would rescan the rest of the word at every
-# letter (minutes for a long base64 line).
-_URL_PASSWORD = re.compile(r"(?<![\w+.-])(\w[\w+.-]*://[^:/@\s'\"]*:)[^@\s'\"]+@")
+# The scheme starts after a non-word character and is at most 32 characters long: tried at every
+# letter, or unbounded, it would rescan the rest of a long word again and again (minutes for a
+# long base64 line); this way each start scans a few characters.
+_URL_PASSWORD = re.compile(r"(?<!\w)(\w[\w+.-]{0,31}://[^:/@\s'\"]*:)[^@\s'\"]+@")
 _AUTH_VALUE = re.compile(
     r"((?:authorization|x-api-key|api[-_]key|x-telegram-bot-api-secret-token)['\"]?\s*[:=]\s*"
     r"['\"]?(?:(?:bearer|api-key|basic)\s+)?)[^\s'\",}]+",
     re.IGNORECASE,
 )
-# Query parameters named like secrets (``?password=``, ``&sentinel_password=``, ``access_token=``):
-# the names bot.urls.mask_url hides in URLs fmbot shows.
-_SECRET_PARAM = SECRET_NAME
-# Any ``?name=value`` / ``&name=value``; the name is checked apart, which keeps this linear.
+# Any ``?name=value`` / ``&name=value``; the name is checked apart (SECRET_NAME: those
+# bot.urls.mask_url hides too), which keeps this linear.
 _QUERY_PARAM = re.compile(r"([?&]([^=&?#\s'\"]*)=)[^&#\s'\"]+")
 
 
@@ -71,7 +70,7 @@ class Scrubber:
 
 
 def _mask_secret_param(match: re.Match[str]) -> str:
-    return match[1] + MASK if _SECRET_PARAM.search(match[2]) else match[0]
+    return match[1] + MASK if SECRET_NAME.search(match[2]) else match[0]
 
 
 def secret_values(*settings: BaseModel) -> list[str]:
@@ -97,7 +96,7 @@ def _url_secrets(url: str) -> list[str]:
     found = [password, unquote(password)] if password else []
     for param in parts.query.split("&"):
         name, _, value = param.partition("=")
-        if value and _SECRET_PARAM.search(name):
+        if value and SECRET_NAME.search(name):
             found += [value, unquote_plus(value)]
     return found
 
@@ -180,17 +179,11 @@ def configure(
     logging.getLogger().setLevel(upper if upper in LEVELS else default_level)
     log_to(logging.StreamHandler(stream or sys.stderr), _format, secrets)
     logging.captureWarnings(True)  # warnings.warn: the py.warnings logger, same formatter
-    # Python prints uncaught exceptions itself, as many lines: in json they are log lines too.
-    hooks = (
-        (sys, "excepthook", _log_uncaught, sys.__excepthook__),
-        (threading, "excepthook", _log_thread, threading.__excepthook__),
-        (sys, "unraisablehook", _log_unraisable, sys.__unraisablehook__),
-    )
-    for module, name, ours, default in hooks:
-        if _format == "json":
-            setattr(module, name, ours)
-        elif getattr(module, name) is ours:  # back to text: Python's own again
-            setattr(module, name, default)
+    # Python prints uncaught exceptions itself, unscrubbed and, in json, as many lines: they go
+    # through the same formatter as every other line.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread
+    sys.unraisablehook = _log_unraisable
 
 
 def _log_uncaught(

@@ -425,13 +425,15 @@ def redis_error(exc: BaseException) -> None:
         REDIS_ERRORS.inc((redis_error_kind(exc),))
 
 
+# redis-py's error classes (bot.redis.REDIS_ERRORS is in a layer above bot.observe).
 _REDIS_CAUSES = (redis_errors.RedisError, redis_errors.RedisClusterException)
 
 
 def store_error(exc: BaseException) -> None:
     """A StoreError the dialog manager answered itself (a notice, a reply not saved). Only
-    there: one it raises goes to the queue's retry loop, which counts it (bot.queue.backoff).
-    Counted when Redis's client caused it: a SQLite store's failures are not Redis errors."""
+    there: one it raises goes to the queue's retry loop, which counts it (bot.queue.backoff),
+    or is a job given up with its partition (a lease loss). Counted when Redis's client caused
+    it: a SQLite store's failures are not Redis errors."""
     if _on and isinstance(exc.__cause__, _REDIS_CAUSES):
         REDIS_ERRORS.inc((redis_error_kind(exc),))
 
