@@ -573,7 +573,11 @@ class DialogManager:
         if writer is not None and self.rewrite_image_prompts:
             try:
                 messages = build_messages(writer, request)
-                rewritten = (await self.model.respond(messages, self.options_for(writer))).strip()
+                response = self.model.respond(messages, self.options_for(writer))
+                # A model call of this turn like its answer's (counted, traced); the turn's
+                # status stays the picture's.
+                with metrics.ModelCall(self.model.name, messages, response):
+                    rewritten = (await response).strip()
                 prompt = rewritten or request
             except (ModelError, PromptError) as exc:
                 log.warning("image prompt rewrite failed, using the request as is: %s", exc)

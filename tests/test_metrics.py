@@ -363,6 +363,46 @@ async def test_pictures_are_counted_by_model_and_outcome(
     assert errors == (1 if fails else 0)
 
 
+@pytest.mark.parametrize("rewrite_fails", [False, True])
+async def test_an_image_turns_prompt_rewrite_is_a_counted_model_call(
+    openai: FakeOpenAI,
+    yandex: FakeYandex,
+    art: YandexImageModel,
+    served: int,
+    rewrite_fails: bool,
+) -> None:
+    """A drawing request: the text model rewrites it into the picture's prompt first — a model
+    call counted as any (request, error kind, reported tokens); the turn is the picture's."""
+    openai.reply = "a red apple, watercolor, soft light"
+    if rewrite_fails:
+        openai.inject(Fault("status", status=500), times=10)  # past the retries
+    manager = await openai_manager(openai, image_model=art)
+    before = await scrape(served)
+    events = [e async for e in manager.handle(Incoming("chat-r", "draw a red apple"))]
+    after = await scrape(served)
+    grew = growth(before, after)
+    text = "openai:gpt-test"
+    assert isinstance(events[-1], ImageReply)  # drawn either way: from the request as is
+    [sent] = yandex.requests_to("/imageGenerationAsync")
+    drawn = "draw a red apple" if rewrite_fails else openai.reply
+    assert sent.body["messages"][0]["text"] == drawn
+    assert grew("fmbot_model_requests_total", model=text, outcome="error") == int(rewrite_fails)
+    assert grew("fmbot_model_requests_total", model=text, outcome="ok") == int(not rewrite_fails)
+    assert grew("fmbot_model_errors_total", model=text, kind="5xx") == int(rewrite_fails)
+    # The tokens the model reported (the fake: a token a word); none for the failed call.
+    output = 0 if rewrite_fails else len(openai.reply.split())
+    assert grew("fmbot_model_tokens_total", model=text, direction="output") == output
+    input_tokens = grew("fmbot_model_tokens_total", model=text, direction="input")
+    assert (input_tokens == 0) if rewrite_fails else (input_tokens > 10)
+    # Not the reply's first token: nothing the user waits to read.
+    assert grew("fmbot_first_token_seconds_count", channel="console", model=text) == 0
+    assert grew("fmbot_model_requests_total", model=art.name, outcome="ok") == 1
+    assert grew("fmbot_images_total", model=art.name, outcome="ok") == 1
+    # The turn's status is the picture's, whatever became of the rewrite.
+    assert grew("fmbot_turns_total", channel="console", status="ok") == 1
+    assert grew("fmbot_turns_total", channel="console", status="error") == 0
+
+
 async def test_redis_store_errors_a_turn_meets_are_counted(
     openai: FakeOpenAI, served: int, tmp_path: Path
 ) -> None:

@@ -313,6 +313,65 @@ async def test_an_image_turn_has_its_model_call_and_store_write(
     assert "zxcv" not in str(collector.spans)  # the prompt only when content is captured
 
 
+async def test_a_drawing_requests_prompt_rewrite_is_a_chat_span_of_its_turn(
+    collector: Collector,
+    openai: FakeOpenAI,
+    yandex: FakeYandex,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain request to draw: the text model's rewrite of it into the picture's prompt is a
+    ``chat`` span under the turn, beside the ``generate_content`` one; a failed rewrite is an
+    error on its span only — the picture, drawn from the request as is, decides the turn."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
+    monkeypatch.delenv(tracing.CAPTURE_VARIABLE, raising=False)
+    credentials = YandexCredentials(
+        folder_id=yandex.folder_id, api_key=SecretStr(yandex.api_key), iam_token=None
+    )
+    client = YandexClient(credentials, fm_url=yandex.llm_url, operations_url=yandex.operations_url)
+    text = await openai_manager(openai)
+    manager = DialogManager(text.store, text.model, text.prompts, image_model=art(client))
+    openai.reply = "a red apple, watercolor"
+    try:
+        async with serving(None, "worker"):
+            drawn = [e async for e in manager.handle(Incoming("chat-rw", "draw a red zxcv"))]
+            openai.inject(Fault("status", status=500), times=10)  # past the retries
+            plain = [e async for e in manager.handle(Incoming("chat-no-rw", "draw a cat"))]
+    finally:
+        await client.aclose()
+    assert isinstance(drawn[-1], ImageReply) and isinstance(plain[-1], ImageReply)
+    turns = {s["attributes"]["gen_ai.conversation.id"]: s for s in collector.named("fmbot turn")}
+    rewrites = {
+        s["attributes"]["gen_ai.conversation.id"]: s for s in collector.named("chat gpt-test")
+    }
+    pictures = {
+        s["attributes"]["gen_ai.conversation.id"]: s
+        for s in collector.spans
+        if s["attributes"].get("gen_ai.operation.name") == "generate_content"
+    }
+    assert set(turns) == set(rewrites) == set(pictures) == {"chat-rw", "chat-no-rw"}
+    for chat, call in rewrites.items():
+        turn = turns[chat]
+        assert (call["parent"], call["trace"]) == (turn["id"], turn["trace"])
+        assert call["kind"] == 3  # CLIENT
+        assert call["attributes"]["gen_ai.operation.name"] == "chat"
+        assert call["attributes"]["gen_ai.provider.name"] == "openai"
+        assert call["attributes"]["gen_ai.request.model"] == "gpt-test"
+        assert pictures[chat]["parent"] == turn["id"]
+        # The picture's outcome is the turn's.
+        assert turn["attributes"]["fmbot.turn.status"] == "ok" and not turn["error"]
+        assert "error.type" not in turn["attributes"] and not pictures[chat]["error"]
+    ok, failed = rewrites["chat-rw"], rewrites["chat-no-rw"]
+    assert not ok["error"] and "error.type" not in ok["attributes"]
+    # The fake's usage: a token a word.
+    assert ok["attributes"]["gen_ai.usage.output_tokens"] == len(openai.reply.split())
+    assert ok["attributes"]["gen_ai.usage.input_tokens"] > 0
+    assert ok["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+    assert failed["error"] and failed["attributes"]["error.type"] == "5xx"
+    assert failed["attributes"]["gen_ai.response.finish_reasons"] == ["error"]
+    assert "gen_ai.usage.output_tokens" not in failed["attributes"]
+    assert "zxcv" not in str(collector.spans)  # no content without the flag
+
+
 async def test_fmbot_web_delivers_a_reply_in_a_span_of_its_turn(
     collector: Collector, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import redis.exceptions as redis_errors
@@ -63,7 +63,8 @@ MODEL_REQUESTS = Counter(
 MODEL_ERRORS = Counter("fmbot_model_errors", "Failed model calls, by kind.", ["model", "kind"])
 MODEL_TOKENS = Counter(
     "fmbot_model_tokens",
-    "Tokens of stored turns (estimated when the model reports none).",
+    "Tokens of stored turns (estimated when the model reports none) and of image prompt "
+    "rewrites (as reported).",
     ["model", "direction"],
 )
 IMAGES = Counter("fmbot_images", "Pictures generated, by outcome.", ["model", "outcome"])
@@ -370,6 +371,65 @@ def image(model: str, error: ModelError | None = None) -> None:
     MODEL_REQUESTS.inc((model, status))
     if error is not None:
         MODEL_ERRORS.inc((model, error_kind(error)))
+
+
+class Reply(Protocol):
+    """What a model call's reply tells once read: bot.models.base.Response (a layer above)."""
+
+    @property
+    def usage(self) -> Usage | None: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+class ModelCall:
+    """``with ModelCall(model, messages, response): await response`` — a model call of the
+    current turn besides the one that answers it (an image turn's prompt rewrite): counted
+    (requests by outcome, errors by kind, the tokens the model reports) and traced (a ``chat``
+    span under the turn) like that one, while the turn's status stays the answer's. A ModelError
+    leaving the block is its failure; leaving by cancellation, it was stopped."""
+
+    __slots__ = ("messages", "model", "response", "span")
+
+    def __init__(self, model: str, messages: Sequence[Message], response: Reply) -> None:
+        self.model = model
+        self.messages = messages
+        self.response = response
+        self.span: Any = None
+
+    def __enter__(self) -> None:
+        turn = current_turn.get()
+        if turn is not None:
+            turn.model = model = self.model  # log lines name it meanwhile
+            if turn.span is not None:
+                prompt = ((m.role, m.text) for m in self.messages)
+                self.span = tracing.start_model_call(turn.span, model, turn.chat, prompt)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if kind is None:
+            outcome, error = "ok", None
+        elif issubclass(kind, _STOPS):
+            outcome, error = "stopped", None
+        else:  # a model raises ModelErrors only; anything else is "other"
+            outcome = "error"
+            error = error_kind(exc) if isinstance(exc, ModelError) else "other"
+        usage = self.response.usage
+        tracing.end_model_call(
+            self.span,
+            usage.input_tokens if usage else None,
+            usage.output_tokens if usage else None,
+            error,
+            status=outcome,
+            text=self.response.text,
+        )
+        if not _on:
+            return
+        MODEL_REQUESTS.inc((self.model, outcome))
+        if error is not None:
+            MODEL_ERRORS.inc((self.model, error))
+        if usage is not None:  # not estimated: nothing of this call is stored or charged
+            tokens(self.model, usage.input_tokens, usage.output_tokens)
 
 
 # --- the queue, the ingress, Telegram, Redis -------------------------------------------------

@@ -1,8 +1,9 @@
 """OpenTelemetry traces, with the optional extra ``fmbot[otel]``: with
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) set, each turn is a
 span ``fmbot turn`` with child spans for its steps (``fmbot history read``, ``fmbot prompt
-build``, ``fmbot store write``, a channel's ``fmbot deliver``) and its model call, ``chat
-MODEL`` (``generate_content MODEL`` for a picture), with the GenAI semantic conventions
+build``, ``fmbot store write``, a channel's ``fmbot deliver``) and its model calls, ``chat
+MODEL`` (``generate_content MODEL`` for a picture, after the ``chat`` that rewrites a drawing
+request into its prompt), with the GenAI semantic conventions
 (``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
 ``gen_ai.usage.input_tokens``/``output_tokens``, ``gen_ai.response.finish_reasons``,
 ``gen_ai.conversation.id``, ``error.type``; a failed span's status is error). Message content
