@@ -31,6 +31,7 @@ from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.telegram_server import FakeTelegram
 from tests.test_metrics import openai_manager, stopped_at_end
 from tests.test_queue_outage import PrivateRedis
+from tests.test_telegram import running
 from tests.test_telegram_roles import base_env, exited, fmbot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,3 +306,51 @@ async def test_no_secret_at_debug_and_no_user_text_at_info(
     for line in lines:
         if LEVELS[line["level"]] >= logging.INFO:
             assert "qwerty" not in line["message"] and "asdfgh" not in line["message"], line
+
+
+async def logged(out: io.StringIO, text: str, within: float = 10) -> dict[str, Any]:
+    """The first JSON line whose message has ``text``, once written."""
+    async with asyncio.timeout(within):
+        while True:
+            found = [x for x in parsed(out.getvalue()) if text in x["message"]]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("refused", ["final", "stopped"])
+async def test_telegram_refusing_a_reply_is_logged_with_its_turn(
+    openai: FakeOpenAI, json_lines: io.StringIO, prompts_dir: Path, refused: str
+) -> None:
+    """The bot's Telegram channel against the fake Bot API: Telegram refuses the reply's final
+    message (403: blocked) or, after /stop, its stopped text (400: chat gone). The turn has
+    ended by then; the warning still names it, and its id leads to the stored reply."""
+    model = (await openai_manager(openai)).model
+    async with FakeTelegram() as fake:
+        alice = fake.user(6160, "Alice")
+        chat = fake.private_chat(alice)
+        async with running(fake, prompts_dir, model) as bot:
+            if refused == "final":
+                openai.reply = "Here is the **answer**."
+                fake.fail_next(
+                    "sendMessage",
+                    403,
+                    "Forbidden: bot was blocked by the user",
+                    when=lambda p: bool(p.get("entities")),  # the final, formatted message
+                )
+                fake.push_text(chat, alice, "a question")
+            else:
+                openai.reply = " ".join(f"word{i}" for i in range(40))
+                openai.stream_delay = 0.1  # still streaming when stopped
+                fake.push_text(chat, alice, "tell a long story")
+                await fake.wait_for(lambda: bool(fake.drafts), 10)
+                fake.fail_next("sendMessage", 400, "Bad Request: chat not found")
+                fake.push_text(chat, alice, "/stop")
+            line = await logged(json_lines, "could not deliver a reply")
+        assert not fake.bot_messages(chat["id"])  # refused indeed
+        turns = await bot.store.read(f"tg:{chat['id']}")
+    assert line["logger"] == "adapters.telegram.replies" and line["level"] == "WARNING"
+    assert (line["chat"], line["channel"]) == (f"tg:{chat['id']}", "telegram")
+    [_, reply] = turns
+    assert reply.meta["status"] == ("complete" if refused == "final" else "stopped")
+    assert reply.meta["turn"] == line["turn"]

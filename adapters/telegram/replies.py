@@ -126,12 +126,14 @@ class Replies:
                     await reply.task
                 raise
             if reply.task.cancelled():
-                with spans.delivering(reply.turn, preview, "stopped"):
+                # The turn has ended: its lines (and spans) name it again while delivering.
+                with metrics.within(reply.turn), spans.delivering(reply.turn, preview, "stopped"):
                     await preview.finish(stopped_text(reply.text))
             else:
                 reply.task.result()
         except TelegramAPIError as exc:
-            log.warning("could not deliver a reply in chat %s: %s", target.chat_id, exc.message)
+            with metrics.within(reply.turn):
+                log.warning("could not deliver a reply in chat %s: %s", target.chat_id, exc.message)
         finally:
             replies = self._active.get(target.key, [])
             replies.remove(reply)
@@ -187,5 +189,5 @@ class Replies:
                     await self.outbox.send_photo(target, event.data, event.mime_type, event.prompt)
         if reply.text and not finished:  # the manager ended without a final text
             reply.stoppable = False
-            with spans.delivering(reply.turn, preview, "partial"):
+            with metrics.within(reply.turn), spans.delivering(reply.turn, preview, "partial"):
                 await preview.finish(reply.text)

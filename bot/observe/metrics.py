@@ -222,6 +222,21 @@ def resume(turn: TurnInfo) -> None:
     current_turn.set(turn)
 
 
+@contextlib.contextmanager
+def within(turn: TurnInfo | None) -> Iterator[None]:
+    """``with within(turn):`` makes ``turn`` current for the block (its log lines name it), then
+    restores what was: for work of a turn done after it ended (a channel delivering its reply,
+    reporting that delivery failed). No-op for None."""
+    if turn is None:
+        yield
+        return
+    token = current_turn.set(turn)
+    try:
+        yield
+    finally:
+        current_turn.reset(token)
+
+
 def turn_status(status: str, model: str | None = None) -> None:
     """Say how the current turn ended (and which model answered it)."""
     turn = current_turn.get()
