@@ -132,6 +132,47 @@ def test_secret_query_parameters_are_masked_in_any_url() -> None:
         assert scrub(url) == mask_url(url), url
 
 
+@pytest.mark.parametrize(
+    "before",
+    ["", " ", "(", "'", "=", "x=-", "+", "connecting...", "url:", "a.b-"],
+    ids=repr,
+)
+def test_url_passwords_are_masked_whatever_comes_before_the_url(before: str) -> None:
+    line = logs.Scrubber()(f"{before}redis://user:hunter2pw@cache:6379/0 refused")
+    assert line == f"{before}redis://user:****@cache:6379/0 refused"
+
+
+def test_scrubbing_a_long_line_without_urls_stays_quick(tmp_path: Path) -> None:
+    """A megabyte of base64 (a picture in a debug line) and one of a single word: the patterns
+    scan each character a bounded number of times. In a process of its own with a timeout, so
+    a pattern that rescans (seconds per 50 kB, hours per megabyte) fails here, not in a bot."""
+    script = textwrap.dedent(
+        """
+        import base64, os
+        from bot.observe.logs import Scrubber
+        scrub = Scrubber(["some-secret-value"])
+        for line in (
+            base64.b64encode(os.urandom(750_000)).decode() + "://",
+            "a" * 1_000_000 + "://x:y",
+            "+a" * 500_000 + "://",
+            "=" + "-a." * 300_000 + "://u:",
+        ):
+            assert scrub(line) == line
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
 def test_secret_values_include_the_secret_query_parameters_of_urls(tmp_path: Path) -> None:
     settings = load_settings(
         _env_file=None,
