@@ -206,9 +206,7 @@ class ConsoleChannel:
 
 def delivering(turn: metrics.TurnInfo | None, how: str) -> contextlib.AbstractContextManager[Any]:
     """The ``fmbot deliver`` span of ``turn`` (when traced) while the block writes its reply."""
-    parent = turn.span if turn is not None else None
-    attributes = {"fmbot.channel": "console", "fmbot.reply": how}
-    return tracing.child("fmbot deliver", parent, attributes)
+    return tracing.deliver(turn.span if turn is not None else None, "console", how)
 
 
 def _how(reply: FinalText) -> str:

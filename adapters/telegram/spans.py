@@ -41,19 +41,15 @@ def delivering(
     turn: metrics.TurnInfo | None, preview: ReplyPreview, reply: str
 ) -> contextlib.AbstractContextManager[Any]:
     """``with delivering(turn, preview, "complete"): await preview.finish(text)``."""
-    if not tracing.enabled():
+    if not tracing.enabled():  # the preview's attribute is worked out only when traced
         return contextlib.nullcontext()
-    parent = (turn.span if turn is not None else None) or tracing.ambient()
     if preview.draft_id is not None:
         shown = "draft"
     else:
         shown = "message" if preview.message_id is not None else "none"
-    attributes = {
-        "fmbot.channel": "telegram",
-        "fmbot.telegram.preview": shown,
-        "fmbot.reply": reply,
-    }
-    return tracing.child("fmbot deliver", parent, attributes, kind_of=outcome_of)
+    turn_span = turn.span if turn is not None else None
+    attributes = {"fmbot.telegram.preview": shown}
+    return tracing.deliver(turn_span, "telegram", reply, attributes, kind_of=outcome_of)
 
 
 class RequestSpans(BaseRequestMiddleware):

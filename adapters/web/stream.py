@@ -82,9 +82,8 @@ async def sse(
     span = None
     if turn is not None and turn.span is not None and (text or status == "complete"):
         how = "stopped" if not ended else "complete" if status == "complete" else "partial"
-        attributes = {"fmbot.channel": "web", "fmbot.reply": how}
-        # Not made current (tracing.child): the stream may be closed from another context.
-        span = tracing.start_child(turn.span, "fmbot deliver", attributes)
+        # Open across the yield, not a block: the stream may be closed from another context.
+        span = tracing.start_delivery(turn.span, "web", how)
     try:
         yield final  # resumed once the server has sent it
     finally:

@@ -100,7 +100,8 @@ def start_turn(chat: str, channel: str, turn_id: str) -> Any:
 
 
 def end_turn(span: Any, status: str, error_type: str | None = None) -> None:
-    """``error_type``: the model's error kind when a model call failed the turn."""
+    """``error_type``: the model's error kind when a model call failed the turn, else the class
+    of the exception that did (default: ``status``)."""
     if span is not None:
         span.set_attribute("fmbot.turn.status", status)
         if status in _FAILED:
@@ -157,7 +158,7 @@ def child(
     client: bool = False,
     kind_of: Callable[[Exception], str] | None = None,
 ) -> contextlib.AbstractContextManager[Any]:
-    """``with child("fmbot deliver", turn_span, {...}) as span:`` (span None when not traced:
+    """``with child("fmbot history read", turn_span, {...}) as span:`` (span None when not traced:
     tracing off or no parent). ``client``: a call to another service (span kind CLIENT);
     ``kind_of``: the ``error.type`` of an exception (default: its class name)."""
     if _tracer is None or parent is None:
@@ -168,6 +169,43 @@ def child(
     context = trace.set_span_in_context(parent)
     span = _tracer.start_span(name, context=context, kind=kind, attributes=attributes)
     return Child(span, kind_of)
+
+
+def deliver(
+    turn_span: Any,
+    channel: str,
+    reply: str,
+    attributes: dict[str, Any] | None = None,
+    *,
+    kind_of: Callable[[Exception], str] | None = None,
+) -> contextlib.AbstractContextManager[Any]:
+    """``with deliver(turn.span, "console", "complete"):`` the ``fmbot deliver`` span of a
+    channel delivering a reply (span None when not traced), a child of ``turn_span``, else of
+    the OpenTelemetry context's span (a queue job's: a stored reply sent again after a restart).
+    ``reply``: ``complete``, ``partial``, ``stopped``, ``redelivered``; ``attributes``: the
+    channel's own; ``kind_of`` as for :func:`child`. Tracing off: one check of a global."""
+    span = start_delivery(turn_span, channel, reply, attributes)
+    return _NO_SPAN if span is None else Child(span, kind_of)
+
+
+def start_delivery(
+    turn_span: Any, channel: str, reply: str, attributes: dict[str, Any] | None = None
+) -> Any:
+    """The span of :func:`deliver`, started but neither made current nor ended, or None: for
+    a delivery that stays open across a ``yield`` (the web's ``final`` event, sent once the
+    generator is resumed), which a context-manager block can't span: the generator may be
+    closed from another context, where resetting the current span would raise. The caller
+    ends it."""
+    if _tracer is None:
+        return None
+    parent = turn_span or ambient()
+    if parent is None:
+        return None
+    return start_child(
+        parent,
+        "fmbot deliver",
+        {"fmbot.channel": channel, "fmbot.reply": reply, **(attributes or {})},
+    )
 
 
 def current() -> Any:

@@ -90,14 +90,14 @@ class DialogHandler:
         body = json.dumps({"job": job.id, "events": events}, ensure_ascii=False)
         key = self.keys.replies(job.chat)
         commands: list[Command] = [("RPUSH", key, body), ("EXPIRE", key, REPLIES_TTL)]
-        parent = None
-        if any(e["kind"] in ("final", "image") for e in events):  # a turn's reply
+        delivery: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if any(e["kind"] in ("final", "image") for e in events):  # a turn's reply: traced
             commands.append(self.store.mark(job.chat))
-            parent = (turn.span if turn is not None else None) or tracing.ambient()
-        if how is None:
-            how = "partial" if any(e.get("complete") is False for e in events) else "complete"
-        attributes = {"fmbot.channel": "queue", "fmbot.reply": how}
-        with tracing.child("fmbot deliver", parent, attributes, kind_of=metrics.redis_error_kind):
+            if how is None:
+                how = "partial" if any(e.get("complete") is False for e in events) else "complete"
+            turn_span = turn.span if turn is not None else None
+            delivery = tracing.deliver(turn_span, "queue", how, kind_of=metrics.redis_error_kind)
+        with delivery:
             # With the other chats' replies and marks of the moment: one request for all of them.
             await self.store.publish(*commands)
 
