@@ -218,8 +218,9 @@ async def test_a_cut_reply_and_a_failed_step_are_errors_a_refused_reply_is_not(
     collector: Collector, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Span status ERROR, as exported, on what failed: the model call and the turn of a reply
-    cut short (error.type the model's error kind), a step whose store is down and its turn; a
-    refusal (the content filter) is an answer, its turn no error."""
+    cut short (error.type the model's error kind), a step whose store is down and its turn
+    (error.type the exception's class); a refusal (the content filter) is an answer, its turn
+    no error."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
     manager = await openai_manager(openai)
     openai.reply = "one two three four five six"
@@ -253,7 +254,9 @@ async def test_a_cut_reply_and_a_failed_step_are_errors_a_refused_reply_is_not(
         s for s in collector.named("fmbot history read") if s["parent"] == turns["chat-down"]["id"]
     ]
     assert read["error"] and read["attributes"]["error.type"] == "StoreError"
-    assert turns["chat-down"]["error"] and turns["chat-down"]["attributes"]["error.type"] == "error"
+    # The exception that failed the turn names its error.type (no model error to say why).
+    down_turn = turns["chat-down"]
+    assert down_turn["error"] and down_turn["attributes"]["error.type"] == "StoreError"
     others = [s for s in collector.named("fmbot history read") if s is not read]
     assert len(others) == 2 and not any(s["error"] for s in others)
 

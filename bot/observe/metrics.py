@@ -206,7 +206,15 @@ class Metered:
             status = "stopped"
         if turn.span is not None:
             tracing.end_model_call(turn.model_span, None, None, None)  # if the reply never ended
-            tracing.end_turn(turn.span, status, turn.error)
+            error = turn.error  # a model call's error kind wins: it says why the turn failed
+            if (
+                error is None
+                and status == "error"
+                and kind is not None
+                and issubclass(kind, Exception)
+            ):
+                error = kind.__name__  # what failed it (StoreError...): the class, no message
+            tracing.end_turn(turn.span, status, error)
         if not _on:
             return
         TURNS.inc((turn.channel, status))
