@@ -664,3 +664,60 @@ async def test_fmbot_web_serves_metrics_on_a_port_of_its_own(tmp_path: Path) -> 
     lines = json_lines_only(web.output())  # stdout and stderr, after SIGTERM and exit 0
     assert any(line["message"] == f"serving on {web.url}" for line in lines)
     assert any(str(line["logger"]).startswith("uvicorn") for line in lines)  # its lines too
+
+
+async def test_fmbot_webs_history_api_answers_a_redis_outage_with_503_and_counts_it(
+    tmp_path: Path,
+) -> None:
+    """FMBOT_STORE=redis:// and its Redis goes away: the page's reads of the store (a chat's
+    history, the chat list) answer 503 with what to do, as JSON the page shows, and count the
+    Redis error; forgetting answers 503 too. Redis back, the history is there again."""
+    private = PrivateRedis(tmp_path)
+    private.start(persist=True)
+    port = free_port()
+    chat = "outage-chat-5b1f"  # must not appear in the server's log line of a failed read
+    env = web_env(
+        tmp_path,
+        FMBOT_STORE=private.url,
+        FMBOT_METRICS_LISTEN=f"127.0.0.1:{port}",
+        FMBOT_LOG_FORMAT="json",
+    )
+    down = "the conversation store cannot be reached; try again in a moment"
+    try:
+        with web_serving(env, tmp_path) as web:
+            async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
+                assert (await send(client, chat, "hello store"))[-1][0] == "final"
+                private.stop()
+                before = await scrape(port)
+                for path in (f"/api/chats/{chat}", "/api/chats"):
+                    failed = await client.get(path)
+                    assert failed.status_code == 503, failed.text
+                    assert failed.headers["content-type"] == "application/json"
+                    assert failed.json()["error"].startswith(down)
+                    assert "content-security-policy" in failed.headers  # the guard's, still
+                read = await scrape(port)
+                gone = await client.delete(f"/api/chats/{chat}")
+                assert gone.status_code == 503
+                assert "temporarily unavailable" in gone.json()["error"]
+                after = await scrape(port)
+                private.start(persist=True)
+                back = await client.get(f"/api/chats/{chat}")
+                assert back.status_code == 200, back.text
+                turns = [(t["role"], t["text"]) for t in back.json()["turns"]]
+                assert turns == [("user", "hello store"), ("assistant", "echo: hello store")]
+        counted = [
+            of_role(s, "web")("fmbot_redis_errors_total", kind="connection")
+            for s in (before, read, after)
+        ]
+        assert [counted[1] - counted[0], counted[2] - counted[1]] == [2, 1]  # reads, /forget
+        failures = [
+            line
+            for line in json_lines_only(web.output())
+            if "the conversation store failed" in str(line["message"])
+        ]
+        assert [line["level"] for line in failures] == ["ERROR", "ERROR"]
+        assert "ChatRoutes.read" in str(failures[0]["message"])
+        assert "ChatRoutes.index" in str(failures[1]["message"])
+        assert not any(chat in json.dumps(line) for line in failures)
+    finally:
+        private.stop()

@@ -30,8 +30,9 @@ from adapters.telegram.app import TelegramApp
 from adapters.telegram.target import Target
 from bot.commands import parse_command
 from bot.dialog import stored_sources
-from bot.errors import StoreError
+from bot.errors import GivenUpError, StoreError
 from bot.events import sources_line
+from bot.observe import metrics
 from bot.queue import Job, QueueKeys, Worker, current_job
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
@@ -139,6 +140,8 @@ class TelegramWorker:
         try:
             await self.store.delivered(job.chat)
         except StoreError as exc:  # raising would run the job again: a second reply
+            if not isinstance(exc, GivenUpError):  # a lease loss, counted as one (not Redis's)
+                metrics.store_error(exc)  # answered here: no retry loop counts it
             log.warning("job %s: could not record its delivery (%s)", job.id, exc)
 
     async def run(self) -> None:

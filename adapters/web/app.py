@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,8 +22,12 @@ from adapters.web.settings import WebSettings
 from adapters.web.templates import TemplateRoutes
 from adapters.web.uploads import Uploads
 from bot.dialog import DialogManager
+from bot.errors import StoreError
+from bot.observe import metrics
 from bot.pictures import MediaDir
 from bot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 async def healthz(request: Request) -> Response:
@@ -52,6 +57,23 @@ async def http_error(request: Request, exc: Exception) -> Response:
     generic = exc.detail in ("Not Found", "Method Not Allowed")
     detail = ROUTING_ERRORS.get(exc.status_code, exc.detail) if generic else exc.detail
     return error(exc.status_code, detail)
+
+
+STORE_DOWN = (
+    "the conversation store cannot be reached; try again in a moment (the server's log says why)"
+)
+
+
+async def store_error(request: Request, exc: Exception) -> Response:
+    """A route's read of the conversation store failed (its Redis is down, its SQLite file
+    locked): 503 with what to do, which the page shows, rather than a bare 500. Sending and
+    forgetting go through the dialog manager, which answers its own store errors."""
+    assert isinstance(exc, StoreError)
+    metrics.store_error(exc)  # a Redis error when Redis's client caused it
+    # The route by its handler's name: the path holds the chat's name, which the user typed.
+    route = getattr(request.scope.get("endpoint"), "__qualname__", "?")
+    log.error("the conversation store failed on %s %s: %s", request.method, route, exc)
+    return error(503, STORE_DOWN)
 
 
 def create_app(
@@ -92,5 +114,5 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(Guard, token=token)],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, StoreError: store_error},
     )

@@ -191,8 +191,19 @@ async function send(text, withPictures = []) {
     running = null;
     busy(false);
   }
+  await refresh().catch(shown);
+}
+
+// The chat list and the mode, as the server has them after a message.
+async function refresh() {
   const { body } = await getJSON(`/api/chats/${encodeURIComponent(chat)}`);
   await Promise.all([loadChats(), loadModes(body.mode)]);
+}
+
+// An API call that failed (e.g. 503: the conversation store cannot be reached): said in the
+// conversation, never only in the console.
+function shown(error) {
+  notice(error.message, "error");
 }
 
 function start() {
@@ -236,9 +247,9 @@ function start() {
     location.hash = encodeURIComponent(newName());
   });
   window.addEventListener("hashchange", () => {
-    if (!running) openChat(decodeURIComponent(location.hash.slice(1)) || newName());
+    if (!running) openChat(decodeURIComponent(location.hash.slice(1)) || newName()).catch(shown);
   });
-  openChat(chat || newName()).catch((error) => notice(error.message, "error"));
+  openChat(chat || newName()).catch(shown);
   box.focus();
 }
 
