@@ -21,7 +21,8 @@ from selenium.webdriver.support.ui import Select
 
 from tests.browser import WAIT, console_errors, keep, screenshot, threaded_fake_openai, wait
 from tests.fakes.openai_server import fake_image
-from tests.web_server import WebServer, add_support_kb, openai_env, serving
+from tests.test_queue_outage import PrivateRedis
+from tests.web_server import WebServer, add_support_kb, openai_env, serving, web_env
 
 WORD_DELAY = 0.15  # s between the fake model's words
 
@@ -270,3 +271,45 @@ def loaded(browser: webdriver.Chrome, selector: str) -> int:
         selector,
     )
     return count
+
+
+def notices(browser: webdriver.Chrome) -> list[str]:
+    return [n.text for n in browser.find_elements(By.CSS_SELECTOR, "#messages .msg.notice.error")]
+
+
+def test_a_store_outage_is_said_on_the_page_and_the_history_is_back_after(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """FMBOT_STORE=redis:// and its Redis goes away: opening a chat, switching to another and
+    sending each say in the conversation what happened (the API's 503), none fails silently."""
+    down = "the conversation store cannot be reached; try again in a moment"
+    private = PrivateRedis(tmp_path)
+    private.start(persist=True)
+    try:
+        with serving(web_env(tmp_path, FMBOT_STORE=private.url), tmp_path) as server:
+            open_chat(browser, server, "kept")
+            type_message(browser, "before the outage")
+            wait(browser).until(
+                lambda d: bot_replies(d) and bot_replies(d)[-1].text == "echo: before the outage"
+            )
+            private.stop()
+            console_errors(browser)  # only this test's from here on
+            browser.get(f"{server.url}/#switched")  # the same page: a switch, as a link does
+            wait(browser).until(lambda d: d.find_element(By.ID, "chat-name").text == "switched")
+            wait(browser).until(lambda d: any(down in n for n in notices(d)))
+            browser.refresh()  # the page opened afresh
+            wait(browser).until(lambda d: any(down in n for n in notices(d)))
+            type_message(browser, "during the outage")
+            wait(browser).until(lambda d: len(notices(d)) == 3)
+            said = notices(browser)
+            assert "temporarily unavailable" in said[1]  # the turn's own notice
+            assert down in said[2]  # the refresh after it
+            uncaught = [e for e in console_errors(browser) if "Uncaught" in e]
+            assert uncaught == []
+            private.start(persist=True)
+            open_chat(browser, server, "kept")
+            user = browser.find_elements(By.CSS_SELECTOR, "#messages .msg.user")
+            assert [m.text for m in user] == ["before the outage"]
+            assert [m.text for m in bot_replies(browser)] == ["echo: before the outage"]
+    finally:
+        private.stop()
