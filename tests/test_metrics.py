@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from bot.dialog import DialogManager
 from bot.errors import ConfigError, StoreError
 from bot.events import FinalText, ImageReply, Incoming, Notice, TextDelta
-from bot.limits import Limits, MemoryLimits
+from bot.limits import Limits, MemoryLimits, RedisLimits
 from bot.models.base import ImageModel
 from bot.models.http import RetryPolicy, Timeouts
 from bot.models.openai_compat import OpenAIConnection, OpenAITextModel
@@ -35,6 +35,7 @@ from bot.observe import metrics
 from bot.observe.server import serving
 from bot.prompts.library import PromptLibrary
 from bot.queue import QueueKeys
+from bot.redis.connect import connect
 from bot.settings import load_settings
 from bot.stores import DialogStore
 from bot.stores.memory import MemoryStore
@@ -436,6 +437,81 @@ async def test_redis_store_errors_a_turn_meets_are_counted(
         assert events[-1] == FinalText("third reply")
     finally:
         await store.aclose()
+        private.stop()
+
+
+async def redis_gone_at_the_first_word(
+    manager: DialogManager, private: PrivateRedis, chat: str, text: str
+) -> list[object]:
+    """A turn's events; its Redis stops once the reply streams: what the turn read and checked
+    before the model went well, what it writes after fails."""
+    events: list[object] = []
+    async for event in manager.handle(Incoming(chat, text, user="secret-user-7")):
+        if isinstance(event, TextDelta) and private.proc is not None:
+            private.stop()  # the turn waits here: nothing is written before the loop goes on
+        events.append(event)
+    return events
+
+
+async def test_a_reply_the_redis_store_cannot_save_is_counted(
+    openai: FakeOpenAI, served: int, tmp_path: Path
+) -> None:
+    """The store's Redis goes away while the reply streams: the user gets the reply and a
+    warning that it was not saved; the Redis error is counted once by kind."""
+    private = PrivateRedis(tmp_path)
+    private.start(persist=True)
+    store = RedisStore.from_url(private.url)
+    try:
+        manager = await openai_manager(openai, store)
+        openai.reply = "a reply that streams"
+        before = await scrape(served)
+        events = await redis_gone_at_the_first_word(manager, private, "chat-n", "hello")
+        after = await scrape(served)
+        assert FinalText("a reply that streams") in events
+        [warning] = [e for e in events if isinstance(e, Notice)]
+        assert warning.kind == "warning" and "not saved" in warning.text
+        grew = growth(before, after)
+        assert grew("fmbot_redis_errors_total", kind="connection") == 1
+        assert grew("fmbot_turns_total", channel="console", status="ok") == 1
+        private.start(persist=True)
+        assert await store.read("chat-n") == []  # indeed not saved
+    finally:
+        await store.aclose()
+        private.stop()
+
+
+async def test_tokens_the_redis_limits_cannot_count_are_counted_as_a_redis_error(
+    openai: FakeOpenAI, served: int, tmp_path: Path
+) -> None:
+    """The daily budget's Redis goes away while the reply streams (the conversation is kept
+    elsewhere): the turn is answered and saved, only its tokens miss the budget; the Redis
+    error is counted."""
+    private = PrivateRedis(tmp_path)
+    private.start(persist=True)
+    client = connect(private.url)
+    try:
+        limits = RedisLimits(client, "fmbot", daily_tokens=10_000)
+        manager = await openai_manager(openai, limits=limits)
+        openai.reply = "a reply that streams"
+        await run_turn(manager, "chat-t", "first")  # its tokens are counted
+        spent = (await limits.status("secret-user-7")).tokens_today
+        assert spent > 0
+        before = await scrape(served)
+        events = await redis_gone_at_the_first_word(manager, private, "chat-t", "hello")
+        after = await scrape(served)
+        assert events[-1] == FinalText("a reply that streams")
+        assert not [e for e in events if isinstance(e, Notice)]
+        assert [t.text for t in await manager.store.read("chat-t")][2:] == [
+            "hello",
+            "a reply that streams",
+        ]
+        grew = growth(before, after)
+        assert grew("fmbot_redis_errors_total", kind="connection") == 1
+        assert grew("fmbot_turns_total", channel="console", status="ok") == 1
+        private.start(persist=True)
+        assert (await limits.status("secret-user-7")).tokens_today == spent  # indeed missed
+    finally:
+        await client.aclose()
         private.stop()
 
 
