@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import RedisCluster
 
 from bot.dialog import DialogManager
 from bot.errors import GivenUpError, StoreError
 from bot.events import FinalText, Incoming, Notice
 from bot.models.echo import EchoModel
+from bot.observe import metrics
 from bot.prompts.library import PromptLibrary
 from bot.queue import Job, current_job
 from bot.queue.job import Tenure
@@ -126,6 +128,8 @@ async def test_a_turn_stored_during_an_outage_is_stored_once_redis_is_back(
     procs, port = server
     store = JournaledRedisStore(connect(f"redis://127.0.0.1:{port}/0"))
     lane_job("c", Tenure())
+    metrics.enable()
+    before = connection_errors()
     try:
         await store.read("c")  # a pooled connection, closed by the restart
         procs.stop(port)
@@ -136,8 +140,22 @@ async def test_a_turn_stored_during_an_outage_is_stored_once_redis_is_back(
         await asyncio.wait_for(write, 10)
         await store.append("c", Turn("user", "hi"), Turn("assistant", "yo"))  # replayed: refused
         assert [t.text for t in await store.read("c")] == ["hi", "yo"]
+        # Every attempt the outage refused is one error waited out, as an operator sees it.
+        assert connection_errors() - before >= 2
     finally:
+        metrics.enable(False)
         await store.aclose()
+
+
+def connection_errors() -> float:
+    """fmbot_redis_errors_total{kind="connection"} as a scrape shows it (role "test")."""
+    text = metrics.exposition("test").decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "fmbot_redis_errors_total" and s.labels["kind"] == "connection"
+    )
 
 
 async def test_a_turn_given_up_during_an_outage_is_left_to_the_next_owner(

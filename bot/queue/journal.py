@@ -44,6 +44,7 @@ from redis.exceptions import (
 )
 
 from bot.errors import GivenUpError, StoreError
+from bot.observe import metrics
 from bot.queue.batch import Batcher, Command
 from bot.queue.cache import ChatCache
 from bot.queue.job import Job, current_job
@@ -191,6 +192,7 @@ class JournaledRedisStore(RedisStore):
                     raise StoreError(f"Could not {what} in Redis: {exc}") from exc
                 if job.tenure.ended:
                     raise _given_up(job) from exc
+                metrics.redis_error(exc)  # waited out here: no caller sees it
                 log.warning(
                     "job %s of chat %s: Redis unavailable (%s); trying to %s again in %.1f s",
                     job.id,
