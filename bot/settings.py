@@ -25,22 +25,17 @@ from bot.model_spec import (
 )
 from bot.observe import logs
 from bot.observe.server import parse_metrics_listen
-from bot.redis.connect import check_url
+from bot.redis.connect import REDIS_SCHEMES, check_url
 from bot.urls import grpc_target, mask_url
 
-REDIS_STORE_SCHEMES = (
-    "redis",
-    "rediss",
-    "redis+sentinel",
-    "rediss+sentinel",
-    "redis+cluster",
-    "rediss+cluster",
-)
+#: The Redis schemes a conversation store takes: every one connect() takes.
+REDIS_STORE_SCHEMES = REDIS_SCHEMES
 STORE_SCHEMES = ("sqlite", *REDIS_STORE_SCHEMES, "memory")
 IMAGE_CLASSIFIERS = ("auto", "rules", "model", "yandex")
 STORE_ACCEPTED = (
     "use sqlite:///PATH, redis://HOST:PORT/DB (or rediss://), "
-    "redis+sentinel://HOST:PORT[,...]/SERVICE[/DB], redis+cluster://HOST:PORT[,...] or memory://"
+    "redis+sentinel://HOST:PORT[,...]/SERVICE[/DB], redis+cluster://HOST:PORT[,...], "
+    "unix:///PATH/redis.sock[?db=N] or memory://"
 )
 
 

@@ -246,6 +246,16 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in nodes[:2])
 
 
+@pytest.fixture(scope="session")
+def redis_unix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis for the session that also listens on a Unix socket: its ``unix://`` URL."""
+    with redis_processes(tmp_path_factory.mktemp("redis-unix")) as procs:
+        port = free_port()
+        socket = procs.root / f"{port}" / "redis.sock"
+        procs.start(port, "--unixsocket", str(socket), "--unixsocketperm", "700")
+        yield f"unix://{socket}"
+
+
 SENTINEL_SERVICE = "fmbot-test"
 
 

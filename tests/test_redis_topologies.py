@@ -100,10 +100,26 @@ def test_bad_cluster_urls_name_the_setting_and_hide_the_password(url: str) -> No
         "redis+cluster://n1:7000,n2:7001",
         "rediss+cluster://:pw@n1:7000/0",
         "redis+sentinel://s1:26379/mymaster/1",
+        "unix:///run/redis/redis.sock",
+        "unix:///run/redis/redis.sock?db=2",
     ],
 )
-def test_cluster_and_sentinel_urls_are_valid_stores(url: str) -> None:
+def test_cluster_sentinel_and_unix_socket_urls_are_valid_stores(url: str) -> None:
     Settings(FMBOT_STORE=url).validate_all()
+
+
+async def test_a_store_on_a_unix_socket_keeps_a_conversation(
+    redis_unix: str, prompts_dir: Path
+) -> None:
+    """FMBOT_STORE=unix://... as a deployment on one host gives it: the dialog manager's store."""
+    chat = f"unix-{uuid.uuid4().hex[:8]}"
+    manager = DialogManager(await open_store(redis_unix), EchoModel(), PromptLibrary(prompts_dir))
+    try:
+        async for _ in manager.handle(Incoming(chat, "over the socket")):
+            pass
+        assert [t.text for t in await manager.store.read(chat)][:1] == ["over the socket"]
+    finally:
+        await manager.aclose()
 
 
 async def test_connect_builds_a_cluster_client_without_io() -> None:

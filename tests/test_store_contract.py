@@ -22,7 +22,9 @@ from bot.stores.sqlite import SQLiteStore
 Opener = Callable[[], Coroutine[Any, Any, DialogStore]]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"])
+@pytest.fixture(
+    params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "redis-unix"]
+)
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """A function that opens (or re-opens) the same store, so persistence can be checked."""
     opened: list[DialogStore] = []

@@ -45,7 +45,7 @@ async def _open(url: str, prefix: str) -> DialogStore:
         from bot.stores.redis import RedisStore
 
         return RedisStore.from_url(url, prefix=prefix)
-    if scheme in REDIS_STORE_SCHEMES:  # Sentinel or Cluster: one factory builds those clients
+    if scheme in REDIS_STORE_SCHEMES:  # Sentinel, Cluster, a Unix socket: connect() builds those
         from bot.stores.redis import RedisStore
 
         return RedisStore(connect(url), prefix)
