@@ -68,6 +68,7 @@ def test_the_api_runs_the_draft_beside_the_saved_version(web: WebServer, tmp_pat
     assert first["failures"] == ["contains \"Text to translate:\": 'Text to translate:' not found"]
     assert first["messages"][-1] == {"role": "user", "text": "Translate this:\nBonjour"}
     assert first["reply"] == "echo: Translate this:\nBonjour"
+    assert first["retrieved"] is None  # no knowledge: nothing retrieved (as the CLI's column)
     assert all(c["pass"] for c in result["cells"][1:])
 
     # Unchanged source: only the saved version runs. Bad requests say what to send.

@@ -162,5 +162,5 @@ def _cell_json(loaded: LoadedSuite, version: Version, cell: Cell, stable: bool) 
         ],
         "messages": [{"role": m.role, "text": m.text} for m in messages],
         "messages_error": why,
-        "passages": cell.passages,
+        "retrieved": cell.passages,  # as the CLI's result column names them
     }
