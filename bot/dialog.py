@@ -730,9 +730,18 @@ async def until(stop: asyncio.Event, deltas: AsyncIterator[T]) -> AsyncGenerator
         stopped.cancel()
         if step is not None and not step.done():
             # Also when we are cancelled or closed: ``deltas`` must not be left running (it
-            # could not be closed, and would hold the model) — end its step and wait for it.
+            # could not be closed, and would hold the model) — end its step and wait for it,
+            # to its end: anyio (a web server's task group) cancels us again at every pass of
+            # the loop, while the step may still be saving the stopped turn.
             step.cancel()
-            await asyncio.wait({step})
+            cancelled = False
+            while not step.done():
+                try:
+                    await asyncio.wait({step})
+                except asyncio.CancelledError:
+                    cancelled = True
+            if cancelled:
+                raise asyncio.CancelledError
         if step is not None and not step.cancelled():
             step.exception()  # retrieved: a model error after the stop is of no interest
 
