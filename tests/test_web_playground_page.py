@@ -16,6 +16,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
 from tests.browser import keep, screenshot, wait
+from tests.conftest import free_port
 from tests.web_server import WebServer, serving, web_env
 
 SLOW = "echo:?chunks=5&delay=0.3"
@@ -101,3 +102,40 @@ def test_break_fix_save_render_and_run(
     assert stats[1].startswith(f"{SLOW}: complete, ") and "first token" in stats[1]
     browser.execute_script("arguments[0].scrollLeft = 0", box)  # the picture shows line starts
     keep(screenshot(browser, tmp_path / "web-playground.png"), os.environ.get("FMBOT_SCREENSHOTS"))
+
+
+def test_failures_are_said_where_their_result_would_be(
+    tmp_path: Path, browser: webdriver.Chrome
+) -> None:
+    """A run whose model cannot be reached says why beside its stats (the final event used to
+    overwrite the notice), and a save the server refuses (a source over 1 MB: 413) says so
+    instead of doing nothing."""
+    port = free_port()  # nothing listens there: the model's server is down
+    env = web_env(
+        tmp_path,
+        FMBOT_WEB_MODELS="openai:gpt-test",
+        OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+        OPENAI_API_KEY="sk-test",
+    )
+    with serving(env, tmp_path) as web:
+        browser.get(f"{web.url}/playground?template=translator")
+        path = tmp_path / "prompts" / "translator.yaml"
+        original = path.read_text(encoding="utf-8")
+        box = browser.find_element(By.ID, "source")
+        wait(browser).until(lambda d: box.get_attribute("value") == original)
+        wait(browser).until(rendered)
+
+        Select(browser.find_element(By.ID, "model-a")).select_by_value("openai:gpt-test")
+        browser.find_element(By.ID, "run").click()
+        stats = browser.find_element(By.CSS_SELECTOR, "#run-a .stats")
+        wait(browser, 60).until(lambda d: ": error, " in stats.text)
+        status, why = stats.text.split(" — ", 1)  # the final event's figures, then the notice
+        assert status.startswith("openai:gpt-test: error, tokens not reported, ")
+        assert why.startswith("Could not reach the OpenAI-compatible server at 127.0.0.1:"), why
+
+        big = original + "# " + "x" * 1_100_000 + "\n"
+        browser.execute_script("arguments[0].value = arguments[1]", box, big)
+        browser.find_element(By.ID, "save").click()
+        saved = browser.find_element(By.ID, "save-status")
+        wait(browser).until(lambda d: saved.text.startswith("Not saved: "))
+        assert path.read_text(encoding="utf-8") == original

@@ -4,7 +4,16 @@ import { getJSON, streamEvents, upload } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
-let chat = decodeURIComponent(location.hash.slice(1)) || "";
+// The chat named in the URL's #; a malformed escape (#%zz) is taken as written, not a dead page.
+function hashChat() {
+  const raw = location.hash.slice(1);
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
+  }
+}
+let chat = hashChat() || "";
 let running = null; // the AbortController of the reply streaming now
 let attached = []; // pictures uploaded for the next message: {picture, src, width, height}
 const chatURL = () => `/api/chats/${encodeURIComponent(chat)}`;
@@ -247,7 +256,7 @@ function start() {
     location.hash = encodeURIComponent(newName());
   });
   window.addEventListener("hashchange", () => {
-    if (!running) openChat(decodeURIComponent(location.hash.slice(1)) || newName()).catch(shown);
+    if (!running) openChat(hashChat() || newName()).catch(shown);
   });
   openChat(chat || newName()).catch(shown);
   box.focus();

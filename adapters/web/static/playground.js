@@ -10,7 +10,8 @@ const FIX_FIRST = "Fix the problems on the left to see the messages.";
 let name = "";
 let variables = {};
 let timer = null;
-let generation = 0; // answers to an older draft are dropped
+let checking = 0; // answers to an older draft are dropped (checks and renders apart: typing a
+let rendering = 0; // message must not drop the check of the source)
 let evaluation = null; // the last evaluation: { source, suite, rates }; saving warns from it
 
 function gutter(count, bad) {
@@ -92,9 +93,9 @@ function payload() {
 }
 
 async function render() {
-  const mine = ++generation;
+  const mine = ++rendering;
   const { status, body } = await sendJSON("/api/render", "POST", payload());
-  if (mine !== generation) return;
+  if (mine !== rendering) return;
   const out = $("rendered");
   out.replaceChildren();
   if (status === 422) {
@@ -105,11 +106,11 @@ async function render() {
 }
 
 async function check() {
-  const mine = ++generation;
+  const mine = ++checking;
   const { body } = await sendJSON(`/api/templates/${encodeURIComponent(name)}/check`, "POST", {
     source: $("source").value,
   });
-  if (mine !== generation) return;
+  if (mine !== checking) return;
   showErrors(body.errors);
   if (body.errors.length) {
     $("rendered").textContent = FIX_FIRST;
@@ -123,7 +124,13 @@ function edited() {
   $("save-status").textContent = "";
   gutter($("source").value.split("\n").length, new Set());
   clearTimeout(timer);
-  timer = setTimeout(check, CHECK_AFTER);
+  timer = setTimeout(() => check().catch(failed), CHECK_AFTER);
+}
+
+// A request that failed (401 once the session expired, 413, 500...): said where the result
+// would have been, rather than a page that silently stops updating.
+function failed(error) {
+  $("rendered").textContent = error.message;
 }
 
 async function open(template) {
@@ -145,9 +152,16 @@ async function save() {
       return;
     }
   }
-  const { status, body } = await sendJSON(`/api/templates/${encodeURIComponent(name)}`, "PUT", {
-    source: $("source").value,
-  });
+  let reply;
+  try {
+    reply = await sendJSON(`/api/templates/${encodeURIComponent(name)}`, "PUT", {
+      source: $("source").value,
+    });
+  } catch (error) {
+    $("save-status").textContent = `Not saved: ${error.message}`;
+    return;
+  }
+  const { status, body } = reply;
   if (status === 422) {
     showErrors(body.errors);
     $("save-status").textContent = "Not saved: fix the problems listed below.";
@@ -264,19 +278,25 @@ async function runOne(column, model) {
   stats.textContent = model ? `${model}: running…` : "";
   if (!model) return;
   let said = "";
+  const notices = []; // an error's notice comes just before the final event: both are shown
   try {
     await streamEvents("/api/run", { ...payload(), model }, undefined, {
       delta(data) {
         said += data.text;
         output.replaceChildren(renderMarkdown(said));
       },
-      notice: (data) => { stats.textContent = data.text; },
+      notice(data) {
+        notices.push(data.text);
+        stats.textContent = data.text;
+      },
       final(data) {
         output.replaceChildren(renderMarkdown(data.text));
         const tokens = data.input_tokens === null ? "tokens not reported"
           : `${data.input_tokens} in + ${data.output_tokens} out tokens`;
         const first = data.first_token_ms === null ? "" : `, first token ${data.first_token_ms} ms`;
-        stats.textContent = `${data.model}: ${data.status}, ${tokens}, ${data.latency_ms} ms${first}`;
+        const why = notices.length ? ` — ${notices.join(" ")}` : "";
+        stats.textContent = `${data.model}: ${data.status}, ${tokens}, ${data.latency_ms} ms`
+          + `${first}${why}`;
       },
     });
   } catch (error) {
@@ -306,10 +326,10 @@ async function start() {
     a.append(new Option(spec, spec));
     b.append(new Option(spec, spec));
   }
-  select.addEventListener("change", () => open(select.value));
+  select.addEventListener("change", () => open(select.value).catch(failed));
   $("source").addEventListener("input", edited);
   $("source").addEventListener("scroll", () => { $("gutter").scrollTop = $("source").scrollTop; });
-  $("pg-message").addEventListener("input", () => render());
+  $("pg-message").addEventListener("input", () => render().catch(failed));
   $("save").addEventListener("click", save);
   $("run").addEventListener("click", run);
   $("evaluate").addEventListener("click", evaluate);
