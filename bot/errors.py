@@ -13,6 +13,7 @@
         ├── AuthenticationError    credentials were rejected (401)
         ├── PermissionDeniedError  no access to the folder/model, or quota (403)
         ├── RateLimitError         throttled (429) after retries
+        ├── QuotaExceededError     the account's credit or spend limit is used up: not retried
         ├── ContentFilterError     the service refused the content
         └── StreamInterruptedError the reply stopped before it was complete
 
@@ -114,6 +115,12 @@ class PermissionDeniedError(ModelError):
 
 class RateLimitError(ModelError):
     pass
+
+
+class QuotaExceededError(ModelError):
+    """The account behind the key is out of credit or over a spend/usage limit (OpenAI's 429
+    ``insufficient_quota`` and billing codes). Not a RateLimitError on purpose: waiting or
+    retrying never helps, someone has to fix the billing."""
 
 
 class ContentFilterError(ModelError):

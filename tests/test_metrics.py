@@ -221,6 +221,7 @@ async def openai_manager(
     [
         (Fault("status", status=500), "5xx", "error"),
         (Fault("status", status=429), "429", "error"),
+        (Fault("status", status=429, code="insufficient_quota"), "quota", "error"),
         (Fault("status", status=401), "auth", "error"),
         (Fault("hang", seconds=5), "timeout", "error"),
         (Fault("cut", after=2), "cut_stream", "interrupted"),

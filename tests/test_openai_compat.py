@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -15,6 +17,7 @@ from bot.errors import (
     ConfigError,
     ContentFilterError,
     ModelUnavailableError,
+    QuotaExceededError,
     RateLimitError,
     StreamInterruptedError,
 )
@@ -202,6 +205,162 @@ async def test_cut_stream_keeps_partial_text(
         await collect(OpenAITextModel(connection, "gpt-test"))
     assert info.value.partial == "one two"
     assert len(fake.requests) == 1
+
+
+QUOTA_TEXT = "You exceeded your current quota, please check your plan and billing details."
+
+
+async def test_the_fakes_quota_error_is_openais_429(fake: FakeOpenAI):
+    fake.inject(Fault("status", status=429, code="insufficient_quota", message=QUOTA_TEXT))
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        response = await client.post(
+            f"{fake.base_url}/chat/completions",
+            json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {fake.api_key}"},
+        )
+    assert response.status_code == 429
+    assert response.json() == {
+        "error": {
+            "message": QUOTA_TEXT,
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "what"),
+    [
+        ("insufficient_quota", "the account's quota is used up"),
+        ("credit_balance_exhausted", "the account has no prepaid credit left"),
+        ("project_spend_limit_exceeded", "the project reached its spend limit"),
+    ],
+)
+async def test_quota_429_fails_at_once_and_says_to_check_billing(
+    fake: FakeOpenAI, connection: OpenAIConnection, code: str, what: str
+):
+    fake.inject(Fault("status", status=429, code=code, message=QUOTA_TEXT), times=10)
+    with pytest.raises(QuotaExceededError) as info:
+        await collect(OpenAITextModel(connection, "gpt-test"))
+    assert len(fake.requests_to(CHAT)) == 1  # not retried: waiting never helps
+    host = fake.base_url.split("/")[2]
+    assert str(info.value) == (
+        f"The OpenAI-compatible server at {host} refused the request: {what} ({code}). Waiting "
+        f"will not help. Check the billing and spend limits of the account on {host} that the "
+        "key in OPENAI_API_KEY belongs to."
+    )
+    assert not isinstance(info.value, RateLimitError)
+
+
+async def test_quota_on_images_fails_at_once(fake: FakeOpenAI, connection: OpenAIConnection):
+    fake.inject(
+        Fault("status", status=429, code="insufficient_quota", message=QUOTA_TEXT), times=10
+    )
+    with pytest.raises(QuotaExceededError, match="Waiting will not help"):
+        await OpenAIImageModel(connection, "dall-e-test").generate_image("a lighthouse")
+    assert len(fake.requests_to("/images/generations")) == 1
+
+
+async def test_openai_quota_message_names_the_organization_and_project():
+    connection = OpenAIConnection(api_key=SecretStr("sk-test-0123456789"))
+    try:
+        assert "OpenAI organization and project" in connection.service.quota_message
+        assert "OPENAI_API_KEY" in connection.service.quota_message
+    finally:
+        await connection.aclose()
+
+
+async def test_a_rate_limit_429_is_still_retried(fake: FakeOpenAI, connection: OpenAIConnection):
+    fake.inject(Fault("status", status=429, message="Rate limit reached for requests"))
+    text, _ = await collect(OpenAITextModel(connection, "gpt-test"))
+    assert "".join(text) == "Echo: hello there"
+    assert len(fake.requests_to(CHAT)) == 2
+
+
+async def test_504_to_a_generation_is_not_retried(fake: FakeOpenAI, connection: OpenAIConnection):
+    fake.inject(Fault("status", status=504, message="Gateway timeout"), times=10)
+    with pytest.raises(ModelUnavailableError, match=r"HTTP 504"):
+        await collect(OpenAITextModel(connection, "gpt-test"))
+    assert len(fake.requests_to(CHAT)) == 1  # the model may still be running: do not bill twice
+
+
+async def test_504_to_embeddings_is_retried(fake: FakeOpenAI, connection: OpenAIConnection):
+    fake.inject(Fault("status", status=504, message="Gateway timeout"))
+    assert await embed(connection, ["x"], model="embed-test") == [fake_embedding("x")]
+    assert len(fake.requests_to("/embeddings")) == 2
+
+
+# Errors sent inside the stream, after the 200: OpenAI's own shape (a string code or null, the
+# kind in "type") and the numeric "code" llama.cpp and vLLM send.
+STREAM_ERRORS = [
+    pytest.param(
+        Fault("error_event", status=503, code=503, error_type="server_error", message="Overloaded"),
+        ModelUnavailableError,
+        r"is having trouble \(HTTP 503: Overloaded\)",
+        id="numeric-503",
+    ),
+    pytest.param(
+        Fault(
+            "error_event", status=429, code=429, error_type="rate_limit_exceeded", message="Slow"
+        ),
+        RateLimitError,
+        r"is limiting requests \(429 Too Many Requests\)\. Please wait a minute",
+        id="numeric-429",
+    ),
+    pytest.param(
+        Fault("error_event", status=500, message="The server had an error"),
+        ModelUnavailableError,
+        r"is having trouble \(HTTP 500: The server had an error\)",
+        id="openai-server_error",
+    ),
+    pytest.param(
+        Fault("error_event", status=429, message="Rate limit reached for requests"),
+        RateLimitError,
+        r"is limiting requests",
+        id="openai-rate_limit_exceeded",
+    ),
+    pytest.param(
+        Fault("error_event", status=429, code="insufficient_quota", message=QUOTA_TEXT),
+        QuotaExceededError,
+        r"quota is used up \(insufficient_quota\)\. Waiting will not help",
+        id="openai-insufficient_quota",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fault", "error", "message"), STREAM_ERRORS)
+async def test_an_error_event_before_any_text_is_mapped_like_its_status(
+    fake: FakeOpenAI,
+    connection: OpenAIConnection,
+    fault: Fault,
+    error: type[Exception],
+    message: str,
+):
+    fault.after = 0  # only the role chunk, no text, comes before it
+    fake.inject(fault)
+    with pytest.raises(error, match=message) as info:
+        await collect(OpenAITextModel(connection, "gpt-test"))
+    assert not isinstance(info.value, StreamInterruptedError)
+    assert len(fake.requests_to(CHAT)) == 1  # the reply was under way: never sent again
+
+
+@pytest.mark.parametrize(("fault", "error", "message"), STREAM_ERRORS[:2])
+async def test_an_error_event_after_text_keeps_the_partial_reply(
+    fake: FakeOpenAI,
+    connection: OpenAIConnection,
+    fault: Fault,
+    error: type[Exception],
+    message: str,
+):
+    fake.reply = "one two three four"
+    fault.after = 2  # the role chunk and two words
+    fake.inject(fault)
+    with pytest.raises(StreamInterruptedError) as info:
+        await collect(OpenAITextModel(connection, "gpt-test"))
+    assert info.value.partial == "one two"
+    assert re.search(message, str(info.value)) and "cut off" in str(info.value)
+    assert len(fake.requests_to(CHAT)) == 1
 
 
 async def test_content_filter(fake: FakeOpenAI, connection: OpenAIConnection):

@@ -302,6 +302,72 @@ async def test_500_forever_gives_up_with_a_readable_error(
     assert request_id in caplog.text  # logged for support
 
 
+# Generations and submits: what may be retried (bot.models.http.RequestKind). A 504 or another 5xx
+# can come after the work started; a retry would start (and bill) it a second time.
+IMAGE_SUBMIT = "/foundationModels/v1/imageGenerationAsync"
+TEXT_SUBMIT = "/foundationModels/v1/completionAsync"
+
+
+def image_model(fake: FakeYandex, client: YandexClient) -> YandexImageModel:
+    return YandexImageModel(client, f"art://{fake.folder_id}/yandex-art/latest")
+
+
+@pytest.mark.parametrize("status", [504, 500, 502])
+async def test_a_5xx_to_an_image_submit_is_not_retried(
+    fake: FakeYandex, client: YandexClient, status: int
+):
+    fake.inject(Fault("status", status=status, message="Deadline exceeded"), times=10)
+    with pytest.raises(ModelUnavailableError, match=rf"having trouble \(HTTP {status}"):
+        await image_model(fake, client).generate_image("a lighthouse")
+    assert len(fake.requests_to(IMAGE_SUBMIT)) == 1
+    assert not [r for r in fake.requests if r.path.startswith("/operations/")]
+
+
+async def test_a_5xx_to_a_text_submit_is_not_retried(fake: FakeYandex, client: YandexClient):
+    fake.inject(Fault("status", status=504), times=10, path=TEXT_SUBMIT)
+    with pytest.raises(ModelUnavailableError, match="HTTP 504"):
+        await collect(text_model(client, "async"))
+    assert len(fake.requests_to(TEXT_SUBMIT)) == 1
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_a_submit_turned_away_is_retried(fake: FakeYandex, client: YandexClient, status: int):
+    fake.inject(Fault("status", status=status), path=IMAGE_SUBMIT)
+    image = await image_model(fake, client).generate_image("a lighthouse")
+    assert image.data
+    assert len(fake.requests_to(IMAGE_SUBMIT)) == 2
+
+
+async def test_polls_and_reads_still_retry_a_504(fake: FakeYandex, client: YandexClient):
+    body = {
+        "modelUri": f"art://{fake.folder_id}/yandex-art/latest",
+        "generationOptions": {"mimeType": "image/jpeg"},
+        "messages": [{"weight": "1", "text": "a lighthouse"}],
+    }
+    operation = await client.post(IMAGE_SUBMIT, body, kind="submit")
+    fake.inject(Fault("status", status=504), times=2, path=operation["id"])
+    polled = await client.get_operation(operation["id"])
+    assert polled["id"] == operation["id"]
+    assert len(fake.requests_to(operation["id"])) == 3
+    fake.inject(Fault("status", status=504), path="/tokenize")
+    assert await tokenize(client, "hello there")
+    assert len(fake.requests_to("/tokenize")) == 2
+
+
+async def test_a_504_to_a_sync_completion_is_not_retried(fake: FakeYandex, client: YandexClient):
+    fake.inject(Fault("status", status=504), times=10, path=COMPLETION)
+    with pytest.raises(ModelUnavailableError, match="HTTP 504"):
+        await collect(text_model(client, "sync"))
+    assert len(fake.requests_to(COMPLETION)) == 1
+
+
+async def test_a_502_to_a_completion_is_retried(fake: FakeYandex, client: YandexClient):
+    fake.inject(Fault("status", status=502), path=COMPLETION)
+    text, _ = await collect(text_model(client, "sync"))
+    assert "".join(text) == "Echo: hello there"
+    assert len(fake.requests_to(COMPLETION)) == 2
+
+
 async def test_429_forever_is_a_rate_limit_error(fake: FakeYandex, client: YandexClient):
     fake.inject(Fault("status", status=429), times=100)
     with pytest.raises(RateLimitError, match="still was after 3 attempts"):

@@ -4,7 +4,9 @@ Three things live here so both backends behave the same way:
 
 * :func:`create_client` - an ``httpx.AsyncClient`` with explicit timeouts and a connection cap;
 * :func:`send` - one request with retries (tenacity): 429, 5xx and failures to connect are retried
-  with exponential backoff and jitter, honouring ``Retry-After``; anything else is final;
+  with exponential backoff and jitter, honouring ``Retry-After``; anything else is final, and so
+  are quota/billing refusals and the statuses after which a generation may be running (see
+  :data:`RequestKind`);
 * the mapping of HTTP statuses and httpx exceptions to :mod:`bot.errors` classes, with messages
   written for the person chatting and never containing a key or token.
 
@@ -22,7 +24,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import SecretStr
@@ -40,6 +42,7 @@ from bot.errors import (
     ModelError,
     ModelUnavailableError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     StreamInterruptedError,
 )
@@ -88,6 +91,8 @@ class Service:
     auth_message: str  # 401, e.g. "Yandex Cloud rejected the API key: check YANDEX_API_KEY."
     permission_message: str  # 403: roles, folder, quota
     model_message: str = "The service does not know this model: check the model name."  # 404
+    #: What to check when the account is out of credit or over a spend limit (insufficient_quota).
+    quota_message: str = "Check the billing and spend limits of the account behind the key."
     secrets: tuple[SecretStr, ...] = field(default=(), repr=False)
 
     @property
@@ -130,6 +135,21 @@ def new_request_id() -> str:
 
 # --- retries -------------------------------------------------------------------------------------
 
+#: What a request does, which decides what is safe to send again:
+#:
+#: * ``read`` - reads, polls, tokenizing, embeddings: repeating them costs nothing (or next to
+#:   nothing), so 429, every 5xx and failures to connect are retried;
+#: * ``generate`` - a POST that runs a billed generation and answers with it (Yandex
+#:   ``completion``, OpenAI ``chat/completions`` and ``images/generations``): as ``read`` but 504 is
+#:   final. A gateway timeout means a proxy stopped waiting, not that the model stopped: it may
+#:   still be generating (and billing) upstream, and a retry would run it twice;
+#: * ``submit`` - a POST that creates an asynchronous operation (``completionAsync``,
+#:   ``imageGenerationAsync``): only 429, 503 and failures to connect are retried, the answers
+#:   that say the request was turned away before any work. After any other 5xx, or a connection
+#:   dropped without an answer, the operation may exist already; its id is lost with the
+#:   response, and a retry would start (and bill) a second one nobody polls.
+RequestKind = Literal["read", "generate", "submit"]
+
 
 class _Retryable(Exception):
     """Internal: a failure worth another attempt. ``error`` is what to raise if none is left."""
@@ -166,11 +186,13 @@ async def send(
     *,
     policy: RetryPolicy | None = None,
     stream: bool = False,
+    kind: RequestKind = "read",
 ) -> httpx.Response:
     """Send ``request``, retrying transient failures; return a 2xx response or raise ModelError.
 
     With ``stream=True`` the body is not read: the caller must ``aclose()`` the response. The
-    request body must be bytes (it is sent again on retries).
+    request body must be bytes (it is sent again on retries). ``kind`` says which failures are
+    safe to retry (:data:`RequestKind`).
     """
     policy = policy or RetryPolicy()
     request_id = request.headers.get(REQUEST_ID_HEADER, "-")
@@ -199,7 +221,7 @@ async def send(
     try:
         async for attempt in retrying:
             with attempt:
-                return await _send_once(client, request, service, policy, stream=stream)
+                return await _send_once(client, request, service, policy, stream=stream, kind=kind)
     except _Retryable as exc:
         log.error(
             "%s %s failed after %d attempts (request id %s): %s",
@@ -234,6 +256,7 @@ async def _send_once(
     policy: RetryPolicy,
     *,
     stream: bool,
+    kind: RequestKind,
 ) -> httpx.Response:
     try:
         response = await client.send(request, stream=stream)
@@ -243,7 +266,9 @@ async def _send_once(
         # is not: the generation may be running, and repeating it doubles the wait and the bill.
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
             raise _Retryable(error) from exc
-        if isinstance(exc, httpx.RemoteProtocolError):  # closed before any response: retry
+        # Closed before any response: usually a kept-alive connection the server had dropped,
+        # but the request may have arrived, so not for a submit (see RequestKind).
+        if isinstance(exc, httpx.RemoteProtocolError) and kind != "submit":
             raise _Retryable(error) from exc
         raise error from exc
     if response.is_success:
@@ -258,12 +283,24 @@ async def _send_once(
         f"HTTP {response.status_code}", request=request, response=response
     )
     error = error_from_response(response, service)
-    if response.status_code == 429 or response.status_code >= 500:
+    # The body first: a quota/billing 429 comes back the same until someone pays.
+    if not isinstance(error, QuotaExceededError) and _retryable(response.status_code, kind):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         if retry_after is not None and retry_after > policy.max_retry_after:
             raise error from status_exc  # not worth holding the chat for that long
         raise _Retryable(error, retry_after) from status_exc
     raise error from status_exc
+
+
+def _retryable(status: int, kind: RequestKind) -> bool:
+    """Whether an HTTP error status is worth another attempt for this kind of request."""
+    if status == 429:
+        return True
+    if kind == "submit":
+        return status == 503
+    if kind == "generate" and status == 504:
+        return False
+    return status >= 500
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -291,6 +328,10 @@ class ErrorBody:
 
     message: str = ""
     code: str = ""  # OpenAI "code"/"type" or the gRPC code as text
+    type: str = ""  # OpenAI "type" ("server_error", "insufficient_quota", ...)
+    #: An HTTP status given as a number in ``code`` (llama.cpp, vLLM and others put one there,
+    #: notably in errors sent inside a stream); None if there is none.
+    status: int | None = None
 
 
 def parse_error_body(response: httpx.Response) -> ErrorBody:
@@ -316,7 +357,15 @@ def error_body_from_json(body: Any) -> ErrorBody:
     if isinstance(inner, Mapping):
         body = inner
     code = body.get("grpcCode", body.get("code") or body.get("type") or "")
-    return ErrorBody(message=str(body.get("message") or "")[:500], code=str(code))
+    kind = body.get("type")
+    number = body.get("code")
+    status = number if type(number) is int and 400 <= number <= 599 else None
+    return ErrorBody(
+        message=str(body.get("message") or "")[:500],
+        code=str(code),
+        type=kind if isinstance(kind, str) else "",
+        status=status,
+    )
 
 
 _CONTEXT_PATTERNS = (
@@ -328,17 +377,56 @@ _CONTEXT_PATTERNS = (
     ),
 )
 _CONTENT_FILTER_CODES = {"content_filter", "content_policy_violation"}
+#: OpenAI's codes for an account out of credit or over a limit, whatever the status (429, and
+#: 400 for billing_hard_limit_reached from the images endpoint); "type" may be
+#: "insufficient_quota" with a more specific "code". Retrying them never helps (OpenAI's error
+#: codes guide; help.openai.com "Troubleshooting API usage and spend limits").
+_QUOTA_CODES = {
+    "insufficient_quota": "the account's quota is used up",
+    "credit_balance_exhausted": "the account has no prepaid credit left",
+    "organization_spend_limit_exceeded": "the organization reached its spend limit",
+    "project_spend_limit_exceeded": "the project reached its spend limit",
+    "organization_usage_limit_exceeded": "the organization reached its approved usage limit",
+    "billing_hard_limit_reached": "the account reached its billing hard limit",
+    "billing_not_active": "the account's billing is not active",
+}
+#: Statuses for errors that name their kind without a number (inside a stream, mostly).
+_STATUS_OF_CODE = {
+    "rate_limit_exceeded": 429,
+    "slow_down": 429,
+    "server_error": 500,
+    "server_is_overloaded": 503,
+    "service_unavailable": 503,
+}
 
 
 def error_from_response(response: httpx.Response, service: Service) -> ModelError:
     """The ModelError for a non-2xx response (the body must have been read)."""
     body = parse_error_body(response)
-    return error_for_status(response.status_code, body.message, body.code, service)
+    return error_for_status(
+        response.status_code, body.message, body.code, service, error_type=body.type
+    )
 
 
-def error_for_status(status: int, message: str, code: str, service: Service) -> ModelError:
+def quota_error(code: str, error_type: str, service: Service) -> QuotaExceededError | None:
+    """The error for an account out of credit or over a limit, if ``code``/``type`` say so."""
+    name = code if code in _QUOTA_CODES else error_type if error_type in _QUOTA_CODES else ""
+    if not name:
+        return None
+    return QuotaExceededError(
+        f"{service.title} refused the request: {_QUOTA_CODES[name]} ({name}). Waiting will not "
+        f"help. {service.quota_message}"
+    )
+
+
+def error_for_status(
+    status: int, message: str, code: str, service: Service, *, error_type: str = ""
+) -> ModelError:
     """The ModelError for an HTTP status (or a gRPC code translated to one) and server text."""
     detail = service.scrub(message)
+    quota = quota_error(code, error_type, service)
+    if quota is not None and status != 401:
+        return quota
     if status == 401:
         return AuthenticationError(service.auth_message)
     if status == 403:
@@ -373,6 +461,22 @@ def error_from_detail(service: Service, detail: str, code: str, what: str) -> Mo
     return ModelError(
         f"{service.title} rejected the request ({what}" + (f": {detail}" if detail else "") + ")."
     )
+
+
+def error_from_event(service: Service, body: ErrorBody) -> ModelError:
+    """The ModelError for an error a server sent inside a stream that began with 200 (an SSE
+    ``data: {"error": {...}}``): mapped like the HTTP status it names, as a number in ``code``
+    or by a known ``code``/``type``, else by its text. Never retried: the reply was under way."""
+    status = body.status or _STATUS_OF_CODE.get(body.code) or _STATUS_OF_CODE.get(body.type)
+    quota = quota_error(body.code, body.type, service)
+    if quota is not None:
+        return quota
+    if status is None:
+        return error_from_detail(service, body.message, body.code, "in stream")
+    error = error_for_status(status, body.message, body.code, service, error_type=body.type)
+    if isinstance(error, RateLimitError):
+        return RateLimitError(f"{error} Please wait a minute and try again.")
+    return error
 
 
 def transport_error(exc: httpx.HTTPError, service: Service, request: httpx.Request) -> ModelError:
@@ -431,9 +535,10 @@ async def send_json(
     service: Service,
     *,
     policy: RetryPolicy | None = None,
+    kind: RequestKind = "read",
 ) -> Any:
     """:func:`send`, then decode the JSON body (a bad body is a ModelError too)."""
-    response = await send(client, request, service, policy=policy)
+    response = await send(client, request, service, policy=policy, kind=kind)
     try:
         return response.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -29,12 +29,13 @@ from bot.events import Message, Usage
 from bot.models.base import Chunk, GeneratedImage, GenerationOptions, ImageModel, TextModel
 from bot.models.http import (
     REQUEST_ID_HEADER,
+    RequestKind,
     RetryPolicy,
     Service,
     Timeouts,
     create_client,
     error_body_from_json,
-    error_from_detail,
+    error_from_event,
     json_request,
     new_request_id,
     send,
@@ -85,11 +86,19 @@ class OpenAIConnection:
             ),
             permission_message=(
                 f"{title} denied access (403): the key in OPENAI_API_KEY "
-                "has no access to this model or project, or the account's quota is used up."
+                "has no access to this model or project, or the API is not offered where the "
+                "bot runs (OpenAI answers 403 to unsupported countries)."
             ),
             model_message=(
                 f"{title} does not know this model (404): check the name in "
                 "FMBOT_TEXT_MODEL / FMBOT_IMAGE_MODEL (openai:MODEL) and OPENAI_BASE_URL."
+            ),
+            quota_message=(
+                "Check the billing, credit balance and spend limits of the OpenAI organization "
+                "and project the key in OPENAI_API_KEY belongs to."
+                if name == "OpenAI"
+                else f"Check the billing and spend limits of the account on {host} that the "
+                "key in OPENAI_API_KEY belongs to."
             ),
             secrets=(self._api_key,) if self._api_key else (),
         )
@@ -105,14 +114,20 @@ class OpenAIConnection:
             self._http, "POST", f"{self.base_url}{path}", headers=self.headers(), body=body
         )
 
-    async def post(self, path: str, body: Any) -> Any:
+    async def post(self, path: str, body: Any, *, kind: RequestKind = "read") -> Any:
         return await send_json(
-            self._http, self.request(path, body), self.service, policy=self._retry
+            self._http, self.request(path, body), self.service, policy=self._retry, kind=kind
         )
 
     async def open_stream(self, path: str, body: Any) -> httpx.Response:
+        """POST a generation and return its response unread (the caller must ``aclose()`` it)."""
         return await send(
-            self._http, self.request(path, body), self.service, policy=self._retry, stream=True
+            self._http,
+            self.request(path, body),
+            self.service,
+            policy=self._retry,
+            stream=True,
+            kind="generate",
         )
 
     def unreadable(self, what: str = "a reply") -> ModelError:
@@ -175,9 +190,8 @@ class OpenAITextModel(TextModel):
                     finished = True
                     break
                 chunk = _loads(data, self._connection)
-                if "error" in chunk:  # some servers report failures inside the stream
-                    detail = error_body_from_json(chunk)
-                    error = error_from_detail(service, detail.message, detail.code, "in stream")
+                if "error" in chunk:  # OpenAI and others report failures inside the stream
+                    error = error_from_event(service, error_body_from_json(chunk))
                     if sent and not isinstance(error, ContentFilterError):
                         raise StreamInterruptedError(
                             f"{error} The reply was cut off.", partial="".join(sent)
@@ -286,6 +300,7 @@ class OpenAIImageModel(ImageModel):
                 "size": self.size,
                 "response_format": "b64_json",
             },
+            kind="generate",
         )
         try:
             data = base64.b64decode(answer["data"][0]["b64_json"], validate=True)

@@ -33,6 +33,7 @@ from bot.errors import (
     ModelError,
     ModelUnavailableError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     StreamInterruptedError,
 )
@@ -299,10 +300,12 @@ def turn_model(model: str, messages: Sequence[Message] = (), operation: str = "c
 
 
 def error_kind(exc: ModelError) -> str:
-    """A few stable words for a model failure: 429, 5xx, timeout, connect, cut_stream, auth,
-    content_filter, context_overflow, unavailable (404 and the like) or other."""
+    """A few stable words for a model failure: 429, quota, 5xx, timeout, connect, cut_stream,
+    auth, content_filter, context_overflow, unavailable (404 and the like) or other."""
     if isinstance(exc, StreamInterruptedError):
         return "cut_stream"
+    if isinstance(exc, QuotaExceededError):  # a 429 too, but one only paying fixes
+        return "quota"
     cause = exc.__cause__  # bot.models.http raises its errors from the httpx exception
     if isinstance(cause, httpx.TimeoutException):
         return "timeout"

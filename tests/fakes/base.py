@@ -4,11 +4,14 @@ A test injects faults before making a call::
 
     fake.inject(Fault("status", status=429, retry_after=1.0), times=1)
     fake.inject(Fault("cut", after=2), path="/completion")
+    fake.inject(Fault("status", status=429, code="insufficient_quota"))  # OpenAI's error.code
+    fake.inject(Fault("error_event", after=2, error_type="server_error", code=503))
 
 Each fault applies to the next ``times`` requests whose path ends with ``path`` (any path if None).
 Status faults and hangs are answered by a middleware; stream faults (``cut``,
-``content_filter``) and ``operation_error`` are carried out by the endpoint that streams or
-creates operations.
+``content_filter``, ``error_event``: an OpenAI-style ``data: {"error": {...}}`` event, then the
+end of the body) and ``operation_error`` are carried out by the endpoint that streams or creates
+operations.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-FaultKind = Literal["status", "hang", "cut", "content_filter", "operation_error"]
+FaultKind = Literal["status", "hang", "cut", "content_filter", "error_event", "operation_error"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -39,6 +42,11 @@ class Fault:
     abrupt: bool = True  # cut: drop the connection (True) or end the body cleanly (False)
     grpc_code: int = 13  # operation_error
     message: str = "Internal error"
+    #: OpenAI-shaped errors (status faults, error_event): ``error.code`` and ``error.type``;
+    #: None takes the defaults for ``status``. A number in ``code`` is what llama.cpp and vLLM
+    #: send; OpenAI sends a string or null.
+    code: str | int | None = None
+    error_type: str | None = None
 
 
 @dataclass
@@ -132,6 +140,12 @@ class FakeServer:
     ) -> web.Response:
         raise NotImplementedError
 
+    def fault_response(
+        self, request: web.Request, fault: Fault, headers: dict[str, str]
+    ) -> web.Response:
+        """The answer to a status fault; fakes whose errors carry codes override it."""
+        return self.error_response(request, fault.status, fault.message, headers)
+
     def body_of(self, request: web.Request) -> Any:
         """The request's decoded JSON body (None if empty)."""
         return self._context[id(request)][0]
@@ -175,7 +189,7 @@ class FakeServer:
             headers = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
-            return self.error_response(request, fault.status, fault.message, headers)
+            return self.fault_response(request, fault, headers)
         if fault is not None and fault.kind == "hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), fault.seconds)

@@ -10,8 +10,9 @@ FakeYandex's AI Studio surface of the same name.
   pictures came (``I see 1 picture: 1568x1176 JPEG.``) so end-to-end tests can check it in the
   reply the user sees.
 - :func:`chat` answers a checked request; :func:`answer` sends the completion as one JSON body or
-  as Server-Sent Events, carrying out the stream faults (``cut``, ``content_filter``) of
-  :mod:`tests.fakes.base`.
+  as Server-Sent Events, carrying out the stream faults (``cut``, ``content_filter``,
+  ``error_event``) of :mod:`tests.fakes.base`.
+- :func:`openai_error_body` is OpenAI's error object, for HTTP errors and errors inside a stream.
 """
 
 from __future__ import annotations
@@ -43,10 +44,51 @@ DATA_URL_EXPECTED = (
     "Expected a base64-encoded data URL with an image MIME type "
     "(e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got"
 )
+#: OpenAI's ``error.type`` and default ``error.code`` by status (its API reference and error codes
+#: guide); other statuses are ``server_error`` with no code.
+ERROR_TYPES: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", None),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+#: Codes of an account out of credit or over a limit: OpenAI answers them with 429 and the type
+#: ``insufficient_quota`` (help.openai.com, "Troubleshooting API usage and spend limits").
+QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+    }
+)
 UNSUPPORTED_IMAGE = (
     "You uploaded an unsupported image. Please make sure your image is below 20 MB in size and is "
     "of one the following formats: ['png', 'jpeg', 'gif', 'webp']."
 )
+
+
+def openai_error_body(
+    status: int,
+    message: str,
+    *,
+    code: str | int | None = None,
+    param: str | None = None,
+    error_type: str | None = None,
+) -> dict[str, Any]:
+    """``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends it."""
+    kind, default_code = ERROR_TYPES.get(status, ("server_error", None))
+    if code in QUOTA_CODES:
+        kind = "insufficient_quota"
+    error = {
+        "message": message,
+        "type": error_type or kind,
+        "param": param,
+        "code": default_code if code is None else code,
+    }
+    return {"error": error}
 
 
 class ChatError(Exception):
@@ -96,6 +138,11 @@ class Message:
     role: str
     text: str  # the text parts, joined by newlines
     images: list[ReceivedImage]
+
+
+def sse(data: Any) -> bytes:
+    """One Server-Sent Event carrying ``data`` as JSON."""
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
 def _type_name(value: Any) -> str:
@@ -363,7 +410,7 @@ async def answer(
         piece = base | {"object": "chat.completion.chunk", "choices": choices}
         if include_usage:
             piece["usage"] = usage  # null on every chunk but the last, as OpenAI sends it
-        return b"data: " + json.dumps(piece).encode() + b"\n\n"
+        return sse(piece)
 
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -380,6 +427,13 @@ async def answer(
             if fault.kind == "content_filter":
                 await server.write_line(request, response, event({}, "content_filter"))
                 await server.write_line(request, response, b"data: [DONE]\n\n")
+                await response.write_eof()
+                return response
+            if fault.kind == "error_event":  # a failure after the 200: the stream ends with it
+                error = openai_error_body(
+                    fault.status, fault.message, code=fault.code, error_type=fault.error_type
+                )
+                await server.write_line(request, response, sse(error))
                 await response.write_eof()
                 return response
         if not await server.write_line(request, response, piece):

@@ -23,18 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, words
-from tests.fakes.chat_completions import ChatError, ReceivedImage, chat, openai_image_tokens
+from tests.fakes.base import FakeServer, Fault, words
+from tests.fakes.chat_completions import (
+    ChatError,
+    ReceivedImage,
+    chat,
+    openai_error_body,
+    openai_image_tokens,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EMBEDDING_DIM = 8
-ERROR_TYPES = {
-    400: ("invalid_request_error", None),
-    401: ("invalid_request_error", "invalid_api_key"),
-    403: ("insufficient_quota", "insufficient_quota"),
-    404: ("invalid_request_error", "model_not_found"),
-    429: ("requests", "rate_limit_exceeded"),
-}
 
 
 BodyHandler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
@@ -53,13 +52,13 @@ def openai_error(
     message: str,
     headers: dict[str, str] | None = None,
     *,
-    code: str | None = None,
+    code: str | int | None = None,
     param: str | None = None,
+    error_type: str | None = None,
 ) -> web.Response:
     """An error in OpenAI's shape (FakeYandex answers its OpenAI-compatible surface so too)."""
-    kind, default_code = ERROR_TYPES.get(status, ("server_error", None))
-    error = {"message": message, "type": kind, "param": param, "code": code or default_code}
-    return web.json_response({"error": error}, status=status, headers=headers)
+    body = openai_error_body(status, message, code=code, param=param, error_type=error_type)
+    return web.json_response(body, status=status, headers=headers)
 
 
 def fake_image(prompt: str) -> bytes:
@@ -105,6 +104,13 @@ class FakeOpenAI(FakeServer):
         param: str | None = None,
     ) -> web.Response:
         return openai_error(status, message, headers, code=code, param=param)
+
+    def fault_response(
+        self, request: web.Request, fault: Fault, headers: dict[str, str]
+    ) -> web.Response:
+        return openai_error(
+            fault.status, fault.message, headers, code=fault.code, error_type=fault.error_type
+        )
 
     def _check(self, request: web.Request) -> dict[str, Any]:
         if self.api_key is not None:

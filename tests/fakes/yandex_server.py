@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, words
+from tests.fakes.base import FakeServer, Fault, words
 from tests.fakes.chat_completions import ChatError, ReceivedImage, chat
 from tests.fakes.openai_server import openai_error
 
@@ -169,6 +169,14 @@ class FakeYandex(FakeServer):
         else:
             body = {"code": grpc, "message": message, "details": []}
         return web.json_response(body, status=status, headers=headers)
+
+    def fault_response(
+        self, request: web.Request, fault: Fault, headers: dict[str, str]
+    ) -> web.Response:
+        if request.path.startswith("/v1/"):  # OpenAI's codes and types on that surface only
+            code, kind = fault.code, fault.error_type
+            return openai_error(fault.status, fault.message, headers, code=code, error_type=kind)
+        return self.error_response(request, fault.status, fault.message, headers)
 
     def _check(self, request: web.Request) -> dict[str, Any]:
         """Validate credentials and folder; return the JSON body (may raise BadRequest)."""

@@ -20,6 +20,7 @@ from bot.errors import ModelError, ModelUnavailableError
 from bot.model_spec import check_yandex_credentials
 from bot.models.http import (
     REQUEST_ID_HEADER,
+    RequestKind,
     RetryPolicy,
     Service,
     Timeouts,
@@ -163,15 +164,19 @@ class YandexClient:
     def _request(self, method: str, url: str, body: Any | None = None) -> httpx.Request:
         return json_request(self._http, method, url, headers=self.headers(), body=body)
 
-    async def post(self, path: str, body: Any) -> Any:
-        """POST to the models host and return the decoded JSON."""
+    async def post(self, path: str, body: Any, *, kind: RequestKind = "read") -> Any:
+        """POST to the models host and return the decoded JSON. ``kind`` is ``generate`` for a
+        billed generation and ``submit`` for one that creates an operation: what may be retried
+        (bot.models.http.RequestKind)."""
         request = self._request("POST", f"{self._fm_url}{path}", body)
-        return await send_json(self._http, request, self.service, policy=self._retry)
+        return await send_json(self._http, request, self.service, policy=self._retry, kind=kind)
 
     async def open_stream(self, path: str, body: Any) -> httpx.Response:
-        """POST and return the response unread; the caller must ``aclose()`` it."""
+        """POST a generation and return the response unread; the caller must ``aclose()`` it."""
         request = self._request("POST", f"{self._fm_url}{path}", body)
-        return await send(self._http, request, self.service, policy=self._retry, stream=True)
+        return await send(
+            self._http, request, self.service, policy=self._retry, stream=True, kind="generate"
+        )
 
     async def get_operation(self, operation_id: str) -> Any:
         request = self._request("GET", f"{self._operations_url}/operations/{operation_id}")

@@ -62,7 +62,7 @@ class YandexImageModel(ImageModel):
                 f"The picture description is {len(prompt)} characters long; YandexART takes at "
                 f"most {MAX_PROMPT_CHARS}. Please shorten it."
             )
-        operation = await self._client.post(IMAGE_GENERATION, self._body(prompt))
+        operation = await self._client.post(IMAGE_GENERATION, self._body(prompt), kind="submit")
         response = await self._client.wait_operation(
             operation, give_up_after=self._operation_timeout, what="The picture"
         )

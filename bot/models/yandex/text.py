@@ -110,9 +110,10 @@ class YandexTextModel(TextModel):
             return
         body = self._body(messages, options, stream=False)
         if self.mode == "sync":
-            result = _unwrap(await self._client.post(COMPLETION, body), self._client)
+            answer = await self._client.post(COMPLETION, body, kind="generate")
+            result = _unwrap(answer, self._client)
         else:
-            operation = await self._client.post(COMPLETION_ASYNC, body)
+            operation = await self._client.post(COMPLETION_ASYNC, body, kind="submit")
             result = await self._client.wait_operation(
                 operation, give_up_after=self._operation_timeout, what="The reply"
             )
