@@ -24,23 +24,101 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_RULES = re.compile(
-    r"""
-    ^\s*(?:please\s+|pls\s+|can\s+you\s+|could\s+you\s+)?
-        (?:draw|paint|sketch)\b
-        # ...but not the figures of speech: "draw up a contract", "draw a conclusion".
-        (?!\s+(?:up|on|from|back|near|out|attention|parallels?
-            |(?:a\s+|the\s+|some\s+|any\s+)?(?:conclusions?|line|comparison|distinction)))
-    | \b(?:generate|create|make|show\s+me|give\s+me)\s+(?:me\s+)?(?:an?\s+)?
-        (?:image|picture|pic|photo|drawing|illustration|painting|sketch)\b
-    | \b(?:image|picture|photo|drawing|illustration|painting)\s+of\b
-    | (?:^|\s)(?:по)?нарису(?:й|йте)\b | \bизобрази(?:те)?\b
-    | \b(?:сгенерируй|сгенерировать|создай|сделай|покажи)(?:те)?\s+
-        (?:мне\s+)?(?:картинк|изображени|рисун|фото|иллюстраци)
-    | \b(?:картинк[ауи]|изображени[ея]|рисунок)\s+(?:с|со|про)\b
-    """,
-    re.IGNORECASE | re.VERBOSE,
+# Every rule is anchored at the start of the message: a request for a picture is an imperative
+# ("draw a cat", "нарисуй кота") or a polite form of one ("can you draw a cat?", "можешь нарисовать
+# кота?"). The same words later in a sentence belong to questions and statements about pictures
+# ("how do I create an image of my disk?", "who wrote The Picture of Dorian Gray?"), which the text
+# model answers. A request the rules miss still gets an answer, and /image always draws.
+
+# Greetings and follow-up words may come first: "hi, draw a cat", "now draw it in blue",
+# "а теперь нарисуй собаку".
+_OPENER = r"""
+    (?:(?:hi|hello|hey|ok(?:ay)?|so|now|and|also|then
+        |привет|здравствуй(?:те)?|ну|а|и|теперь|ещё|еще|тогда|слушай)\b[\s,.!]*+){0,3}+
+"""
+
+# Polite English forms: "please draw", "can you draw", "could you please generate",
+# "I want you to draw".
+_EN_POLITE = r"""
+    (?:(?:please|pls|plz|kindly)[\s,]+)?
+    (?:(?:can|could|would|will)\s+(?:you|u)[\s,]+(?:please[\s,]+)?
+      | i(?:\s+want|\s+need|\s+would\s+like|['’]d\s+like)\s+you\s+to\s+
+    )?
+"""
+
+# "draw / paint / sketch <something>". The verbs have other senses, excluded by what follows:
+_EN_DRAW = r"""
+    (?:draw|paint|sketch)\s+
+    (?!(?:
+        # figures of speech: "draw up a contract", "draw a conclusion", "draw blood"
+        (?:up|on|from|back|near|out|in|down|together|attention|parallels?|blood|water|power
+          |current|money|cash|breath|straws|lots|inspiration|criticism|fire|interest)\b
+      | (?:(?:a|the|some|any|my)\s+)?(?:conclusions?|line|comparison|distinction|cards?
+          |salary|pension|blank)\b
+        # the noun: "paint is peeling off my wall", "Sketch keeps crashing", "draw or win?"
+      | (?:is|was|are|were|has|had|keeps|won['’]t|doesn['’]t|didn['’]t|will|or|vs|versus
+          |peel\w*|chip\w*|crack\w*|bubbl\w*|fad\w*|dr(?:y|ies|ied|ying))\b
+        # decorating, not pictures: "paint the walls", "paint my nails"
+      | (?:the|my|our|your|a)\s+(?:walls?|room|house|fence|ceiling|doors?|floors?|kitchen
+          |bedroom|car|nails|furniture)\b
+    ))
+"""
+
+# Words that make "image" technical (a disk, VM or container image, an HTML image): create,
+# make and generate then mean something else. Checked from the verb to the end of the message.
+_NOT_TECHNICAL = r"""
+    (?![\s\S]*\b(?:docker\w*|containers?|disks?|drives?|partitions?|vms?|virtual\s+machines?
+        |iso|backups?|snapshots?|boot\w*|usb|dd|os|kubernetes|k8s|registry|instances?|servers?
+        |ami|qcow2?|vmdk|html|css|javascript|python|react
+        |докер\w*|контейнер\w*|диск(?:а|е|и|ом|ов)?|виртуальн\w*|вм|образ\w*|сервер\w*
+        |бэкап\w*|резервн\w*)\b)
+"""
+
+# "generate / create / make / show me / give me an image of ...", "I'd like a picture of ...".
+# Only a new picture ("a", "some", "two" or nothing before the noun): "make this picture smaller"
+# and "show me the picture of ..." are about an existing one. The noun must end the phrase
+# ("an image of", "an image with", "a picture, please"), so "create an image tag" and
+# "make a picture frame" stay text.
+_EN_MAKE = r"""
+    (?:generate|create|make|produce|design|show|give
+      |i(?:\s+want|\s+need|\s+would\s+like|['’]d\s+like))\s+
+    (?:(?:me|us)\s+)?
+    (?:(?:an?|some|another|one|two|three|four|\d+)\s+)?
+    (?:(?!(?:the|this|that|these|those|my|your|our|his|her|its|their)\b)[\w-]+\s+){0,3}?
+    (?:image|picture|pic|photo|drawing|illustration|painting|sketch|portrait|artwork
+      |wallpaper)s?
+    (?=\s*$|\s*[,.:!]|\s+(?:of|with|showing|depicting|that|which|where|for|about|in|on|from
+        |to|based|please)\b)
+"""
+
+# Polite Russian: "можешь нарисовать", "не могли бы вы", "ты можешь, пожалуйста, ...".
+# The verb after them is the infinitive.
+_RU_MODAL = r"""
+    (?:(?:ты|вы)\s+)?(?:не\s+)?
+    (?:можешь|можете|сможешь|сможете|мог(?:ла|ли)?\s+бы(?:\s+(?:ты|вы))?)[\s,]+
+    (?:пожалуйста[\s,]+)?
+"""
+
+# "нарисуй(те)", "изобрази(те)": only about pictures, whatever follows.
+_RU_DRAW = r"(?:(?:на)?рису(?:й|йте)|изобрази(?:те)?|" + _RU_MODAL + r"(?:нарисовать|изобразить))\b"
+
+# "сгенерируй / создай / сделай / покажи (мне) картинку ...": a new picture, not "эту картинку" or
+# "мою фотографию".
+_RU_MAKE = (
+    r"(?:(?:сгенерируй|создай|сделай|покажи)(?:те)?|"
+    + _RU_MODAL
+    + r"""(?:сгенерировать|создать|сделать|показать))\s+
+    (?:(?:мне|нам)[\s,]+)?(?:пожалуйста[\s,]+)?
+    (?:(?!(?:эт|мо[йяеюи]|тво|наш|ваш)\w*\b)[\w-]+[\s,]+){0,3}?
+    (?:картинк|изображени|рисун|фот[ок]|иллюстраци)\w*
+"""
 )
+
+_ENGLISH = f"{_EN_POLITE} (?: {_EN_DRAW} | {_NOT_TECHNICAL} {_EN_MAKE} )"
+_RUSSIAN = rf"(?:пожалуйста[\s,]+)? (?: {_RU_DRAW} | {_NOT_TECHNICAL} {_RU_MAKE} )"
+# "*+" and "{0,3}+" are possessive (no backtracking into them), and the message is matched from
+# its start only, so even a very long message is checked in linear time.
+_RULES = re.compile(rf"\W*+ {_OPENER} (?: {_ENGLISH} | {_RUSSIAN} )", re.IGNORECASE | re.VERBOSE)
 
 IMAGE_LABEL = "image request"
 TEXT_LABEL = "text request"
@@ -74,7 +152,7 @@ class RuleClassifier(ImageIntentClassifier):
 
 
 def matches_rules(text: str) -> bool:
-    return bool(_RULES.search(text))
+    return bool(_RULES.match(text))
 
 
 class YandexClassifier(ImageIntentClassifier):

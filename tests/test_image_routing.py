@@ -45,6 +45,22 @@ CLASSIFY = "/foundationModels/v1/fewShotTextClassification"
         "Нарисуйте, пожалуйста, дом у озера",
         "сгенерируй картинку с драконом",
         "изобрази закат",
+        "create a picture of a sunset",
+        "paint me a dragon over a castle",
+        "can you draw a cat?",
+        "Could you please generate an image of a castle at night?",
+        "Hi! Draw a robot",
+        "now draw it in blue",
+        "I'd like a picture of a fox in the snow",
+        "I want you to draw a horse",
+        "generate a realistic image of a tiger",
+        "Draw cats playing poker",
+        "пожалуйста, нарисуй кота",
+        "можешь нарисовать кота?",
+        "Не могли бы вы нарисовать море",
+        "а теперь нарисуй собаку",
+        "Сделай мне, пожалуйста, картинку с котом",
+        "сгенерируй красивую картинку",
     ],
 )
 def test_rules_recognise_picture_requests(text: str) -> None:
@@ -64,6 +80,36 @@ def test_rules_recognise_picture_requests(text: str) -> None:
         "Can you draw a conclusion from these numbers?",
         "Render this markdown table as HTML",
         "Illustrate recursion with a Python example",
+        # Questions about images, and "image" in its technical senses.
+        "How to create an image of a VM in Yandex Cloud?",
+        "Docker: how do I create an image from a container?",
+        "How do I make an image of my disk with dd?",
+        "Create a Docker image for my Flask app",
+        "Make an image of my disk with dd",
+        "Create an image tag in HTML",
+        "Make this picture smaller",
+        "What does this image show?",
+        "How do I draw a cat?",
+        "Can you draw?",
+        "Can you generate images?",
+        "How to say 'draw a cat' in French?",
+        # Statements, titles, and the other senses of draw and paint.
+        "Who wrote The Picture of Dorian Gray?",
+        "My picture of a cat won a prize",
+        "Paint is peeling off my wall, what to do?",
+        "Paint the walls or wallpaper them?",
+        "Can you draw blood from a vein at home?",
+        "Sketch keeps crashing on my Mac",
+        # Russian.
+        "рисунок с котом - что он значит?",
+        "Как нарисовать кота карандашом?",
+        "Ты умеешь рисовать?",
+        "Я нарисовал кота, оцени",
+        "Можешь объяснить, как нарисовать кота?",
+        "Как сказать «нарисуй кота» по-английски?",
+        "Картинка не загружается, что делать?",
+        "Создай образ диска",
+        "Сделай эту картинку ярче",
     ],
 )
 def test_rules_leave_text_requests_alone(text: str) -> None:
@@ -187,6 +233,22 @@ async def test_classifier_failure_falls_back_to_rules(
     assert await classifier("draw a cat") is True
     assert await classifier("what time is it") is False
     assert len(fake.requests_to(CLASSIFY)) == 2
+
+
+async def test_question_about_a_disk_image_is_answered_as_text(
+    client: YandexClient, fake: FakeYandex, store: DialogStore, prompts_dir: Path
+) -> None:
+    # The default rules with an image model configured: a question with "image" in it is text.
+    text_model = Recording(Scripted(["Use dd if=/dev/sda of=disk.img bs=4M."]))
+    manager = DialogManager(
+        store, text_model, PromptLibrary(prompts_dir), options=SHORT, image_model=art(client)
+    )
+    events = await collect(manager, "c", "How do I make an image of my disk with dd?")
+    assert events[-1] == FinalText("Use dd if=/dev/sda of=disk.img bs=4M.")
+    assert [r[-1].text for r in text_model.requests] == [
+        "How do I make an image of my disk with dd?"
+    ]
+    assert fake.requests_to(IMAGE) == []
 
 
 async def test_model_classifier_uses_the_text_model(prompts_dir: Path) -> None:
