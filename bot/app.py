@@ -98,9 +98,19 @@ def make_classifier(settings: Settings, model: TextModel) -> ImageIntentClassifi
     if choice == "auto":
         choice = "yandex" if settings.uses_yandex else "rules"
     if choice == "yandex":
+        from bot.models.http import RetryPolicy, Timeouts
         from bot.models.yandex import YandexClient
 
-        return YandexClassifier(YandexClient.from_settings(settings))
+        # Every plain message is classified, on a quota of about one request a second: a retry
+        # (a 429 backs off for seconds) would keep the user waiting before the answer starts,
+        # only to fall back to the rules anyway. So one attempt, and the rules at once on failure.
+        # The short read timeout does the same for a service that hangs.
+        client = YandexClient.from_settings(
+            settings,
+            retry=RetryPolicy(attempts=1),
+            timeouts=Timeouts(connect=5.0, read=10.0),
+        )
+        return YandexClassifier(client)
     if choice == "model":
         return ModelClassifier(model)
     return RuleClassifier()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from bot.app import make_classifier
 from bot.dialog import IMAGE_SETUP_HINT, DialogManager
 from bot.events import FinalText, ImageReply, Incoming, Notice, ReplyEvent
 from bot.models.base import GenerationOptions, TextModel
@@ -23,6 +24,7 @@ from bot.models.local import LocalModel
 from bot.models.yandex import YandexClient, YandexCredentials, YandexImageModel
 from bot.prompts.library import PromptLibrary
 from bot.routing import ModelClassifier, RuleClassifier, YandexClassifier, matches_rules
+from bot.settings import Settings
 from bot.stores import DialogStore, open_store
 from tests.doubles import Recording, Scripted
 from tests.fakes import FakeYandex, Fault
@@ -233,6 +235,42 @@ async def test_classifier_failure_falls_back_to_rules(
     assert await classifier("draw a cat") is True
     assert await classifier("what time is it") is False
     assert len(fake.requests_to(CLASSIFY)) == 2
+
+
+async def test_rate_limited_classifier_falls_back_at_once(
+    fake: FakeYandex, client: YandexClient, store: DialogStore, prompts_dir: Path
+) -> None:
+    # The classifier as the app builds it: a 429 is not retried (each retry would keep the
+    # user waiting seconds before the answer starts), the rules decide instead.
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        yandex_api_key=SecretStr(fake.api_key),
+        yandex_folder_id=fake.folder_id,
+        yandex_iam_token=None,
+        yandex_fm_url=fake.llm_url,
+        yandex_operations_url=fake.operations_url,
+        image_classifier="yandex",
+    )
+    fake.inject(Fault("status", status=429, retry_after=1.0), times=10, path=CLASSIFY)
+    text_model = Recording(Scripted(["Four."]))
+    manager = DialogManager(
+        store,
+        text_model,
+        PromptLibrary(prompts_dir),
+        options=SHORT,
+        image_model=art(client),
+        classifier=make_classifier(settings, text_model),
+    )
+    try:
+        events = await collect(manager, "c", "What is 2+2?")
+        assert events[-1] == FinalText("Four.")
+        assert len(fake.requests_to(CLASSIFY)) == 1
+        events = await collect(manager, "c", "draw a cat")  # the rules still route pictures
+        assert isinstance(events[-1], ImageReply)
+        assert len(fake.requests_to(CLASSIFY)) == 2
+        assert len(fake.requests_to(IMAGE)) == 1
+    finally:
+        await manager.classifier.aclose()
 
 
 async def test_question_about_a_disk_image_is_answered_as_text(
