@@ -20,6 +20,8 @@ async def fit_to_window(
     current: Message,
     reserve: int,
     pictures: Callable[[Message], int] = lambda m: len(m.pictures),
+    *,
+    limit: int | None = None,
 ) -> tuple[list[Message], int]:
     """``prefix + newest history + current`` within ``model.context_window - reserve`` tokens.
 
@@ -27,10 +29,14 @@ async def fit_to_window(
     fetched yet is known: ``pictures(message)`` says how many a message has (or will have).
     The instruction and examples (``prefix``) and the current message are always kept; history is
     dropped oldest first, a user/assistant pair at a time so it still starts with a user turn.
+    ``limit`` caps the input below that (a server that refused a prompt this count said fits:
+    the count undercounts its tokenizer, or the window is configured larger than the server's).
     Returns the messages and their token count. Raises ContextOverflowError when even
     ``prefix + current`` does not fit.
     """
     budget = model.context_window - reserve
+    if limit is not None:
+        budget = min(budget, limit)
     # Refused before any tokenizer sees it: a remote one would be sent megabytes (and answer
     # HTTP 413) to confirm what the length alone proves.
     chars = sum(len(m.text) for m in (*prefix, current))

@@ -78,6 +78,21 @@ QUEUED_NOTICE_AFTER = (
     3.0  # s without a first word, while the model answers others, before saying so
 )
 IMAGE_PROMPT_LIMIT = 500  # YandexART's limit; a sane bound for other services too
+#: Times a turn is sent again with less history when the server refuses its prompt as longer
+#: than its context window (our token count undercounts its tokenizer, or the window is set
+#: larger than the server's).
+OVERFLOW_RETRIES = 2
+#: The share of what the server's refusal says fits that a retry fills: its count per token of
+#: ours varies from message to message.
+OVERFLOW_MARGIN = 0.9
+
+
+class _Overflow(Exception):
+    """Raised by :meth:`DialogManager._reply` for a refusal to retry with less history."""
+
+    def __init__(self, error: ContextOverflowError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +116,8 @@ class _Prompt:
     #: The digests of those found gone by this turn: stored with it (``pictures_lost``), so
     #: later turns neither fetch them nor tell of them again.
     newly_lost: tuple[str, ...] = ()
+    #: How many history messages the prompt carries (what a retry after an overflow can drop).
+    history: int = 0
 
 
 class DialogManager:
@@ -287,14 +304,56 @@ class DialogManager:
         except (PromptError, ModelError, KnowledgeError) as exc:
             yield Notice(str(exc), "error")
             return
-        if prompt.lost_pictures:
-            # Said, not passed over: the answer would otherwise read as if it saw them.
-            yield Notice(_lost_text(*prompt.lost_pictures), "warning")
-        async with contextlib.aclosing(
-            self._reply(incoming, prompt, interrupted, context)
-        ) as events:
-            async for event in events:
-                yield event
+        told_lost = False
+        for retries_left in range(OVERFLOW_RETRIES, -1, -1):
+            if prompt.lost_pictures and not told_lost:
+                # Said, not passed over: the answer would otherwise read as if it saw them.
+                yield Notice(_lost_text(*prompt.lost_pictures), "warning")
+                told_lost = True
+            reply = self._reply(incoming, prompt, interrupted, context, retry=retries_left > 0)
+            try:
+                async with contextlib.aclosing(reply) as events:
+                    async for event in events:
+                        yield event
+                return
+            except _Overflow as overflow:
+                # The server counts more tokens than we do: the same history would be refused
+                # on every later message too. Answer from the recent history that fits it.
+                limit = _smaller_input(prompt, overflow.error)
+                log.warning(
+                    "chat %s: %s refused a prompt of %d tokens by our count as too long (it "
+                    "counts %s, takes %s); sending it again within %d, with less history",
+                    incoming.chat, prompt.model.name, prompt.input_tokens,
+                    overflow.error.needed or "?", overflow.error.available or "?", limit,
+                )  # fmt: skip
+            try:
+                with metrics.step("fmbot prompt build"):
+                    prompt = await self._rebuild(incoming, prompt, template, history, hits, limit)
+            except (PromptError, ModelError, KnowledgeError, PictureError) as exc:
+                yield Notice(str(exc), "error")
+                return
+
+    async def _rebuild(
+        self,
+        incoming: Incoming,
+        refused: _Prompt,
+        template: PromptTemplate,
+        history: list[Message],
+        hits: tuple[Hit, ...],
+        limit: int,
+    ) -> _Prompt:
+        """``refused``'s turn within ``limit`` tokens by our count; without history when even
+        the message alone exceeds it (the server is the judge of that one)."""
+        text, pictures = incoming.text, refused.pictures
+        try:
+            prompt = await self._build(
+                incoming.chat, template, history, text, pictures, hits, limit
+            )
+        except ContextOverflowError:
+            prompt = await self._build(incoming.chat, template, [], text, pictures, hits)
+        # Pictures found gone are stored as such even if their message is now left out.
+        gone = tuple(dict.fromkeys((*refused.newly_lost, *prompt.newly_lost)))
+        return dataclasses.replace(prompt, newly_lost=gone)
 
     async def _load(self, chat: str) -> tuple[dict[str, str], list[Message]]:
         """The chat's state and history, in one round trip where the store can."""
@@ -354,10 +413,12 @@ class DialogManager:
         text: str,
         pictures: tuple[Picture, ...] = (),
         hits: tuple[Hit, ...] = (),
+        limit: int | None = None,
     ) -> _Prompt:
         """Instruction, examples, the history that fits the window, and the message (with the
         retrieved passages). A prompt that carries pictures goes to the vision model; pictures
-        trimmed away with old history leave it to the text model."""
+        trimmed away with old history leave it to the text model. ``limit``: fewer input tokens
+        than the window allows, by the model's count (see :meth:`_turn`)."""
         options = self.options_for(template)
         request = text or (template.picture_request if pictures else text)
         full = build_messages(
@@ -379,7 +440,7 @@ class DialogManager:
             try:
                 messages, input_tokens = await fit_to_window(
                     self.vision_model, prefix, history, current, reserve,
-                    lambda m: len(refs) if m is held else len(m.pictures),
+                    lambda m: len(refs) if m is held else len(m.pictures), limit=limit,
                 )  # fmt: skip
             except ContextOverflowError:
                 messages = []  # no history fits the vision model: the text model answers
@@ -391,7 +452,7 @@ class DialogManager:
                     messages = [attached if m is held else m for m in messages]
                     return _Prompt(
                         template, messages, options, input_tokens, self.vision_model,
-                        request, pictures, hits,
+                        request, pictures, hits, history=len(messages) - len(full),
                     )  # fmt: skip
                 # Some are gone: fitted again below at what the rest cost.
                 history = [*history[:index], attached, *history[index + 1 :]]
@@ -402,14 +463,18 @@ class DialogManager:
         model = self.model
         if self.vision_model is not None and any(m.pictures for m in (*history, current)):
             model = self.vision_model
-        messages, input_tokens = await fit_to_window(model, prefix, history, current, reserve)
+        messages, input_tokens = await fit_to_window(
+            model, prefix, history, current, reserve, limit=limit
+        )
         if model is not self.model and not any(m.pictures for m in messages):
             plain = [_without_pictures(m) for m in history]
             model = self.model
-            messages, input_tokens = await fit_to_window(model, prefix, plain, current, reserve)
+            messages, input_tokens = await fit_to_window(
+                model, prefix, plain, current, reserve, limit=limit
+            )
         return _Prompt(
             template, messages, options, input_tokens, model, request, pictures, hits, lost,
-            newly_lost,
+            newly_lost, len(messages) - len(full),
         )  # fmt: skip
 
     async def _reply(
@@ -418,9 +483,12 @@ class DialogManager:
         prompt: _Prompt,
         interrupted: asyncio.Event,
         context: contextvars.Context,
+        *,
+        retry: bool = False,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Stream the model's reply, then save the turn (also when it was stopped or failed
-        part way: the user saw it) and say how it ended."""
+        part way: the user saw it) and say how it ended. ``retry``: a refusal of a prompt with
+        history as too long, before any word, raises _Overflow (nothing said, nothing saved)."""
         chat = incoming.chat
         ahead = prompt.model.waiting()  # replies the model finishes before it starts this one
         metrics.turn_model(prompt.model.name, prompt.messages)  # log lines name it from here
@@ -428,6 +496,7 @@ class DialogManager:
         response = prompt.model.respond(prompt.messages, prompt.options)
         status = "stopped"  # what the turn is stored as if we are cancelled mid-stream
         failure: ModelError | None = None
+        overflow: ContextOverflowError | None = None
         saved = True
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -456,12 +525,22 @@ class DialogManager:
             status = "stopped" if interrupted.is_set() else "complete"
         except ModelError as exc:
             status, failure = "interrupted", exc
-            log.warning("model failed in chat %s: %s", chat, exc)
-            if response.text:
-                yield FinalText(response.text, complete=False)
-            yield Notice(
-                f"{exc} The answer was interrupted." if response.text else f"{exc}", "error"
-            )
+            if (
+                retry
+                and isinstance(exc, ContextOverflowError)
+                and prompt.history
+                and not response.text
+                and not interrupted.is_set()
+            ):
+                overflow = exc  # raised below, once this attempt is counted
+            else:
+                log.warning("model failed in chat %s: %s", chat, exc)
+                if response.text:
+                    yield FinalText(response.text, complete=False)
+                said = _failure_text(exc, prompt)
+                yield Notice(
+                    f"{said} The answer was interrupted." if response.text else said, "error"
+                )
         finally:
             metrics.reply_ended(
                 prompt.model.name,
@@ -482,6 +561,8 @@ class DialogManager:
                     context.run(metrics.current_turn.set, metrics.current_turn.get())
                 task = asyncio.get_running_loop().create_task(save, context=context)
                 saved = await asyncio.shield(task)
+        if overflow is not None:
+            raise _Overflow(overflow)
         if status == "complete":
             yield FinalText(response.text, sources=cited_sources(prompt.hits, response.text))
             if not saved:
@@ -680,6 +761,37 @@ def _lost_text(gone: int, of: int) -> str:
     return (
         f"I could not get {which} you sent earlier again, so this answer does not see {them}. "
         f"Send {them} again to ask about {them}."
+    )
+
+
+def _smaller_input(prompt: _Prompt, refusal: ContextOverflowError) -> int:
+    """The input limit, by the model's count, for a retry of ``prompt`` that ``refusal`` turned
+    down: scaled to what the server said it takes when it gave numbers, else half."""
+    sent = prompt.input_tokens
+    needed, available = refusal.needed, refusal.available
+    if needed and available:
+        # ``needed`` may include the reply's reserve (vLLM, OpenAI's "you requested"), which
+        # only makes this smaller.
+        room = available - (prompt.options.max_tokens or 0)
+        limit = int(room * sent / needed * OVERFLOW_MARGIN)
+    else:
+        limit = sent // 2
+    return max(0, min(limit, sent - 1))
+
+
+def _failure_text(exc: ModelError, prompt: _Prompt) -> str:
+    """What a failed reply tells the user: a refusal as too long of a prompt that still carried
+    history is about the conversation, not the message."""
+    if not isinstance(exc, ContextOverflowError) or not prompt.history:
+        return str(exc)
+    counts = (
+        f" (the model's server counts {exc.needed} tokens and takes {exc.available})"
+        if exc.needed and exc.available
+        else ""
+    )
+    return (
+        "This conversation no longer fits the model's context window, even with older "
+        f"messages left out{counts}. Send /new to start a new conversation."
     )
 
 

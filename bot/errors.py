@@ -83,7 +83,10 @@ class ModelError(FmbotError):
 
 
 class ContextOverflowError(ModelError):
-    def __init__(self, needed: int, available: int, pictures: int = 0) -> None:
+    """The input does not fit the model's context window. ``needed`` and ``available`` are
+    tokens, None when the server did not say (llama-server's older message)."""
+
+    def __init__(self, needed: int | None, available: int | None, pictures: int = 0) -> None:
         self.needed = needed
         self.available = available
         if pictures:
@@ -92,6 +95,11 @@ class ContextOverflowError(ModelError):
                 f"{what[0].upper()}{what[1:]} and your message need about {needed} tokens, but "
                 f"this model can take only {available} tokens of input. Please send fewer "
                 "pictures at once."
+            )
+        elif needed is None or available is None:
+            message = (
+                "Your message is too long for this model's context window. Please shorten it "
+                "or split it into parts."
             )
         else:
             message = (

@@ -375,7 +375,17 @@ _CONTEXT_PATTERNS = (
     re.compile(
         r"maximum context length is (?P<available>\d+) tokens.*?(?P<needed>\d+) tokens", re.S
     ),
+    # llama-server: "request (4476 tokens) exceeds the available context size (4096 tokens),
+    # try increasing it"; later builds drop "the available"; earlier ones said "input (N
+    # tokens) is larger than the max context size (M tokens). skipping".
+    re.compile(
+        r"(?:request|input) \((?P<needed>\d+) tokens\) (?:exceeds|is larger than) (?:the "
+        r"available |the max )?context size \((?P<available>\d+) tokens\)"
+    ),
 )
+#: llama-server before it gave the numbers: "the request exceeds the available context size,
+#: try increasing it".
+_CONTEXT_WITHOUT_NUMBERS = "exceeds the available context size"
 _CONTENT_FILTER_CODES = {"content_filter", "content_policy_violation"}
 #: OpenAI's codes for an account out of credit or over a limit, whatever the status (429, and
 #: 400 for billing_hard_limit_reached from the images endpoint); "type" may be
@@ -451,6 +461,8 @@ def error_from_detail(service: Service, detail: str, code: str, what: str) -> Mo
         match = pattern.search(detail)
         if match:
             return ContextOverflowError(int(match["needed"]), int(match["available"]))
+    if _CONTEXT_WITHOUT_NUMBERS in detail:
+        return ContextOverflowError(None, None)
     lowered = detail.lower()
     if code in _CONTENT_FILTER_CODES or any(
         word in lowered for word in ("content filter", "violate", "terms of use", "ethic")

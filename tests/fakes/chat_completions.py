@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
@@ -95,13 +95,21 @@ class ChatError(Exception):
     """A request the service refuses; each fake renders it in its own error shape."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        body: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        #: Sent as is instead of the service's own error shape (another server's error).
+        self.body = body
 
 
 @dataclass(frozen=True)
@@ -353,6 +361,52 @@ class Completion:
         }
 
 
+#: Whose refusal of a prompt longer than the window a fake sends: OpenAI's (vLLM's is the same
+#: text), llama-server's (``request (N tokens) exceeds the available context size (M tokens)``,
+#: type ``exceed_context_size_error`` with ``n_prompt_tokens`` and ``n_ctx``), or that of
+#: llama-server builds whose message gave no numbers.
+ContextError = Literal["openai", "llama-server", "llama-server-old"]
+
+
+def check_context(
+    body: dict[str, Any], tokens: int, window: int, style: ContextError = "openai"
+) -> None:
+    """Refuse a prompt of ``tokens`` longer than ``window`` as ``style`` does: OpenAI counts the
+    reply's ``max_tokens`` in, with its error's text, ``param`` and ``code`` as in public reports
+    of real ones; llama-server refuses a prompt that leaves no room to decode (``>=``)."""
+    if style != "openai":
+        if tokens < window:
+            return
+        error: dict[str, Any] = {"code": 400, "type": "exceed_context_size_error"}
+        if style == "llama-server":
+            error["message"] = (
+                f"request ({tokens} tokens) exceeds the available context size ({window} "
+                "tokens), try increasing it"
+            )
+            error |= {"n_prompt_tokens": tokens, "n_ctx": window}
+        else:
+            error["message"] = "the request exceeds the available context size, try increasing it"
+        raise ChatError(400, error["message"], body={"error": error})
+    limit = body.get("max_tokens") or body.get("max_completion_tokens")
+    if tokens > window:
+        raise ChatError(
+            400,
+            f"This model's maximum context length is {window} tokens. However, your messages "
+            f"resulted in {tokens} tokens. Please reduce the length of the messages.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if limit is not None and tokens + int(limit) > window:
+        raise ChatError(
+            400,
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{tokens + int(limit)} tokens ({tokens} in the messages, {int(limit)} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
 def complete(body: dict[str, Any], reply: str, tokens: int) -> Completion:
     """Check the sampling options and cut the reply at ``max_tokens``."""
     temperature = body.get("temperature")
@@ -375,12 +429,18 @@ async def chat(
     image_cost: Callable[[ReceivedImage], int],
     received: list[ReceivedImage],
     ignore_stream: bool = False,
+    context_window: int | None = None,
+    context_error: ContextError = "openai",
 ) -> web.StreamResponse:
     """Answer a chat request whose credentials and model the fake has checked: ``reply`` (or the
-    echo), the pictures appended to ``received`` once the whole request is valid."""
+    echo), the pictures appended to ``received`` once the whole request is valid; a prompt
+    longer than ``context_window`` (tokens by the fake's count) is refused."""
     messages = parse_messages(body, model=str(body["model"]), vision=vision)
+    tokens = prompt_tokens(messages, image_cost)
+    if context_window is not None:
+        check_context(body, tokens, context_window, context_error)
     text = reply if reply is not None else echo_reply(messages)
-    completion = complete(body, text, prompt_tokens(messages, image_cost))
+    completion = complete(body, text, tokens)
     received += [image for m in messages for image in m.images]
     return await answer(server, request, body, completion, ignore_stream=ignore_stream)
 

@@ -10,6 +10,10 @@ Messages may carry pictures (``image_url`` parts with base64 ``data:`` URLs) for
 ``vision_models``; other models refuse them with OpenAI's error. Each picture is decoded and kept
 in :attr:`FakeOpenAI.received_images`, and the reply starts with what arrived (``I see 1 picture:
 1568x1176 JPEG.``); see :mod:`tests.fakes.chat_completions`.
+
+With ``context_window`` set, a prompt longer than it (by the fake's count: a token a word, 4 a
+message) is refused as OpenAI does ("This model's maximum context length is N tokens. However,
+your messages resulted in M tokens."), or as llama-server does (``context_error``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from aiohttp import web
 from tests.fakes.base import FakeServer, Fault, words
 from tests.fakes.chat_completions import (
     ChatError,
+    ContextError,
     ReceivedImage,
     chat,
     openai_error_body,
@@ -86,6 +91,11 @@ class FakeOpenAI(FakeServer):
     base_url: str = ""  # http://127.0.0.1:PORT/v1
     #: Answer in one JSON piece even when asked to stream, as some servers do.
     ignore_stream: bool = False
+    #: Tokens (the fake's count: a word each, 4 a message) a prompt plus ``max_tokens`` may
+    #: take; a longer one is refused with OpenAI's "maximum context length" error. None: any.
+    context_window: int | None = None
+    #: Whose error refuses such a prompt (see :data:`tests.fakes.chat_completions.ContextError`).
+    context_error: ContextError = "openai"
 
     async def start(self) -> None:
         app = web.Application()
@@ -149,6 +159,8 @@ class FakeOpenAI(FakeServer):
         except BadRequest as exc:
             return self.error_response(request, exc.status, exc.message, code=exc.code)
         except ChatError as exc:
+            if exc.body is not None:
+                return web.json_response(exc.body, status=exc.status)
             return self.error_response(
                 request, exc.status, exc.message, code=exc.code, param=exc.param
             )
@@ -170,6 +182,8 @@ class FakeOpenAI(FakeServer):
             image_cost=openai_image_tokens,
             received=self.received_images,
             ignore_stream=self.ignore_stream,
+            context_window=self.context_window,
+            context_error=self.context_error,
         )
 
     # --- images, embeddings ---
