@@ -650,6 +650,7 @@ class DialogManager:
             yield Notice(IMAGE_SETUP_HINT, "warning")
             return
         prompt = request
+        usage: Usage | None = None  # the rewrite's, charged with the picture
         writer = self.prompts.get(IMAGE_PROMPT_TEMPLATE) if rewrite else None
         if writer is not None and self.rewrite_image_prompts:
             try:
@@ -660,6 +661,10 @@ class DialogManager:
                 with metrics.ModelCall(self.model.name, messages, response):
                     rewritten = (await response).strip()
                 prompt = rewritten or request
+                # Estimated when the model reports none, as a text turn's (4 characters a token).
+                usage = response.usage or Usage(
+                    sum(len(m.text) for m in messages) // 4, max(1, len(response.text) // 4)
+                )
             except (ModelError, PromptError) as exc:
                 log.warning("image prompt rewrite failed, using the request as is: %s", exc)
         prompt = prompt[:IMAGE_PROMPT_LIMIT]
@@ -677,9 +682,15 @@ class DialogManager:
         if (turn := metrics.current_turn.get()) is not None:
             meta["turn"] = turn.id
         turns = (Turn("user", request), Turn("assistant", f"[image] {prompt}", meta=meta))
-        save = self.store.append(incoming.chat, *turns, counters={"usage_images": 1})
+        counters = {"usage_images": 1}
+        if usage is not None:  # /usage and the daily budget count the rewrite's tokens
+            counters["usage_input_tokens"] = usage.input_tokens
+            counters["usage_output_tokens"] = usage.output_tokens
+        save = self.store.append(incoming.chat, *turns, counters=counters)
         with metrics.step("fmbot store write"):  # a step of this turn, whichever context saves
             await asyncio.get_running_loop().create_task(save, context=context)
+        if usage is not None:
+            await self._account(incoming, usage.total_tokens)
         metrics.image(self.image_model.name)
         yield ImageReply(image.data, image.mime_type, prompt)
 

@@ -454,7 +454,7 @@ class ModelCall:
         MODEL_REQUESTS.inc((self.model, outcome))
         if error is not None:
             MODEL_ERRORS.inc((self.model, error))
-        if usage is not None:  # not estimated: nothing of this call is stored or charged
+        if usage is not None:  # as reported: the estimate a turn charges without it is no measure
             tokens(self.model, usage.input_tokens, usage.output_tokens)
 
 
