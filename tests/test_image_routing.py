@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -363,3 +364,29 @@ async def test_console_end_to_end_saves_images(fake: FakeYandex, tmp_path: Path)
     assert len(fake.requests_to(IMAGE)) == 2
     assert len(fake.requests_to(CLASSIFY)) == 2  # auto: Yandex is in use, so Yandex few-shot
     assert fake.api_key not in stdout + err.decode()
+
+
+def test_the_rules_take_long_adversarial_messages_in_one_pass(tmp_path: Path) -> None:
+    """Every plain message goes through the rules: a pattern that backtracks (the rules' first
+    draft took 40 s on ``"and " * 5000``) would hold a chat per message. In a process of its
+    own with a timeout, so such a pattern fails here in seconds."""
+    script = "\n".join(
+        [
+            "from bot.routing import matches_rules",
+            "words = ['and ', 'please ', 'draw ', 'a ', 'image ', 'нарисуй ', ', ', 'of ']",
+            "for word in words:",
+            "    for text in (word * 5000, 'draw ' + word * 5000, word * 5000 + 'draw a cat'):",
+            "        matches_rules(text)",
+            "print('ok')",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
