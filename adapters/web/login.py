@@ -8,9 +8,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from adapters.web.pages import pages
+from adapters.web.requests import bounded_body
 from adapters.web.security import COOKIE, session_value, token_matches
 
 SESSION_DAYS = 30
+#: bytes: the form is one token. /login is public, so its body is read before anyone is known:
+#: bounded, or one request could fill the memory.
+MAX_FORM = 4096
+FORM_TOO_LARGE = f"the login form is over {MAX_FORM} bytes: send only token=FMBOT_WEB_TOKEN"
 
 
 class Login:
@@ -27,7 +32,8 @@ class Login:
         if self.token is None:
             return RedirectResponse("/", status_code=303)
         # A urlencoded form, parsed here: one field does not need python-multipart.
-        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+        body = await bounded_body(request, MAX_FORM, FORM_TOO_LARGE)
+        form = parse_qs(body.decode("utf-8", errors="replace"))
         given = (form.get("token") or [""])[0]
         if not token_matches(given, self.token):
             refused: Response = pages.TemplateResponse(

@@ -9,6 +9,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 MAX_BODY = 1_000_000  # bytes: a template or a message, never more
+NESTED = "send an object of strings, lists and objects a few levels deep"
+SURROGATE = (
+    "the JSON holds a lone surrogate (e.g. \\ud800, half of a UTF-16 pair), which is not text: "
+    "send valid Unicode"
+)
 
 
 async def json_object(request: Request, **fields: type) -> dict[str, Any]:
@@ -17,14 +22,29 @@ async def json_object(request: Request, **fields: type) -> dict[str, Any]:
     body = await bounded_body(request, MAX_BODY, f"the body is over {MAX_BODY} bytes: send less")
     try:
         data = json.loads(body or b"null")
+    except RecursionError:  # e.g. 200000 '[': the parser's depth is the interpreter's
+        raise HTTPException(400, f"the JSON is nested too deeply: {NESTED}") from None
     except ValueError:
         raise HTTPException(400, "send a JSON object (Content-Type: application/json)") from None
     if not isinstance(data, dict):
         raise HTTPException(400, 'send a JSON object, e.g. {"text": "hello"}')
+    check_unicode(data)
     for name, kind in fields.items():
         if name in data and not isinstance(data[name], kind):
             raise HTTPException(400, f"{name!r} must be a {kind.__name__}")
     return data
+
+
+def check_unicode(data: dict[str, Any]) -> None:
+    """HTTPException(400) unless every string in ``data`` can be written as UTF-8. JSON may
+    escape lone surrogates ("\\ud800") that no file, reply or response can hold; refused here,
+    before a route writes or echoes them (a 500 otherwise)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPException(400, SURROGATE) from None
+    except RecursionError:
+        raise HTTPException(400, f"the JSON is nested too deeply: {NESTED}") from None
 
 
 async def bounded_body(request: Request, limit: int, too_large: str) -> bytes:
