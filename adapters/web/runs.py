@@ -20,10 +20,33 @@ from adapters.web.requests import json_object, required
 from adapters.web.stream import event
 from adapters.web.templates import TemplateRoutes, Unprocessable, render
 from bot.dialog import DialogManager
-from bot.errors import ModelError
+from bot.errors import ConfigError, FmbotError, ModelError
+from bot.model_spec import LOCAL_MODELS
 from bot.models.base import TextModel
 from bot.models.registry import get_text_model
 from bot.settings import Settings
+
+
+async def build_offered(settings: Settings, specs: tuple[str, ...]) -> None:
+    """Each FMBOT_WEB_MODELS spec built at start-up (no request is made; the backend is kept for
+    the process, as a run would keep it), so missing credentials stop ``fmbot web`` with the
+    setting to fix rather than failing every run on the page. A local model is only found: loading
+    it takes seconds and memory it may never need."""
+    for spec in specs:
+        kind, _, name = spec.partition(":")
+        try:
+            if kind == "local":
+                from bot.models.local import find_gguf
+
+                find_gguf(LOCAL_MODELS[name])
+            else:
+                await get_text_model(settings.model_copy(update={"text_model": spec}))
+        except FmbotError as exc:
+            raise ConfigError(
+                "FMBOT_WEB_MODELS",
+                spec,
+                f"the playground cannot build it ({exc}): fix that, or leave it out",
+            ) from None
 
 
 class RunRoutes:
@@ -50,7 +73,12 @@ class RunRoutes:
                 f"model {spec!r} is not offered here: use one of {', '.join(self.specs)} "
                 "(FMBOT_WEB_MODELS adds more)",
             )
-        return await get_text_model(self.settings.model_copy(update={"text_model": spec}))
+        try:
+            return await get_text_model(self.settings.model_copy(update={"text_model": spec}))
+        except FmbotError as exc:  # credentials missing, a local model not installed
+            raise HTTPException(
+                422, f"model {spec!r} cannot run on this server: {exc} (its settings)"
+            ) from None
 
     async def run(self, request: Request) -> EventSourceResponse | JSONResponse:
         data = await json_object(

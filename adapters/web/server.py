@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from adapters.web.app import create_app
+from adapters.web.runs import build_offered
 from adapters.web.settings import WebSettings
 from bot.errors import ConfigError
 from bot.observe import logs
@@ -70,6 +71,7 @@ async def _run(settings: Settings, web: WebSettings, host: str, port: int) -> No
     manager = await build_manager(settings)
     manager.channel = "web"
     try:
+        await build_offered(settings, web.models)  # ConfigError: a model it cannot offer
         closing = asyncio.Event()
         config = uvicorn.Config(
             create_app(manager, settings, web, closing),
