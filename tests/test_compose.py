@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from adapters.telegram.settings import TelegramSettings
+from adapters.web.settings import WebSettings
 from bot.observe import metrics
 from bot.settings import Settings
 
@@ -118,6 +119,7 @@ def env_example() -> str:
 def test_env_example_lists_every_setting() -> None:
     names = [f.alias for f in Settings.model_fields.values()]
     names += [f.alias for f in TelegramSettings.model_fields.values()]
+    names += [f.alias for f in WebSettings.model_fields.values()]
     listed = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=", env_example(), re.M))
     missing = [n for n in names if n and n not in listed]
     assert not missing, f"add these to .env.example: {missing}"
@@ -125,14 +127,15 @@ def test_env_example_lists_every_setting() -> None:
 
 
 def test_env_example_loads_as_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(Settings.model_fields) + list(TelegramSettings.model_fields):
-        alias = (Settings.model_fields.get(name) or TelegramSettings.model_fields[name]).alias
-        monkeypatch.delenv(alias or name, raising=False)
+    for model in (Settings, TelegramSettings, WebSettings):
+        for name, field in model.model_fields.items():
+            monkeypatch.delenv(field.alias or name, raising=False)
     path = ROOT / ".env.example"
     settings = Settings(_env_file=path)
     settings.validate_all()
     assert settings.store_url == "redis://redis:6379/0"
     TelegramSettings(_env_file=path)
+    assert WebSettings(_env_file=path).origin is None
 
 
 def test_prometheus_is_opt_in_and_scrapes_the_port_the_roles_serve(compose: dict[str, Any]) -> None:

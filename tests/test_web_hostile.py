@@ -1,5 +1,6 @@
 """``fmbot web`` against hostile or unlucky requests, over real HTTP to the running command:
-bodies too large for the public login form, JSON no route can use, a model it cannot build."""
+bodies too large for the public login form, JSON no route can use, a model it cannot build, and
+the page behind a reverse proxy (FMBOT_WEB_ORIGIN)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from tests.web_server import ROOT, WebServer, run_fmbot, serving, web_env
 
 TIMEOUT = httpx.Timeout(30.0)
 TOKEN = "a-long-random-test-token-0123456789"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 SOCKET_WAIT = 30.0  # s for any one read or write of a raw connection
+PROXIED = "https://bot.example.com"
 
 
 @pytest.fixture
@@ -154,3 +157,59 @@ async def test_a_model_that_fails_to_load_is_a_422(tmp_path: Path) -> None:
             run["model"] = "echo:?chunks=4"  # the others still run
             r = await client.post("/api/run", json=run)
             assert r.status_code == 200 and "event: final" in r.text
+
+
+async def test_behind_a_proxy_fmbot_web_origin_is_accepted(tmp_path: Path) -> None:
+    """nginx's defaults: Host is the upstream's (127.0.0.1:PORT), the scheme plain http, the
+    Origin the browser's https address."""
+    proxied = {"Origin": PROXIED}
+    login = {"token": TOKEN}
+    with serving(web_env(tmp_path, FMBOT_WEB_TOKEN=TOKEN), tmp_path) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+            r = await client.post("/login", data=login, headers=proxied)
+            assert r.status_code == 403, r.text
+            r = await client.delete("/api/chats/x", headers=BEARER | proxied)
+            assert r.status_code == 403, r.text
+
+    env = web_env(tmp_path, FMBOT_WEB_TOKEN=TOKEN, FMBOT_WEB_ORIGIN=PROXIED + "/")
+    with serving(env, tmp_path) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+            r = await client.post("/login", data=login, headers=proxied)
+            assert r.status_code == 303, r.text
+            cookie = [c.strip().lower() for c in r.headers["set-cookie"].split(";")]
+            assert "secure" in cookie and "httponly" in cookie, cookie
+            # The cookie alone, as the page sends it (httpx would not send a Secure one on http).
+            session = r.headers["set-cookie"].split(";")[0]
+            r = await client.delete("/api/chats/x", headers=proxied | {"Cookie": session})
+            assert r.status_code == 200, r.text
+            # Other origins are refused still; the address the server sees is accepted still.
+            for other in ("https://evil.example", "http://bot.example.com", "null"):
+                r = await client.delete("/api/chats/x", headers=BEARER | {"Origin": other})
+                assert r.status_code == 403, other
+            r = await client.delete("/api/chats/x", headers=BEARER | {"Origin": web.url})
+            assert r.status_code == 200
+
+
+async def test_a_loopback_origin_keeps_the_host_check(tmp_path: Path) -> None:
+    """An SSH tunnel's address needs no token; the Host check against DNS rebinding stays."""
+    tunnel = "http://localhost:9000"
+    with serving(web_env(tmp_path, FMBOT_WEB_ORIGIN=tunnel), tmp_path) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=TIMEOUT) as client:
+            r = await client.delete("/api/chats/x", headers={"Origin": tunnel})
+            assert r.status_code == 200, r.text
+            r = await client.get("/api/chats", headers={"Host": "evil.example"})
+            assert r.status_code == 403
+            r = await client.delete("/api/chats/x", headers={"Origin": "http://localhost:9001"})
+            assert r.status_code == 403
+
+
+def test_fmbot_web_origin_is_checked_at_start(tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    result = run_fmbot(web_env(tmp_path, FMBOT_WEB_ORIGIN=PROXIED), "web", "--listen", listen)
+    assert result.returncode == 2, result.stderr
+    assert "FMBOT_WEB_TOKEN" in result.stderr and PROXIED in result.stderr
+    for bad in ("bot.example.com", "https://bot.example.com/chat", "ftp://bot.example.com"):
+        env = web_env(tmp_path, FMBOT_WEB_ORIGIN=bad, FMBOT_WEB_TOKEN=TOKEN)
+        result = run_fmbot(env, "web", "--listen", listen)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert f"FMBOT_WEB_ORIGIN={bad!r}" in result.stderr and "https://" in result.stderr

@@ -87,7 +87,7 @@ def create_app(
     templates = TemplateRoutes(manager.prompts)
     runs = RunRoutes(manager, templates, settings, web.models)
     evals = EvalRoutes(templates, settings, web.suites or settings.home / "evals")
-    login = Login(token)
+    login = Login(token, secure=(web.origin or "").startswith("https://"))
     routes = [
         Route("/healthz", healthz),
         Route("/", chat_page),
@@ -113,6 +113,6 @@ def create_app(
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(Guard, token=token)],
+        middleware=[Middleware(Guard, token=token, origin=web.origin)],
         exception_handlers={HTTPException: http_error, StoreError: store_error},
     )

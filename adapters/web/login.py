@@ -19,8 +19,9 @@ FORM_TOO_LARGE = f"the login form is over {MAX_FORM} bytes: send only token=FMBO
 
 
 class Login:
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, secure: bool = False) -> None:
         self.token = token
+        self.secure = secure  # FMBOT_WEB_ORIGIN is https: a proxy terminates TLS
 
     async def page(self, request: Request) -> Response:
         if self.token is None:
@@ -47,6 +48,6 @@ class Login:
             max_age=SESSION_DAYS * 86400,
             httponly=True,  # page scripts cannot read it
             samesite="strict",  # other sites' pages cannot send it
-            secure=request.url.scheme == "https",
+            secure=self.secure or request.url.scheme == "https",
         )
         return response

@@ -7,7 +7,9 @@ One ASGI middleware in front of every route, so no route can forget it:
 - With FMBOT_WEB_TOKEN the API wants ``Authorization: Bearer TOKEN`` or the session cookie the
   login page sets (HttpOnly, SameSite=Strict: scripts cannot read it, other sites cannot send it);
   pages without it go to /login.
-- A state-changing request whose Origin (or Referer) is another origin is refused.
+- A state-changing request whose Origin (or Referer) is another origin is refused: another than
+  the one asked (scheme and Host as uvicorn sees them) and than FMBOT_WEB_ORIGIN, the page's
+  address when a reverse proxy serves it (the proxy may send Host 127.0.0.1:8000 and plain http).
 - Every response carries a Content Security Policy without inline scripts.
 """
 
@@ -56,11 +58,13 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 class Guard:
-    """The middleware; ``token`` None means loopback only, no login."""
+    """The middleware; ``token`` None means loopback only, no login. ``origin``:
+    FMBOT_WEB_ORIGIN, normalised (adapters/web/settings.py)."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, origin: str | None = None) -> None:
         self.app = app
         self.token = token
+        self.origin = origin
         self.session = session_value(token) if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,7 +89,7 @@ class Guard:
             return error(
                 403, "this server answers on its loopback address only: open http://127.0.0.1"
             )
-        if conn.scope["method"] not in SAFE_METHODS and not same_origin(conn):
+        if conn.scope["method"] not in SAFE_METHODS and not same_origin(conn, self.origin):
             return error(403, "refused: this request came from another site's page")
         if self.token is None or path.startswith(PUBLIC) or self.signed_in(conn):
             return None
@@ -105,9 +109,10 @@ class Guard:
         return bool(cookie) and hmac.compare_digest(cookie, self.session)
 
 
-def same_origin(conn: HTTPConnection) -> bool:
-    """False when Origin or Referer names another origin than the one asked. Neither header
-    (curl, scripts) is allowed: browsers send Origin on every cross-site POST, PUT, DELETE."""
+def same_origin(conn: HTTPConnection, origin: str | None = None) -> bool:
+    """False when Origin or Referer names another origin than the one asked and than ``origin``.
+    Neither header (curl, scripts) is allowed: browsers send Origin on every cross-site POST,
+    PUT, DELETE."""
     headers: Headers = conn.headers
     claimed = headers.get("origin") or headers.get("referer")
     if not claimed:
@@ -115,5 +120,6 @@ def same_origin(conn: HTTPConnection) -> bool:
     if claimed == "null":  # sandboxed frames, file: pages
         return False
     parts = urlsplit(claimed)
+    given = f"{parts.scheme}://{parts.netloc}"
     own = f"{conn.url.scheme}://{headers.get('host', '')}"
-    return f"{parts.scheme}://{parts.netloc}" == own
+    return given == own or (origin is not None and given.lower() == origin)
