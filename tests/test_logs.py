@@ -395,3 +395,26 @@ async def test_telegram_refusing_a_reply_is_logged_with_its_turn(
     [_, reply] = turns
     assert reply.meta["status"] == ("complete" if refused == "final" else "stopped")
     assert reply.meta["turn"] == line["turn"]
+
+
+def test_lines_go_to_stderr_as_it_is_when_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command run in-process (a test's CliRunner) swaps stderr for a buffer and closes it
+    afterwards: later lines go to the stderr of their moment, not to the closed buffer (which
+    made every later line a "--- Logging error ---")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        logs.configure("text", "INFO")
+        logging.getLogger("fmbot.test").warning("while the command ran")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("fmbot.test").warning("after it")
+        assert second.getvalue() == "WARNING fmbot.test: after it\n"
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)

@@ -163,6 +163,23 @@ def log_to(handler: logging.Handler, fmt: str = "text", secrets: Iterable[str] =
     root.addHandler(handler)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a line is written, not as it was when logging
+    was configured: a command run in-process (a test's CliRunner) swaps stderr for a buffer it
+    closes afterwards, and a handler holding that buffer would fail every later line."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass  # set by StreamHandler.__init__ and setStream: stderr is looked up each time
+
+
 def configure(
     fmt: str | None,
     level: str | None,
@@ -177,7 +194,7 @@ def configure(
     _format = fmt if fmt in FORMATS else "text"
     upper = (level or "").strip().upper()
     logging.getLogger().setLevel(upper if upper in LEVELS else default_level)
-    log_to(logging.StreamHandler(stream or sys.stderr), _format, secrets)
+    log_to(logging.StreamHandler(stream) if stream else _Stderr(), _format, secrets)
     logging.captureWarnings(True)  # warnings.warn: the py.warnings logger, same formatter
     # Python prints uncaught exceptions itself, unscrubbed and, in json, as many lines: they go
     # through the same formatter as every other line.
