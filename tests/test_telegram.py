@@ -27,6 +27,7 @@ from adapters.telegram.runner import Runner
 from adapters.telegram.splitting import utf16_len
 from bot.dialog import VISION_SETUP_HINT, DialogManager
 from bot.events import Message
+from bot.limits import Limits, MemoryLimits
 from bot.models.base import Chunk, GeneratedImage, GenerationOptions, ImageModel, TextModel
 from bot.prompts.library import PromptLibrary
 from bot.stores import DialogStore, open_store
@@ -34,7 +35,13 @@ from bot.stores.memory import MemoryStore
 from tests.conftest import free_port
 from tests.doubles import Recording, Scripted
 from tests.fakes.base import Recorded
-from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram, NotBotApi
+from tests.fakes.telegram_server import (
+    BOT_USERNAME,
+    CHANNEL_BOT,
+    GROUP_ANONYMOUS_BOT,
+    FakeTelegram,
+    NotBotApi,
+)
 from tests.test_telegram_roles import base_env, exited, fmbot
 
 MENTION = f"@{BOT_USERNAME}"
@@ -117,6 +124,7 @@ async def running(
     *,
     store: DialogStore | None = None,
     image_model: ImageModel | None = None,
+    limits: Limits | None = None,
     handle_signals: bool = False,
     **env: Any,
 ) -> AsyncIterator[Running]:
@@ -129,6 +137,7 @@ async def running(
         PromptLibrary(prompts_dir),
         options=GenerationOptions(max_tokens=64),
         image_model=image_model,
+        limits=limits,
     )
     values = {
         "TELEGRAM_BOT_TOKEN": fake.token,
@@ -353,6 +362,26 @@ async def test_image_command_sends_a_photo(fake: FakeTelegram, prompts_dir: Path
     assert not bot.model.requests  # /image goes straight to the image model
 
 
+async def test_a_progress_notice_telegram_refuses_does_not_stop_the_picture(
+    fake: FakeTelegram, prompts_dir: Path
+) -> None:
+    """A group may let the bot send photos but not text: the lost "Generating an image" line
+    must not cancel the turn (it would be stored as stopped and the picture never sent)."""
+    fake.fail_next(
+        "sendMessage", 400, "Bad Request: not enough rights to send text messages to the chat"
+    )
+    bob = fake.user(1015, "Bob")
+    group = fake.group(-101500)
+    async with running(fake, prompts_dir, Scripted(REPLY), image_model=Painter()) as bot:
+        fake.push_text(group, bob, f"/image@{BOT_USERNAME} a red square")
+        await fake.wait_for(lambda: bool(fake.calls("sendPhoto")))
+    (photo,) = fake.bot_messages(group["id"])
+    assert photo["caption"] == "a red square"
+    assert [e[1] for e in fake.errors] == [400]
+    (_, answer) = await bot.store.read(f"tg:{group['id']}")
+    assert answer.meta["status"] == "complete"
+
+
 async def test_stop_command_cancels_the_reply_and_keeps_the_partial_text(
     fake: FakeTelegram, prompts_dir: Path
 ) -> None:
@@ -545,6 +574,35 @@ async def test_group_messages_sent_on_behalf_of_a_chat_are_never_refused(
         assert texts(fake, group["id"]) == [REPLY_TEXT] * 3
     else:  # an allow-list cannot place them: ignored, without a word
         assert asked == ["from Bob"] and texts(fake, group["id"]) == [REPLY_TEXT]
+    # Telegram's stand-in "from" was there all along (the fake is faithful): it names no one.
+    senders = [fake.messages[group["id"]][n].get("from") for n in (1, 2)]
+    assert senders == [CHANNEL_BOT, GROUP_ANONYMOUS_BOT]
+
+
+async def test_anonymous_admins_of_different_groups_have_limits_of_their_own(
+    fake: FakeTelegram, prompts_dir: Path
+) -> None:
+    """Every anonymous admin's message comes "from" GroupAnonymousBot: counted under that one
+    user, the first group's admin would use up the limit of every other group's."""
+    first, second = fake.group(-101900, "First"), fake.group(-101901, "Second")
+    bob = fake.user(2019, "Bob")
+    limits = MemoryLimits(rate_per_minute=1)
+    async with running(fake, prompts_dir, Scripted(REPLY), limits=limits) as bot:
+        fake.push_text(first, None, f"{MENTION} from the first admin", sender_chat=first)
+        await wait_messages(fake, first["id"], 1)
+        fake.push_text(second, None, f"{MENTION} from the second admin", sender_chat=second)
+        fake.push_text(first, bob, f"{MENTION} from Bob")
+        await wait_messages(fake, second["id"], 1)
+        await wait_messages(fake, first["id"], 2)
+    assert texts(fake, second["id"]) == [REPLY_TEXT]
+    assert texts(fake, first["id"]) == [REPLY_TEXT] * 2
+    assert len(bot.model.requests) == 3
+    # Counted under each sender chat (and Bob under himself), never under the stand-in user.
+    used = [
+        (await limits.status(label)).tokens_today
+        for label in ("tg:-101900", "tg:-101901", "tg:2019", f"tg:{GROUP_ANONYMOUS_BOT['id']}")
+    ]
+    assert used[:3] == [used[0]] * 3 and used[0] > 0 and used[3] == 0
 
 
 async def test_forum_topics_have_their_own_history_and_replies(

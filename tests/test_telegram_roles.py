@@ -25,6 +25,7 @@ from aiohttp import web
 
 from adapters.telegram.app import TelegramApp, make_bot
 from adapters.telegram.ingress import ALLOWED_UPDATES, PollingIngress, enqueue, webhook_app
+from adapters.telegram.outbox import MAX_ATTEMPTS
 from adapters.telegram.roles import WEBHOOK_CONNECTIONS, run_ingress
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.worker import TelegramWorker, is_immediate
@@ -37,7 +38,7 @@ from bot.queue.journal import JournaledRedisStore
 from bot.redis.connect import connect
 from bot.stores.memory import MemoryStore
 from tests.conftest import free_port
-from tests.fakes.telegram_server import FakeTelegram
+from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
 from tests.test_queue_outage import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,6 +256,73 @@ async def test_a_stored_reply_its_worker_could_not_send_is_sent_after_the_takeov
     assert len(fake.held) == 1
     history = await JournaledRedisStore(connect(redis_server), redis_prefix).read(f"tg:{2009}")
     assert [t.text for t in history] == ["hello", "echo: hello"]
+
+
+async def test_a_reply_telegram_would_not_take_for_a_while_is_sent_by_the_retry(
+    fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
+) -> None:
+    """Flood control outlasts the outbox's attempts: the job fails instead of being marked
+    delivered, and its retry sends the stored reply. The mark follows the message, never
+    precedes it."""
+    alice = fake.user(2010, "Alice")
+    chat = fake.private_chat(alice)
+    fake.too_many_requests("sendMessage", 1, times=MAX_ATTEMPTS)  # the outbox gives up once
+    client = connect(redis_server)
+    mark = QueueKeys(redis_prefix, PARTITIONS).delivered(f"tg:{alice['id']}")
+    early: list[str] = []
+
+    async def watch() -> None:
+        while True:
+            marked = await client.get(mark)  # read before the messages: sound either way
+            if marked is not None:
+                if not fake.bot_messages(chat["id"]):
+                    early.append(marked)
+                return
+            await asyncio.sleep(0.02)
+
+    try:
+        async with roles(fake, prompts_dir, redis_server, redis_prefix) as running:
+            watcher = asyncio.create_task(watch())
+            fake.push_text(chat, alice, "hello")
+            await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 60)
+            await asyncio.wait_for(watcher, 10)
+            assert running.worker.skipped == 1  # the retry sent the stored reply
+        assert early == []
+        assert texts(fake, chat["id"]) == ["echo: hello"]
+        refused = [e for e in fake.errors if e[0] == "sendMessage" and e[1] == 429]
+        assert len(refused) == MAX_ATTEMPTS
+        history = await JournaledRedisStore(client, redis_prefix).read(f"tg:{alice['id']}")
+        assert [t.text for t in history] == ["hello", "echo: hello"]  # the model ran once
+    finally:
+        await client.aclose()
+
+
+async def test_a_chat_refusing_the_bots_own_answer_does_not_fail_the_job(
+    fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
+) -> None:
+    """A 400 (no right to write in the group) to the sticker answer is final: logged, the job
+    done, not retried into the dead stream."""
+    bob = fake.user(2011, "Bob")
+    group = fake.group(-102011)
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    client = connect(redis_server)
+    try:
+        async with roles(fake, prompts_dir, redis_server, redis_prefix) as running:
+            fake.push_text(group, bob, f"@{BOT_USERNAME} hi")
+            await fake.wait_for(lambda: bool(fake.bot_messages(group["id"])), 20)
+            answer = fake.bot_messages(group["id"])[0]
+            sent = len(fake.calls("sendMessage"))
+            fake.fail_next(
+                "sendMessage", 400,
+                "Bad Request: not enough rights to send text messages to the chat", times=10,
+            )  # fmt: skip
+            fake.push_sticker(group, bob, reply_to=answer)
+            await fake.wait_for(lambda: running.worker.worker.handled == 2, 30)
+        assert len(fake.calls("sendMessage")) - sent == 1  # tried once, not retried
+        assert [await client.xlen(keys.dead(p)) for p in range(PARTITIONS)] == [0] * PARTITIONS
+        assert len(fake.bot_messages(group["id"])) == 1
+    finally:
+        await client.aclose()
 
 
 async def test_webhook_answers_200_only_once_queued_and_503_without_redis(

@@ -3,13 +3,18 @@
 An empty allow-list means the bot is open to everyone. Admins are always allowed; in groups,
 commands that change everybody's conversation (/new, /forget, switching /mode) need an admin
 when TELEGRAM_ADMINS is set.
+
+A message sent on behalf of a chat (an anonymous group admin, a channel posting in a group, a
+linked channel's automatic forward) has ``sender_chat``, and its ``from`` is a placeholder
+shared by every such chat (GroupAnonymousBot, Channel_Bot, Telegram): it names no user, so it
+is never on a list. Limits count it under the sender chat instead (:class:`Sender`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiogram.types import User
+from aiogram.types import Message, User
 
 from adapters.telegram.settings import TelegramSettings
 
@@ -18,6 +23,23 @@ REFUSAL = (
     "Please ask its owner for access."
 )
 ADMINS_ONLY = "Only the bot's admins can do that in a group."
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sent a message: ``user`` for the access lists (None: sent on behalf of a chat) and
+    ``label``, the identity the manager's rate limits and token budgets count."""
+
+    user: User | None
+    label: str | None
+
+    @classmethod
+    def of(cls, message: Message) -> Sender:
+        if message.sender_chat is not None:
+            # Chat ids are negative, user ids positive: "tg:-100..." is never a person's.
+            return cls(None, f"tg:{message.sender_chat.id}")
+        user = message.from_user
+        return cls(user, f"tg:{user.id}" if user is not None else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +73,8 @@ class AccessPolicy:
         return cls(UserSet.parse(settings.allowed_users), UserSet.parse(settings.admins))
 
     def allows(self, user: User | None) -> bool:
-        """``user`` None: a message sent on behalf of a chat (a channel, an anonymous admin),
-        which has ``sender_chat`` instead of ``from``; only an open bot can attribute it."""
+        """``user`` None: a message sent on behalf of a chat (see the module docstring); only
+        an open bot answers it."""
         return not self.allowed or user in self.allowed or user in self.admins
 
     def is_admin(self, user: User | None) -> bool:

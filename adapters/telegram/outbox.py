@@ -8,12 +8,14 @@ Telegram rejects its formatting, and treats "message is not modified" as done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from aiogram import Bot
 from aiogram.exceptions import (
+    TelegramAPIError,
     TelegramBadRequest,
     TelegramNetworkError,
     TelegramRetryAfter,
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 6
+#: Failures that may well pass (an outage, flood control): a queued job is run again for them.
+#: Any other Telegram error (403 blocked by the user, 400 no right to write in the group, chat
+#: not found) would fail every retry the same way.
+TRANSIENT = (TelegramNetworkError, TelegramServerError, TelegramRetryAfter)
 _EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -48,6 +54,18 @@ def is_not_modified(exc: TelegramBadRequest) -> bool:
 def is_gone(exc: TelegramBadRequest) -> bool:
     text = exc.message.lower()
     return "message to edit not found" in text or "message can't be edited" in text
+
+
+@contextlib.contextmanager
+def refusal_logged(chat_id: int, what: str) -> Iterator[None]:
+    """Around a send whose refusal is final: log one line (without the text) and carry on, so
+    a queued job is not retried and buried for it. Transient failures still propagate."""
+    try:
+        yield
+    except TRANSIENT:
+        raise
+    except TelegramAPIError as exc:
+        log.warning("could not send %s in chat %s: %s", what, chat_id, exc.message)
 
 
 class Outbox:

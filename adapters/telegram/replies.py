@@ -16,16 +16,11 @@ import secrets
 from dataclasses import dataclass, field
 
 from aiogram import Bot
-from aiogram.exceptions import (
-    TelegramAPIError,
-    TelegramNetworkError,
-    TelegramRetryAfter,
-    TelegramServerError,
-)
+from aiogram.exceptions import TelegramAPIError
 
 from adapters.telegram import spans
 from adapters.telegram.actions import ChatAction
-from adapters.telegram.outbox import Outbox
+from adapters.telegram.outbox import TRANSIENT, Outbox
 from adapters.telegram.preview import ReplyPreview
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.target import Target
@@ -74,6 +69,10 @@ class Replies:
         self.settings = settings
         self.throttle = throttle
         self.outbox = Outbox(bot, throttle)
+        #: Let a transient delivery failure (outage, flood control past the outbox's retries)
+        #: out of :meth:`run`. A queue worker sets it: the job is run again and sends the stored
+        #: reply. Without a queue (``--role all``) nothing would retry: the failure is logged.
+        self.raise_transient = False
         self._active: dict[str, list[ActiveReply]] = {}
         self._no_drafts: set[int] = set()
         # Draft ids only need to differ between replies in flight; a random start keeps a
@@ -104,7 +103,7 @@ class Replies:
         try:
             with spans.delivering(None, preview, "redelivered"):
                 await preview.finish(text if complete else stopped_text(text))
-        except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter):
+        except TRANSIENT:
             raise  # may well get through later: the job is run again
         except TelegramAPIError as exc:  # refused (blocked, chat gone): it never will
             log.warning("could not deliver a reply in chat %s: %s", target.chat_id, exc.message)
@@ -132,6 +131,8 @@ class Replies:
             else:
                 reply.task.result()
         except TelegramAPIError as exc:
+            if self.raise_transient and isinstance(exc, TRANSIENT):
+                raise  # not marked delivered: the job's next run sends the stored reply
             with metrics.within(reply.turn):
                 log.warning("could not deliver a reply in chat %s: %s", target.chat_id, exc.message)
         finally:
@@ -150,6 +151,14 @@ class Replies:
             draft_id=draft_id,
             drafts_refused=self._no_drafts.add,
         )
+
+    async def _notice(self, target: Target, notice: Notice) -> None:
+        """Best effort: a lost progress line or warning must not cancel the answer under way
+        (the turn would be stored as stopped)."""
+        try:
+            await self.outbox.send_text(target, _NOTICE_PREFIX[notice.kind] + notice.text)
+        except TelegramAPIError as exc:
+            log.warning("could not send a notice in chat %s: %s", target.chat_id, exc.message)
 
     async def _consume(self, reply: ActiveReply, preview: ReplyPreview, incoming: Incoming) -> None:
         target = reply.target
@@ -178,8 +187,7 @@ class Replies:
                     finished = True
                 elif isinstance(event, Notice):
                     await waiting.stop()
-                    prefix = _NOTICE_PREFIX[event.kind]
-                    await self.outbox.send_text(target, prefix + event.text)
+                    await self._notice(target, event)
                     if event.progress is not None:  # still under way: keep showing it
                         action = "upload_photo" if event.progress == "image" else "typing"
                         waiting = ChatAction(self.bot, target, action)

@@ -13,6 +13,10 @@ while the turn runs, as with ``--role all``). Two things keep that from changing
   worker had stored the reply but stopped before Telegram confirmed sending it (the job was not
   marked delivered), the stored reply is sent instead: the user gets it, at worst twice, never
   not at all.
+* A reply Telegram did not take after the outbox's retries (network down, 5xx, repeated 429)
+  fails the job: it is run again and sends the stored reply, and is marked delivered only once
+  Telegram confirmed it. A refusal (the user blocked the bot, no right to write in the group) is
+  final: logged, and the job is done.
 * An album arrives as one job per item: the first item's job answers them all and the others are
   skipped (:mod:`adapters.telegram.albums`).
 """
@@ -81,6 +85,9 @@ class TelegramWorker:
         # A store error before the reply began is retried with the job (it stays queued), not
         # answered "send it again": see Worker.
         app.manager.raise_store_errors = True
+        # A reply Telegram could not take (an outage, flood control) fails the job instead of
+        # being marked delivered: the retry finds the turn stored and sends the stored reply.
+        app.replies.raise_transient = True
         self.skipped = 0  # redelivered jobs whose turn was already stored
         self.albums = QueuedAlbums(redis, keys)
         self.worker = Worker(

@@ -567,9 +567,12 @@ class FakeTelegram(FakeServer):
     ) -> dict[str, Any]:
         """Any message (sticker=..., voice=..., document=..., photo=[...]) as a new update.
 
-        ``user`` None: a message sent on behalf of a chat, without ``from`` (pass
-        ``sender_chat=...``), as a channel or an anonymous admin posts in a group."""
+        ``user`` None: a message sent on behalf of a chat (pass ``sender_chat=...``), as a
+        channel or an anonymous admin posts in a group. As the Bot API documents, ``from`` then
+        "contains a fake sender user in non-channel chats": see :func:`stand_in_sender`."""
         fields = {k: v for k, v in fields.items() if v not in (None, [])}
+        if user is None and "sender_chat" in fields and chat.get("type") != "channel":
+            user = stand_in_sender(chat, fields["sender_chat"], fields)
         if thread_id is not None:
             fields |= {"message_thread_id": thread_id, "is_topic_message": True}
             if reply_to is None:
@@ -1249,6 +1252,27 @@ def trim(text: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
         if end > start:
             kept.append({**e, "offset": start, "length": end - start})
     return {"text": shown, "entities": kept} if kept else {"text": shown}
+
+
+#: The placeholder users Telegram puts in ``from`` of messages sent on behalf of a chat.
+GROUP_ANONYMOUS_BOT = {
+    "id": 1087968824, "is_bot": True, "first_name": "Group", "username": "GroupAnonymousBot",
+}  # fmt: skip
+CHANNEL_BOT = {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
+SERVICE_USER = {"id": 777000, "is_bot": False, "first_name": "Telegram"}
+
+
+def stand_in_sender(
+    chat: dict[str, Any], sender_chat: dict[str, Any], fields: dict[str, Any]
+) -> dict[str, Any]:
+    """``from`` of a message with ``sender_chat`` in a group: GroupAnonymousBot for an anonymous
+    admin (the group itself), "Telegram" for a linked channel's automatic forward, Channel_Bot
+    for a post on behalf of a channel. The same user for every chat."""
+    if sender_chat["id"] == chat["id"]:
+        return dict(GROUP_ANONYMOUS_BOT)
+    if fields.get("is_automatic_forward"):
+        return dict(SERVICE_USER)
+    return dict(CHANNEL_BOT)
 
 
 def _caption_fields(caption: str | None) -> dict[str, Any]:
