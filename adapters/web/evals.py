@@ -4,21 +4,25 @@ cache as ``fmbot eval run`` (FMBOT_HOME/cache/eval), so an unchanged version cos
 
 Suites are the files in FMBOT_WEB_SUITES (default FMBOT_HOME/evals) whose ``templates`` name the
 template: a page picks one by file name, never by path, and the suite's own models and judge are
-used (files the operator wrote, not a page's choice). One evaluation runs at a time.
+used (files the operator wrote, not a page's choice). One evaluation runs at a time: another
+is refused (409), not queued, and one whose page went away is stopped. Starlette does not
+cancel a handler when its client disconnects, so the run waits on the connection beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from adapters.web.requests import json_object, required
 from adapters.web.security import error
@@ -34,6 +38,13 @@ from bot.settings import Settings
 
 SUITE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}\.ya?ml$")
 SAVED, DRAFT = "saved", "draft"
+BUSY = (
+    "an evaluation is already running (this page's or another's); wait for it to finish, "
+    "or close or reload the page that started it, which stops it"
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EvalRoutes:
@@ -69,7 +80,7 @@ class EvalRoutes:
             )
         return JSONResponse({"directory": str(self.directory), "suites": suites})
 
-    async def run(self, request: Request) -> JSONResponse:
+    async def run(self, request: Request) -> Response:
         data = await json_object(request, suite=str, template=str, source=str)
         suite_name = required(data, "suite")
         if not SUITE_NAME.match(suite_name):
@@ -92,17 +103,30 @@ class EvalRoutes:
                 return Unprocessable(problems).response()
             versions.append(Version(DRAFT, template, source))
         chosen = dataclasses.replace(loaded, versions=versions)
+        if self._one_at_a_time.locked():
+            return error(409, BUSY)
+        # No await between the check and taking the lock: no second run slips in.
         async with self._one_at_a_time:
             try:
-                with tempfile.TemporaryDirectory(prefix="fmbot-web-eval-") as output:
-                    result = await run_eval(
-                        chosen, Path(output), self.settings, cache=cache_dir(self.settings.home)
-                    )
+                result = await until_disconnected(request, self._evaluate(chosen))
             except ConfigError as exc:
                 return error(422, str(exc))
             except FmbotError as exc:
                 return error(502, str(exc))
+        if result is None:
+            log.info("evaluation of %s stopped: its client went away", suite_name)
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         return JSONResponse(await self._report(chosen, result))
+
+    async def _evaluate(self, loaded: LoadedSuite) -> EvalResult:
+        # Cancelled, it leaves no half-written cache entry (only finished replies are written,
+        # atomically); the scratch directory goes even if a worker thread still writes to it.
+        with tempfile.TemporaryDirectory(
+            prefix="fmbot-web-eval-", ignore_cleanup_errors=True
+        ) as output:
+            return await run_eval(
+                loaded, Path(output), self.settings, cache=cache_dir(self.settings.home)
+            )
 
     async def _report(self, loaded: LoadedSuite, result: EvalResult) -> dict[str, Any]:
         by_ref = {v.ref: v for v in loaded.versions}
@@ -134,6 +158,31 @@ class EvalRoutes:
                 _cell_json(loaded, by_ref[c.key.template], c, stable[c.key.model]) for c in cells
             ],
         }
+
+
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result; None if the client disconnected first, ``work`` then cancelled and
+    finished (its ``finally`` blocks have run) before this returns."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            # Our own cancellation (the server stopping) still propagates after the finally.
+            await asyncio.wait({task})
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns once the client has gone. The body was read before, so the server's receive()
+    blocks until the disconnect: no polling."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _cell_json(loaded: LoadedSuite, version: Version, cell: Cell, stable: bool) -> dict[str, Any]:

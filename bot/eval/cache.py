@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -72,7 +73,9 @@ class CachedModel(TextModel):
     def _write(self, key: str, reply: str, usage: Usage | None) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # A name of this thread's own: the same reply may be written by two at once (equal
+        # cases, or a stopped web evaluation's thread finishing beside the next one's).
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         data = {
             "model": self.name,
             "reply": reply,

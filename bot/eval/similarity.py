@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,7 +80,9 @@ class CachedEmbedder(Embedder):
 
     def _write(self, path: Path, vector: Vector) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # This thread's own name: a stopped web evaluation's thread may still write beside
+        # the next evaluation's.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"embedder": self.name, "vector": vector}), encoding="utf-8")
         os.replace(tmp, path)  # readers see a whole entry or none
 
