@@ -102,6 +102,25 @@ class Chain(Scripted):
                     yield chunk
 
 
+class Gated(Scripted):
+    """Yields its first chunk, then waits for ``gate`` before the rest: a turn that stays in
+    progress (its chat's lock held) until the test lets it finish."""
+
+    def __init__(self, chunks: Sequence[str]) -> None:
+        super().__init__(chunks)
+        self.gate = asyncio.Event()
+
+    async def generate(
+        self, messages: Sequence[Message], options: GenerationOptions
+    ) -> AsyncIterator[Chunk]:
+        first = True
+        async for chunk in super().generate(messages, options):
+            if not first:
+                await self.gate.wait()
+            first = False
+            yield chunk
+
+
 @dataclass
 class Running:
     fake: FakeTelegram
@@ -469,6 +488,41 @@ async def test_mode_keyboard_switches_the_template(fake: FakeTelegram, prompts_d
     ticks = [b["text"] for row in menu["reply_markup"]["inline_keyboard"] for b in row]
     assert f"✓ {other}" in ticks  # the menu was edited in place
     assert not bot.model.requests
+
+
+async def test_a_mode_button_is_answered_at_once_while_a_turn_runs(
+    fake: FakeTelegram, prompts_dir: Path
+) -> None:
+    alice = fake.user(1029, "Alice")
+    chat = fake.private_chat(alice)
+    model = Gated(REPLY)
+    async with running(fake, prompts_dir, model) as bot:
+        manager = bot.app.manager
+        other = next(t.name for t in manager.prompts.modes() if t.name != "default")
+        fake.push_text(chat, alice, "/mode")
+        await wait_messages(fake, chat["id"], 1)
+        menu = fake.bot_messages(chat["id"])[0]
+        fake.push_text(chat, alice, "a question")
+        await fake.wait_for(lambda: bool(fake.drafts))  # the turn runs, holding the chat
+        query = fake.push_callback(alice, menu, f"mode:{other}")
+        with contextlib.suppress(TimeoutError):  # a bot that answers late fails below
+            await fake.wait_for(lambda: fake.callback_queries[query]["answer"] is not None)
+        model.gate.set()
+        await wait_messages(fake, chat["id"], 2)
+        await fake.wait_for(lambda: bool(fake.calls("editMessageText")))
+    names = [r.path.rpartition("/")[2] for r in fake.requests]
+    order = [n for n in names if n in ("answerCallbackQuery", "sendMessage")]
+    # The menu, the button's answer, then the turn's reply: not the answer after the reply.
+    assert order == ["sendMessage", "answerCallbackQuery", "sendMessage"]
+    assert other in fake.callback_queries[query]["answer"]["text"]
+    assert texts(fake, chat["id"])[1] == REPLY_TEXT
+    # The switch waited for the turn (which was stored under the old template), then applied.
+    assert (await manager.mode_of(f"tg:{chat['id']}")).name == other
+    assert (await bot.store.read(f"tg:{chat['id']}"))[1].meta["mode"] == "default"
+    edited = fake.bot_messages(chat["id"])[0]
+    assert edited["text"].startswith(f"Switched to {other!r}")
+    ticks = [b["text"] for row in edited["reply_markup"]["inline_keyboard"] for b in row]
+    assert f"✓ {other}" in ticks
 
 
 async def test_an_unknown_mode_name_is_cut_short_in_the_answer(

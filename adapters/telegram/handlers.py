@@ -21,7 +21,7 @@ from aiogram.types import CallbackQuery, Message, MessageGenerationStopped, User
 from adapters.telegram.access import ADMINS_ONLY, REFUSAL, AccessPolicy, Sender
 from adapters.telegram.addressing import addressed, strip_mention
 from adapters.telegram.commands import SHARED_STATE, with_extras
-from adapters.telegram.modes import chosen, keyboard, listing
+from adapters.telegram.modes import chosen, keyboard, listing, switching
 from adapters.telegram.outbox import refusal_logged
 from adapters.telegram.pictures import Found, pictures_of
 from adapters.telegram.replies import Replies
@@ -182,18 +182,25 @@ class Handlers:
         if not self.policy.may_change_shared(query.from_user, target.private):
             await self._answer(query, chat_id, ADMINS_ONLY, alert=True)
             return
-        outcome = "\n".join(await self._ask(target.key, f"/mode {name}"))
-        await self._answer(query, chat_id, truncate(outcome, 200))
+        template = self.manager.prompts.mode(name)
+        if template is None:  # a template removed since the menu was sent
+            await self._answer(query, chat_id, MENU_GONE)
+            return
+        # Answered before the switch: the switch waits for the chat's running turn (it holds
+        # the chat's lock until its reply is delivered), and Telegram gives up on a button
+        # answered seconds later ("query is too old") while the button spins meanwhile.
+        await self._answer(query, chat_id, truncate(switching(template.name), 200))
+        outcome = "\n".join(await self._ask(target.key, f"/mode {template.name}"))
         try:
             current = (await self.manager.mode_of(target.key)).name
-        except FmbotError:
-            return
-        templates = self.manager.prompts.modes()
-        menu = Part(truncate(listing(templates, current), TEXT_LIMIT))
+        except FmbotError:  # e.g. the store went away: say so in place of the menu
+            menu, markup = Part(truncate(outcome, TEXT_LIMIT)), None
+        else:
+            templates = self.manager.prompts.modes()
+            menu = Part(truncate(f"{outcome}\n\n{listing(templates, current)}", TEXT_LIMIT))
+            markup = keyboard(templates, current)
         with refusal_logged(chat_id, "the /mode menu"):
-            await self.outbox.edit(
-                target, message.message_id, menu, markup=keyboard(templates, current)
-            )
+            await self.outbox.edit(target, message.message_id, menu, markup=markup)
 
     @staticmethod
     async def _answer(query: CallbackQuery, chat_id: int, text: str, alert: bool = False) -> None:

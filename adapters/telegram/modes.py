@@ -28,6 +28,11 @@ def listing(templates: list[PromptTemplate], current: str) -> str:
     return "Choose a template (or /mode NAME):\n" + "\n".join(lines)
 
 
+def switching(name: str) -> str:
+    """The button's immediate answer; the menu is edited with the outcome once it is done."""
+    return f"Switching to {name}…"
+
+
 def chosen(data: str | None) -> str | None:
     if data is None or not data.startswith(PREFIX):
         return None
