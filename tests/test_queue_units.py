@@ -174,7 +174,8 @@ async def test_a_stored_reply_is_undelivered_until_a_channel_marks_it_delivered(
             assert replay.answered and replay.complete
             assert reply is not None and (reply.role, reply.text) == ("assistant", "a")
         assert await store.replay("c", "8-0") == Replay(answered=False)  # not stored: run it
-        await store.delivered("c")
+        assert replay == Replay(answered=True, reply=reply, stored_as="7-0")  # what to mark
+        await store.delivered("c", "7-0")
         assert await store.replay("c", "7-0") == Replay(answered=True)  # delivered: skip
         assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "7-0"
 
@@ -186,8 +187,46 @@ async def test_a_stored_reply_is_undelivered_until_a_channel_marks_it_delivered(
         assert await store.replay("c", "10-0") == Replay(answered=True)
 
         await store.client.set(f"{redis_prefix}:{{c}}:delivered", "12-0")
-        await store.delivered("c")  # answered is 10-0: the marker does not move back
+        await store.delivered("c", "10-0")  # the marker does not move back
         assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "12-0"
+    finally:
+        await store.aclose()
+
+
+async def test_a_delivered_mark_names_the_turn_delivered_not_the_chats_newest(
+    redis_server: str, redis_prefix: str
+) -> None:
+    """With overlapping jobs a later turn can be stored while an earlier one's reply is being
+    sent: marking the earlier one must leave the later one to be sent again after a crash."""
+    store = JournaledRedisStore(aioredis.Redis.from_url(redis_server, decode_responses=True))
+    store.prefix = redis_prefix
+
+    async def store_in(job_id: str, turn_id: str) -> None:
+        token = current_job.set(Job(job_id, "c", {}, 0))
+        try:
+            reply = Turn("assistant", f"reply {turn_id}", meta={"turn": turn_id})
+            await store.append("c", Turn("user", "q"), reply)
+        finally:
+            current_job.reset(token)
+
+    try:
+        await store_in("7-0", "first")
+        await store_in("9-0", "second")  # e.g. messages 8 and 9, merged, stored as 9
+        assert store.stored_as("unknown") is None
+        first = store.stored_as("first")
+        assert first == "7-0"
+        assert store.stored_as("first") is None  # once
+        await store.delivered("c", first)
+        replay = await store.replay("c", "8-0")
+        assert replay.reply is not None and replay.reply.text == "reply second"
+        assert replay.stored_as == "9-0"  # still to send: the mark names 7-0
+        assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "7-0"
+        second = store.stored_as("second")
+        assert second == "9-0"
+        await store.delivered("c", second)
+        assert await store.replay("c", "8-0") == Replay(answered=True)
+        await store.delivered("c", "7-0")  # a late mark of the earlier turn: no step back
+        assert await store.client.get(f"{redis_prefix}:{{c}}:delivered") == "9-0"
     finally:
         await store.aclose()
 
@@ -217,7 +256,7 @@ async def test_delivered_marks_of_many_chats_share_one_request_beyond_their_appe
         sent.count = 0
         await in_lane("lone", "3-0", store_turn("lone"))
         assert sent.count == 1  # the journaled append
-        await in_lane("lone", "3-0", lambda: store.delivered("lone"))
+        await in_lane("lone", "3-0", lambda: store.delivered("lone", "3-0"))
         assert sent.count == 2  # ... and one more for its mark
         assert await store.replay("lone", "3-0") == Replay(answered=True)
 
@@ -226,10 +265,11 @@ async def test_delivered_marks_of_many_chats_share_one_request_beyond_their_appe
         )
         sent.count = 0
         marks = [
-            in_lane(c, f"{i + 5}-0", lambda c=c: store.delivered(c)) for i, c in enumerate(chats)
+            in_lane(c, f"{i + 5}-0", lambda c=c, i=i: store.delivered(c, f"{i + 5}-0"))
+            for i, c in enumerate(chats)
         ]
         replies = f"{redis_prefix}:replies"
-        published = store.publish(("RPUSH", replies, "x"), store.mark("lone"))
+        published = store.publish(("RPUSH", replies, "x"), store.mark("lone", "3-0"))
         await asyncio.gather(*marks, published)
         assert sent.count == 1  # was one request per chat
         delivered = await store.client.mget([f"{redis_prefix}:{{{c}}}:delivered" for c in chats])

@@ -289,6 +289,8 @@ async def test_merge_in_a_worker_answers_what_arrived_during_a_turn_as_one_turn(
         # The merged turn is journaled as the newest message's: a redelivered "third" is skipped.
         assert await answered(store, "c", ids[2])
         assert await store.client.get(worker.keys.answered("c")) == ids[2]
+        # ... and marked delivered as that by the job that delivered it ("second"'s).
+        assert await store.client.get(worker.keys.delivered("c")) == ids[2]
 
 
 async def test_interrupt_in_a_worker_stops_the_running_reply_for_the_newer_message(

@@ -192,7 +192,7 @@ async def test_a_delivery_mark_during_an_outage_is_written_once_redis_is_back(
     try:
         await store.append("c", Turn("user", "hi"), Turn("assistant", "yo"))
         procs.stop(port)
-        mark = asyncio.create_task(store.delivered("c"))
+        mark = asyncio.create_task(store.delivered("c", "1-0"))
         await asyncio.sleep(1.0)
         assert not mark.done()
         procs.start(port, *durable)

@@ -258,6 +258,55 @@ async def test_a_stored_reply_its_worker_could_not_send_is_sent_after_the_takeov
     assert [t.text for t in history] == ["hello", "echo: hello"]
 
 
+async def test_a_job_that_answers_nothing_leaves_an_earlier_reply_in_flight_undelivered(
+    fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
+) -> None:
+    """With ``merge`` a chat's next job starts while its turn runs. Group chatter not meant for
+    the bot (and a sticker answered with a fixed text) finishing while the turn's stored reply
+    is still being sent must not mark that reply delivered: a takeover would then skip it and
+    the reply would be lost. The new owner sends it, once."""
+    bob = fake.user(2012, "Bob")
+    group = fake.group(-102012)
+    chat = f"tg:{group['id']}"
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    client = connect(redis_server)
+    # The reply's preview goes out plain; its formatted final text is an edit, which hangs.
+    fake.hold_next("editMessageText")
+    merge = BusyPolicy.MERGE
+    try:
+        async with roles(fake, prompts_dir, redis_server, redis_prefix, policy=merge) as running:
+            fake.push_text(group, bob, f"@{BOT_USERNAME} **hello**")
+            await fake.wait_for(lambda: bool(fake.held), 20)
+            answered = await client.get(keys.answered(chat))
+            assert answered is not None  # stored before sending
+            preview = fake.bot_messages(group["id"])[0]
+            fake.push_text(group, bob, "chatter among the members")  # not for the bot
+            # Answered once the chatter's job has returned (it starts only then): a barrier.
+            fake.push_sticker(group, bob, reply_to=preview)
+            await fake.wait_for(lambda: len(fake.bot_messages(group["id"])) >= 2, 20)
+            assert await client.get(keys.delivered(chat)) is None
+            # The worker stalls and loses its partition: another owner takes the jobs over.
+            lease = keys.lease(keys.partition(chat))
+            await client.set(lease, "someone-else", px=LEASE_MS)
+        reply = ("echo: hello", [{"type": "bold", "offset": 6, "length": 5}])
+
+        def sent() -> list[dict[str, object]]:  # the reply as formatted (not its preview)
+            messages = fake.bot_messages(group["id"])
+            return [m for m in messages if (m.get("text"), m.get("entities")) == reply]
+
+        async with roles(fake, prompts_dir, redis_server, redis_prefix, policy=merge) as running:
+            await fake.wait_for(lambda: bool(sent()), 30)
+            await fake.wait_for(lambda: running.worker.skipped >= 1, 10)
+            await asyncio.sleep(1.0)  # a second answer would arrive now
+            assert running.worker.skipped == 1  # the model was not asked again
+        assert len(sent()) == 1
+        assert await client.get(keys.delivered(chat)) == answered
+        history = await JournaledRedisStore(client, redis_prefix).read(chat)
+        assert [t.text for t in history] == ["**hello**", "echo: **hello**"]
+    finally:
+        await client.aclose()
+
+
 async def test_a_reply_telegram_would_not_take_for_a_while_is_sent_by_the_retry(
     fake: FakeTelegram, prompts_dir: Path, redis_server: str, redis_prefix: str
 ) -> None:

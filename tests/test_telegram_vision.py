@@ -754,6 +754,8 @@ async def test_an_album_turn_is_journaled_under_its_last_item(
             await fake.wait_for(lambda: running.worker.worker.handled == 2, 10)
             key = f"tg:{alice['id']}"
             assert [(await running.store.replay(key, i)).answered for i in ids] == [True, True]
+            # Marked delivered as the job it is journaled as, by the item that answered it.
+            assert await client.get(QueueKeys(redis_prefix, PARTITIONS).delivered(key)) == ids[-1]
     finally:
         await client.aclose()
     assert len(fake.bot_messages(chat["id"])) == 1 and chat_requests(openai) == 1

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiogram import Bot
@@ -73,6 +74,11 @@ class Replies:
         #: out of :meth:`run`. A queue worker sets it: the job is run again and sends the stored
         #: reply. Without a queue (``--role all``) nothing would retry: the failure is logged.
         self.raise_transient = False
+        #: Called with the chat's key and the turn's id (``TurnInfo.id``) once :meth:`run` has
+        #: delivered a turn's reply (or Telegram refused it for good), before it returns. A
+        #: queue worker marks the turn delivered here: only the job that delivered a turn may
+        #: (with overlapping jobs, another may finish while this one's reply is on its way).
+        self.on_delivered: Callable[[str, str], Awaitable[None]] | None = None
         self._active: dict[str, list[ActiveReply]] = {}
         self._no_drafts: set[int] = set()
         # Draft ids only need to differ between replies in flight; a random start keeps a
@@ -140,6 +146,8 @@ class Replies:
             replies.remove(reply)
             if not replies:
                 self._active.pop(target.key, None)
+        if reply.turn is not None and self.on_delivered is not None:
+            await self.on_delivered(target.key, reply.turn.id)
 
     def _preview(self, target: Target, draft_id: int | None) -> ReplyPreview:
         return ReplyPreview(

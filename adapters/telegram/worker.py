@@ -10,9 +10,11 @@ while the turn runs, as with ``--role all``). Two things keep that from changing
   (``immediate``): queued behind the turn they are meant to stop, they would arrive after it.
 * A job redelivered after a worker died is skipped when its turn is already stored (the manager
   runs on :class:`~bot.queue.journal.JournaledRedisStore`), so it is not answered twice. If the
-  worker had stored the reply but stopped before Telegram confirmed sending it (the job was not
+  worker had stored the reply but stopped before Telegram confirmed sending it (the turn was not
   marked delivered), the stored reply is sent instead: the user gets it, at worst twice, never
-  not at all.
+  not at all. Only the job that delivered a turn marks it, naming the job the turn is stored as:
+  with ``merge`` or ``interrupt`` a chat's other jobs (messages merged into the turn, group
+  chatter not meant for the bot) may finish while its reply is still on its way.
 * A reply Telegram did not take after the outbox's retries (network down, 5xx, repeated 429)
   fails the job: it is run again and sends the stored reply, and is marked delivered only once
   Telegram confirmed it. A refusal (the user blocked the bot, no right to write in the group) is
@@ -88,6 +90,7 @@ class TelegramWorker:
         # A reply Telegram could not take (an outage, flood control) fails the job instead of
         # being marked delivered: the retry finds the turn stored and sends the stored reply.
         app.replies.raise_transient = True
+        app.replies.on_delivered = self._turn_delivered
         self.skipped = 0  # redelivered jobs whose turn was already stored
         self.albums = QueuedAlbums(redis, keys)
         self.worker = Worker(
@@ -114,7 +117,8 @@ class TelegramWorker:
                 if sources := stored_sources(replay.reply):  # as the first delivery ended
                     text = f"{text}\n\n{sources_line(sources)}"
                 await self.app.replies.redeliver(target, text, complete=complete)
-                await self._delivered(job)
+                if replay.stored_as is not None:
+                    await self._delivered(job.chat, replay.stored_as)
             else:
                 log.info("job %s was answered before a worker restart; skipped", job.id)
             return
@@ -124,8 +128,6 @@ class TelegramWorker:
             await self._album(job, update, group)
         else:
             await self.app.dispatcher.feed_update(bot, update)
-        if job.ordered:  # its reply (if any) has been sent
-            await self._delivered(job)
 
     async def _album(self, job: Job, update: Update, group: str) -> None:
         """An album's item: the first one answers the album (see :mod:`.albums`), the others
@@ -143,13 +145,19 @@ class TelegramWorker:
         finally:
             current_job.reset(token)
 
-    async def _delivered(self, job: Job) -> None:
+    async def _turn_delivered(self, chat: str, turn_id: str) -> None:
+        """Replies delivered a turn in this job's handler: mark the job it is stored as."""
+        stored_as = self.store.stored_as(turn_id)
+        if stored_as is not None:  # else not stored by this worker: nothing to mark
+            await self._delivered(chat, stored_as)
+
+    async def _delivered(self, chat: str, stored_as: str) -> None:
         try:
-            await self.store.delivered(job.chat)
+            await self.store.delivered(chat, stored_as)
         except StoreError as exc:  # raising would run the job again: a second reply
             if not isinstance(exc, GivenUpError):  # a lease loss, counted as one (not Redis's)
                 metrics.store_error(exc)  # answered here: no retry loop counts it
-            log.warning("job %s: could not record its delivery (%s)", job.id, exc)
+            log.warning("could not record the delivery of job %s's reply (%s)", stored_as, exc)
 
     async def run(self) -> None:
         await self.worker.run()

@@ -53,7 +53,7 @@ class DialogHandler:
                 reply = replay.reply
                 sources = sources_line(stored_sources(reply))
                 stored = final_event(reply.text, replay.complete, sources)
-                await self._publish(job, [stored], None, "redelivered")
+                await self._publish(job, [stored], None, "redelivered", replay.stored_as)
             return
         p = job.payload
         incoming = Incoming(
@@ -77,7 +77,10 @@ class DialogHandler:
                 await self._publish(job, events, turn)
             raise
         if self.publish:
-            await self._publish(job, events, turn)
+            # Marked delivered as the job the turn is stored as (a merged turn: its newest
+            # message's); a job that answered nothing (merged into another's turn) marks nothing.
+            stored_as = self.store.stored_as(turn.id) if turn is not None else None
+            await self._publish(job, events, turn, stored_as=stored_as)
 
     async def _publish(
         self,
@@ -85,14 +88,17 @@ class DialogHandler:
         events: list[dict[str, Any]],
         turn: metrics.TurnInfo | None,
         how: str | None = None,
+        stored_as: str | None = None,
     ) -> None:
-        """``how``: the ``fmbot.reply`` of the delivery's span (else from the final event)."""
+        """``how``: the ``fmbot.reply`` of the delivery's span (else from the final event);
+        ``stored_as``: the job the published turn is stored as, marked delivered with it."""
         body = json.dumps({"job": job.id, "events": events}, ensure_ascii=False)
         key = self.keys.replies(job.chat)
         commands: list[Command] = [("RPUSH", key, body), ("EXPIRE", key, REPLIES_TTL)]
         delivery: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if any(e["kind"] in ("final", "image") for e in events):  # a turn's reply: traced
-            commands.append(self.store.mark(job.chat))
+            if stored_as is not None:
+                commands.append(self.store.mark(job.chat, stored_as))
             if how is None:
                 how = "partial" if any(e.get("complete") is False for e in events) else "complete"
             turn_span = turn.span if turn is not None else None

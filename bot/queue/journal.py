@@ -12,9 +12,12 @@ node on a Cluster. A chat's jobs run one after another in entry-id order, so
 turn); a handler of a redelivered job asks :meth:`replay` first and skips the job then. One
 small key per chat, whatever the number of turns; history never holds a turn twice.
 
-Side effects outside Redis (README "Scaling out on Redis"): a channel marks the reply it
-delivered (:meth:`JournaledRedisStore.delivered`, ``P:{chat}:delivered``). If a worker dies after
-the turn was stored but before that mark, the redelivered job sends the stored reply
+Side effects outside Redis (README "Scaling out on Redis"): the handler that delivered a turn's
+reply marks it delivered (:meth:`JournaledRedisStore.delivered`, ``P:{chat}:delivered``), naming
+the job the turn was stored as (:meth:`JournaledRedisStore.stored_as`): a job that delivered
+nothing marks nothing, so with overlapping jobs (busy policies merge, interrupt) one finishing
+cannot mark another's reply that is stored but still being sent. If a worker dies after the turn
+was stored but before that mark, the redelivered job sends the stored reply
 (:meth:`JournaledRedisStore.replay`) instead of running the turn again: at least once, and
 twice only if it died between the channel's send and the mark. A job that stores no turn (a
 command) is run again (at least once). The marks of all chats issued within
@@ -69,6 +72,9 @@ APPEND_SHA = hashlib.sha1(APPEND_TURNS.encode()).hexdigest()
 # How long the first delivered mark of a batch waits for others: marks follow the channel's
 # network replies, which arrive spread over a few steps of the event loop.
 DELIVERED_WINDOW = 0.002
+# Turns stored but not yet marked delivered that this process remembers the job ids of (see
+# stored_as); a turn whose delivery failed is forgotten after this many newer ones.
+STORED_AS_MAX = 10_000
 
 
 _T = TypeVar("_T")
@@ -93,6 +99,7 @@ class JournaledRedisStore(RedisStore):
         self.cache = cache if cache is not None else ChatCache()
         self._batch = Batcher(client)
         self._marks = Batcher(client, window=DELIVERED_WINDOW)
+        self._stored_as: dict[str, str] = {}  # turn id (meta "turn") -> job id it is stored as
 
     @classmethod
     def wrap(cls, store: RedisStore) -> JournaledRedisStore:
@@ -156,6 +163,7 @@ class JournaledRedisStore(RedisStore):
             log.info("job %s of chat %s was already stored; not stored again", job.id, chat)
             self.cache.drop(chat)
             return
+        self._remember(turns, job.id)
         self.cache.appended(
             chat,
             job.tenure,
@@ -167,6 +175,22 @@ class JournaledRedisStore(RedisStore):
             length=int(length),
             sent=sent,
         )
+
+    def _remember(self, turns: tuple[Turn, ...], job_id: str) -> None:
+        for turn in turns:
+            turn_id = turn.meta.get("turn")  # the dialog manager's id of the turn, on its reply
+            if turn.role == "assistant" and isinstance(turn_id, str):
+                self._stored_as[turn_id] = job_id
+        while len(self._stored_as) > STORED_AS_MAX:
+            del self._stored_as[next(iter(self._stored_as))]
+
+    def stored_as(self, turn_id: str) -> str | None:
+        """The job id the turn ``turn_id`` (``TurnInfo.id``, its reply's meta ``turn``) was
+        journaled as by this process, once: what the handler that delivered it passes to
+        :meth:`delivered`. For a merged turn that is its newest message's job, whichever job's
+        handler delivered it. None if it was not stored here (not stored at all, or a later job
+        of the chat had stored its turn first)."""
+        return self._stored_as.pop(turn_id, None)
 
     async def _held(self, job: Job, chat: str, what: str, write: Callable[[], Awaitable[_T]]) -> _T:
         """``write()``, tried again through a Redis outage while the job's worker holds its lease.
@@ -316,10 +340,12 @@ class JournaledRedisStore(RedisStore):
             return Replay(answered=True)  # e.g. interrupted before its first word: nothing to send
         if turns[0].meta.get("kind") == "image":
             return Replay(answered=True)  # the picture itself is not stored: it cannot be resent
-        return Replay(answered=True, reply=turns[0])
+        return Replay(answered=True, reply=turns[0], stored_as=_text(answered))
 
-    async def delivered(self, chat: str) -> None:
-        """Record that a channel delivered the reply of the chat's newest stored turn.
+    async def delivered(self, chat: str, job_id: str) -> None:
+        """Record that a channel delivered the reply of the turn stored as job ``job_id``
+        (:meth:`stored_as`, or :attr:`Replay.stored_as` for a stored reply sent again); the
+        mark never moves back.
 
         The mark shares one request with the other chats' marks issued within
         :data:`DELIVERED_WINDOW`. In its chat's lane it waits out a Redis outage like the turn's
@@ -328,11 +354,11 @@ class JournaledRedisStore(RedisStore):
         job = self._lane_job(chat)
         if job is not None:
             await self._held(
-                job, chat, "record the delivery", lambda: self._send_marks(self.mark(chat))
+                job, chat, "record the delivery", lambda: self._send_marks(self.mark(chat, job_id))
             )
             return
         try:
-            await self._send_marks(self.mark(chat))
+            await self._send_marks(self.mark(chat, job_id))
         except REDIS_ERRORS as exc:
             raise StoreError(f"Could not record the delivery in Redis: {exc}") from exc
 
@@ -345,11 +371,10 @@ class JournaledRedisStore(RedisStore):
         except REDIS_ERRORS as exc:
             raise StoreError(f"Could not publish the reply to Redis: {exc}") from exc
 
-    def mark(self, chat: str) -> Command:
+    def mark(self, chat: str, job_id: str) -> Command:
         """:meth:`delivered` as a command for :meth:`publish`. EVAL, not EVALSHA: the script is
         short, and a server that lost it (a restart) needs no second request."""
-        keys = (self._marker(chat), self._delivered(chat))
-        return ("EVAL", MARK_DELIVERED, len(keys), *keys, self.marker_ttl)
+        return ("EVAL", MARK_DELIVERED, 1, self._delivered(chat), job_id, self.marker_ttl)
 
     async def _send_marks(self, *commands: Command) -> None:
         for reply in await self._marks.run(*commands):
@@ -363,6 +388,8 @@ class Replay:
 
     answered: bool
     reply: Turn | None = None  # stored but not delivered: send this instead of skipping
+    #: The job ``reply`` is stored as (the answered marker): to mark once it was sent again.
+    stored_as: str | None = None
 
     @property
     def complete(self) -> bool:

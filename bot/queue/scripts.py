@@ -100,18 +100,18 @@ return {existed, redis.call('LLEN', KEYS[1])}
 """
 )
 
-#: KEYS: the chat's answered marker, its delivered marker. ARGV: TTL (s).
-#: A channel delivered the reply of the chat's newest stored turn: copy the answered marker (the
-#: job the turn is stored as — for a merged turn, its newest message, whichever job delivered
-#: it) into the delivered one, never moving it back. Returns 1 if it moved.
+#: KEYS: the chat's delivered marker. ARGV: the job id a delivered turn is stored as, TTL (s).
+#: A channel delivered the reply of the turn journaled as that job (for a merged turn, its newest
+#: message, whichever job delivered it): the marker names it, never moving back. Named by the
+#: handler that delivered the turn, not copied from the answered marker: with overlapping jobs
+#: (busy policies merge, interrupt) a later turn may be stored, and not yet delivered, when an
+#: earlier one's delivery ends. Returns 1 if it moved.
 MARK_DELIVERED = (
     _ENTRY
     + """
-local answered = redis.call('GET', KEYS[1])
-if not answered then return 0 end
-local last = redis.call('GET', KEYS[2])
-if last and reached(last, answered) then return 0 end
-redis.call('SET', KEYS[2], answered, 'EX', ARGV[1])
+local last = redis.call('GET', KEYS[1])
+if last and reached(last, ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 )
