@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import redis
 from bot.models.local import LocalModel, find_gguf
 from bot.queue.journal import JournaledRedisStore
 from bot.settings import shipped_prompts_dir
+from bot.stores import DialogStore, open_store
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
@@ -88,6 +89,14 @@ def redis_prefix(redis_server: str) -> Iterator[str]:
 def local_model() -> LocalModel:
     """The real SmolLM2-135M-Instruct, loaded once for the whole test session."""
     return LocalModel(find_gguf(), name="local:smollm2", context_window=2048, threads=2)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[DialogStore]:
+    """A SQLite conversation store in the test's directory, closed afterwards."""
+    opened = await open_store(f"sqlite:///{tmp_path / 'chats.db'}")
+    yield opened
+    await opened.aclose()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from bot.models.base import GenerationOptions
 from bot.models.http import RetryPolicy, Timeouts
 from bot.models.openai_compat import OpenAIConnection, OpenAITextModel
 from bot.prompts.library import PromptLibrary
-from bot.stores import DialogStore, open_store
+from bot.stores import DialogStore
 from tests.fakes import FakeOpenAI
 from tests.fakes.chat_completions import ContextError
 
@@ -37,13 +37,6 @@ TERSE = " ".join(["x"] * 40)
 async def openai() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as server:
         yield server
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[DialogStore]:
-    s = await open_store(f"sqlite:///{tmp_path / 'chats.db'}")
-    yield s
-    await s.aclose()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from bot.models.yandex import YandexClient, YandexCredentials, YandexImageModel
 from bot.prompts.library import PromptLibrary
 from bot.routing import ModelClassifier, RuleClassifier, YandexClassifier, matches_rules
 from bot.settings import Settings
-from bot.stores import DialogStore, open_store
+from bot.stores import DialogStore
 from tests.doubles import Recording, Scripted
 from tests.fakes import FakeYandex, Fault
 from tests.fakes.yandex_server import JPEG_MAGIC
@@ -133,13 +133,6 @@ async def client(fake: FakeYandex) -> AsyncIterator[YandexClient]:
     c = YandexClient(credentials, fm_url=fake.llm_url, operations_url=fake.operations_url)
     yield c
     await c.aclose()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[DialogStore]:
-    s = await open_store(f"sqlite:///{tmp_path / 'images.db'}")
-    yield s
-    await s.aclose()
 
 
 def art(client: YandexClient) -> YandexImageModel:

@@ -17,7 +17,7 @@ from bot.models.http import RetryPolicy, Timeouts
 from bot.models.openai_compat import OpenAIConnection, OpenAITextModel
 from bot.models.yandex import YandexClient, YandexCredentials, YandexImageModel
 from bot.prompts.library import PromptLibrary
-from bot.stores import DialogStore, open_store
+from bot.stores import DialogStore
 from tests.fakes import FakeOpenAI, FakeYandex, Fault
 from tests.fakes.chat_completions import openai_image_tokens, parse_messages, prompt_tokens
 
@@ -36,13 +36,6 @@ async def openai() -> AsyncIterator[FakeOpenAI]:
 async def yandex() -> AsyncIterator[FakeYandex]:
     async with FakeYandex() as server:
         yield server
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[DialogStore]:
-    s = await open_store(f"sqlite:///{tmp_path / 'chats.db'}")
-    yield s
-    await s.aclose()
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from bot.models.local import LocalModel
 from bot.prompts.library import PromptLibrary
 from bot.prompts.loader import check_template, load_template
 from bot.prompts.render import Passage, build_messages
-from bot.stores import open_store
 from bot.stores.base import DialogStore, Turn
 from tests.doubles import Recording, Scripted
 from tests.fakes.telegram_server import FakeTelegram
@@ -132,13 +131,6 @@ def test_knowledge_fields_are_checked(tmp_path: Path) -> None:
 
 
 # --- turns ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[DialogStore]:
-    s = await open_store(f"sqlite:///{tmp_path / 'd.db'}")
-    yield s
-    await s.aclose()
 
 
 def grounded(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from bot.dialog import VISION_SETUP_HINT, DialogManager
@@ -16,7 +15,6 @@ from bot.models.base import GenerationOptions
 from bot.models.echo import EchoModel
 from bot.pictures import MediaDir, Pictures
 from bot.prompts.library import PromptLibrary
-from bot.stores import open_store
 from bot.stores.base import DialogStore
 from tests.doubles import Recording
 
@@ -37,11 +35,6 @@ async def turn(manager: DialogManager, text: str, *pictures: Path) -> list[Reply
 
 def notices(events: list[ReplyEvent]) -> list[str]:
     return [e.text for e in events if isinstance(e, Notice)]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> DialogStore:
-    return await open_store(f"sqlite:///{tmp_path / 'd.db'}")
 
 
 def build(
