@@ -34,6 +34,8 @@ from bot.observe.metrics import TurnInfo
 log = logging.getLogger(__name__)
 
 STOPPED_MARK = "(stopped)"
+#: Seconds a reply cut off by a shutdown (or a lost lease) may spend tidying its preview up.
+CUT_OFF_CLEANUP = 2.5
 _NOTICE_PREFIX = {"info": "", "warning": "⚠️ ", "error": "⚠️ "}
 
 
@@ -79,6 +81,10 @@ class Replies:
         #: queue worker marks the turn delivered here: only the job that delivered a turn may
         #: (with overlapping jobs, another may finish while this one's reply is on its way).
         self.on_delivered: Callable[[str, str], Awaitable[None]] | None = None
+        #: A reply cut off (shutdown past the grace, lost lease) is answered again by the job's
+        #: next run (a queue worker sets it): its preview message is then deleted, not left.
+        self.rerun_cut_off = False
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._active: dict[str, list[ActiveReply]] = {}
         self._no_drafts: set[int] = set()
         # Draft ids only need to differ between replies in flight; a random start keeps a
@@ -129,6 +135,7 @@ class Replies:
                 reply.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reply.task
+                await self._cut_off(reply, preview)
                 raise
             if reply.task.cancelled():
                 # The turn has ended: its lines (and spans) name it again while delivering.
@@ -148,6 +155,43 @@ class Replies:
                 self._active.pop(target.key, None)
         if reply.turn is not None and self.on_delivered is not None:
             await self.on_delivered(target.key, reply.turn.id)
+
+    async def _cut_off(self, reply: ActiveReply, preview: ReplyPreview) -> None:
+        """Leave the chat matching what happens next to a reply cut off mid-way.
+
+        With a queue the job runs again and sends the reply (or the stored partial one): the
+        preview message goes, so that is the only one. Without, the partial answer is stored
+        as stopped: the user gets it marked so (a draft alone would just vanish). Best effort
+        and short (this runs during a shutdown), shielded from a further cancellation.
+        """
+        if self.rerun_cut_off:
+            if preview.message_id is None:
+                return
+            cleanup = self._delete_preview(reply.target, preview.message_id)
+        elif reply.text and reply.stoppable:  # else the final text was under way, or nothing
+            cleanup = preview.finish(stopped_text(reply.text))
+        else:
+            return
+        task = asyncio.create_task(self._bounded(reply, cleanup))
+        self._cleanups.add(task)  # kept alive if a second cancellation cuts the wait short
+        task.add_done_callback(self._cleanups.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    async def _delete_preview(self, target: Target, message_id: int) -> None:
+        await self.bot.delete_message(chat_id=target.chat_id, message_id=message_id)
+
+    async def _bounded(self, reply: ActiveReply, cleanup: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(CUT_OFF_CLEANUP):
+                await cleanup
+        except (TelegramAPIError, TimeoutError) as exc:
+            with metrics.within(reply.turn):
+                log.warning(
+                    "could not tidy up a reply cut off in chat %s: %s",
+                    reply.target.chat_id,
+                    getattr(exc, "message", None) or "timed out",
+                )
 
     def _preview(self, target: Target, draft_id: int | None) -> ReplyPreview:
         return ReplyPreview(

@@ -91,6 +91,8 @@ class TelegramWorker:
         # being marked delivered: the retry finds the turn stored and sends the stored reply.
         app.replies.raise_transient = True
         app.replies.on_delivered = self._turn_delivered
+        # A reply cut off (shutdown past the grace, lost lease) is sent by the job's next run.
+        app.replies.rerun_cut_off = True
         self.skipped = 0  # redelivered jobs whose turn was already stored
         self.albums = QueuedAlbums(redis, keys)
         self.worker = Worker(
