@@ -26,6 +26,7 @@ from PIL import Image
 
 from adapters.telegram import TelegramApp, TelegramSettings
 from adapters.telegram.access import REFUSAL
+from adapters.telegram.albums import QueuedAlbums
 from adapters.telegram.app import make_bot
 from adapters.telegram.ingress import PollingIngress, chat_key, payload
 from adapters.telegram.pictures import GONE, NOT_DOWNLOADED, TOO_BIG, UNSUPPORTED_IMAGE
@@ -38,7 +39,7 @@ from bot.models.echo import EchoModel
 from bot.models.registry import close_models
 from bot.models.remote import create_vision_model
 from bot.prompts.library import PromptLibrary
-from bot.queue import Ingress, QueueKeys
+from bot.queue import Ingress, Job, QueueKeys
 from bot.queue.journal import JournaledRedisStore
 from bot.redis.connect import connect
 from bot.settings import Settings
@@ -730,21 +731,23 @@ async def test_an_album_through_the_webhook_ingress_is_answered_once(
     assert chat_requests(openai) == 1
 
 
-async def test_an_album_turn_is_journaled_under_its_last_item(
+async def test_an_album_turn_is_journaled_under_its_first_item_and_its_items_recorded(
     fake: FakeTelegram,
     openai: FakeOpenAI,
     prompts_dir: Path,
     redis_server: str,
     redis_prefix: str,
 ) -> None:
-    """A worker that takes the album's jobs over after a crash finds every item answered."""
+    """A worker that takes the album's jobs over after a crash (knowing nothing of it) finds the
+    first item answered and the others recorded as answered with it."""
     alice = fake.user(4002, "Alice")
     chat = fake.private_chat(alice)
     fake.push_album(chat, alice, [picture(640, 480), picture(640, 480, BLUE)], caption="two?")
     updates = [Update.model_validate(u) for u in fake.pending]
     fake.pending.clear()
     client = connect(redis_server)
-    queue = Ingress(client, QueueKeys(redis_prefix, PARTITIONS))
+    keys = QueueKeys(redis_prefix, PARTITIONS)
+    queue = Ingress(client, keys)
     try:
         ids = [
             await queue.enqueue(chat_key(u), payload(u), dedupe=str(u.update_id)) for u in updates
@@ -753,12 +756,71 @@ async def test_an_album_turn_is_journaled_under_its_last_item(
             await fake.wait_for(lambda: bool(fake.bot_messages(chat["id"])), 20)
             await fake.wait_for(lambda: running.worker.worker.handled == 2, 10)
             key = f"tg:{alice['id']}"
-            assert [(await running.store.replay(key, i)).answered for i in ids] == [True, True]
+            assert (await running.store.replay(key, ids[0])).answered
             # Marked delivered as the job it is journaled as, by the item that answered it.
-            assert await client.get(QueueKeys(redis_prefix, PARTITIONS).delivered(key)) == ids[-1]
+            assert await client.get(keys.delivered(key)) == ids[0]
+        group = updates[0].message.media_group_id if updates[0].message else None
+        assert group is not None
+        taking_over = QueuedAlbums(client, keys)
+        jobs = [
+            Job(i, key, payload(u), keys.partition(key), attempt=2)
+            for i, u in zip(ids, updates, strict=True)
+        ]
+        assert [await taking_over.absorbed(job, group) for job in jobs] == [False, True]
     finally:
         await client.aclose()
     assert len(fake.bot_messages(chat["id"])) == 1 and chat_requests(openai) == 1
+
+
+async def test_a_group_album_with_another_members_message_between_its_items_is_answered_once(
+    fake: FakeTelegram,
+    openai: FakeOpenAI,
+    prompts_dir: Path,
+    redis_server: str,
+    redis_prefix: str,
+) -> None:
+    """Group members share the chat's lane: Carol's message queued between Bob's album items
+    neither splits the album nor is lost; she is answered after it, as she wrote after it began."""
+    bob, carol = fake.user(4005, "Bob"), fake.user(4006, "Carol")
+    group = fake.group(-400500)
+    images = [picture(800, 600, RED), picture(600, 800, GREEN), picture(500, 500, BLUE)]
+    album = "album-4005"
+    caption = f"{MENTION} which is best?"
+    fake.push_photo(group, bob, images[0], caption=caption, media_group_id=album)
+    fake.push_text(group, carol, f"{MENTION} is it lunch time?")
+    for image in images[1:]:
+        fake.push_photo(group, bob, image, media_group_id=album)
+    async with (
+        ingress(fake, redis_server, redis_prefix) as poller,
+        worker(fake, openai, prompts_dir, redis_server, redis_prefix) as running,
+    ):
+        await answered(fake, group["id"], "is it lunch time?", within=20)
+        await fake.wait_for(lambda: running.worker.worker.handled == 4, 10)
+        await asyncio.sleep(1.5)  # a second answer to the album would come now
+        history = await running.store.read(f"tg:{group['id']}")
+        assert poller.queued == 4
+    answers = texts(fake, group["id"])
+    assert len(answers) == 2
+    assert answers[0].startswith("I see 3 pictures: 800x600 JPEG, 600x800 JPEG, 500x500 JPEG.")
+    assert "which is best?" in answers[0]
+    assert answers[1].endswith("is it lunch time?")
+    # One model request for the album (then Carol's), its three pictures in one user message.
+    requests = openai.requests_to("/chat/completions")
+    assert len(requests) == 2
+    pictures = [
+        part
+        for message in requests[0].body["messages"]
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+    ]
+    assert len(pictures) == 3
+    seen = openai.received_images[:3]  # the first request's, in order
+    assert len({i.message for i in seen}) == 1
+    assert [(i.width, i.height) for i in seen] == [(800, 600), (600, 800), (500, 500)]
+    assert all(near(colour_of(i), c) for i, c in zip(seen, (RED, GREEN, BLUE), strict=True))
+    assert len(fake.downloads) == 3 == len(set(fake.downloads))  # each picture fetched once
+    assert [t.text for t in history if t.role == "user"] == ["which is best?", "is it lunch time?"]
 
 
 async def test_fmbot_ingress_and_worker_processes_answer_a_photo_and_an_album(

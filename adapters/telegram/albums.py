@@ -12,8 +12,13 @@ item, in message order); the others are absorbed into it.
   answered at once). A chat's jobs run in order, so the first item's job cannot wait for the
   others to be *handled*; it reads them from its partition's stream instead
   (:class:`QueuedAlbums`), where they wait behind it, and the worker skips them when their turn
-  comes. The album's turn is journaled under its last item, so a worker that takes the jobs over
-  after a crash finds every item answered.
+  comes. In a group every member's messages share the chat's lane, so another member's message
+  may be queued between two items: it is passed over (answered in its own job, after the album,
+  as it came after the album's first item), not taken for the album's end. The album's turn is
+  journaled under its first item's job (not the last item's: the answered marker would then
+  count a message queued between the items as stored), and the items answered with it are
+  recorded in Redis (``P:{chat}:album:GROUP``) before it is answered, so a worker that takes the
+  jobs over after a crash skips them too.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from adapters.telegram.inflight import Handler
 from bot.busy import arrival_hook
 from bot.observe import messaging
 from bot.queue import Job, QueueKeys
+from bot.queue.journal import MARKER_TTL
 from bot.redis import RedisClient
 
 #: Seconds without a new item after which an album is complete. Telegram delivers an album's
@@ -140,7 +146,6 @@ class AlbumCollector(BaseMiddleware):
 @dataclass(frozen=True, slots=True)
 class QueuedAlbum:
     messages: list[dict[str, Any]]  # every item's message as queued, the first item's first
-    last_job: str  # entry id of the last item: the album's turn is journaled under it
 
 
 class QueuedAlbums:
@@ -160,18 +165,26 @@ class QueuedAlbums:
         self.max_wait = max_wait
         self._absorbed: set[tuple[str, str]] = set()  # (chat, entry id) of items answered
 
-    def absorbed(self, job: Job) -> bool:
-        """Whether ``job`` is an item an earlier one was answered with (asked once per job)."""
+    async def absorbed(self, job: Job, group: str) -> bool:
+        """Whether ``job``, an item of album ``group``, was answered with an earlier item: by
+        this worker (remembered, asked once per job) or, for a job taken over after a crash,
+        by any (the album's record in Redis)."""
         key = (job.chat, job.id)
         if key in self._absorbed:
             self._absorbed.discard(key)
             return True
-        return False
+        recorded = await self.redis.get(self.keys.album(job.chat, group))
+        if recorded is None:
+            return False
+        first, _, last = _text(recorded).partition(" ")
+        return _entry(first) < _entry(job.id) <= _entry(last)
 
     async def collect(self, job: Job, group: str) -> QueuedAlbum:
         """Wait until no item of album ``group`` has been queued for ``quiet`` seconds; the
-        items so far. Only the chat's jobs right after ``job`` count: a message the chat sent
-        after the album ends it (its turn must come after the album's)."""
+        items so far, recorded as answered by ``job`` (before it answers them, so that a worker
+        taking the jobs over after a crash skips them). The chat's other jobs in between (in a
+        group, other members' messages) are passed over; a new message from the album's sender
+        ends it (its turn must come after the album's)."""
         deadline = time.monotonic() + self.max_wait
         items: list[_Item] = []
         changed = time.monotonic()
@@ -183,11 +196,14 @@ class QueuedAlbums:
             if now - changed >= self.quiet or now >= deadline:
                 break
             await asyncio.sleep(_POLL)
+        if items:
+            record = f"{job.id} {items[-1].entry}"
+            await self.redis.set(self.keys.album(job.chat, group), record, ex=MARKER_TTL)
         self._absorbed.update((job.chat, item.entry) for item in items)
         # Answered in this job: its process span links to each item's enqueue (a batch).
         messaging.link_created(item.trace for item in items)
         messages = [job.payload["message"], *(item.message for item in items)]
-        return QueuedAlbum(messages, items[-1].entry if items else job.id)
+        return QueuedAlbum(messages)
 
     async def _items(self, job: Job, group: str) -> list[_Item]:
         stream = self.keys.jobs(job.partition)
@@ -195,18 +211,24 @@ class QueuedAlbums:
             "list[tuple[Any, Mapping[Any, Any]]]",  # str or bytes, by client
             await self.redis.xrange(stream, min=f"({job.id}", max="+", count=LOOKAHEAD),
         )
+        sender = _sender(job.payload["message"])
         items = []
         for raw_id, fields in entries or []:
             values = {_text(k): _text(v) for k, v in fields.items()}
             if values.get("chat") != job.chat:
                 continue  # another chat of the partition
             try:
-                message = json.loads(values.get("payload", "")).get("message")
-            except (ValueError, AttributeError):
-                break
-            if not isinstance(message, dict) or message.get("media_group_id") != group:
-                break
-            items.append(_Item(_text(raw_id), message, messaging.context_of(values)))
+                update = json.loads(values.get("payload", ""))
+            except ValueError:
+                continue  # not an item; its own job fails
+            message = update.get("message") if isinstance(update, dict) else None
+            if not isinstance(message, dict):
+                continue  # an edit, a button press…: not a new message
+            if message.get("media_group_id") == group:
+                items.append(_Item(_text(raw_id), message, messaging.context_of(values)))
+            elif _sender(message) == sender:
+                break  # the sender's next message: the album is over
+            # else another member's message, answered in its own job after the album
         return items
 
 
@@ -217,6 +239,21 @@ class _Item:
     entry: str
     message: dict[str, Any]
     trace: dict[str, str] | None
+
+
+def _sender(message: Mapping[str, Any]) -> tuple[object, object]:
+    """Who sent ``message``: the user, and the chat it was sent on behalf of (if any)."""
+    user, on_behalf = message.get("from"), message.get("sender_chat")
+    return (
+        user.get("id") if isinstance(user, dict) else None,
+        on_behalf.get("id") if isinstance(on_behalf, dict) else None,
+    )
+
+
+def _entry(entry_id: str) -> tuple[int, int]:
+    """A stream entry id, comparable in time order ("10-0" after "9-0")."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _text(value: object) -> str:

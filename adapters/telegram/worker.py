@@ -25,7 +25,6 @@ while the turn runs, as with ``--role all``). Two things keep that from changing
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -39,7 +38,7 @@ from bot.dialog import stored_sources
 from bot.errors import GivenUpError, StoreError
 from bot.events import sources_line
 from bot.observe import metrics
-from bot.queue import Job, QueueKeys, Worker, current_job
+from bot.queue import Job, QueueKeys, Worker
 from bot.queue.journal import JournaledRedisStore
 from bot.queue.partition import Tuning
 from bot.queue.worker import LEASE_MS
@@ -133,19 +132,18 @@ class TelegramWorker:
 
     async def _album(self, job: Job, update: Update, group: str) -> None:
         """An album's item: the first one answers the album (see :mod:`.albums`), the others
-        were answered with it. One whose album was journaled by another worker is skipped."""
-        if self.albums.absorbed(job) or (await self.store.replay(job.chat, job.id)).answered:
+        were answered with it (by this worker or, its record in Redis says, another) and skipped."""
+        if (
+            await self.albums.absorbed(job, group)
+            or (await self.store.replay(job.chat, job.id)).answered
+        ):
             log.info("job %s: an album item answered with the album", job.id)
             return
         album = await self.albums.collect(job, group)
         bot = self.app.bot
         messages = [Message.model_validate(m, context={"bot": bot}) for m in album.messages]
-        # Journaled under the last item: a takeover after a crash skips every item.
-        token = current_job.set(dataclasses.replace(job, id=album.last_job))
-        try:
-            await self.app.dispatcher.feed_update(bot, update, album=sorted_items(messages))
-        finally:
-            current_job.reset(token)
+        # Journaled under this (the first) item's job: the others are recorded by collect.
+        await self.app.dispatcher.feed_update(bot, update, album=sorted_items(messages))
 
     async def _turn_delivered(self, chat: str, turn_id: str) -> None:
         """Replies delivered a turn in this job's handler: mark the job it is stored as."""

@@ -16,6 +16,8 @@ Per chat (the dialog store's ``{chat}`` tag, next to ``P:{chat}:turns`` and ``P:
     P:{chat}:answered     id of the chat's last job whose turn was stored (same script as the turns)
     P:{chat}:delivered    the answered id whose reply a channel has delivered (never moves back)
     P:{chat}:replies      final replies of ``python -m bot.queue.worker_main`` (a generic outbox)
+    P:{chat}:album:GROUP  "FIRST LAST": the entry ids of an album's first item, whose job answered
+                          it, and of the last item answered with it (Telegram workers, TTL)
 """
 
 from __future__ import annotations
@@ -83,3 +85,6 @@ class QueueKeys:
 
     def replies(self, chat: str) -> str:
         return f"{self.prefix}:{{{chat}}}:replies"
+
+    def album(self, chat: str, group: str) -> str:
+        return f"{self.prefix}:{{{chat}}}:album:{group}"
