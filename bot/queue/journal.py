@@ -301,7 +301,7 @@ class JournaledRedisStore(RedisStore):
         span = f"{days} days" if days > 1 else f"{self.marker_ttl // 3600} hours"
         return (
             "Kept for the message queue: the id of this chat's last answered message (the time "
-            "it was queued, no text) and, for an album answered by a Telegram worker, those of "
+            "it was queued, no text) and, for an album (pictures sent as one message), those of "
             f"its first and last pictures, for at most {span}, so that a message redelivered "
             "after a crash is not answered twice."
         )
