@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -372,6 +373,20 @@ async def test_429_forever_is_a_rate_limit_error(fake: FakeYandex, client: Yande
     fake.inject(Fault("status", status=429), times=100)
     with pytest.raises(RateLimitError, match="still was after 3 attempts"):
         await collect(text_model(client, "sync"))
+
+
+async def test_a_client_without_retries_says_it_tried_once(fake: FakeYandex) -> None:
+    """The image-intent classifier's client makes one attempt: its messages say so, in words."""
+    client = make_client(fake, retry=dataclasses.replace(FAST_RETRY, attempts=1))
+    try:
+        fake.inject(Fault("status", status=429), times=1)  # one attempt: one fault is all
+        with pytest.raises(RateLimitError, match=r"still was after 1 attempt\. Please"):
+            await collect(text_model(client, "sync"))
+        fake.inject(Fault("status", status=503), times=1)
+        with pytest.raises(ModelUnavailableError, match=r"\(Tried once\.\)$"):
+            await collect(text_model(client, "sync"))
+    finally:
+        await client.aclose()
 
 
 async def test_read_timeout_is_reported_and_not_retried(fake: FakeYandex):

@@ -224,10 +224,10 @@ async def send(
                 return await _send_once(client, request, service, policy, stream=stream, kind=kind)
     except _Retryable as exc:
         log.error(
-            "%s %s failed after %d attempts (request id %s): %s",
+            "%s %s failed after %s (request id %s): %s",
             request.method,
             request.url.path,
-            policy.attempts,
+            _attempts(policy.attempts),
             request_id,
             exc.error,
         )
@@ -235,11 +235,12 @@ async def send(
         if isinstance(final, RateLimitError):
             final = RateLimitError(
                 f"{service.title} is limiting requests (429 Too Many Requests) and still was after "
-                f"{policy.attempts} attempts. Please wait a minute and try again; if it keeps "
+                f"{_attempts(policy.attempts)}. Please wait a minute and try again; if it keeps "
                 "happening, the quota may need raising."
             )
         elif isinstance(final, ModelUnavailableError):
-            final = ModelUnavailableError(f"{final} (Tried {policy.attempts} times.)")
+            tried = "once" if policy.attempts == 1 else f"{policy.attempts} times"
+            final = ModelUnavailableError(f"{final} (Tried {tried}.)")
         raise final from exc.__cause__
     except ModelError as exc:
         log.error(
@@ -561,3 +562,7 @@ async def send_json(
             request.headers.get(REQUEST_ID_HEADER, "-"),
         )
         raise ModelError(f"{service.title} sent a response fmbot cannot read.") from exc
+
+
+def _attempts(n: int) -> str:
+    return "1 attempt" if n == 1 else f"{n} attempts"
