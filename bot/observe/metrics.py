@@ -206,7 +206,7 @@ class Metered:
         if kind is not None and status == "error" and issubclass(kind, _STOPS):
             status = "stopped"
         if turn.span is not None:
-            tracing.end_model_call(turn.model_span, None, None, None)  # if the reply never ended
+            tracing.end_model_call(turn.model_span, None, None)  # if the reply never ended
             error = turn.error  # a model call's error kind wins: it says why the turn failed
             if (
                 error is None
@@ -356,14 +356,7 @@ def reply_ended(
     kind = error_kind(error) if error else None
     if info is not None and info.span is not None:
         info.error = kind
-        tracing.end_model_call(
-            info.model_span,
-            usage.input_tokens if usage else None,
-            usage.output_tokens if usage else None,
-            kind,
-            status=turn,
-            text=text,
-        )
+        tracing.end_model_call(info.model_span, usage, kind, status=turn, text=text)
         info.model_span = None
     if not _on:
         return
@@ -389,7 +382,7 @@ def image(model: str, error: ModelError | None = None) -> None:
     info = current_turn.get()
     if info is not None and info.span is not None:
         info.error = error_kind(error) if error else None
-        tracing.end_model_call(info.model_span, None, None, info.error, status=status)
+        tracing.end_model_call(info.model_span, None, info.error, status=status)
         info.model_span = None
     if not _on:
         return
@@ -441,14 +434,7 @@ class ModelCall:
             outcome = "error"
             error = error_kind(exc) if isinstance(exc, ModelError) else "other"
         usage = self.response.usage
-        tracing.end_model_call(
-            self.span,
-            usage.input_tokens if usage else None,
-            usage.output_tokens if usage else None,
-            error,
-            status=outcome,
-            text=self.response.text,
-        )
+        tracing.end_model_call(self.span, usage, error, status=outcome, text=self.response.text)
         if not _on:
             return
         MODEL_REQUESTS.inc((self.model, outcome))

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
+from bot.events import Usage
+
 log = logging.getLogger(__name__)
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -273,20 +275,20 @@ def start_model_call(
 
 def end_model_call(
     span: Any,
-    input_tokens: int | None,
-    output_tokens: int | None,
+    usage: Usage | None,
     error: str | None,
     *,
     status: str | None = None,
     text: str | None = None,
 ) -> None:
-    """``status``: how the turn's reply ended (ok, stopped, refused, interrupted, error);
-    ``text``: what the model wrote, recorded only when content is captured."""
+    """``usage``: the tokens the model reported, if it did; ``status``: how the turn's reply
+    ended (ok, stopped, refused, interrupted, error); ``text``: what the model wrote, recorded
+    only when content is captured."""
     if span is None:
         return
-    if input_tokens is not None and output_tokens is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    if usage is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
     if status is not None:
         reason = FINISH_REASONS.get(status, "error")
         span.set_attribute("gen_ai.response.finish_reasons", [reason])
