@@ -8,9 +8,11 @@ binary on free ports, in a temporary directory, for the session (:class:`RedisPr
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -89,6 +91,22 @@ def redis_prefix(redis_server: str) -> Iterator[str]:
 def local_model() -> LocalModel:
     """The real SmolLM2-135M-Instruct, loaded once for the whole test session."""
     return LocalModel(find_gguf(), name="local:smollm2", context_window=2048, threads=2)
+
+
+def script_finishes(script: str, cwd: Path, timeout: float = 60) -> None:
+    """Run ``script`` (which prints ``ok`` at its end) in a Python process of its own, on this
+    checkout: a guard against a pattern that backtracks or a loop that hangs, which fails in
+    ``timeout`` seconds rather than holding the test run."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
 
 
 @pytest.fixture

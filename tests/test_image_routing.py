@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from bot.prompts.library import PromptLibrary
 from bot.routing import ModelClassifier, RuleClassifier, YandexClassifier, matches_rules
 from bot.settings import Settings
 from bot.stores import DialogStore
+from tests.conftest import script_finishes
 from tests.doubles import Recording, Scripted
 from tests.fakes import FakeYandex, Fault
 from tests.fakes.yandex_server import JPEG_MAGIC
@@ -373,13 +373,4 @@ def test_the_rules_take_long_adversarial_messages_in_one_pass(tmp_path: Path) ->
             "print('ok')",
         ]
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+    script_finishes(script, tmp_path)

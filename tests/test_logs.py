@@ -27,6 +27,7 @@ from bot.events import Incoming
 from bot.observe import logs
 from bot.settings import load_settings
 from bot.urls import mask_url
+from tests.conftest import script_finishes
 from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.telegram_server import FakeTelegram
 from tests.test_metrics import openai_manager, stopped_at_end
@@ -161,16 +162,7 @@ def test_scrubbing_a_long_line_without_urls_stays_quick(tmp_path: Path) -> None:
         print("ok")
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+    script_finishes(script, tmp_path)
 
 
 def test_secret_values_include_the_secret_query_parameters_of_urls(tmp_path: Path) -> None:
