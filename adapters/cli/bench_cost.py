@@ -76,7 +76,6 @@ class Toggled:
             ]
         per_off, per_on = cpu_off / off, cpu_on / on
         median = statistics.median(paired)
-        counting = counting_cost()
         more = per_on / per_off - 1
         return [
             f"  metrics cost  switched on and off every {self.period * 1000:.0f} ms while the "
@@ -85,9 +84,7 @@ class Toggled:
             f"the limit is +{100 * LIMIT:.0f}%",
             f"  paired        neighbouring stretches, on against off: median {100 * median:+.1f}% "
             f"over {len(paired)} pairs",
-            # The counting alone, free of everything else a turn does.
-            f"  counting      {counting * 1e6:.1f} µs of CPU per turn measured on its own, "
-            f"{100 * counting / max(per_off, 1e-12):.1f}% of a turn's CPU without metrics",
+            counting_line(per_off),
         ]
 
 
@@ -146,7 +143,6 @@ class CostRounds:
         a, b = self.without, self.with_
         rate_a, rate_b = (statistics.median(r.rate for r in side) for side in (a, b))
         cpu_a, cpu_b = (statistics.median(r.cpu_per_turn for r in side) for side in (a, b))
-        per_turn = counting_cost()
         # Each round ran one A and one B next to each other: their difference leaves out most of
         # the drift of a shared machine's load, which the medians of the two sides keep.
         paired = [
@@ -171,15 +167,23 @@ class CostRounds:
             f"B {cpus(b)})",
             f"  paired        CPU per turn with less without, round by round: median "
             f"{statistics.median(paired):+.1f}% ({' '.join(f'{d:+.1f}' for d in paired)})",
-            # The counting alone, free of everything else a turn does.
-            f"  counting      {per_turn * 1e6:.1f} µs of CPU per turn measured on its own, "
-            f"{100 * per_turn / max(cpu_a, 1e-12):.1f}% of a turn's CPU without metrics",
+            counting_line(cpu_a),
         ]
 
 
 def cost_order(rounds: int) -> list[bool]:
     """Metrics off (False) or on for each run of ``rounds`` A/B rounds: A B, B A, A B, ..."""
     return [on for i in range(rounds) for on in ((False, True) if i % 2 == 0 else (True, False))]
+
+
+def counting_line(turn_cpu: float) -> str:
+    """The counting alone, free of everything else a turn does, against a turn's CPU seconds
+    without metrics."""
+    counting = counting_cost()
+    return (
+        f"  counting      {counting * 1e6:.1f} µs of CPU per turn measured on its own, "
+        f"{100 * counting / max(turn_cpu, 1e-12):.1f}% of a turn's CPU without metrics"
+    )
 
 
 @functools.cache  # measured once per process: several reports print it
